@@ -1,0 +1,26 @@
+"""cdiff_jax: Collaborative Diffusion (Huang et al., CVPR 2023) in JAX/Flax NNX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cdiff_jax",
+    version="0.1.0",
+    description="Collaborative Diffusion for multi-modal face generation and editing, in JAX/Flax",
+    python_requires=">=3.12",
+    packages=find_packages(include=["cdiff_jax", "cdiff_jax.*"]),
+    package_data={"cdiff_jax.text": ["vocab/*"]},
+    install_requires=[
+        "jax[cpu]==0.12.*",
+        "flax==0.12.*",
+        "optax==0.2.*",
+        "orbax-checkpoint==0.12.*",
+        "grain==0.2.*",
+        "tensorflow-datasets==4.9.*",
+        "transformers==5.*",
+        "safetensors>=0.4",
+        "numpy>=2.0",
+        "pillow>=10",
+        "pyyaml>=6",
+    ],
+    extras_require={"dev": ["pytest>=8", "scipy>=1.11"]},
+)
