@@ -7,7 +7,8 @@ setup(
     version="0.1.0",
     description="Collaborative Diffusion for multi-modal face generation and editing, in JAX/Flax",
     python_requires=">=3.12",
-    packages=find_packages(include=["cdiff_jax", "cdiff_jax.*"]),
+    packages=find_packages(include=["cdiff_jax", "cdiff_jax.*"]) + ["cdiff_jax.configs"],
+    package_dir={"cdiff_jax.configs": "configs"},
     package_data={"cdiff_jax.text": ["vocab/*"]},
     install_requires=[
         "jax[cpu]==0.12.*",

@@ -33,3 +33,65 @@ def assert_close_rel(actual, expected, tol=1e-5, name="array"):
     scale = max(np.abs(expected).max(), 1e-30)
     err = np.abs(actual - expected).max() / scale
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
+
+
+# --- reference systems assembled from the fixture folders -------------------------------------
+
+_CONFIG_YAML = {
+    "vae": "autoencoder/config.yaml",
+    "text": "text_unet/config.yaml",
+    "mask": "mask_unet/config.yaml",
+    "codiff": "collab_ddim/config.yaml",
+}
+
+
+def assemble_state_dict(root: pathlib.Path, kind: str, fmt: str) -> dict[str, np.ndarray]:
+    """The full official state dict of `kind`, put together from the per-folder weight files.
+
+    The fixtures store each component's weights once, in its own folder; the manifest in
+    collab_ddim/ names every key of the complete official checkpoints.
+    """
+    import json
+
+    from cdiff_jax.convert.state_dict_io import read_state_dict
+
+    filename = "model.ckpt" if fmt == "ckpt" else "model.safetensors"
+    cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def folder(name: str) -> dict[str, np.ndarray]:
+        if name not in cache:
+            cache[name] = read_state_dict(root / name / filename).tensors
+        return cache[name]
+
+    if kind == "vae":
+        return dict(folder("autoencoder"))
+    manifest = json.loads((root / "collab_ddim" / "state_dict_manifest.json").read_text())
+    if kind == "codiff":
+        return {key: folder(src["folder"])[src["key"]] for key, src in manifest["keys"].items()}
+    entries = manifest[f"{kind}_ldm_keys"]
+    return {key: folder(src_folder)[src_key] for key, (src_folder, src_key) in entries.items()}
+
+
+def reference_config(root: pathlib.Path, kind: str):
+    from cdiff_jax.convert.official_config import load_official_yaml
+
+    return load_official_yaml(root / _CONFIG_YAML[kind])
+
+
+_SYSTEMS: dict = {}
+
+
+def reference_system(root: pathlib.Path, kind: str, fmt: str = "safetensors"):
+    """Our system converted from the fixture weights (cached: conversion is the slow part)."""
+    from cdiff_jax.convert.converter import system_from_state_dict
+
+    key = (str(root), kind, fmt)
+    if key not in _SYSTEMS:
+        tensors = assemble_state_dict(root, kind, fmt)
+        _SYSTEMS[key] = system_from_state_dict(tensors, reference_config(root, kind))[0]
+    return _SYSTEMS[key]
+
+
+def nhwc(x):
+    """NCHW (as the fixtures store images and latents) -> NHWC (as our models take them)."""
+    return np.transpose(np.asarray(x), (0, 2, 3, 1))

@@ -1,0 +1,82 @@
+"""Our checkpoint directories: `config.json` (the SystemConfig) beside orbax `params/`.
+
+Everything is written into a temporary sibling directory and renamed into place, so a crash
+or kill during a save never leaves a half-written checkpoint where a good one is expected.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import uuid
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from cdiff_jax.config import SystemConfig
+from cdiff_jax.system import LatentDiffusionSystem, abstract_system
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+class NotACheckpointError(ValueError):
+    pass
+
+
+def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *, overwrite: bool = False) -> pathlib.Path:
+    """Write the system's config and parameters atomically to `directory`."""
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} exists; choose a new output path or pass overwrite")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        (tmp / CONFIG_FILE).write_text(system.cfg.to_json())
+        params = nnx.to_pure_dict(nnx.state(system, nnx.Param))
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / PARAMS_DIR, params)
+        _replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def _replace_dir(new: pathlib.Path, target: pathlib.Path) -> None:
+    """Rename `new` to `target`; an existing target is moved aside first and removed after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_config(directory: str | os.PathLike) -> SystemConfig:
+    directory = pathlib.Path(directory)
+    config_file = directory / CONFIG_FILE
+    if not directory.is_dir() or not config_file.is_file() or not (directory / PARAMS_DIR).is_dir():
+        raise NotACheckpointError(
+            f"{directory} is not a cdiff_jax checkpoint (expected {CONFIG_FILE} and {PARAMS_DIR}/); "
+            "convert official weights with `python -m cdiff_jax.convert SRC DST`"
+        )
+    return SystemConfig.from_json(config_file.read_text())
+
+
+def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
+    """Rebuild the module tree from config.json and restore its parameters."""
+    directory = pathlib.Path(directory).absolute()
+    cfg = load_config(directory)
+    system = abstract_system(cfg)
+    abstract = nnx.to_pure_dict(nnx.state(system, nnx.Param))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(directory / PARAMS_DIR, target)
+    state = nnx.state(system, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(system, state)
+    return system

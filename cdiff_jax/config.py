@@ -1,0 +1,185 @@
+"""Model configuration: plain frozen dataclasses that say what to build.
+
+Every hyperparameter of a network lives here and nowhere else; the modules read them, the
+converter translates official YAML into them, and checkpoints store them as JSON beside the
+weights so a checkpoint directory is self-describing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderConfig:
+    """KL autoencoder (first stage). `ch_mult` has one entry per resolution level."""
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = ()
+    resolution: int = 256
+    in_channels: int = 3
+    out_ch: int = 3
+    z_channels: int = 3
+    embed_dim: int = 3
+    scale_factor: float = 0.058
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """LDM "openaimodel" UNet with spatial transformers (experts and dynamic diffusers).
+
+    `attention_resolutions` are downsample rates (1 = full latent resolution), as in LDM.
+    Give `num_heads` (head width = channels // heads) or `num_head_channels`, not both.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    model_channels: int = 192
+    channel_mult: tuple[int, ...] = (1, 2, 3, 5)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (8, 4, 2)
+    num_heads: int = 32
+    num_head_channels: int = -1
+    transformer_depth: int = 1
+    context_dim: int = 640
+
+    def __post_init__(self):
+        if (self.num_heads == -1) == (self.num_head_channels == -1):
+            raise ValueError("UNetConfig: set exactly one of num_heads and num_head_channels")
+
+    def heads_for(self, channels: int) -> tuple[int, int]:
+        """(heads, head width) of a transformer over `channels` channels."""
+        if self.num_head_channels != -1:
+            return channels // self.num_head_channels, self.num_head_channels
+        return self.num_heads, channels // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoderConfig:
+    """BERT-style pre-LN transformer over WordPiece ids (x-transformers `Encoder`)."""
+
+    width: int = 640
+    depth: int = 32
+    heads: int = 8
+    head_dim: int = 64
+    vocab_size: int = 30522
+    max_len: int = 77
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskEncoderConfig:
+    """Linear map of each class's flattened binary map (19 tokens of 32*32) to the context width."""
+
+    num_classes: int = 19
+    mask_size: int = 32
+    context_dim: int = 640
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """LDM "linear" DDPM schedule: betas = linspace(sqrt(start), sqrt(end), T) ** 2."""
+
+    timesteps: int = 1000
+    linear_start: float = 0.0015
+    linear_end: float = 0.0195
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalityConfig:
+    """One condition modality: its encoder, its expert UNet and (for collaboration) its diffuser."""
+
+    kind: str  # "text" or "mask"
+    encoder: TextEncoderConfig | MaskEncoderConfig
+    expert: UNetConfig
+    diffuser: UNetConfig | None = None
+
+    def __post_init__(self):
+        expected = {"text": TextEncoderConfig, "mask": MaskEncoderConfig}.get(self.kind)
+        if expected is None or not isinstance(self.encoder, expected):
+            raise ValueError(f"ModalityConfig: kind {self.kind!r} needs a matching encoder config")
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemConfig:
+    """A latent diffusion system: one autoencoder, a schedule and one or more modalities.
+
+    One modality without a diffuser is a uni-modal LDM; two or more with diffusers is the
+    collaborative model. Modality order is the order of the softmax over influence maps.
+    """
+
+    autoencoder: AutoencoderConfig
+    modalities: dict[str, ModalityConfig]
+    schedule: ScheduleConfig = ScheduleConfig()
+    latent_size: int = 64
+
+    @property
+    def is_collaborative(self) -> bool:
+        return all(m.diffuser is not None for m in self.modalities.values())
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> SystemConfig:
+        raw = json.loads(text)
+        modalities = {name: _modality_from_dict(m) for name, m in raw["modalities"].items()}
+        return cls(
+            autoencoder=_from_dict(AutoencoderConfig, raw["autoencoder"]),
+            modalities=modalities,
+            schedule=_from_dict(ScheduleConfig, raw["schedule"]),
+            latent_size=raw["latent_size"],
+        )
+
+
+def _from_dict(cls, raw: dict[str, Any]):
+    """Build a flat config dataclass, turning JSON lists back into tuples."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def _modality_from_dict(raw: dict[str, Any]) -> ModalityConfig:
+    encoder_cls = TextEncoderConfig if raw["kind"] == "text" else MaskEncoderConfig
+    diffuser = raw.get("diffuser")
+    return ModalityConfig(
+        kind=raw["kind"],
+        encoder=_from_dict(encoder_cls, raw["encoder"]),
+        expert=_from_dict(UNetConfig, raw["expert"]),
+        diffuser=_from_dict(UNetConfig, diffuser) if diffuser else None,
+    )
+
+
+def load_config(spec: str):
+    """A config from `FILE.py[:ARG]` (calls its `get_config(ARG)`) or an official `FILE.yaml`.
+
+    A bare `NAME.py[:ARG]` that is not a file is looked up among the shipped configs, so
+    `released.py:512_codiff` works from any working directory.
+    """
+    import importlib.util
+    import pathlib
+
+    path_text, _, arg = spec.partition(":")
+    path = pathlib.Path(path_text)
+    if path.suffix in (".yaml", ".yml"):
+        from cdiff_jax.convert.official_config import load_official_yaml
+
+        return load_official_yaml(path)
+    if path.suffix != ".py":
+        raise ValueError(f"config {spec!r}: expected FILE.py[:ARG] or an official FILE.yaml")
+    if not path.is_file():
+        from importlib import resources
+
+        shipped = pathlib.Path(str(resources.files("cdiff_jax.configs") / path.name))
+        if not shipped.is_file():
+            raise FileNotFoundError(f"config file {path} not found (nor among the shipped configs)")
+        path = shipped
+    module_spec = importlib.util.spec_from_file_location(f"_cdiff_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

@@ -1,0 +1,258 @@
+"""Read PyTorch checkpoints (``torch.save`` zip format) and ``.safetensors`` files without torch.
+
+The released Collaborative Diffusion weights are Lightning ``.ckpt`` files. Loading them with ``pickle``
+would let the file run arbitrary code, and loading them with torch would make torch a dependency. Instead,
+``.ckpt`` files are unpickled by a restricted unpickler that only knows how to rebuild tensors as numpy
+arrays: every other global in the pickle is refused before it is imported, let alone called.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import pathlib
+import pickle
+import zipfile
+
+import ml_dtypes
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+# torch's legacy (pre-1.6, non-zip) format starts with this number, pickled as a protocol-2 LONG1.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.dtype(np.float32),
+    "DoubleStorage": np.dtype(np.float64),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+}
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint could not be read; the message names the file and what to do about it."""
+
+
+class UnsafeCheckpointError(CheckpointReadError):
+    """The checkpoint's pickle references a global other than the tensor-rebuild functions."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A flat state dict as numpy arrays, plus the checkpoint's other top-level plain-data entries.
+
+    ``extras`` keeps scalars (``global_step``, ``epoch``, version strings) as they are and replaces
+    everything else (optimizer states, tensors, nested dicts) by a short description string.
+    """
+
+    tensors: dict[str, np.ndarray]
+    extras: dict
+    source_format: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _StorageType:
+    """Stands in for ``torch.<X>Storage``: the unpickler only needs its element dtype."""
+
+    name: str
+    dtype: np.dtype
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    """Stand-in for ``torch._utils._rebuild_tensor[_v2]``: a contiguous copy of the strided view.
+
+    The trailing ``requires_grad, backward_hooks, metadata`` arguments of the v2 form carry nothing a
+    numpy array can hold. Offset, sizes and strides (in elements) come from an untrusted file, so they
+    are checked against the storage before ``as_strided`` could read memory outside it.
+    """
+    if not isinstance(storage, np.ndarray):
+        raise pickle.UnpicklingError(f"tensor storage is a {type(storage).__name__}, not a storage record")
+    size, stride = tuple(size), tuple(stride)
+    values = (storage_offset, *size, *stride)
+    if len(size) != len(stride) or not all(type(v) is int and v >= 0 for v in values):
+        raise pickle.UnpicklingError(f"invalid tensor layout: offset {storage_offset}, size {size}, stride {stride}")
+    if 0 not in size:
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.size:
+            raise pickle.UnpicklingError(
+                f"tensor layout (offset {storage_offset}, size {size}, stride {stride}) "
+                f"reaches past its storage of {storage.size} elements"
+            )
+    base = storage[storage_offset:]
+    view = np.lib.stride_tricks.as_strided(base, size, [s * storage.itemsize for s in stride], writeable=False)
+    return view.copy()
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks):
+    """Stand-in for ``torch._utils._rebuild_parameter``: a parameter is just its data here."""
+    return data
+
+
+_ALLOWED_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    **{("torch", name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles ``data.pkl`` of a torch zip archive, resolving storages from the archive's records."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, path: pathlib.Path):
+        super().__init__(io.BytesIO(archive.read(prefix + "data.pkl")), encoding="utf-8")
+        self._archive = archive
+        self._prefix = prefix
+        self._path = path
+        names = set(archive.namelist())
+        byteorder = archive.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in names else "little"
+        self._big_endian = byteorder == "big"
+        self._storages: dict[str, np.ndarray] = {}
+
+    def find_class(self, module, name):
+        # Never defer to pickle's own find_class: that would import ``module``.
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafeCheckpointError(
+                f"{self._path}: the file was not loaded because a checkpoint must not run code, and its pickle "
+                f"references {module}.{name}, which is not a tensor or plain container; if you trust the file, "
+                "re-save just its tensors (torch.save({'state_dict': sd}, path) or safetensors) and convert that"
+            ) from None
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        _, storage_type, key, _location, numel = pid
+        if key not in self._storages:
+            record = f"{self._prefix}data/{key}"
+            try:
+                raw = self._archive.read(record)
+            except KeyError:
+                raise CheckpointReadError(
+                    f"{self._path}: storage record {record} is missing from the archive; the file is truncated "
+                    "or corrupt, re-download or re-save it"
+                ) from None
+            dtype = storage_type.dtype
+            if type(numel) is not int or not 0 <= numel * dtype.itemsize <= len(raw):
+                raise CheckpointReadError(
+                    f"{self._path}: storage record {record} holds {len(raw)} bytes, too few for {numel} "
+                    f"{dtype} elements; the file is corrupt, re-download or re-save it"
+                )
+            storage = np.frombuffer(raw, dtype=dtype, count=numel)
+            self._storages[key] = storage.byteswap() if self._big_endian else storage
+        return self._storages[key]
+
+
+def _read_torch_zip(path: pathlib.Path):
+    """Unpickle a ``torch.save`` zip archive; returns the pickled top-level object."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if not head:
+        raise CheckpointReadError(f"{path}: the file is empty; re-download or re-save it")
+    if not zipfile.is_zipfile(path):
+        if head == _LEGACY_MAGIC:
+            raise CheckpointReadError(
+                f"{path}: this is torch's legacy (non-zip) checkpoint format, which is not supported; "
+                "load it in PyTorch and re-save it with torch.save (zip format, the default since torch 1.6)"
+            )
+        raise CheckpointReadError(
+            f"{path}: not a zip archive, so not a checkpoint written by torch.save; "
+            "the file is truncated or corrupt, re-download or re-save it"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+            if not pickles:
+                raise CheckpointReadError(
+                    f"{path}: zip archive without a <name>/data.pkl record, so not a torch checkpoint; "
+                    "pass a file written by torch.save or a .safetensors file"
+                )
+            return _RestrictedUnpickler(archive, pickles[0][: -len("data.pkl")], path).load()
+    except CheckpointReadError:
+        raise
+    except Exception as exc:  # Untrusted bytes: any failure while decoding them means the file is damaged.
+        raise CheckpointReadError(
+            f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc}); re-download or re-save it"
+        ) from exc
+
+
+def _summarise(value):
+    """Scalars as they are; anything bigger as a one-line description, so extras stay small."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.ndarray):
+        return f"<tensor {value.dtype} {list(value.shape)}>"
+    if isinstance(value, (dict, list, tuple)):
+        return f"<{type(value).__name__} with {len(value)} entries>"
+    return f"<{type(value).__name__}>"
+
+
+def _split_state_dict(path: pathlib.Path, top) -> tuple[dict[str, np.ndarray], dict]:
+    """Find the state dict (Lightning's ``state_dict`` entry, or the top level itself) and the extras."""
+    if not isinstance(top, dict):
+        raise CheckpointReadError(
+            f"{path}: the checkpoint holds a {type(top).__name__}, not a dict; expected a state dict or "
+            "a Lightning checkpoint with a 'state_dict' entry"
+        )
+    if "state_dict" in top:
+        state_dict = top["state_dict"]
+        extras = {k: _summarise(v) for k, v in top.items() if k != "state_dict"}
+    elif top and all(isinstance(v, np.ndarray) for v in top.values()):
+        state_dict, extras = top, {}
+    else:
+        raise CheckpointReadError(
+            f"{path}: no state dict found (top-level keys: {sorted(map(str, top))[:10]}); expected a "
+            "'state_dict' entry or a flat dict of tensors"
+        )
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise CheckpointReadError(f"{path}: the 'state_dict' entry holds no tensors; nothing to convert")
+    bad = [k for k, v in state_dict.items() if not (isinstance(k, str) and isinstance(v, np.ndarray))]
+    if bad:
+        raise CheckpointReadError(
+            f"{path}: state dict entry {bad[0]!r} is not a named tensor; re-save the checkpoint with tensors only"
+        )
+    return dict(state_dict), extras
+
+
+def read_state_dict(path) -> LoadedCheckpoint:
+    """Read the flat state dict of a ``.ckpt``/``.pt``/``.pth`` (torch zip) or ``.safetensors`` file.
+
+    Raises ``CheckpointReadError`` (``UnsafeCheckpointError`` for pickles that reference anything but
+    tensors) with a message that stands on its own, since a CLI prints only ``str(err)``.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise CheckpointReadError(f"{path}: no such file; check the checkpoint path")
+    if path.is_dir():
+        raise CheckpointReadError(f"{path}: is a directory; pass the checkpoint file inside it")
+    suffix = path.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
+        try:
+            tensors = safetensors.numpy.load_file(path)
+        except (safetensors.SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointReadError(
+                f"{path}: corrupt or truncated safetensors file ({exc}); re-download or re-save it"
+            ) from exc
+        if not tensors:
+            raise CheckpointReadError(f"{path}: the safetensors file holds no tensors; nothing to convert")
+        return LoadedCheckpoint(tensors=dict(tensors), extras={}, source_format="safetensors")
+    if suffix in TORCH_SUFFIXES:
+        tensors, extras = _split_state_dict(path, _read_torch_zip(path))
+        return LoadedCheckpoint(tensors=tensors, extras=extras, source_format="ckpt")
+    raise CheckpointReadError(
+        f"{path}: unsupported file extension {path.suffix!r}; supported are "
+        f"{', '.join(TORCH_SUFFIXES)} (torch.save zip format) and {SAFETENSORS_SUFFIX}"
+    )

@@ -1,0 +1,245 @@
+"""The LDM "openaimodel" UNet with spatial transformers: every expert and dynamic diffuser.
+
+Structure (for a config with L levels and R res blocks per level):
+  conv_in -> down_blocks (R per level, plus a Downsample between levels)
+  -> middle (res, transformer, res) -> up_blocks (R + 1 per level, Upsample ending each
+  level but the last) -> final norm, SiLU, conv.
+Every down block's output, and that of conv_in, is a skip; each up block concatenates one
+skip on channels, in reverse order, before it runs. Transformers sit at the downsample
+rates listed in `attention_resolutions`; the middle block always has one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cdiff_jax.config import UNetConfig
+from cdiff_jax.nn.layers import conv, group_norm, layer_norm, multi_head_attention
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding laid out [cos | sin], in float32 like the reference."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class ResBlock(nnx.Module):
+    """GroupNorm-SiLU-conv twice, with the time embedding added as a per-channel bias."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, *, rngs: nnx.Rngs):
+        self.in_norm = group_norm(in_ch, 1e-5, rngs=rngs)
+        self.in_conv = conv(in_ch, out_ch, 3, padding=1, rngs=rngs)
+        self.emb_proj = nnx.Linear(emb_dim, out_ch, rngs=rngs)
+        self.out_norm = group_norm(out_ch, 1e-5, rngs=rngs)
+        self.out_conv = conv(out_ch, out_ch, 3, padding=1, zero_init=True, rngs=rngs)
+        self.skip = conv(in_ch, out_ch, 1, rngs=rngs) if in_ch != out_ch else None
+
+    def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
+        h = self.in_conv(jax.nn.silu(self.in_norm(x)))
+        h = h + self.emb_proj(jax.nn.silu(emb))[:, None, None, :]
+        h = self.out_conv(jax.nn.silu(self.out_norm(h)))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class Attention(nnx.Module):
+    """Multi-head (cross-)attention: q, k, v without bias, output projection with bias."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, rngs: nnx.Rngs):
+        inner = heads * head_dim
+        self.heads = heads
+        self.to_q = nnx.Linear(dim, inner, use_bias=False, rngs=rngs)
+        self.to_k = nnx.Linear(context_dim, inner, use_bias=False, rngs=rngs)
+        self.to_v = nnx.Linear(context_dim, inner, use_bias=False, rngs=rngs)
+        self.to_out = nnx.Linear(inner, dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        context = x if context is None else context
+        out = multi_head_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        return self.to_out(out)
+
+
+class GEGLU(nnx.Module):
+    """Feed-forward x -> W2 (a * gelu(g)) with [a, g] = W1 x, inner width 4 * dim."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.proj = nnx.Linear(dim, 8 * dim, rngs=rngs)
+        self.out = nnx.Linear(4 * dim, dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        a, gate = jnp.split(self.proj(x), 2, axis=-1)
+        return self.out(a * jax.nn.gelu(gate, approximate=False))
+
+
+class TransformerBlock(nnx.Module):
+    """Pre-LN self-attention, cross-attention to the condition, then GEGLU."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, rngs: nnx.Rngs):
+        self.norm1 = layer_norm(dim, rngs=rngs)
+        self.attn1 = Attention(dim, dim, heads, head_dim, rngs=rngs)
+        self.norm2 = layer_norm(dim, rngs=rngs)
+        self.attn2 = Attention(dim, context_dim, heads, head_dim, rngs=rngs)
+        self.norm3 = layer_norm(dim, rngs=rngs)
+        self.ff = GEGLU(dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nnx.Module):
+    """Attention over the H*W positions (row-major tokens), wrapped in 1x1 convs, residual."""
+
+    def __init__(self, ch: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
+        heads, head_dim = cfg.heads_for(ch)
+        inner = heads * head_dim
+        self.norm = group_norm(ch, 1e-6, rngs=rngs)
+        self.proj_in = conv(ch, inner, 1, rngs=rngs)
+        self.blocks = nnx.List(
+            [TransformerBlock(inner, cfg.context_dim, heads, head_dim, rngs=rngs) for _ in range(cfg.transformer_depth)]
+        )
+        self.proj_out = conv(inner, ch, 1, zero_init=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        b, h, w, _ = x.shape
+        tokens = self.proj_in(self.norm(x))
+        tokens = tokens.reshape(b, h * w, tokens.shape[-1])
+        for block in self.blocks:
+            tokens = block(tokens, context)
+        return x + self.proj_out(tokens.reshape(b, h, w, -1))
+
+
+class Downsample(nnx.Module):
+    """Stride-2 3x3 conv with symmetric padding 1 (unlike the autoencoder's)."""
+
+    def __init__(self, ch: int, *, rngs: nnx.Rngs):
+        self.conv = conv(ch, ch, 3, stride=2, padding=1, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(x)
+
+
+class Upsample(nnx.Module):
+    """Nearest-neighbour x2, then a 3x3 conv."""
+
+    def __init__(self, ch: int, *, rngs: nnx.Rngs):
+        self.conv = conv(ch, ch, 3, padding=1, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(upsample_nearest(x))
+
+
+def upsample_nearest(x: jax.Array) -> jax.Array:
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class UNetBlock(nnx.Module):
+    """One entry of the down or up path: an optional res block, transformer and resampler."""
+
+    def __init__(
+        self,
+        res: ResBlock | None = None,
+        transformer: SpatialTransformer | None = None,
+        resample: Downsample | Upsample | None = None,
+    ):
+        self.res = res
+        self.transformer = transformer
+        self.resample = resample
+
+    def __call__(self, x: jax.Array, emb: jax.Array, context: jax.Array) -> jax.Array:
+        if self.res is not None:
+            x = self.res(x, emb)
+        if self.transformer is not None:
+            x = self.transformer(x, context)
+        if self.resample is not None:
+            x = self.resample(x)
+        return x
+
+
+class UNet(nnx.Module):
+    """eps (or influence logits) = UNet(x_t NHWC, integer t [B], context [B, tokens, ctx])."""
+
+    def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        mc = cfg.model_channels
+        emb_dim = 4 * mc
+        self.time_linear_1 = nnx.Linear(mc, emb_dim, rngs=rngs)
+        self.time_linear_2 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
+        self.conv_in = conv(cfg.in_channels, mc, 3, padding=1, rngs=rngs)
+
+        def transformer(ch: int, rate: int) -> SpatialTransformer | None:
+            return SpatialTransformer(ch, cfg, rngs=rngs) if rate in cfg.attention_resolutions else None
+
+        down, skip_channels, ch, rate = [], [mc], mc, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                res = ResBlock(ch, mult * mc, emb_dim, rngs=rngs)
+                ch = mult * mc
+                down.append(UNetBlock(res=res, transformer=transformer(ch, rate)))
+                skip_channels.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                down.append(UNetBlock(resample=Downsample(ch, rngs=rngs)))
+                skip_channels.append(ch)
+                rate *= 2
+        self.down_blocks = nnx.List(down)
+
+        self.mid_res_1 = ResBlock(ch, ch, emb_dim, rngs=rngs)
+        self.mid_transformer = SpatialTransformer(ch, cfg, rngs=rngs)
+        self.mid_res_2 = ResBlock(ch, ch, emb_dim, rngs=rngs)
+
+        up = []
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                res = ResBlock(ch + skip_channels.pop(), mult * mc, emb_dim, rngs=rngs)
+                ch = mult * mc
+                last_of_level = level > 0 and i == cfg.num_res_blocks
+                up.append(
+                    UNetBlock(
+                        res=res,
+                        transformer=transformer(ch, rate),
+                        resample=Upsample(ch, rngs=rngs) if last_of_level else None,
+                    )
+                )
+                if last_of_level:
+                    rate //= 2
+        self.up_blocks = nnx.List(up)
+
+        self.final_norm = group_norm(ch, 1e-5, rngs=rngs)
+        self.final_conv = conv(ch, cfg.out_channels, 3, padding=1, zero_init=True, rngs=rngs)
+
+    def time_embedding(self, t: jax.Array) -> jax.Array:
+        emb = timestep_embedding(t, self.cfg.model_channels)
+        return self.time_linear_2(jax.nn.silu(self.time_linear_1(emb)))
+
+    def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
+        return self.forward_with_intermediates(x, t, context)[0]
+
+    def forward_with_intermediates(
+        self, x: jax.Array, t: jax.Array, context: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The output and every block's output, named as in the reference's module order."""
+        emb = self.time_embedding(t)
+        inter = {"time_embed": emb}
+        h = self.conv_in(x)
+        skips = [h]
+        inter["input_block_00"] = h
+        for i, block in enumerate(self.down_blocks, start=1):
+            h = block(h, emb, context)
+            skips.append(h)
+            inter[f"input_block_{i:02d}"] = h
+        h = self.mid_res_2(self.mid_transformer(self.mid_res_1(h, emb), context), emb)
+        inter["middle_block"] = h
+        for i, block in enumerate(self.up_blocks):
+            h = block(jnp.concatenate([h, skips.pop()], axis=-1), emb, context)
+            inter[f"output_block_{i:02d}"] = h
+        out = self.final_conv(jax.nn.silu(self.final_norm(h)))
+        return out, inter

@@ -1,0 +1,47 @@
+"""The whole latent diffusion system as one NNX module tree, built from a `SystemConfig`.
+
+`LatentDiffusionSystem` holds the autoencoder and, per modality, its condition encoder, its
+expert UNet and (when collaborating) its dynamic diffuser. It owns parameters only: the
+schedule, samplers and losses are pure functions elsewhere that take the split state.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from cdiff_jax.config import SystemConfig, TextEncoderConfig
+from cdiff_jax.nn.autoencoder import AutoencoderKL
+from cdiff_jax.nn.mask_encoder import MaskEncoder
+from cdiff_jax.nn.text_encoder import TextEncoder
+from cdiff_jax.nn.unet import UNet
+
+
+class Modality(nnx.Module):
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        self.kind = cfg.kind
+        encoder_cls = TextEncoder if isinstance(cfg.encoder, TextEncoderConfig) else MaskEncoder
+        self.encoder = encoder_cls(cfg.encoder, rngs=rngs)
+        self.expert = UNet(cfg.expert, rngs=rngs)
+        self.diffuser = UNet(cfg.diffuser, rngs=rngs) if cfg.diffuser is not None else None
+
+
+class LatentDiffusionSystem(nnx.Module):
+    def __init__(self, cfg: SystemConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.autoencoder = AutoencoderKL(cfg.autoencoder, rngs=rngs)
+        self.modalities = nnx.Dict({name: Modality(m, rngs=rngs) for name, m in cfg.modalities.items()})
+
+
+def abstract_system(cfg: SystemConfig) -> LatentDiffusionSystem:
+    """The module tree with shapes only (no memory, no compute): for conversion and restore."""
+    return nnx.eval_shape(lambda: LatentDiffusionSystem(cfg, rngs=nnx.Rngs(0)))
+
+
+def init_system(cfg: SystemConfig, seed: int = 0) -> LatentDiffusionSystem:
+    return LatentDiffusionSystem(cfg, rngs=nnx.Rngs(seed))
+
+
+def encode_condition(modality: Modality, condition: jax.Array) -> jax.Array:
+    """Token ids (text) or one-hot masks (mask) -> cross-attention context."""
+    return modality.encoder(condition)

@@ -1,0 +1,298 @@
+"""Tests for reading torch ``.ckpt`` (without torch) and ``.safetensors`` state dicts."""
+
+import os
+import pickle
+import struct
+import sys
+import zipfile
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from cdiff_jax.convert.state_dict_io import (
+    CheckpointReadError,
+    LoadedCheckpoint,
+    UnsafeCheckpointError,
+    _rebuild_tensor,
+    read_state_dict,
+)
+
+# --- A minimal writer of torch.save-style archives, so layouts torch would produce can be tested without it.
+# The opcodes mirror what torch.save emits (protocol 2): see the data.pkl of any fixture model.ckpt.
+
+
+def _str(s):
+    raw = s.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def _int(i):
+    return b"J" + struct.pack("<i", i)
+
+
+def _ints(values):
+    return b"(" + b"".join(_int(v) for v in values) + b"t"
+
+
+def _dict(items):
+    return b"}(" + b"".join(_str(k) + v for k, v in items.items()) + b"u"
+
+
+def _tensor(storage_type, key, numel, offset, size, stride):
+    """Pickled ``_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
+    storage = b"(" + _str("storage") + b"ctorch\n" + storage_type.encode() + b"\n" + _str(key) + _str("cpu")
+    storage += _int(numel) + b"tQ"
+    hooks = b"ccollections\nOrderedDict\n)R"
+    args = storage + _int(offset) + _ints(size) + _ints(stride) + b"\x89" + hooks
+    return b"ctorch._utils\n_rebuild_tensor_v2\n(" + args + b"tR"
+
+
+def _write_archive(path, top, storages, byteorder=b"little"):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02" + top + b".")
+        if byteorder is not None:
+            archive.writestr("archive/byteorder", byteorder)
+        for key, raw in storages.items():
+            archive.writestr(f"archive/data/{key}", raw)
+        archive.writestr("archive/version", b"3\n")
+    return path
+
+
+# --- Reference fixtures: the .ckpt written by torch and the .safetensors must read identically.
+
+
+def test_fixture_ckpt_matches_safetensors(fixtures_root):
+    folders = sorted(
+        d for d in fixtures_root.iterdir() if (d / "model.ckpt").is_file() and (d / "model.safetensors").is_file()
+    )
+    assert folders, f"no folder under {fixtures_root} has both model.ckpt and model.safetensors"
+    for folder in folders:
+        ckpt = read_state_dict(folder / "model.ckpt")
+        st = read_state_dict(folder / "model.safetensors")
+        assert isinstance(ckpt, LoadedCheckpoint)
+        assert (ckpt.source_format, st.source_format) == ("ckpt", "safetensors")
+        assert ckpt.tensors.keys() == st.tensors.keys(), folder.name
+        assert ckpt.extras["global_step"] == 0, folder.name
+        for key, value in ckpt.tensors.items():
+            expected = st.tensors[key]
+            assert value.dtype == np.float32 and expected.dtype == np.float32, f"{folder.name}: {key}"
+            assert value.shape == expected.shape, f"{folder.name}: {key}"
+            assert value.tobytes() == expected.tobytes(), f"{folder.name}: {key} differs"
+
+
+# --- Layouts: strides, offsets, shared storages, dtypes, byte order, where the state dict lives.
+
+
+def test_rebuild_tensor_matches_numpy_views():
+    storage = np.arange(24, dtype=np.float32)
+    transposed = _rebuild_tensor(storage, 0, (6, 4), (1, 6), False, {})
+    np.testing.assert_array_equal(transposed, storage.reshape(4, 6).T)
+    assert transposed.flags.c_contiguous and transposed.flags.writeable
+
+    sliced = _rebuild_tensor(storage, 3, (2, 3), (8, 2))
+    np.testing.assert_array_equal(sliced, [[3 + 8 * i + 2 * j for j in range(3)] for i in range(2)])
+    np.testing.assert_array_equal(_rebuild_tensor(storage, 5, (), ()), np.float32(5))
+    assert _rebuild_tensor(storage, 24, (0, 3), (3, 1)).shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    "offset, size, stride",
+    [(0, (5, 5), (5, 1)), (20, (5,), (1,)), (-1, (2,), (1,)), (0, (2, 2), (1,)), (0, (2,), (-1,))],
+)
+def test_rebuild_tensor_rejects_layouts_outside_storage(offset, size, stride):
+    with pytest.raises(pickle.UnpicklingError):
+        _rebuild_tensor(np.zeros(24, np.float32), offset, size, stride)
+
+
+def test_archive_with_strided_shared_and_int_tensors(tmp_path):
+    floats = np.arange(12, dtype=np.float32)
+    longs = np.array([10, -2, 2**40], dtype=np.int64)
+    state_dict = {
+        "w_t": _tensor("FloatStorage", "0", 12, 0, (4, 3), (1, 4)),
+        "row": _tensor("FloatStorage", "0", 12, 4, (4,), (1,)),
+        "steps": _tensor("LongStorage", "1", 3, 2, (), ()),
+    }
+    top = _dict(
+        {
+            "state_dict": _dict(state_dict),
+            "global_step": _int(7),
+            "pytorch-lightning_version": _str("1.4.2"),
+            "optimizer_states": b"]",
+            "buffer": _tensor("LongStorage", "1", 3, 0, (3,), (1,)),
+        }
+    )
+    path = _write_archive(tmp_path / "model.ckpt", top, {"0": floats.tobytes(), "1": longs.tobytes()})
+
+    loaded = read_state_dict(path)
+    assert set(loaded.tensors) == {"w_t", "row", "steps"}
+    np.testing.assert_array_equal(loaded.tensors["w_t"], floats.reshape(3, 4).T)
+    assert loaded.tensors["w_t"].flags.c_contiguous
+    np.testing.assert_array_equal(loaded.tensors["row"], floats[4:8])
+    assert loaded.tensors["steps"].dtype == np.int64 and loaded.tensors["steps"] == 2**40
+    assert loaded.extras["global_step"] == 7
+    assert loaded.extras["pytorch-lightning_version"] == "1.4.2"
+    assert isinstance(loaded.extras["optimizer_states"], str)
+    assert isinstance(loaded.extras["buffer"], str)
+
+
+def test_big_endian_bfloat16_and_flat_state_dict(tmp_path):
+    values = np.array([1.5, -2.0, 3.25], dtype=np.float32)
+    bf16 = values.astype(ml_dtypes.bfloat16)
+    top = _dict(
+        {
+            "a": _tensor("FloatStorage", "0", 3, 0, (3,), (1,)),
+            "b": _tensor("BFloat16Storage", "1", 3, 0, (3,), (1,)),
+        }
+    )
+    storages = {"0": values.astype(">f4").tobytes(), "1": bf16.byteswap().tobytes()}
+    loaded = read_state_dict(_write_archive(tmp_path / "flat.pt", top, storages, byteorder=b"big"))
+    np.testing.assert_array_equal(loaded.tensors["a"], values)
+    assert loaded.tensors["b"].dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(loaded.tensors["b"].astype(np.float32), values)
+    assert loaded.extras == {}
+
+
+# --- Security: a pickle may reference only the tensor-rebuild globals; nothing else is imported or called.
+
+
+class _RunsShell:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_refuses_os_system_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"state_dict": _RunsShell(f"touch {marker}")}, protocol=2)
+    path = tmp_path / "evil.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", payload)
+
+    with pytest.raises(UnsafeCheckpointError) as info:
+        read_state_dict(path)
+    message = str(info.value)
+    assert f"{os.system.__module__}.system" in message
+    assert "must not run code" in message and str(path) in message
+    assert not marker.exists()
+
+
+def test_refused_module_is_not_even_imported(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    module_dir = tmp_path / "modules"
+    module_dir.mkdir()
+    (module_dir / "cdiff_side_effect_mod.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef run(): pass\n")
+    monkeypatch.syspath_prepend(str(module_dir))
+    top = _dict({"state_dict": b"ccdiff_side_effect_mod\nrun\n)R"})
+    path = _write_archive(tmp_path / "evil.pth", top, {})
+
+    with pytest.raises(UnsafeCheckpointError, match=r"cdiff_side_effect_mod\.run"):
+        read_state_dict(path)
+    assert not marker.exists()
+    assert "cdiff_side_effect_mod" not in sys.modules
+
+
+@pytest.mark.parametrize("glob", ["builtins\neval", "torch\nTensor", "numpy.core.multiarray\n_reconstruct"])
+def test_refuses_globals_outside_the_allowlist(tmp_path, glob):
+    top = _dict({"state_dict": b"c" + glob.encode() + b"\n"})
+    with pytest.raises(UnsafeCheckpointError, match=glob.replace("\n", r"\.")):
+        read_state_dict(_write_archive(tmp_path / "model.ckpt", top, {}))
+
+
+# --- Damaged or foreign files: always CheckpointReadError with a message naming the file.
+
+
+def _assert_read_error(path, fragment):
+    with pytest.raises(CheckpointReadError) as info:
+        read_state_dict(path)
+    message = str(info.value)
+    assert str(path) in message and fragment in message and "\n" not in message
+    return message
+
+
+def test_truncated_real_ckpt(fixtures_root, tmp_path):
+    raw = (fixtures_root / "autoencoder" / "model.ckpt").read_bytes()
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(raw[: len(raw) // 2])
+    _assert_read_error(path, "truncated")
+
+
+def test_truncated_safetensors(tmp_path):
+    full = tmp_path / "full.safetensors"
+    save_file({"w": np.ones((4, 4), np.float32)}, str(full))
+    raw = full.read_bytes()
+    for cut in (4, len(raw) // 2, len(raw) - 1):
+        path = tmp_path / f"cut{cut}.safetensors"
+        path.write_bytes(raw[:cut])
+        _assert_read_error(path, "safetensors")
+
+
+def test_missing_storage_record(tmp_path):
+    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
+    _assert_read_error(_write_archive(tmp_path / "model.ckpt", top, {}), "archive/data/0")
+
+
+def test_short_storage_record(tmp_path):
+    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
+    _assert_read_error(_write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 8}), "too few")
+
+
+def test_layout_outside_storage(tmp_path):
+    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", 4, 0, (4,), (2,))})})
+    _assert_read_error(_write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 16}), "reaches past")
+
+
+def test_missing_path_and_directory(tmp_path):
+    _assert_read_error(tmp_path / "nope.ckpt", "no such file")
+    folder = tmp_path / "dir.ckpt"
+    folder.mkdir()
+    _assert_read_error(folder, "directory")
+
+
+def test_empty_random_and_plain_pickle_files(tmp_path):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    _assert_read_error(empty, "empty")
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    _assert_read_error(noise, "not a zip archive")
+    plain = tmp_path / "plain.ckpt"
+    plain.write_bytes(pickle.dumps([1, 2, 3]))
+    _assert_read_error(plain, "not a zip archive")
+
+
+def test_legacy_torch_format(tmp_path):
+    path = tmp_path / "old.pth"
+    path.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2))
+    _assert_read_error(path, "legacy")
+
+
+def test_zip_that_is_not_a_torch_checkpoint(tmp_path):
+    path = tmp_path / "model.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    _assert_read_error(path, "data.pkl")
+
+
+@pytest.mark.parametrize(
+    "top, fragment",
+    [
+        (b"]", "not a dict"),
+        (_dict({"global_step": _int(0)}), "no state dict found"),
+        (b"}", "no state dict found"),
+        (_dict({"state_dict": b"}"}), "no tensors"),
+        (_dict({"state_dict": _dict({"w": _int(3)})}), "'w'"),
+    ],
+)
+def test_pickles_without_a_state_dict(tmp_path, top, fragment):
+    _assert_read_error(_write_archive(tmp_path / "model.ckpt", top, {}), fragment)
+
+
+def test_unsupported_extension(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"x")
+    message = _assert_read_error(path, ".bin")
+    assert ".ckpt" in message and ".safetensors" in message
