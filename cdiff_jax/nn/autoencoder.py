@@ -75,12 +75,12 @@ class VaeLevel(nnx.Module):
         self.attn = nnx.List(attn)
         self.resample = resample
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def blocks(self, x: jax.Array) -> jax.Array:
         for i, block in enumerate(self.block):
             x = block(x)
             if self.attn:
                 x = self.attn[i](x)
-        return x if self.resample is None else self.resample(x)
+        return x
 
 
 class VaeMiddle(nnx.Module):
@@ -115,11 +115,18 @@ class Encoder(nnx.Module):
         self.conv_out = conv(in_ch, 2 * cfg.z_channels, 3, padding=1, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return self.forward_with_intermediates(x)[0]
+
+    def forward_with_intermediates(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         h = self.conv_in(x)
-        for level in self.down:
-            h = level(h)
-        h = self.mid(h)
-        return self.conv_out(jax.nn.silu(self.norm_out(h)))
+        inter = {"conv_in": h}
+        for i, level in enumerate(self.down):
+            h = inter[f"down{i}_block_last"] = level.blocks(h)
+            if level.resample is not None:
+                h = inter[f"down{i}_downsample"] = level.resample(h)
+        h = inter["mid_out"] = self.mid(h)
+        out = self.conv_out(jax.nn.silu(self.norm_out(h)))
+        return out, inter
 
 
 class Decoder(nnx.Module):
@@ -145,10 +152,19 @@ class Decoder(nnx.Module):
         self.conv_out = conv(ch, cfg.out_ch, 3, padding=1, rngs=rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
-        h = self.mid(self.conv_in(z))
-        for level in reversed(self.up):
-            h = level(h)
-        return self.conv_out(jax.nn.silu(self.norm_out(h)))
+        return self.forward_with_intermediates(z)[0]
+
+    def forward_with_intermediates(self, z: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        h = self.conv_in(z)
+        inter = {"conv_in": h}
+        h = inter["mid_out"] = self.mid(h)
+        for i in reversed(range(len(self.up))):
+            level = self.up[i]
+            h = inter[f"up{i}_block_last"] = level.blocks(h)
+            if level.resample is not None:
+                h = inter[f"up{i}_upsample"] = level.resample(h)
+        out = self.conv_out(jax.nn.silu(self.norm_out(h)))
+        return out, inter
 
 
 class AutoencoderKL(nnx.Module):

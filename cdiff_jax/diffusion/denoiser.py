@@ -1,0 +1,52 @@
+"""The system's noise prediction at (x_t, t): one expert alone, or experts in collaboration.
+
+Functions here take a merged `LatentDiffusionSystem` and are meant to run inside `jax.jit`
+(callers merge `(graphdef, state)` in the jitted function). Modality order is the order of
+`contexts`, which is the order of the softmax over influence maps.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from cdiff_jax.diffusion.collaboration import Reweighting, combine, influence_weights
+from cdiff_jax.system import LatentDiffusionSystem
+
+
+@struct.dataclass
+class Prediction:
+    eps: jax.Array  # [B, H, W, C], the combined prediction
+    expert_eps: jax.Array  # [M, B, H, W, C]
+    logits: jax.Array | None  # [M, B, H, W, 1] raw influence maps (None for one expert)
+    weights: jax.Array  # [M, B, H, W, 1] influence maps after the softmax (and re-weighting)
+
+
+def encode_conditions(system: LatentDiffusionSystem, conditions: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Token ids / one-hot masks per modality -> cross-attention contexts."""
+    return {name: system.modalities[name].encoder(cond) for name, cond in conditions.items()}
+
+
+def predict(
+    system: LatentDiffusionSystem,
+    x: jax.Array,
+    t: jax.Array,
+    contexts: dict[str, jax.Array],
+    reweighting: Reweighting | None = None,
+) -> Prediction:
+    """eps of every expert named in `contexts`, combined by their dynamic diffusers' maps."""
+    names = tuple(contexts)
+    expert_eps = jnp.stack([system.modalities[n].expert(x, t, contexts[n]) for n in names])
+    if len(names) == 1:
+        return Prediction(eps=expert_eps[0], expert_eps=expert_eps, logits=None, weights=jnp.ones_like(expert_eps[..., :1]))
+    logits = jnp.stack([_diffuser(system, n)(x, t, contexts[n]) for n in names])
+    weights = influence_weights(logits, t, names, reweighting)
+    return Prediction(eps=combine(expert_eps, weights), expert_eps=expert_eps, logits=logits, weights=weights)
+
+
+def _diffuser(system: LatentDiffusionSystem, name: str):
+    diffuser = system.modalities[name].diffuser
+    if diffuser is None:
+        raise ValueError(f"modality {name!r} has no dynamic diffuser; collaboration needs one per modality")
+    return diffuser

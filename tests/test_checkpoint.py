@@ -1,0 +1,42 @@
+"""Checkpoint directories: round trip, atomic replacement, and clear errors for foreign folders."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cdiff_jax.checkpoint import NotACheckpointError, load_config, load_system, save_system
+from cdiff_jax.config import AutoencoderConfig, MaskEncoderConfig, ModalityConfig, SystemConfig, UNetConfig
+from cdiff_jax.system import init_system
+
+TINY = SystemConfig(
+    autoencoder=AutoencoderConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, resolution=16),
+    modalities={"mask": ModalityConfig("mask", MaskEncoderConfig(mask_size=4, context_dim=8),
+                                       UNetConfig(model_channels=32, channel_mult=(1,), num_res_blocks=1,
+                                                  attention_resolutions=(), num_heads=2, context_dim=8))},
+    latent_size=8,
+)
+
+
+def test_round_trip(tmp_path):
+    system = init_system(TINY, seed=3)
+    save_system(tmp_path / "ckpt", system)
+    assert load_config(tmp_path / "ckpt") == TINY
+    restored = load_system(tmp_path / "ckpt")
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(system, nnx.Param), nnx.state(restored, nnx.Param))
+
+
+def test_existing_directory_is_kept_unless_overwrite(tmp_path):
+    save_system(tmp_path / "ckpt", init_system(TINY, seed=0))
+    with pytest.raises(FileExistsError):
+        save_system(tmp_path / "ckpt", init_system(TINY, seed=1))
+    save_system(tmp_path / "ckpt", init_system(TINY, seed=1), overwrite=True)
+    restored = load_system(tmp_path / "ckpt")
+    expected = init_system(TINY, seed=1)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(expected, nnx.Param), nnx.state(restored, nnx.Param))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_foreign_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(NotACheckpointError, match="python -m cdiff_jax.convert"):
+        load_system(tmp_path)
