@@ -120,6 +120,9 @@ class SystemConfig:
     schedule: ScheduleConfig = ScheduleConfig()
     latent_size: int = 64
 
+    def __hash__(self) -> int:  # the modality dict is not hashable; jit needs hashable static config
+        return hash(self.to_json())
+
     @property
     def is_collaborative(self) -> bool:
         return all(m.diffuser is not None for m in self.modalities.values())

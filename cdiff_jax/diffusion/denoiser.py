@@ -34,15 +34,38 @@ def predict(
     t: jax.Array,
     contexts: dict[str, jax.Array],
     reweighting: Reweighting | None = None,
+    guidance: Guidance | None = None,
 ) -> Prediction:
-    """eps of every expert named in `contexts`, combined by their dynamic diffusers' maps."""
+    """eps of every expert named in `contexts`, combined by their dynamic diffusers' maps.
+
+    With `guidance`, each expert is classifier-free guided with its own scale:
+    eps_m = eps_m(null) + g_m (eps_m(cond) - eps_m(null)), the conditional and null passes
+    batched together. The diffusers always see the real conditions.
+    """
     names = tuple(contexts)
-    expert_eps = jnp.stack([system.modalities[n].expert(x, t, contexts[n]) for n in names])
+    expert_eps = jnp.stack([_expert_eps(system, n, x, t, contexts[n], guidance) for n in names])
     if len(names) == 1:
         return Prediction(eps=expert_eps[0], expert_eps=expert_eps, logits=None, weights=jnp.ones_like(expert_eps[..., :1]))
     logits = jnp.stack([_diffuser(system, n)(x, t, contexts[n]) for n in names])
     weights = influence_weights(logits, t, names, reweighting)
     return Prediction(eps=combine(expert_eps, weights), expert_eps=expert_eps, logits=logits, weights=weights)
+
+
+@struct.dataclass
+class Guidance:
+    scales: dict[str, jax.Array]  # per modality, scalar
+    null_contexts: dict[str, jax.Array]  # per modality, [B, tokens, ctx]
+
+
+def _expert_eps(system, name, x, t, context, guidance):
+    expert = system.modalities[name].expert
+    if guidance is None:
+        return expert(x, t, context)
+    both = expert(
+        jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([context, guidance.null_contexts[name]])
+    )
+    cond, null = jnp.split(both, 2)
+    return null + guidance.scales[name] * (cond - null)
 
 
 def _diffuser(system: LatentDiffusionSystem, name: str):

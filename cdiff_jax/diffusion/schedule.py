@@ -29,11 +29,15 @@ def linear_betas(cfg: ScheduleConfig) -> np.ndarray:
     return np.linspace(cfg.linear_start**0.5, cfg.linear_end**0.5, cfg.timesteps, dtype=np.float64) ** 2
 
 
+def alphas_cumprod(cfg: ScheduleConfig) -> np.ndarray:
+    """abar_t as the reference stores it: cumprod in float64, then float32."""
+    return np.cumprod(1.0 - linear_betas(cfg)).astype(np.float32)
+
+
 def make_schedule(cfg: ScheduleConfig) -> Schedule:
-    betas = linear_betas(cfg)
     return Schedule(
-        betas=jnp.asarray(betas, jnp.float32),
-        alphas_cumprod=jnp.asarray(np.cumprod(1.0 - betas), jnp.float32),
+        betas=jnp.asarray(linear_betas(cfg), jnp.float32),
+        alphas_cumprod=jnp.asarray(alphas_cumprod(cfg)),
     )
 
 
