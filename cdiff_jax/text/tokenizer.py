@@ -45,6 +45,7 @@ def _load_bert(vocab_dir: pathlib.Path):
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # "PyTorch was not found": we need no models
     if not (vocab_dir / "vocab.txt").is_file():
         raise FileNotFoundError(f"tokenizer vocabulary missing: {vocab_dir / 'vocab.txt'} (reinstall cdiff_jax)")
     from transformers import BertTokenizerFast
