@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import AutoencoderConfig
-from cdiff_jax.nn.layers import conv, group_norm
+from cdiff_jax.nn.layers import conv, group_norm, multi_head_attention
 from cdiff_jax.nn.unet import upsample_nearest
 
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -46,8 +46,8 @@ class VaeAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         n = self.norm(x)
-        q, k, v = (f(n).reshape(b, h * w, 1, c) for f in (self.q, self.k, self.v))
-        out = jax.nn.dot_product_attention(q, k, v, scale=c**-0.5, implementation="xla")
+        q, k, v = (f(n).reshape(b, h * w, c) for f in (self.q, self.k, self.v))
+        out = multi_head_attention(q, k, v, heads=1)
         return x + self.proj_out(out.reshape(b, h, w, c))
 
 

@@ -1,0 +1,112 @@
+"""Speed and memory of collaborative sampling at the released 512 size (random weights).
+
+    python bench/sample_512.py --batch 1 --steps 50          # one step, then a full sample
+    python bench/sample_512.py --batch 4 --steps 50
+    python bench/sample_512.py --batch 1 --steps 10 --what sample   # peak memory vs steps
+
+Reports compile time separately from run time, the FLOPs of one collaborative step from XLA's
+cost analysis, the achieved FLOP/s against a 4096^3 float32 matmul timed in the same run (the
+baseline that makes figures comparable across noisy machines), and the process's peak RSS.
+Record the printed lines in BENCHMARKS.md with the command and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cdiff_jax.config import load_config
+from cdiff_jax.diffusion.collaboration import Reweighting
+from cdiff_jax.diffusion.denoiser import encode_conditions, predict
+from cdiff_jax.sampling import SamplerSettings, sample
+from cdiff_jax.system import init_system
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def timed(fn, *args, repeats: int = 3) -> float:
+    """Best of `repeats` wall times of fn(*args) after one warm-up call."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_flops_per_second(n: int = 4096) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    return 2 * n**3 / timed(f, a)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="released.py:512_codiff")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--what", choices=["all", "step", "sample"], default="all")
+    args = p.parse_args()
+
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__}, "
+          f"devices {jax.devices()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    baseline = matmul_flops_per_second()
+    print(f"baseline: float32 4096^3 matmul {baseline / 1e9:.1f} GFLOP/s")
+
+    start = time.perf_counter()
+    system = init_system(load_config(args.config), seed=0)
+    print(f"init: {time.perf_counter() - start:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
+    cfg = system.cfg
+    graphdef, state = nnx.split(system)
+    b, s = args.batch, cfg.latent_size
+    rng = np.random.default_rng(0)
+    conditions = {
+        "mask": jnp.asarray(rng.integers(0, 2, (b, 19, 1024)).astype(np.float32)),
+        "text": jnp.asarray(rng.integers(1000, 3000, (b, 77)).astype(np.int32)),
+    }
+    x = jnp.asarray(rng.normal(size=(b, s, s, cfg.autoencoder.embed_dim)).astype(np.float32))
+
+    if args.what in ("all", "step"):
+        @jax.jit
+        def step(state, contexts, x, t):
+            return predict(nnx.merge(graphdef, state), x, t, contexts, Reweighting()).eps
+
+        contexts = jax.jit(lambda st, c: encode_conditions(nnx.merge(graphdef, st), c))(state, conditions)
+        t = jnp.full((b,), 501, jnp.int32)
+        start = time.perf_counter()
+        compiled = step.lower(state, contexts, x, t).compile()
+        compile_s = time.perf_counter() - start
+        flops = compiled.cost_analysis()["flops"]
+        seconds = timed(compiled, state, contexts, x, t)
+        print(f"step: batch {b}: {seconds:.3f} s/step ({seconds / b:.3f} s per image-step), compile {compile_s:.1f}s, "
+              f"{flops / 1e9:.1f} GFLOP/step, {flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / baseline:.2f}x "
+              f"the matmul baseline, peak RSS {peak_rss_gb():.2f} GB")
+
+    if args.what in ("all", "sample"):
+        settings = SamplerSettings(steps=args.steps)
+        key = jax.random.key(0)
+        start = time.perf_counter()
+        from cdiff_jax.sampling import _sample_program
+
+        compiled = _sample_program.lower(graphdef, state, conditions, x, key, None, {}, {}, settings).compile()
+        compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(state, conditions, x, key, None, {}, {}))
+        seconds = time.perf_counter() - start
+        print(f"sample: batch {b}, {args.steps} steps: {seconds:.1f}s ({seconds / b:.1f} s/image, "
+              f"{seconds / args.steps:.3f} s/step), compile {compile_s:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
