@@ -1,0 +1,115 @@
+"""Training steps: parity of two AdamW steps with the reference, and the compiled step's behaviour."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from conftest import assert_close_rel, nhwc, reference_config, reference_system
+from cdiff_jax.convert import keymap
+from cdiff_jax.diffusion.schedule import make_schedule
+from cdiff_jax.train.objectives import eps_loss
+from cdiff_jax.train.step import (StepSettings, adamw, init_train_state, train_steps, trainable_filter,
+                                  trainable_prefixes)
+
+
+def _official_names(system, params):
+    kinds = {n: m.kind for n, m in system.cfg.modalities.items()}
+    paths = [".".join(map(str, p)) for p, _ in nnx.to_flat_state(params)]
+    return paths, keymap.official_key_map(paths, "codiff", kinds)
+
+
+def test_two_adamw_steps_match_reference(fixtures_root):
+    io = np.load(fixtures_root / "dd_train_loss/io.npz")
+    system = reference_system(fixtures_root, "codiff")
+    graphdef, params, frozen = nnx.split(system, trainable_filter(trainable_prefixes("collab", system.cfg)), ...)
+    paths, names = _official_names(system, params)
+    assert sorted(names[p] for p in paths) == sorted(io["grad_param_names"].tolist())
+
+    schedule = make_schedule(system.cfg.schedule)
+    contexts = {"mask": jnp.asarray(io["cond_seg_mask"]), "text": jnp.asarray(io["cond_text"])}
+    z0, noise, t = nhwc(io["x_start"]), nhwc(io["noise"]), jnp.asarray(io["t"])
+
+    def loss_fn(p):
+        return eps_loss(nnx.merge(graphdef, p, frozen), schedule, z0, contexts, t, noise)
+
+    tx = adamw(float(io["lr"]), weight_decay=float(io["adamw_weight_decay"]))
+    opt_state = tx.init(params)
+    order = {name: i for i, name in enumerate(io["grad_param_names"].tolist())}
+    for step in (1, 2):
+        (loss, x_noisy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        assert_close_rel(loss, io[f"step{step}_loss"], name=f"step{step} loss")
+        assert_close_rel(optax.tree.norm(grads), io[f"step{step}_grad_norm"], name=f"step{step} grad norm")
+        for name in ("seg_mask", "text"):
+            sub = {p: g for p, g in zip(paths, jax.tree.leaves(grads)) if f"{name}_confidence" in names[p]}
+            norm = np.sqrt(sum(float(jnp.sum(g**2)) for g in sub.values()))
+            assert_close_rel(norm, io[f"step{step}_grad_norm_{name}_dd"], name=f"{name} grad norm")
+        per_param = np.zeros(len(order))
+        for p, g in zip(paths, jax.tree.leaves(grads)):
+            per_param[order[names[p]]] = float(jnp.linalg.norm(g.ravel()))
+        assert_close_rel(per_param, io[f"step{step}_per_param_grad_norm"], tol=1e-4, name="per-parameter grad norms")
+        if step == 1:
+            assert_close_rel(x_noisy, nhwc(io["step1_x_noisy"]), name="x_noisy")
+        updates, opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if step == 1:
+            delta = jax.tree.map(lambda a, b: a - b, new_params, params)
+            assert_close_rel(optax.tree.norm(delta), io["step1_update_norm"], name="update norm")
+        params = new_params
+
+
+def _tiny_collab_batch(system, k, b, seed=0):
+    rng = np.random.default_rng(seed)
+    res = system.cfg.autoencoder.resolution
+    return {
+        "image": jnp.asarray(rng.uniform(-1, 1, (k, b, res, res, 3)), jnp.float32),
+        "mask": jnp.asarray(rng.integers(0, 2, (k, b, 19, 1024)), jnp.float32),
+        "text": jnp.asarray(rng.integers(1000, 3000, (k, b, 77)), jnp.int32),
+    }
+
+
+def _split(system):
+    return nnx.split(system, trainable_filter(trainable_prefixes("collab", system.cfg)), ...)
+
+
+def test_scan_of_k_steps_equals_k_calls(fixtures_root):
+    system = reference_system(fixtures_root, "codiff")
+    graphdef, params, frozen = _split(system)
+    schedule, tx, key = make_schedule(system.cfg.schedule), adamw(1e-3), jax.random.key(0)
+    batches = _tiny_collab_batch(system, 3, 2)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (train_steps donates its state)
+    together, metrics = train_steps(graphdef, frozen, init_train_state(copy(params), tx), batches, schedule, key, tx)
+    state = init_train_state(copy(params), tx)
+    losses = []
+    for i in range(3):
+        state, m = train_steps(graphdef, frozen, state, jax.tree.map(lambda x: x[i : i + 1], batches), schedule, key, tx)
+        losses.append(float(m.loss[0]))
+    assert int(together.step) == 3 and bool(metrics.finite.all())
+    np.testing.assert_allclose(metrics.loss, losses, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), together.params, state.params)
+    # Only the diffusers moved.
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(together.params)))
+
+
+def test_non_finite_loss_keeps_the_last_good_parameters(fixtures_root):
+    system = reference_system(fixtures_root, "codiff")
+    graphdef, params, frozen = _split(system)
+    schedule, tx = make_schedule(system.cfg.schedule), adamw(1e-3)
+    batches = _tiny_collab_batch(system, 1, 2)
+    batches["image"] = batches["image"].at[0, 0, 0, 0, 0].set(jnp.nan)
+    before = jax.tree.map(np.asarray, params)
+    state, metrics = train_steps(graphdef, frozen, init_train_state(jax.tree.map(jnp.copy, params), tx), batches,
+                                 schedule, jax.random.key(0), tx)
+    assert not bool(metrics.finite[0]) and int(state.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, before, state.params)
+
+
+def test_stage_validation(fixtures_root):
+    cfg = reference_config(fixtures_root, "text")
+    with pytest.raises(ValueError, match="two or more"):
+        trainable_prefixes("collab", cfg)
+    with pytest.raises(ValueError, match="modalities"):
+        trainable_prefixes("expert", cfg, "mask")
+    assert trainable_prefixes("expert", cfg, "text")[0] == ("modalities", "text", "expert")
