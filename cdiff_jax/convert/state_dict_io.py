@@ -256,3 +256,20 @@ def read_state_dict(path) -> LoadedCheckpoint:
         f"{path}: unsupported file extension {path.suffix!r}; supported are "
         f"{', '.join(TORCH_SUFFIXES)} (torch.save zip format) and {SAFETENSORS_SUFFIX}"
     )
+
+
+def read_tensor(path) -> np.ndarray:
+    """Read a ``torch.save(tensor)`` zip file whose top-level object is one tensor, e.g. an official mask ``.pt``.
+
+    Same restricted unpickler and ``CheckpointReadError`` messages as ``read_state_dict``, so a dataset
+    file can run no code either.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointReadError(f"{path}: no such file; check the tensor file path")
+    top = _read_torch_zip(path)
+    if not isinstance(top, np.ndarray):
+        raise CheckpointReadError(
+            f"{path}: the file holds a {type(top).__name__}, not a single tensor; save it with torch.save(tensor, path)"
+        )
+    return top

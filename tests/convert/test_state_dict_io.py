@@ -17,6 +17,7 @@ from cdiff_jax.convert.state_dict_io import (
     UnsafeCheckpointError,
     _rebuild_tensor,
     read_state_dict,
+    read_tensor,
 )
 
 # --- A minimal writer of torch.save-style archives, so layouts torch would produce can be tested without it.
@@ -296,3 +297,26 @@ def test_unsupported_extension(tmp_path):
     path.write_bytes(b"x")
     message = _assert_read_error(path, ".bin")
     assert ".ckpt" in message and ".safetensors" in message
+
+
+# --- read_tensor: a file whose top-level object is a single tensor (official mask .pt files).
+
+
+def test_read_tensor_single_strided_tensor(tmp_path):
+    longs = np.arange(6, dtype=np.int64)
+    top = _tensor("LongStorage", "0", 6, 0, (2, 3), (1, 2))
+    path = _write_archive(tmp_path / "mask.pt", top, {"0": longs.tobytes()})
+    tensor = read_tensor(path)
+    assert tensor.dtype == np.int64
+    np.testing.assert_array_equal(tensor, longs.reshape(3, 2).T)
+
+
+def test_read_tensor_rejects_dicts_missing_files_and_unsafe_pickles(tmp_path):
+    state = _dict({"w": _tensor("FloatStorage", "0", 1, 0, (1,), (1,))})
+    path = _write_archive(tmp_path / "dict.pt", state, {"0": b"\0" * 4})
+    with pytest.raises(CheckpointReadError, match="not a single tensor"):
+        read_tensor(path)
+    with pytest.raises(CheckpointReadError, match="no such file"):
+        read_tensor(tmp_path / "nope.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"builtins\.eval"):
+        read_tensor(_write_archive(tmp_path / "evil.pt", b"cbuiltins\neval\n", {}))
