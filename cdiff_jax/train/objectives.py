@@ -15,6 +15,9 @@ from cdiff_jax.diffusion.denoiser import encode_conditions, predict
 from cdiff_jax.diffusion.schedule import Schedule, q_sample
 from cdiff_jax.system import LatentDiffusionSystem
 
+# Which batch field (from cdiff_jax.data.pipeline) conditions each kind of modality.
+BATCH_KEYS = {"text": "tokens", "mask": "mask"}
+
 
 def eps_loss(
     system: LatentDiffusionSystem,
@@ -53,12 +56,12 @@ def diffusion_loss(
     key: jax.Array,
     condition_dropout: float = 0.0,
 ) -> jax.Array:
-    """The training loss of a batch {"image": [-1, 1] NHWC, <modality>: condition, ...}."""
+    """The training loss of a pipeline batch {"image": [-1, 1] NHWC, "tokens": ids, "mask": one-hot}."""
     k_post, k_t, k_noise, k_drop = jax.random.split(key, 4)
     images = batch["image"]
     posterior_noise = jax.random.normal(k_post, images.shape[:1] + _latent_shape(system, images), images.dtype)
     z0 = jax.lax.stop_gradient(system.autoencoder.encode_latent(images, posterior_noise))
-    conditions = {name: batch[name] for name in system.cfg.modalities}
+    conditions = {name: batch[BATCH_KEYS[m.kind]] for name, m in system.cfg.modalities.items()}
     conditions = drop_conditions(system, conditions, condition_dropout, k_drop)
     t = jax.random.randint(k_t, (images.shape[0],), 0, schedule.num_timesteps)
     noise = jax.random.normal(k_noise, z0.shape, z0.dtype)

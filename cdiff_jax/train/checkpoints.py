@@ -1,0 +1,59 @@
+"""Training checkpoints: orbax, asynchronous, the last K plus the best by validation loss.
+
+Each checkpoint holds the train state (step, trainable parameters, optimizer state) and the
+data iterator's position, so a resumed run continues the exact sequence of batches. orbax
+writes into a temporary directory and renames it when complete, so a run killed mid-save
+leaves the previous checkpoint as the latest usable one.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+VAL_METRIC = "val_loss"
+
+
+class TrainCheckpoints:
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, asynchronous: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        policy = checkpoint_managers.AnyPreservationPolicy([
+            checkpoint_managers.LatestN(keep),
+            checkpoint_managers.BestN(get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1,
+                                      keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy, enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state, data_state: bytes, val_loss: float | None = None, *, wait: bool = False) -> None:
+        metrics = None if val_loss is None else {VAL_METRIC: float(val_loss)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=ocp.args.JsonSave({"iterator": data_state.decode()}))
+        self.manager.save(step, args=args, metrics=metrics, force=True)
+        if wait:
+            self.manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def path(self, step: int) -> pathlib.Path:
+        return self.directory / str(step)
+
+    def restore(self, step: int, abstract_state) -> tuple[object, bytes]:
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        return restored.state, restored.data["iterator"].encode()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
