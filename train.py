@@ -41,10 +41,14 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", required=True, help="run directory: checkpoints, logs, samples")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host: TPU pods, GPU clusters)")
+                   help="call jax.distributed.initialize() first (multi-host: TPU pods, GPU clusters); "
+                        "on TPU and SLURM it finds the other hosts itself")
+    p.add_argument("--coordinator", help="host:port of process 0, where the cluster is not detected")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
     args = p.parse_args(argv)
     if args.distributed:
-        jax.distributed.initialize()
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS's notes on configs and decoders
 
     from cdiff_jax.config import load_config

@@ -73,7 +73,10 @@ def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
     cfg = load_config(directory)
     system = abstract_system(cfg)
     abstract = nnx.to_pure_dict(nnx.state(system, nnx.Param))
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+    # Restore onto this process's first device whatever topology saved it (a training run's
+    # checkpoint may come from many devices).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(directory / PARAMS_DIR, target)
     state = nnx.state(system, nnx.Param)

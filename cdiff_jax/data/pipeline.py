@@ -1,13 +1,14 @@
 """grain input pipeline: CelebA multi-modal examples -> batches of model inputs.
 
-Sampling is grain's ``IndexSampler``: each shard (by default each JAX process) takes a disjoint,
-contiguous part of the records and shuffles it with the seed, freshly every epoch. Everything is a
-pure function of (seed, shard, step), so the iterator state is just a position: store it beside a
-checkpoint and a resumed run sees exactly the batches it would have seen.
+The order of records is defined for the global batch (``GlobalBatchSampler``), so a run on one
+process and on many sees the same global batches. Everything is a pure function of (seed, step),
+so the iterator state is just a position: store it beside a checkpoint and a resumed run sees
+exactly the batches it would have seen.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Mapping, Sequence
 
 import grain
@@ -36,47 +37,86 @@ class ToModelInputs(grain.transforms.Map):
         }
 
 
+class GlobalBatchSampler:
+    """Record order defined for the global batch, whatever the number of processes.
+
+    Step s of every run uses global positions [s*G, (s+1)*G) of a per-epoch permutation of the
+    records (seeded, epochs drop the remainder); process p reads positions p*L .. (p+1)*L - 1 of
+    that step with L = G / process_count. So the concatenated local batches equal the batch a
+    single process would read, and each process decodes only its own examples.
+    """
+
+    def __init__(self, num_records: int, global_batch: int, seed: int, shuffle: bool = True,
+                 process_index: int = 0, process_count: int = 1, num_epochs: int | None = None):
+        if global_batch % process_count:
+            raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+        if num_records < global_batch:
+            raise ValueError(f"{num_records} records cannot fill one global batch of {global_batch}")
+        self.num_records, self.global_batch, self.seed, self.shuffle = num_records, global_batch, seed, shuffle
+        self.local_batch = global_batch // process_count
+        self.process_index = process_index
+        self.per_epoch = (num_records // global_batch) * global_batch
+        self.max_index = None if num_epochs is None else num_epochs * self.per_epoch // process_count
+
+    def __repr__(self) -> str:  # grain compares it with the one saved in an iterator state
+        return (f"GlobalBatchSampler(num_records={self.num_records}, global_batch={self.global_batch}, "
+                f"seed={self.seed}, shuffle={self.shuffle}, process_index={self.process_index}, "
+                f"local_batch={self.local_batch}, max_index={self.max_index})")
+
+    @functools.lru_cache(maxsize=2)
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_records)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        if index < 0 or (self.max_index is not None and index >= self.max_index):
+            raise IndexError(index)
+        step, offset = divmod(index, self.local_batch)
+        position = step * self.global_batch + self.process_index * self.local_batch + offset
+        epoch, within = divmod(position, self.per_epoch)
+        return grain.RecordMetadata(index=index, record_key=int(self._order(epoch)[within]))
+
+
 def make_loader(
     source: Sequence[Mapping[str, Any]],
     *,
-    batch_size: int,
+    global_batch: int,
     seed: int,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
     num_epochs: int | None = None,
     shuffle: bool = True,
-    drop_remainder: bool = True,
     worker_count: int = 0,
     worker_buffer_size: int = 1,
     read_options: grain.ReadOptions | None = None,
 ) -> grain.DataLoader:
-    """A grain ``DataLoader`` of model-input batches over a random-access ``source``.
+    """A grain ``DataLoader`` yielding this process's part of each global batch of model inputs.
 
-    ``shard_index``/``shard_count`` default to this JAX process among all of them. Shards drop the
-    records left over by an uneven split, so every host runs the same number of steps; ``num_epochs=None``
-    repeats forever. Iterators of the result support ``get_state()`` / ``set_state()``.
+    ``process_index``/``process_count`` default to this JAX process among all of them; with one
+    process the batches are whole global batches. ``num_epochs=None`` repeats forever.
+    Iterators support ``get_state()`` / ``set_state()``.
 
-    With ``worker_count > 0`` each worker batches every ``worker_count``-th sampled record, so the batches
-    depend on ``worker_count`` (still deterministic): resume with the worker count the state was saved with.
+    With ``worker_count > 0`` each worker batches every Nth record, so the batches differ from
+    ``worker_count=0``; a run must resume with the ``worker_count`` it saved with.
     """
-    if (shard_index is None) != (shard_count is None):
-        raise ValueError("pass both shard_index and shard_count, or neither (to shard by JAX process)")
+    if (process_index is None) != (process_count is None):
+        raise ValueError("pass both process_index and process_count, or neither (this JAX process)")
+    if process_index is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    sampler = GlobalBatchSampler(len(source), global_batch, seed, shuffle, process_index, process_count, num_epochs)
     if worker_count and not flags.FLAGS.is_parsed():
         # grain's worker pool reads its absl flags, which only absl.app parses; use their defaults.
         flags.FLAGS.mark_as_parsed()
-    if shard_index is None:
-        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    else:
-        shard_options = grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shard_options=shard_options, shuffle=shuffle, num_epochs=num_epochs, seed=seed,
-    )
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
-        operations=[ToModelInputs(), grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)],
+        operations=[ToModelInputs(), grain.transforms.Batch(sampler.local_batch, drop_remainder=True)],
         worker_count=worker_count,
         worker_buffer_size=worker_buffer_size,
+        shard_options=grain.sharding.NoSharding(),
         read_options=read_options,
     )
 

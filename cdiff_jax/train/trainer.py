@@ -92,17 +92,16 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     prefixes = trainable_prefixes(cfg.stage, system.cfg, cfg.modality)
     graphdef, params, frozen = nnx.split(system, trainable_filter(prefixes), ...)
     mesh = data_mesh()
-    params = jax.device_put(params, param_sharding(params, mesh, cfg.fsdp_min_size))
     frozen = jax.device_put(frozen, param_sharding(frozen, mesh, cfg.fsdp_min_size))
     tx = adamw(cfg.learning_rate, cfg.weight_decay)
     state = init_train_state(params, tx)
+    state = jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size))
     schedule = replicate(make_schedule(system.cfg.schedule), mesh)
     key = jax.random.key(cfg.seed)
     settings = StepSettings(condition_dropout=cfg.condition_dropout)
 
     sources = data_sources(cfg.data_dir, resolution=cfg.resolution, test_size=cfg.test_size)
-    local_batch = cfg.global_batch // jax.process_count()
-    batches = iter(make_loader(sources["train"], batch_size=local_batch, seed=cfg.seed))
+    batches = iter(make_loader(sources["train"], global_batch=cfg.global_batch, seed=cfg.seed))
 
     checkpoints = TrainCheckpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints)
     latest = checkpoints.latest_step()
@@ -162,7 +161,11 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
 
 def validation_loss(cfg, graphdef, params, frozen, schedule, source, mesh) -> float:
     """Mean loss over the first `val_batches` test batches, with fixed randomness per batch."""
-    loader = make_loader(source, batch_size=cfg.global_batch // jax.process_count(), seed=0, shuffle=False)
+    batch_size = min(cfg.global_batch, len(source))
+    batch_size -= batch_size % jax.device_count()
+    if not batch_size:
+        raise ValueError(f"the test split has {len(source)} examples, fewer than the {jax.device_count()} devices")
+    loader = make_loader(source, global_batch=batch_size, seed=0, shuffle=False)
     losses = []
     for i, batch in zip(range(cfg.val_batches), loader):
         batch = global_batch(batch, mesh)

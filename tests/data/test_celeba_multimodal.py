@@ -112,7 +112,7 @@ def test_example_contents(built):
 
 def test_loader_over_tfds_source(built):
     _, sources, _ = built
-    batch = next(iter(make_loader(sources["train"], batch_size=3, seed=0, shard_index=0, shard_count=1)))
+    batch = next(iter(make_loader(sources["train"], global_batch=3, seed=0, process_index=0, process_count=1)))
     assert batch["image"].shape == (3, RES, RES, 3) and batch["image"].dtype == np.float32
     assert batch["mask"].shape == (3, 19, 1024) and batch["tokens"].shape == (3, 77)
     by_image = {ex["image"].tobytes(): ex for ex in sources["train"]}

@@ -38,7 +38,7 @@ def _take(loader, count):
 
 def test_batches_hold_model_inputs():
     examples = _examples()
-    (batch,) = _take(make_loader(examples, batch_size=4, seed=0, shard_index=0, shard_count=1), 1)
+    (batch,) = _take(make_loader(examples, global_batch=4, seed=0, process_index=0, process_count=1), 1)
     assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
     assert batch["mask"].shape == (4, 19, 1024) and batch["mask"].dtype == np.float32
     assert batch["tokens"].shape == (4, 77) and batch["tokens"].dtype == np.int32
@@ -53,7 +53,7 @@ def test_batches_hold_model_inputs():
 
 def test_epochs_are_seeded_permutations():
     def order(seed):
-        loader = make_loader(_examples(), batch_size=1, seed=seed, shard_index=0, shard_count=1, num_epochs=2)
+        loader = make_loader(_examples(), global_batch=1, seed=seed, process_index=0, process_count=1, num_epochs=2)
         return [i for batch in loader for i in _indices(batch)]
 
     first = order(1)
@@ -63,29 +63,32 @@ def test_epochs_are_seeded_permutations():
     assert order(2) != first
 
 
-def test_shards_are_disjoint_and_cover_an_epoch():
-    seen = []
-    for shard in range(2):
-        loader = make_loader(_examples(), batch_size=5, seed=3, shard_index=shard, shard_count=2, num_epochs=1)
-        seen.append([i for batch in loader for i in _indices(batch)])
-    assert len(seen[0]) == len(seen[1]) == N // 2
-    assert not set(seen[0]) & set(seen[1])
-    assert sorted(seen[0] + seen[1]) == list(range(N))
+def test_processes_split_each_global_batch_as_one_process_reads_it():
+    whole = [_indices(b) for b in make_loader(_examples(), global_batch=4, seed=3, process_index=0,
+                                              process_count=1, num_epochs=1)]
+    parts = [[_indices(b) for b in make_loader(_examples(), global_batch=4, seed=3, process_index=p,
+                                               process_count=2, num_epochs=1)] for p in range(2)]
+    assert len(whole) == N // 4  # epochs drop the remainder
+    assert [a + b for a, b in zip(*parts)] == whole
+    assert len({i for batch in whole for i in batch}) == 4 * (N // 4)
 
 
-def test_default_sharding_is_by_jax_process_and_drop_remainder():
-    batches = list(make_loader(_examples(), batch_size=4, seed=0, num_epochs=1))  # one process: all records
+def test_default_is_this_process_and_bad_arguments_are_clear():
+    batches = list(make_loader(_examples(), global_batch=4, seed=0, num_epochs=1))  # one process: all records
     assert [len(b["tokens"]) for b in batches] == [4, 4]
-    batches = list(make_loader(_examples(), batch_size=4, seed=0, num_epochs=1, drop_remainder=False))
-    assert [len(b["tokens"]) for b in batches] == [4, 4, 2]
-    with pytest.raises(ValueError, match="both shard_index and shard_count"):
-        make_loader(_examples(), batch_size=4, seed=0, shard_index=0)
+    with pytest.raises(ValueError, match="both process_index and process_count"):
+        make_loader(_examples(), global_batch=4, seed=0, process_index=0)
+    with pytest.raises(ValueError, match="not divisible"):
+        make_loader(_examples(), global_batch=3, seed=0, process_index=0, process_count=2)
+    with pytest.raises(ValueError, match="cannot fill"):
+        make_loader(_examples(), global_batch=16, seed=0)
 
 
 @pytest.mark.parametrize("worker_count", [0, 2])
 def test_restored_iterator_continues_the_same_sequence(worker_count):
     def loader():
-        return make_loader(_examples(), batch_size=3, seed=7, shard_index=0, shard_count=1, worker_count=worker_count)
+        return make_loader(_examples(), global_batch=3, seed=7, process_index=0, process_count=1,
+                           worker_count=worker_count)
 
     iterator = iter(loader())
     first = next(iterator)

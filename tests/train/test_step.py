@@ -66,7 +66,7 @@ def _tiny_collab_batch(system, k, b, seed=0):
     return {
         "image": jnp.asarray(rng.uniform(-1, 1, (k, b, res, res, 3)), jnp.float32),
         "mask": jnp.asarray(rng.integers(0, 2, (k, b, 19, 1024)), jnp.float32),
-        "text": jnp.asarray(rng.integers(1000, 3000, (k, b, 77)), jnp.int32),
+        "tokens": jnp.asarray(rng.integers(1000, 3000, (k, b, 77)), jnp.int32),
     }
 
 
