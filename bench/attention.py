@@ -5,12 +5,10 @@
 The baseline is the same attention without query blocks, timed in the same run.
 """
 
-import time
-
 import jax
-import jax.numpy as jnp
 
 from cdiff_jax.nn import layers
+from timing import best_time
 
 SHAPES = [  # (tokens, heads, head width, where)
     (1024, 32, 2, "dynamic diffuser, 32x32 self-attention"),
@@ -18,16 +16,6 @@ SHAPES = [  # (tokens, heads, head width, where)
     (256, 32, 18, "expert, 16x16 self-attention"),
     (4096, 1, 512, "autoencoder mid attention at 64x64"),
 ]
-
-
-def best_time(fn, *args, repeats=5):
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 DEFAULT_MIN = layers.BLOCKED_MIN_SCORES

@@ -7,24 +7,13 @@ calls in the same jitted program, timed in the same run.
 """
 
 import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import load_config
 from cdiff_jax.nn.unet import UNet
-
-
-def best_time(fn, *args, repeats=3):
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
+from timing import best_time
 
 
 def main():

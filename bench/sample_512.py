@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import time
 
 import jax
@@ -26,29 +25,9 @@ from flax import nnx
 from cdiff_jax.config import load_config
 from cdiff_jax.diffusion.collaboration import Reweighting
 from cdiff_jax.diffusion.denoiser import encode_conditions, predict
-from cdiff_jax.sampling import SamplerSettings, sample
+from cdiff_jax.sampling import SamplerSettings, _sample_program
 from cdiff_jax.system import init_system
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-
-
-def timed(fn, *args, repeats: int = 3) -> float:
-    """Best of `repeats` wall times of fn(*args) after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def matmul_flops_per_second(n: int = 4096) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / timed(f, a)
+from timing import best_time, matmul_flops_per_second, peak_rss_gb
 
 
 def main():
@@ -88,7 +67,7 @@ def main():
         compiled = step.lower(state, contexts, x, t).compile()
         compile_s = time.perf_counter() - start
         flops = compiled.cost_analysis()["flops"]
-        seconds = timed(compiled, state, contexts, x, t)
+        seconds = best_time(compiled, state, contexts, x, t)
         print(f"step: batch {b}: {seconds:.3f} s/step ({seconds / b:.3f} s per image-step), compile {compile_s:.1f}s, "
               f"{flops / 1e9:.1f} GFLOP/step, {flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / baseline:.2f}x "
               f"the matmul baseline, peak RSS {peak_rss_gb():.2f} GB")
@@ -97,8 +76,6 @@ def main():
         settings = SamplerSettings(steps=args.steps)
         key = jax.random.key(0)
         start = time.perf_counter()
-        from cdiff_jax.sampling import _sample_program
-
         compiled = _sample_program.lower(graphdef, state, conditions, x, key, None, {}, {}, settings).compile()
         compile_s = time.perf_counter() - start
         start = time.perf_counter()

@@ -14,7 +14,7 @@ from flax import nnx
 
 from cdiff_jax.config import AutoencoderConfig
 from cdiff_jax.nn.layers import conv, group_norm, multi_head_attention
-from cdiff_jax.nn.unet import upsample_nearest
+from cdiff_jax.nn.unet import Upsample
 
 LOGVAR_RANGE = (-30.0, 20.0)
 
@@ -57,14 +57,6 @@ class VaeDownsample(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(x)
-
-
-class VaeUpsample(nnx.Module):
-    def __init__(self, ch: int, *, rngs: nnx.Rngs):
-        self.conv = conv(ch, ch, 3, padding=1, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.conv(upsample_nearest(x))
 
 
 class VaeLevel(nnx.Module):
@@ -144,7 +136,7 @@ class Decoder(nnx.Module):
                 ch = out_ch
                 if res in cfg.attn_resolutions:
                     attn.append(VaeAttention(ch, rngs=rngs))
-            levels.insert(0, VaeLevel(blocks, attn, VaeUpsample(ch, rngs=rngs) if i else None))
+            levels.insert(0, VaeLevel(blocks, attn, Upsample(ch, rngs=rngs) if i else None))
             if i:
                 res *= 2
         self.up = nnx.List(levels)

@@ -1,7 +1,6 @@
 """The converter: exact coverage of the released key sets, strictness, and the CLI."""
 
 import json
-import pathlib
 import subprocess
 import sys
 

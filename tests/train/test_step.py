@@ -11,7 +11,7 @@ from conftest import assert_close_rel, nhwc, reference_config, reference_system
 from cdiff_jax.convert import keymap
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.train.objectives import eps_loss
-from cdiff_jax.train.step import (StepSettings, adamw, init_train_state, train_steps, trainable_filter,
+from cdiff_jax.train.step import (adamw, init_train_state, train_steps, trainable_filter,
                                   trainable_prefixes)
 
 

@@ -67,13 +67,12 @@ def test_a_run_writes_logs_checkpoints_samples_and_a_usable_system(data_dir, tmp
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(r["loss"]) for r in lines)
     assert (run / "val/metrics.jsonl").is_file() and list((run / "train").glob("events.out.tfevents.*"))
     assert (run / "samples/0000006.png").is_file()
-    before = load_system  # the trained system samples through sample.py
     sampled = subprocess.run([sys.executable, str(REPO / "sample.py"), "--checkpoint", str(run / "system"),
                               "--text", "a man", "--mask", str(REPO / "cdiff_jax/data/examples/face_mask.png"),
                               "--steps", "2", "--batch", "1", "--out", str(tmp_path / "s")],
                              capture_output=True, text=True, cwd=REPO)
     assert sampled.returncode == 0, sampled.stderr[-2000:]
-    assert before and (tmp_path / "s/grid.png").is_file()
+    assert (tmp_path / "s/grid.png").is_file()
 
 
 def _wait_for_checkpoint(workdir, step, process, timeout=240):
@@ -152,3 +151,16 @@ def test_two_processes_of_four_devices_train_like_one_process(data_dir, tmp_path
     assert multi["step"] == single["step"] == 4
     np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-5)
     np.testing.assert_allclose(multi["grad_norm"], single["grad_norm"], rtol=1e-4)
+
+
+def test_expert_stage_trains_one_expert_and_its_encoder_only(data_dir, tmp_path):
+    run_train(tmp_path / "expert", data_dir, "steps=2", "val_every=0", "sample_every=0",
+              config="configs/train_tiny.py:expert_text")
+    from cdiff_jax.config import load_config
+    from cdiff_jax.system import init_system
+
+    trained = nnx.state(load_system(tmp_path / "expert/system"), nnx.Param)
+    fresh = nnx.state(init_system(load_config("tiny_system.py:text"), seed=0), nnx.Param)
+    changed = {path[:3] for (path, a), (_, b) in zip(nnx.to_flat_state(trained), nnx.to_flat_state(fresh))
+               if not np.array_equal(np.asarray(a), np.asarray(b))}
+    assert changed == {("modalities", "text", "expert"), ("modalities", "text", "encoder")}
