@@ -22,6 +22,7 @@ import numpy as np
 
 from cdiff_jax import conditions as cond
 from cdiff_jax.checkpoint import NotACheckpointError, load_system
+from cdiff_jax.checkpoint import load_config as load_checkpoint_config
 from cdiff_jax.config import load_config
 from cdiff_jax.data.masks import colorize, load_label_map
 from cdiff_jax.diffusion.collaboration import Reweighting
@@ -81,19 +82,22 @@ def _parse_guidance(text: str, names: list[str]) -> dict[str, float]:
 
 
 def prepare(args):
-    """Validate every input and build the system and conditions; writes nothing."""
+    """Validate every input, then load the system and build the conditions; writes nothing.
+
+    The cheap checks come first so that a bad mask or caption fails before gigabytes of
+    weights are read.
+    """
     if args.checkpoint:
-        system = load_system(args.checkpoint)
+        cfg = load_checkpoint_config(args.checkpoint)
         mask, text = args.mask, args.text
         if mask is None and text is None:
             raise UsageError("give --mask, --text or both")
     else:
         print("note: no --checkpoint: sampling the built-in demo model, which has RANDOM weights "
               "(trained demo models are not shipped yet); expect noise, not faces.")
-        system = init_system(load_config("demo_random.py"), seed=0)
+        cfg = load_config("demo_random.py")
         mask = args.mask or str(DEFAULT_MASK)
         text = args.text if args.text is not None else DEFAULT_CAPTION
-    cfg = system.cfg
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
     requested = {"mask": mask, "text": text}
@@ -128,6 +132,7 @@ def prepare(args):
                                record=args.save_influence or args.save_trajectory, progress=True)
     ddim_timesteps(cfg.schedule.timesteps, args.steps)  # reject unusable step counts before any work
     nulls = {n: cond.null_condition(cfg.modalities[n]) for n in guided}
+    system = load_system(args.checkpoint) if args.checkpoint else init_system(cfg, seed=0)
     return system, conditions, settings, {n: scales[n] for n in guided}, nulls, {"mask": mask, "text": text}
 
 

@@ -7,7 +7,6 @@ schedule, samplers and losses are pure functions elsewhere that take the split s
 
 from __future__ import annotations
 
-import jax
 from flax import nnx
 
 from cdiff_jax.config import SystemConfig, TextEncoderConfig
@@ -41,8 +40,3 @@ def abstract_system(cfg: SystemConfig) -> LatentDiffusionSystem:
 def init_system(cfg: SystemConfig, seed: int = 0) -> LatentDiffusionSystem:
     """Fresh weights, initialised eagerly (measured: one jitted init compiles for much longer)."""
     return LatentDiffusionSystem(cfg, rngs=nnx.Rngs(seed))
-
-
-def encode_condition(modality: Modality, condition: jax.Array) -> jax.Array:
-    """Token ids (text) or one-hot masks (mask) -> cross-attention context."""
-    return modality.encoder(condition)

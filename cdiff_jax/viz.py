@@ -31,14 +31,6 @@ def heatmap(weights: np.ndarray) -> np.ndarray:
     return (_RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac).round().astype(np.uint8)
 
 
-def latent_to_rgb(latents: np.ndarray) -> np.ndarray:
-    """A 3-channel latent shown as an image, each picture scaled to its own range."""
-    x = np.asarray(latents, np.float64)
-    lo = x.min(axis=(-3, -2, -1), keepdims=True)
-    hi = x.max(axis=(-3, -2, -1), keepdims=True)
-    return ((x - lo) / np.maximum(hi - lo, 1e-12) * 255).astype(np.uint8)
-
-
 def overlay(images: np.ndarray, labels: np.ndarray, alpha: float = 0.3) -> np.ndarray:
     """Blend uint8 images [B, H, W, 3] with the mask colours (labels [h, w], resized nearest)."""
     h, w = images.shape[1:3]

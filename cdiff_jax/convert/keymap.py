@@ -3,7 +3,7 @@
 A path is our dotted NNX parameter path (e.g. `modalities.text.expert.down_blocks.3.res.in_conv.kernel`).
 Each component type has an ordered list of regex rewrites from our local names to the
 reference's; the prefixes say where each component lives in each official checkpoint type.
-Layouts: conv [O, I, kh, kw] <-> [kh, kw, I, O]; linear [O, I] <-> [I, O]; norms `weight` <-> `scale`.
+Layouts: conv [O, I, kh, kw] -> [kh, kw, I, O]; linear [O, I] -> [I, O]; norms `weight` -> `scale`.
 """
 
 from __future__ import annotations
@@ -177,11 +177,3 @@ def to_flax_layout(array: np.ndarray, leaf: str) -> np.ndarray:
         return np.transpose(array, (2, 3, 1, 0))  # conv [O, I, h, w] -> [h, w, I, O]
     return array.T  # linear [O, I] -> [I, O]
 
-
-def to_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
-    """Inverse of `to_flax_layout`."""
-    if leaf != "kernel":
-        return array
-    if array.ndim == 4:
-        return np.transpose(array, (3, 2, 0, 1))
-    return array.T

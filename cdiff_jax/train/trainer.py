@@ -116,7 +116,6 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     progress = ProgressLine(cfg.steps)
     stop = _StopRequest()
     step = int(state.step)
-    val_loss = None
     try:
         while step < cfg.steps:
             k = min(cfg.steps_per_call, cfg.steps - step)
@@ -136,14 +135,15 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
             if _crossed(before, step, cfg.log_every) or step == cfg.steps:
                 writer.write(step, {"loss": float(losses.mean()), "grad_norm": float(np.mean(metrics.grad_norm)),
                                     "learning_rate": cfg.learning_rate})
+            val_loss = None
             if _crossed(before, step, cfg.val_every):
                 val_loss = validation_loss(cfg, graphdef, state.params, frozen, schedule, sources["test"], mesh)
                 val_writer.write(step, {"loss": val_loss})
             if _crossed(before, step, cfg.sample_every):
                 write_samples(cfg, graphdef, state.params, frozen, sources["test"], workdir / "samples" / f"{step:07d}.png")
-            if _crossed(before, step, cfg.checkpoint_every) or step == cfg.steps:
+            # Validated states are always saved, so the best one by validation loss can be kept.
+            if _crossed(before, step, cfg.checkpoint_every) or val_loss is not None or step == cfg.steps:
                 checkpoints.save(step, state, save_iterator_state(batches), val_loss)
-                val_loss = None
             if stop.requested():
                 checkpoints.save(step, state, save_iterator_state(batches), wait=True)
                 if lead:

@@ -59,10 +59,15 @@ def trained_params(workdir):
 
 
 def test_a_run_writes_logs_checkpoints_samples_and_a_usable_system(data_dir, tmp_path):
-    result = run_train(tmp_path / "run", data_dir)
+    result = run_train(tmp_path / "run", data_dir, "keep_checkpoints=1")
     assert "step 6/6" in result.stdout
     run = tmp_path / "run"
-    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == 6
+    from cdiff_jax.train.checkpoints import TrainCheckpoints
+
+    checkpoints = TrainCheckpoints(run / "checkpoints")
+    best, kept = checkpoints.best_step(), {int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()}
+    checkpoints.close()
+    assert best in (3, 6) and kept == {best, 6}  # the latest, and the best by validation loss
     lines = [json.loads(line) for line in (run / "train/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(r["loss"]) for r in lines)
     assert (run / "val/metrics.jsonl").is_file() and list((run / "train").glob("events.out.tfevents.*"))
@@ -164,3 +169,14 @@ def test_expert_stage_trains_one_expert_and_its_encoder_only(data_dir, tmp_path)
     changed = {path[:3] for (path, a), (_, b) in zip(nnx.to_flat_state(trained), nnx.to_flat_state(fresh))
                if not np.array_equal(np.asarray(a), np.asarray(b))}
     assert changed == {("modalities", "text", "expert"), ("modalities", "text", "encoder")}
+
+
+def test_non_finite_loss_stops_the_run_naming_the_last_good_checkpoint(data_dir, tmp_path):
+    result = subprocess.run(train_cmd(tmp_path / "nan", data_dir, "base_learning_rate=1e30", "steps=50",
+                                      "checkpoint_every=1", "val_every=0", "sample_every=0"),
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert "non-finite loss or gradient at step" in message and "last good checkpoint" in message
+    last = message.rsplit(": ", 1)[1]
+    assert (pathlib.Path(last) / "commit_success.txt").exists()
