@@ -2,6 +2,7 @@
 
     python train.py --config configs/train_tiny.py --workdir runs/tiny --set data_dir=PATH
     python train.py --config configs/train_tiny.py:expert_text --workdir runs/tiny_text --set data_dir=PATH
+    python train.py --config configs/train_tiny.py:autoencoder --workdir runs/tiny_vae --set data_dir=PATH
 """
 
 from cdiff_jax.train.config import TrainConfig
@@ -13,6 +14,9 @@ def get_config(arg: str = "collab") -> TrainConfig:
                   sample_steps=2)
     if arg == "collab":
         return TrainConfig(stage="collab", system="tiny_system.py", **common)
+    if arg == "autoencoder":  # the discriminator switches on half way, small to keep the test fast
+        return TrainConfig(stage="autoencoder", system="tiny_system.py:text", perceptual_weight=0.0, disc_start=3,
+                           disc_filters=8, disc_layers=2, **common)
     kind = arg.removeprefix("expert_")
     return TrainConfig(stage="expert", modality=kind, system=f"tiny_system.py:{kind}",
                        condition_dropout=0.1, **common)

@@ -6,6 +6,9 @@ import pathlib
 import numpy as np
 import pytest
 
+from cdiff_jax.convert.keymap import LPIPS_VGG_CONV_INDICES
+from cdiff_jax.nn.lpips import SCALE, SHIFT, TAPPED_WIDTHS, VGG16_LAYOUT
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -95,3 +98,28 @@ def reference_system(root: pathlib.Path, kind: str, fmt: str = "safetensors"):
 def nhwc(x):
     """NCHW (as the fixtures store images and latents) -> NHWC (as our models take them)."""
     return np.transpose(np.asarray(x), (0, 2, 3, 1))
+
+
+# --- LPIPS weights in the official layout, random ------------------------------------------------
+
+LPIPS_PREFIX = "loss.perceptual_loss."
+
+
+def lpips_state_dict(rng) -> dict[str, np.ndarray]:
+    """Random LPIPS weights under LDM's key names and torch layouts."""
+    tensors, width, conv = {}, 3, 0
+    slice_ends = (4, 9, 16, 23, 30)
+    for spec in VGG16_LAYOUT:
+        if spec == "M":
+            continue
+        index = LPIPS_VGG_CONV_INDICES[conv]
+        s = next(i for i, end in enumerate(slice_ends, 1) if index < end)
+        tensors[f"{LPIPS_PREFIX}net.slice{s}.{index}.weight"] = rng.normal(0, (2 / (9 * width)) ** 0.5, (spec, width, 3, 3))
+        tensors[f"{LPIPS_PREFIX}net.slice{s}.{index}.bias"] = rng.normal(0, 0.1, (spec,))
+        width, conv = spec, conv + 1
+    for k, w in enumerate(TAPPED_WIDTHS):
+        tensors[f"{LPIPS_PREFIX}lin{k}.model.1.weight"] = np.abs(rng.normal(0, 0.1, (1, w, 1, 1)))
+    tensors[f"{LPIPS_PREFIX}scaling_layer.shift"] = np.asarray(SHIFT).reshape(1, 3, 1, 1)
+    tensors[f"{LPIPS_PREFIX}scaling_layer.scale"] = np.asarray(SCALE).reshape(1, 3, 1, 1)
+    tensors["encoder.conv_in.weight"] = np.zeros((4, 3, 3, 3))  # the rest of an autoencoder checkpoint
+    return {k: v.astype(np.float32) for k, v in tensors.items()}

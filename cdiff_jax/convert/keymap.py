@@ -177,3 +177,21 @@ def to_flax_layout(array: np.ndarray, leaf: str) -> np.ndarray:
         return np.transpose(array, (2, 3, 1, 0))  # conv [O, I, h, w] -> [h, w, I, O]
     return array.T  # linear [O, I] -> [I, O]
 
+
+# LPIPS (VGG16 trunk + linear heads) as LDM's autoencoder loss holds it, under `loss.perceptual_loss.`
+# in a full autoencoder checkpoint: the trunk's convolutions are torchvision `features` indices
+# regrouped into five slices ending at relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3.
+LPIPS_VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+_LPIPS_SLICE_ENDS = (4, 9, 16, 23, 30)
+
+
+def lpips_key_map(prefix: str = "") -> dict[str, str]:
+    """Our LPIPS parameter paths (`convs.i.kernel`, `lins.k.kernel`) -> official keys."""
+    mapping = {}
+    for i, index in enumerate(LPIPS_VGG_CONV_INDICES):
+        slice_no = next(s for s, end in enumerate(_LPIPS_SLICE_ENDS, 1) if index < end)
+        for ours, theirs in (("kernel", "weight"), ("bias", "bias")):
+            mapping[f"convs.{i}.{ours}"] = f"{prefix}net.slice{slice_no}.{index}.{theirs}"
+    for k in range(len(_LPIPS_SLICE_ENDS)):
+        mapping[f"lins.{k}.kernel"] = f"{prefix}lin{k}.model.1.weight"
+    return mapping

@@ -155,8 +155,12 @@ class Decoder(nnx.Module):
             h = inter[f"up{i}_block_last"] = level.blocks(h)
             if level.resample is not None:
                 h = inter[f"up{i}_upsample"] = level.resample(h)
-        out = self.conv_out(jax.nn.silu(self.norm_out(h)))
-        return out, inter
+        h = inter["features"] = jax.nn.silu(self.norm_out(h))
+        return self.conv_out(h), inter
+
+    def features(self, z: jax.Array) -> jax.Array:
+        """The activations entering `conv_out`, whose kernel sets the adaptive GAN weight in training."""
+        return self.forward_with_intermediates(z)[1]["features"]
 
 
 class AutoencoderKL(nnx.Module):

@@ -7,8 +7,9 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    # What to train: "collab" (the dynamic diffusers, everything else frozen: the paper's stage)
-    # or "expert" (one modality's UNet and condition encoder, the autoencoder frozen).
+    # What to train: "collab" (the dynamic diffusers, everything else frozen: the paper's stage),
+    # "expert" (one modality's UNet and condition encoder, the autoencoder frozen) or
+    # "autoencoder" (the KL autoencoder, with LDM's reconstruction + KL + patch-GAN objective).
     stage: str = "collab"
     modality: str | None = None  # the expert stage's modality
     # The system to start from: "FILE.py:ARG" builds it from a config with fresh weights; then
@@ -30,6 +31,17 @@ class TrainConfig:
     steps: int = 100_000
     steps_per_call: int = 1  # optimizer steps per device call (one lax.scan)
     condition_dropout: float = 0.0  # expert stage: enables classifier-free guidance later
+
+    # The autoencoder stage (LDM's defaults; its optimizers are Adam with betas 0.5/0.9). The
+    # perceptual term needs LPIPS weights from a file (an LDM autoencoder checkpoint holds them);
+    # set perceptual_weight=0 to train without it.
+    kl_weight: float = 1e-6
+    perceptual_weight: float = 1.0
+    perceptual_weights: str | None = None
+    disc_start: int = 50_001  # optimizer step at which the discriminator's terms switch on
+    disc_weight: float = 0.5
+    disc_filters: int = 64
+    disc_layers: int = 3
     fsdp_min_size: int | None = None  # shard parameters with at least this many elements; None: replicate
 
     # Housekeeping (in optimizer steps).

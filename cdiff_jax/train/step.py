@@ -20,11 +20,11 @@ from cdiff_jax.config import SystemConfig
 from cdiff_jax.diffusion.schedule import Schedule
 from cdiff_jax.train.objectives import diffusion_loss
 
-STAGES = ("collab", "expert")
+STAGES = ("collab", "expert", "autoencoder")
 
 
 def trainable_prefixes(stage: str, cfg: SystemConfig, modality: str | None = None) -> tuple[tuple[str, ...], ...]:
-    """Parameter path prefixes a stage trains: the diffusers, or one expert with its encoder."""
+    """Parameter path prefixes a stage trains: the diffusers, one expert with its encoder, or the autoencoder."""
     if stage == "collab":
         if not cfg.is_collaborative or len(cfg.modalities) < 2:
             raise ValueError("the collab stage needs a system with two or more modalities and their diffusers")
@@ -33,6 +33,8 @@ def trainable_prefixes(stage: str, cfg: SystemConfig, modality: str | None = Non
         if modality not in cfg.modalities:
             raise ValueError(f"the expert stage needs one of the system's modalities {sorted(cfg.modalities)}")
         return (("modalities", modality, "expert"), ("modalities", modality, "encoder"))
+    if stage == "autoencoder":
+        return (("autoencoder",),)
     raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
 
 

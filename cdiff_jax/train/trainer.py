@@ -1,28 +1,35 @@
 """The training loop, readable in one sitting: data -> compiled steps -> logs and checkpoints.
 
-One trainer for every stage: the stage only decides which parameters are trainable. It
-resumes from the latest checkpoint in the work directory, saves and exits cleanly on SIGTERM
+One trainer for every stage: the stage decides which parameters are trainable and, for the
+autoencoder, the objective (`stage_step`). It resumes from the latest checkpoint in the work directory, saves and exits cleanly on SIGTERM
 or SIGINT, stops on a non-finite loss naming the last good checkpoint, and at intervals
 writes validation loss, sample grids and checkpoints (last K plus the best).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import pathlib
 import signal
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
 from cdiff_jax.checkpoint import load_system, save_system
-from cdiff_jax.config import load_config
+from cdiff_jax.config import AutoencoderConfig, load_config
 from cdiff_jax.data.celeba_multimodal import data_sources
 from cdiff_jax.data.pipeline import ToModelInputs, make_loader, restore_iterator_state, save_iterator_state
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.parallel import data_mesh, global_batch, param_sharding, replicate
 from cdiff_jax.sampling import SamplerSettings, sample
-from cdiff_jax.system import LatentDiffusionSystem, init_system
+from cdiff_jax.nn.autoencoder import posterior_sample
+from cdiff_jax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
+from cdiff_jax.nn.lpips import LPIPS
+from cdiff_jax.system import LatentDiffusionSystem, abstract_system, init_system
+from cdiff_jax.train import autoencoder_step
 from cdiff_jax.train.checkpoints import TrainCheckpoints
 from cdiff_jax.train.config import TrainConfig
 from cdiff_jax.train.metrics import MetricsWriter, ProgressLine
@@ -93,12 +100,8 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     graphdef, params, frozen = nnx.split(system, trainable_filter(prefixes), ...)
     mesh = data_mesh()
     frozen = jax.device_put(frozen, param_sharding(frozen, mesh, cfg.fsdp_min_size))
-    tx = adamw(cfg.learning_rate, cfg.weight_decay)
-    state = init_train_state(params, tx)
-    state = jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size))
-    schedule = replicate(make_schedule(system.cfg.schedule), mesh)
-    key = jax.random.key(cfg.seed)
-    settings = StepSettings(condition_dropout=cfg.condition_dropout)
+    stage = stage_step(cfg, graphdef, params, frozen, mesh)
+    state = jax.device_put(stage.state, param_sharding(stage.state, mesh, cfg.fsdp_min_size))
 
     sources = data_sources(cfg.data_dir, resolution=cfg.resolution, test_size=cfg.test_size)
     batches = iter(make_loader(sources["train"], global_batch=cfg.global_batch, seed=cfg.seed))
@@ -121,8 +124,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
             k = min(cfg.steps_per_call, cfg.steps - step)
             local = [next(batches) for _ in range(k)]
             stacked = {name: np.stack([b[name] for b in local]) for name in local[0]}
-            state, metrics = train_steps(graphdef, frozen, state, global_batch(stacked, mesh, batch_axis=1),
-                                         schedule, key, tx, settings)
+            state, metrics = stage.run(state, global_batch(stacked, mesh, batch_axis=1))
             finite = np.asarray(metrics.finite)
             if not finite.all():
                 bad = step + int(np.argmin(finite)) + 1
@@ -133,14 +135,15 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
             losses = np.asarray(metrics.loss)
             progress.update(step, {"loss": float(losses.mean())}, examples_per_step=cfg.global_batch)
             if _crossed(before, step, cfg.log_every) or step == cfg.steps:
+                terms = {name: float(np.mean(v)) for name, v in getattr(metrics, "terms", {}).items()}
                 writer.write(step, {"loss": float(losses.mean()), "grad_norm": float(np.mean(metrics.grad_norm)),
-                                    "learning_rate": cfg.learning_rate})
+                                    "learning_rate": cfg.learning_rate, **terms})
             val_loss = None
             if _crossed(before, step, cfg.val_every):
-                val_loss = validation_loss(cfg, graphdef, state.params, frozen, schedule, sources["test"], mesh)
+                val_loss = validation_loss(cfg, functools.partial(stage.evaluate, state.params), sources["test"], mesh)
                 val_writer.write(step, {"loss": val_loss})
             if _crossed(before, step, cfg.sample_every):
-                write_samples(cfg, graphdef, state.params, frozen, sources["test"], workdir / "samples" / f"{step:07d}.png")
+                stage.write_samples(state.params, sources["test"], workdir / "samples" / f"{step:07d}.png")
             # Validated states are always saved, so the best one by validation loss can be kept.
             if _crossed(before, step, cfg.checkpoint_every) or val_loss is not None or step == cfg.steps:
                 checkpoints.save(step, state, save_iterator_state(batches), val_loss)
@@ -154,28 +157,119 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         writer.close()
         val_writer.close()
     if jax.process_count() == 1:
-        save_system(workdir / "system", nnx.merge(graphdef, state.params, frozen), overwrite=True)
+        trained = nnx.merge(graphdef, state.params, frozen)
+        if cfg.stage == "autoencoder":
+            trained = with_latent_scale(trained, sources["test"], cfg, mesh)
+        save_system(workdir / "system", trained, overwrite=True)
         print(f"trained system written to {workdir / 'system'} (use it with sample.py --checkpoint)")
     return 0
 
 
-def validation_loss(cfg, graphdef, params, frozen, schedule, source, mesh) -> float:
-    """Mean loss over the first `val_batches` test batches, with fixed randomness per batch."""
+@dataclasses.dataclass
+class Stage:
+    """What differs between stages: the initial train state, the compiled steps, validation and pictures."""
+
+    state: object
+    run: Callable  # (state, batches [k, B, ...]) -> (state, metrics)
+    evaluate: Callable  # (trainable params, batch, key) -> scalar validation loss
+    write_samples: Callable  # (trainable params, test source, png path) -> None
+
+
+def stage_step(cfg: TrainConfig, graphdef, params, frozen, mesh) -> Stage:
+    key = jax.random.key(cfg.seed)
+    if cfg.stage == "autoencoder":
+        if cfg.perceptual_weight > 0 and not cfg.perceptual_weights:
+            raise ValueError(
+                "the autoencoder stage's perceptual (LPIPS) term needs weights: set perceptual_weights=PATH "
+                "(an LDM autoencoder checkpoint, which holds them under loss.perceptual_loss., or an LPIPS state "
+                "dict), or perceptual_weight=0 to train on L1 + KL + GAN alone"
+            )
+        lpips = None
+        if cfg.perceptual_weight > 0:
+            lpips = replicate(nnx.split(LPIPS.from_checkpoint(cfg.perceptual_weights)), mesh)
+        disc = PatchDiscriminator(DiscriminatorConfig(filters=cfg.disc_filters, layers=cfg.disc_layers),
+                                  rngs=nnx.Rngs(cfg.seed + 1))
+        disc_graphdef, disc_params = nnx.split(disc)
+        tx = disc_tx = autoencoder_step.adam(cfg.learning_rate)
+        objective = autoencoder_step.AutoencoderObjective(kl_weight=cfg.kl_weight, perceptual_weight=cfg.perceptual_weight,
+                                         disc_start=cfg.disc_start, disc_weight=cfg.disc_weight)
+        return Stage(
+            state=autoencoder_step.init_autoencoder_state(params, tx, disc_params, disc_tx),
+            run=lambda state, batches: autoencoder_step.autoencoder_train_steps(
+                graphdef, frozen, state, batches, key, tx, disc_graphdef, disc_tx, lpips, objective),
+            evaluate=lambda p, batch, k: _eval_reconstruction(graphdef, p, frozen, batch, k, lpips, cfg.perceptual_weight),
+            write_samples=lambda p, source, path: write_reconstructions(cfg, nnx.merge(graphdef, p, frozen), source, path),
+        )
+    tx = adamw(cfg.learning_rate, cfg.weight_decay)
+    schedule = replicate(make_schedule(nnx.merge(graphdef, params, frozen).cfg.schedule), mesh)
+    settings = StepSettings(condition_dropout=cfg.condition_dropout)
+    return Stage(
+        state=init_train_state(params, tx),
+        run=lambda state, batches: train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings),
+        evaluate=lambda p, batch, k: _eval_loss(graphdef, p, frozen, batch, schedule, k),
+        write_samples=lambda p, source, path: write_samples(cfg, graphdef, p, frozen, source, path),
+    )
+
+
+def validation_batches(cfg, source, mesh):
+    """The first `val_batches` test batches, in order, as global arrays."""
     batch_size = min(cfg.global_batch, len(source))
     batch_size -= batch_size % jax.device_count()
     if not batch_size:
         raise ValueError(f"the test split has {len(source)} examples, fewer than the {jax.device_count()} devices")
     loader = make_loader(source, global_batch=batch_size, seed=0, shuffle=False)
+    for _, batch in zip(range(cfg.val_batches), loader):
+        yield global_batch(batch, mesh)
+
+
+def validation_loss(cfg, evaluate, source, mesh) -> float:
+    """Mean loss over the first `val_batches` test batches, with fixed randomness per batch."""
     losses = []
-    for i, batch in zip(range(cfg.val_batches), loader):
-        batch = global_batch(batch, mesh)
-        losses.append(float(_eval_loss(graphdef, params, frozen, batch, schedule, jax.random.key(i))))
+    for i, batch in enumerate(validation_batches(cfg, source, mesh)):
+        losses.append(float(evaluate(batch, jax.random.key(i))))
     return float(np.mean(losses))
 
 
 @jax.jit(static_argnames=("graphdef",))
 def _eval_loss(graphdef, params, frozen, batch, schedule, key):
     return diffusion_loss(nnx.merge(graphdef, params, frozen), schedule, batch, key)
+
+
+@jax.jit(static_argnames=("graphdef", "perceptual_weight"))
+def _eval_reconstruction(graphdef, params, frozen, batch, key, lpips, perceptual_weight):
+    system = nnx.merge(graphdef, params, frozen)
+    images = batch["image"]
+    noise = jax.random.normal(key, _latent_shape(system.cfg.autoencoder, images))
+    return autoencoder_step.reconstruction_loss(system, images, noise, lpips, perceptual_weight)
+
+
+def _latent_shape(ae: AutoencoderConfig, images) -> tuple[int, ...]:
+    f = ae.downsample_factor
+    return (images.shape[0], images.shape[1] // f, images.shape[2] // f, ae.embed_dim)
+
+
+def with_latent_scale(system: LatentDiffusionSystem, source, cfg: TrainConfig, mesh) -> LatentDiffusionSystem:
+    """The system with scale_factor = 1 / std of its posterior samples on test batches (LDM's scale_by_std),
+    so the diffusion stages see latents of unit variance."""
+    encode = jax.jit(lambda ae, x, k: posterior_sample(*ae.encode(x), jax.random.normal(
+        k, _latent_shape(ae.cfg, x))))
+    latents = [np.asarray(encode(system.autoencoder, b["image"], jax.random.key(i)))
+               for i, b in enumerate(validation_batches(cfg, source, mesh))]
+    scale = float(1.0 / np.std(np.concatenate(latents), dtype=np.float64))
+    ae_cfg = dataclasses.replace(system.cfg.autoencoder, scale_factor=scale)
+    scaled = abstract_system(dataclasses.replace(system.cfg, autoencoder=ae_cfg))
+    nnx.update(scaled, nnx.state(system, nnx.Param))
+    print(f"latent scale_factor for this autoencoder: {scale:.6g} (1 / std of its latents; written to the system config)")
+    return scaled
+
+
+def write_reconstructions(cfg, system, source, path: pathlib.Path) -> None:
+    """Test images beside their reconstructions (posterior mean), in pairs of columns."""
+    real = np.stack([ToModelInputs().map(source[i])["image"] for i in range(cfg.sample_count)])
+    recon = jax.jit(lambda ae, x: ae.decode(ae.encode(x)[0]))(system.autoencoder, real)
+    if jax.process_index() == 0:
+        pairs = np.stack([viz.to_uint8(real), viz.to_uint8(np.asarray(recon))], axis=1)
+        viz.save_png(path, viz.grid(pairs.reshape((-1,) + real.shape[1:]), cols=2))
 
 
 def write_samples(cfg, graphdef, params, frozen, source, path: pathlib.Path) -> None:

@@ -12,10 +12,11 @@ import time
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 from flax import nnx
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, lpips_state_dict
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.data.celeba_multimodal import build_dataset
 from cdiff_jax.data.masks import save_label_png
@@ -180,3 +181,35 @@ def test_non_finite_loss_stops_the_run_naming_the_last_good_checkpoint(data_dir,
     assert "non-finite loss or gradient at step" in message and "last good checkpoint" in message
     last = message.rsplit(": ", 1)[1]
     assert (pathlib.Path(last) / "commit_success.txt").exists()
+
+
+def test_autoencoder_stage_with_lpips_and_discriminator(data_dir, tmp_path):
+    weights = tmp_path / "vae_with_loss.safetensors"
+    safetensors.numpy.save_file(lpips_state_dict(np.random.default_rng(0)), weights)
+    result = run_train(tmp_path / "vae", data_dir, "perceptual_weight=1.0", f"perceptual_weights={weights}",
+                       config="configs/train_tiny.py:autoencoder")
+    records = [json.loads(line) for line in (tmp_path / "vae/train/metrics.jsonl").read_text().splitlines()]
+    # disc_start=3: the adversarial terms are exactly off for three steps, then on
+    assert [r["disc_loss"] != 0 for r in records] == [False] * 3 + [True] * 3
+    assert all(r["d_weight"] > 0 and r["rec_loss"] > 0 for r in records[3:])
+    assert (tmp_path / "vae/samples/0000006.png").is_file()
+    exported = load_system(tmp_path / "vae/system")
+    scale = float(result.stdout.split("latent scale_factor for this autoencoder: ")[1].split()[0])
+    assert exported.cfg.autoencoder.scale_factor == pytest.approx(scale, rel=1e-5) and scale != 0.5
+    from cdiff_jax.config import load_config
+    from cdiff_jax.system import init_system
+
+    fresh = nnx.state(init_system(load_config("tiny_system.py:text"), seed=0), nnx.Param)
+    changed = {path[0] for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(exported, nnx.Param)),
+                                                    nnx.to_flat_state(fresh))
+               if not np.array_equal(np.asarray(a), np.asarray(b))}
+    assert changed == {"autoencoder"}
+
+
+def test_autoencoder_stage_refuses_to_skip_lpips_silently(data_dir, tmp_path):
+    result = subprocess.run(train_cmd(tmp_path / "vae", data_dir, "perceptual_weight=1.0",
+                                      config="configs/train_tiny.py:autoencoder"),
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "perceptual (LPIPS) term needs weights" in result.stderr and "perceptual_weight=0" in result.stderr
+    assert not (tmp_path / "vae" / "checkpoints").exists()

@@ -1,0 +1,175 @@
+"""The autoencoder stage's compiled step: LDM's `LPIPSWithDiscriminator` objective, one `lax.scan`.
+
+Each optimizer step is the reference's pair of updates on one batch:
+1. autoencoder: sum|x - x_rec| / B (+ perceptual_weight * LPIPS per pixel, when LPIPS is given)
+   + kl_weight * KL / B + d_weight * g_loss once the discriminator is on, where
+   g_loss = -mean(D(x_rec)) and d_weight = |grad nll| / (|grad g_loss| + 1e-4) (clipped to
+   [0, 1e4], times disc_weight), both gradients taken at the decoder's last kernel;
+2. discriminator: hinge loss on the inputs and a fresh reconstruction by the updated autoencoder.
+Both use Adam with betas (0.5, 0.9). Before `disc_start` the discriminator's terms are exactly
+zero in the reference; here they are skipped (`lax.cond`), and the discriminator's Adam still
+counts the step, as torch's does. LDM's learnable `loss.logvar` is never given to an optimizer
+there, so it stays 0 and is left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from cdiff_jax.nn.autoencoder import posterior_sample
+
+ADAPTIVE_WEIGHT_EPS = 1e-4
+ADAPTIVE_WEIGHT_MAX = 1e4
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderObjective:
+    """LDM's defaults for the released KL autoencoders (configs/*_vae.yaml)."""
+
+    kl_weight: float = 1e-6
+    perceptual_weight: float = 1.0
+    disc_start: int = 50_001
+    disc_weight: float = 0.5
+    disc_factor: float = 1.0
+
+
+def adam(learning_rate: float) -> optax.GradientTransformation:
+    """torch.optim.Adam with LDM's autoencoder betas (0.5, 0.9), for both networks."""
+    return optax.adam(learning_rate, b1=0.5, b2=0.9, eps=1e-8)
+
+
+@struct.dataclass
+class AutoencoderTrainState:
+    step: jax.Array
+    params: nnx.State  # the autoencoder's parameters
+    opt_state: optax.OptState
+    disc_params: nnx.State
+    disc_opt_state: optax.OptState
+
+
+@struct.dataclass
+class AutoencoderMetrics:
+    loss: jax.Array  # [k] the autoencoder's total loss
+    grad_norm: jax.Array
+    finite: jax.Array
+    terms: dict[str, jax.Array]  # rec_loss, kl_loss, g_loss, d_weight, disc_loss, logits_real, logits_fake
+
+
+def init_autoencoder_state(params, tx, disc_params, disc_tx) -> AutoencoderTrainState:
+    return AutoencoderTrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                 disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params))
+
+
+def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(q(z|x) || N(0, I)) per example, summed over the latent."""
+    return 0.5 * jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3))
+
+
+def reconstruction_terms(x, recon, lpips, perceptual_weight):
+    """Per-pixel |x - x_rec| plus the per-example LPIPS broadcast over pixels, as LDM's `rec_loss`."""
+    rec = jnp.abs(x - recon)
+    if lpips is not None and perceptual_weight > 0:
+        rec = rec + perceptual_weight * nnx.merge(*lpips)(x, recon)[:, None, None, None]
+    return rec
+
+
+def autoencoder_train_steps(graphdef, frozen, state, batches, key, tx, disc_graphdef, disc_tx, lpips,
+                            objective: AutoencoderObjective = AutoencoderObjective()):
+    """One optimizer step pair per leading entry of `batches["image"]` ([k, B, H, W, 3]).
+
+    `lpips` is `(graphdef, state)` of a loaded LPIPS, or None when perceptual_weight is 0.
+    Randomness of step n is fold_in(key, n), so resumed runs draw what uninterrupted ones would.
+    """
+    return _autoencoder_train_steps(graphdef, frozen, state, batches["image"], key, tx, disc_graphdef, disc_tx,
+                                    lpips, objective)
+
+
+@jax.jit(static_argnames=("graphdef", "tx", "disc_graphdef", "disc_tx", "objective"), donate_argnames=("state",))
+def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips, objective):
+    def discriminate(disc_params, x):
+        return nnx.merge(disc_graphdef, disc_params)(x)
+
+    def one_step(state: AutoencoderTrainState, x):
+        k_gen, k_disc = jax.random.split(jax.random.fold_in(key, state.step))
+        disc_on = state.step >= objective.disc_start
+        batch = x.shape[0]
+
+        def forward(params, noise_key):
+            ae = nnx.merge(graphdef, params, frozen).autoencoder
+            mean, logvar = ae.encode(x)
+            z = posterior_sample(mean, logvar, jax.random.normal(noise_key, mean.shape, mean.dtype))
+            features = ae.decoder.features(ae.post_quant_conv(z))
+            return ae.decoder.conv_out(features), jnp.sum(kl_divergence(mean, logvar)) / batch, features
+
+        (recon, kl, features), pull_back = jax.vjp(lambda p: forward(p, k_gen), state.params)
+        kernel = nnx.merge(graphdef, state.params, frozen).autoencoder.decoder.conv_out.kernel.get_value()
+
+        def nll_fn(r):
+            rec = reconstruction_terms(x, r, lpips, objective.perceptual_weight)
+            return jnp.sum(rec) / batch, rec
+
+        (nll, rec), c_nll = jax.value_and_grad(nll_fn, has_aux=True)(recon)
+
+        def kernel_grad(cotangent):
+            conv = lambda k: jax.lax.conv_general_dilated(  # noqa: E731  the decoder's last layer, bias aside
+                features, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jax.vjp(conv, kernel)[1](cotangent)[0]
+
+        def adversarial(_):
+            g_loss, c_g = jax.value_and_grad(lambda r: -jnp.mean(discriminate(state.disc_params, r)))(recon)
+            d_weight = jnp.linalg.norm(kernel_grad(c_nll)) / (jnp.linalg.norm(kernel_grad(c_g)) + ADAPTIVE_WEIGHT_EPS)
+            d_weight = jnp.clip(d_weight, 0.0, ADAPTIVE_WEIGHT_MAX) * objective.disc_weight
+            return g_loss, d_weight, c_g
+
+        def no_adversarial(_):
+            return jnp.zeros(()), jnp.zeros(()), jnp.zeros_like(recon)
+
+        g_loss, d_weight, c_g = jax.lax.cond(disc_on, adversarial, no_adversarial, None)
+        g_scale = jax.lax.stop_gradient(d_weight) * objective.disc_factor * disc_on
+        loss = nll + objective.kl_weight * kl + g_scale * g_loss
+        grads = pull_back((c_nll + g_scale * c_g, jnp.asarray(objective.kl_weight, kl.dtype), jnp.zeros_like(features)))[0]
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        def disc_loss_and_grads(_):
+            fresh = jax.lax.stop_gradient(forward(params, k_disc)[0])
+
+            def hinge(dp):
+                real, fake = discriminate(dp, x), discriminate(dp, fresh)
+                loss = 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake)))
+                return objective.disc_factor * loss, (jnp.mean(real), jnp.mean(fake))
+
+            return jax.value_and_grad(hinge, has_aux=True)(state.disc_params)
+
+        def disc_off(_):
+            zero = jnp.zeros(())
+            return (zero, (zero, zero)), jax.tree.map(jnp.zeros_like, state.disc_params)
+
+        (d_loss, (logits_real, logits_fake)), d_grads = jax.lax.cond(disc_on, disc_loss_and_grads, disc_off, None)
+        d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
+        disc_params = optax.apply_updates(state.disc_params, d_updates)
+
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(d_loss) & jnp.isfinite(optax.tree.norm(d_grads))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = AutoencoderTrainState(
+            step=state.step + finite.astype(jnp.int32), params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state), disc_params=keep(disc_params, state.disc_params),
+            disc_opt_state=keep(disc_opt_state, state.disc_opt_state))
+        terms = {"rec_loss": jnp.mean(rec), "kl_loss": kl, "g_loss": g_loss, "d_weight": d_weight,
+                 "disc_loss": d_loss, "logits_real": logits_real, "logits_fake": logits_fake}
+        return new_state, AutoencoderMetrics(loss=loss, grad_norm=grad_norm, finite=finite, terms=terms)
+
+    return jax.lax.scan(one_step, state, images)
+
+
+def reconstruction_loss(system, x, noise, lpips, perceptual_weight) -> jax.Array:
+    """Validation metric, LDM's `val/rec_loss`: the mean of the per-pixel reconstruction term."""
+    mean, logvar = system.autoencoder.encode(x)
+    recon = system.autoencoder.decode(posterior_sample(mean, logvar, noise))
+    return jnp.mean(reconstruction_terms(x, recon, lpips, perceptual_weight))
