@@ -2,7 +2,7 @@
 
     python sample.py --checkpoint checkpoints/512_codiff --mask mask.png --text "This man has a beard."
     python sample.py --checkpoint checkpoints/512_codiff --text "He is in his forties."   # text expert alone
-    python sample.py                       # the built-in demo (random weights until demo models ship)
+    python sample.py                       # the shipped demo models (64x64 toy faces), example mask and caption
 
 Convert released weights first with `python -m cdiff_jax.convert SRC DST`. Everything a run
 writes goes into --out: one PNG per sample, a grid, the mask overlay, on request the influence
@@ -23,25 +23,24 @@ import numpy as np
 from cdiff_jax import conditions as cond
 from cdiff_jax.checkpoint import NotACheckpointError, load_system
 from cdiff_jax.checkpoint import load_config as load_checkpoint_config
-from cdiff_jax.config import load_config
 from cdiff_jax.data.masks import colorize, load_label_map
-from cdiff_jax.diffusion.collaboration import Reweighting
+from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.diffusion.ddim import ddim_timesteps
 from cdiff_jax.parallel import data_mesh, replicate, shard_batch
 from cdiff_jax.sampling import SamplerSettings, print_progress, progress_listener, sample
-from cdiff_jax.system import init_system
 from cdiff_jax import viz
 from flax import nnx
 
 REPO = pathlib.Path(__file__).resolve().parent
-DEFAULT_MASK = REPO / "cdiff_jax" / "data" / "examples" / "face_mask.png"
+DEMO_CHECKPOINT = REPO / "cdiff_jax" / "demo_models" / "collab"
+DEFAULT_MASK = REPO / "cdiff_jax" / "data" / "examples" / "face_mask.png"  # a held-out toy face's label map
 DEFAULT_CAPTION = "This man has beard of medium length. He is in his thirties."
-MODES = ("released", "plain", "linear")
+MODES = ("released", "plain", "linear", "equal")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="a cdiff_jax checkpoint directory (default: the built-in demo)")
+    p.add_argument("--checkpoint", help="a cdiff_jax checkpoint directory (default: the shipped demo models)")
     p.add_argument("--mask", help="face-parsing mask: label PNG (ids 0..18) or RGB PNG in CelebAMask-HQ colours")
     p.add_argument("--text", help="caption, e.g. 'This man has beard of medium length. He is in his thirties.'")
     p.add_argument("--batch", type=int, default=4, help="samples per run (default 4, as the released scripts)")
@@ -51,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--guidance", default="1", help="classifier-free guidance: one scale for all, or mask=2,text=3")
     p.add_argument("--mode", choices=MODES, default="released",
                    help="collaboration: released (cosine decay of the mask weight, then x mask-scale), "
-                        "plain (the softmax of training), linear (linear decay, then x mask-scale)")
+                        "plain (the softmax of training), linear (linear decay, then x mask-scale), "
+                        "equal (fixed 1/M weights, Composable Diffusion's rule, the diffusers unused)")
     p.add_argument("--mask-scale", type=float, default=2.0, help="mask weight boost of the released modes")
     p.add_argument("--save-influence", action="store_true", help="write influence-map heatmaps of the steps")
     p.add_argument("--save-trajectory", action="store_true", help="write decoded x_t and pred_x0 of the steps")
@@ -88,16 +88,16 @@ def prepare(args):
     weights are read.
     """
     if args.checkpoint:
-        cfg = load_checkpoint_config(args.checkpoint)
         mask, text = args.mask, args.text
         if mask is None and text is None:
             raise UsageError("give --mask, --text or both")
     else:
-        print("note: no --checkpoint: sampling the built-in demo model, which has RANDOM weights "
-              "(trained demo models are not shipped yet); expect noise, not faces.")
-        cfg = load_config("demo_random.py")
+        print(f"note: no --checkpoint: sampling the shipped demo models ({DEMO_CHECKPOINT.relative_to(REPO)}, "
+              "trained on 64x64 toy faces)")
+        args.checkpoint = str(DEMO_CHECKPOINT)
         mask = args.mask or str(DEFAULT_MASK)
         text = args.text if args.text is not None else DEFAULT_CAPTION
+    cfg = load_checkpoint_config(args.checkpoint)
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
     requested = {"mask": mask, "text": text}
@@ -125,14 +125,16 @@ def prepare(args):
     scales = _parse_guidance(args.guidance, list(conditions))
     guided = tuple(n for n, s in scales.items() if s != 1.0)
     reweighting = None
-    if args.mode != "plain" and "mask" in conditions and len(conditions) > 1:
+    if args.mode == "equal":
+        reweighting = EqualWeights()
+    elif args.mode != "plain" and "mask" in conditions and len(conditions) > 1:
         schedule = "cosine" if args.mode == "released" else "linear"
         reweighting = Reweighting(schedule=schedule, scale=args.mask_scale, num_timesteps=cfg.schedule.timesteps)
     settings = SamplerSettings(steps=args.steps, eta=args.eta, reweighting=reweighting, guided=guided,
                                record=args.save_influence or args.save_trajectory, progress=True)
     ddim_timesteps(cfg.schedule.timesteps, args.steps)  # reject unusable step counts before any work
     nulls = {n: cond.null_condition(cfg.modalities[n]) for n in guided}
-    system = load_system(args.checkpoint) if args.checkpoint else init_system(cfg, seed=0)
+    system = load_system(args.checkpoint)
     return system, conditions, settings, {n: scales[n] for n in guided}, nulls, {"mask": mask, "text": text}
 
 
@@ -188,7 +190,7 @@ def write_outputs(out, system, names, result, images, inputs, args, seconds):
                 decoded = np.stack([np.asarray(decode(z)) for z in latents])
                 viz.save_png(out / f"{field}.png", viz.grid(viz.to_uint8(decoded).swapaxes(0, 1), col_labels=labels))
     record = {
-        "checkpoint": args.checkpoint or "built-in demo (random weights)",
+        "checkpoint": args.checkpoint,
         "mask": inputs["mask"], "text": inputs["text"], "batch": args.batch, "seed": args.seed,
         "steps": args.steps, "eta": args.eta, "mode": args.mode, "mask_scale": args.mask_scale,
         "guidance": args.guidance, "devices": jax.device_count(), "seconds": round(seconds, 2),

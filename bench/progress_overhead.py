@@ -22,7 +22,7 @@ STEPS = 200
 
 
 def main():
-    system = init_system(load_config("demo_random.py"), seed=0)
+    system = init_system(load_config("demo_faces.py"), seed=0)
     graphdef, state = nnx.split(system)
     rng = np.random.default_rng(0)
     conditions = {"mask": jnp.asarray(rng.integers(0, 2, (1, 19, 1024)), jnp.float32),

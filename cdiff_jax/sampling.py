@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from cdiff_jax.diffusion.collaboration import Reweighting
+from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.diffusion.ddim import ddim_coefficients, ddim_step
 from cdiff_jax.diffusion.denoiser import Guidance, encode_conditions, predict
 from cdiff_jax.diffusion.schedule import alphas_cumprod
@@ -28,7 +28,7 @@ class SamplerSettings:
 
     steps: int = 50
     eta: float = 1.0  # the released scripts sample with eta 1
-    reweighting: Reweighting | None = Reweighting()  # None: the plain softmax of training
+    reweighting: Reweighting | EqualWeights | None = Reweighting()  # None: the plain softmax of training
     guided: tuple[str, ...] = ()  # modalities with classifier-free guidance
     record: bool = False
     progress: bool = False

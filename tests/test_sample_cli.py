@@ -34,7 +34,7 @@ def test_demo_writes_pictures_and_settings_deterministically(tmp_path, capsys):
     assert run("--out", tmp_path / "a", "--steps", "4", "--batch", "2", "--save-influence", "--save-trajectory") == 0
     assert run("--out", tmp_path / "b", "--steps", "4", "--batch", "2") == 0
     out = capsys.readouterr().out
-    assert "RANDOM weights" in out and "step 4/4" in out
+    assert "shipped demo models" in out and "step 4/4" in out
     a = tmp_path / "a"
     for name in ("grid.png", "overlay_grid.png", "mask.png", "influence_mask.png", "influence_text.png",
                  "x_t.png", "pred_x0.png", "images/000.png", "images/001.png"):
@@ -50,7 +50,7 @@ def test_collaborative_and_uni_modal_checkpoints(checkpoints, tmp_path, capsys):
     mask = REPO / "cdiff_jax/data/examples/face_mask.png"
     assert run("--checkpoint", checkpoints / "codiff", "--mask", mask, "--text", "a man", "--steps", "4",
                "--batch", "2", "--out", tmp_path / "collab", "--guidance", "mask=1.5") == 0
-    assert run("--checkpoint", checkpoints / "text", "--text", "a woman in her forties", "--steps", "4",
+    assert run("--checkpoint", checkpoints / "text", "--text", "a man in his forties", "--steps", "4",
                "--batch", "1", "--out", tmp_path / "text") == 0
     assert Image.open(tmp_path / "collab/images/001.png").size == (32, 32)
     assert (tmp_path / "text/grid.png").is_file()

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, assert_close_rel, nhwc, reference_system
+from cdiff_jax.diffusion.collaboration import EqualWeights
 from cdiff_jax.diffusion.ddim import ddim_coefficients, ddim_step
 from cdiff_jax.diffusion.denoiser import Guidance, encode_conditions, predict
 from cdiff_jax.diffusion.schedule import alphas_cumprod
@@ -128,6 +129,20 @@ def test_uni_modal_sampling_is_the_same_loop_with_one_expert(fixtures_root):
         eps = system.modalities["text"].expert(x, jnp.full((2,), coeffs.timesteps[i]), context)
         x, _ = ddim_step(x, eps, coeffs.a_t[i], coeffs.a_prev[i], coeffs.sigma[i], coeffs.sqrt_one_minus_a_t[i], noise[i])
     assert_close_rel(result.latents, x, tol=1e-5, name="uni-modal z_0")
+
+
+def test_equal_weights_average_the_experts_without_the_diffusers(fixtures_root):
+    system = reference_system(fixtures_root, "codiff")
+    io = np.load(_reference_runs(fixtures_root)[0])
+    contexts = encode_conditions(system, _conditions(io))
+    x = jnp.asarray(nhwc(io["x_T"]))
+    t = jnp.full((x.shape[0],), 500)
+    p = predict(system, x, t, contexts, EqualWeights())
+    assert p.logits is None
+    expected = sum(system.modalities[n].expert(x, t, contexts[n]) for n in contexts) / len(contexts)
+    assert_close_rel(p.eps, expected, tol=1e-6, name="equal-weight eps")
+    learned = predict(system, x, t, contexts)
+    assert float(jnp.abs(learned.eps - p.eps).max()) > 1e-6  # the learned maps are not uniform
 
 
 def test_classifier_free_guidance_per_modality(fixtures_root):

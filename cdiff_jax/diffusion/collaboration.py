@@ -4,7 +4,8 @@ Training (and the plain mode) uses a softmax across modalities. The released sam
 hand-set prior on top, `Reweighting`: the weight of the spatial modalities (the mask) is
 decayed with the timestep, the other modalities take what is left, then the spatial weight
 is multiplied by `scale` and all are renormalised. It is an explicit argument here; the
-reference set it by mutating the model inside its sampler.
+reference set it by mutating the model inside its sampler. `EqualWeights` is the fixed
+baseline without influence maps.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class Reweighting:
     def __post_init__(self):
         if self.schedule not in DECAY_SCHEDULES:
             raise ValueError(f"reweighting schedule {self.schedule!r}: expected one of {DECAY_SCHEDULES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EqualWeights:
+    """Composable Diffusion's rule, the baseline the paper compares with: every modality weighs 1/M
+    at every pixel and step, so the dynamic diffusers are not consulted."""
 
 
 def decay(t: jax.Array, schedule: str, num_timesteps: int = 1000) -> jax.Array:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from cdiff_jax.diffusion.collaboration import Reweighting, combine, influence_weights
+from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting, combine, influence_weights
 from cdiff_jax.system import LatentDiffusionSystem
 
 
@@ -33,10 +33,11 @@ def predict(
     x: jax.Array,
     t: jax.Array,
     contexts: dict[str, jax.Array],
-    reweighting: Reweighting | None = None,
+    reweighting: Reweighting | EqualWeights | None = None,
     guidance: Guidance | None = None,
 ) -> Prediction:
-    """eps of every expert named in `contexts`, combined by their dynamic diffusers' maps.
+    """eps of every expert named in `contexts`, combined by their dynamic diffusers' maps
+    (or with equal weights, without running the diffusers).
 
     With `guidance`, each expert is classifier-free guided with its own scale:
     eps_m = eps_m(null) + g_m (eps_m(cond) - eps_m(null)), the conditional and null passes
@@ -46,6 +47,9 @@ def predict(
     expert_eps = jnp.stack([_expert_eps(system, n, x, t, contexts[n], guidance) for n in names])
     if len(names) == 1:
         return Prediction(eps=expert_eps[0], expert_eps=expert_eps, logits=None, weights=jnp.ones_like(expert_eps[..., :1]))
+    if isinstance(reweighting, EqualWeights):
+        weights = jnp.full_like(expert_eps[..., :1], 1.0 / len(names))
+        return Prediction(eps=combine(expert_eps, weights), expert_eps=expert_eps, logits=None, weights=weights)
     logits = jnp.stack([_diffuser(system, n)(x, t, contexts[n]) for n in names])
     weights = influence_weights(logits, t, names, reweighting)
     return Prediction(eps=combine(expert_eps, weights), expert_eps=expert_eps, logits=logits, weights=weights)

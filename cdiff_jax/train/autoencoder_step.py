@@ -7,8 +7,9 @@ Each optimizer step is the reference's pair of updates on one batch:
    [0, 1e4], times disc_weight), both gradients taken at the decoder's last kernel;
 2. discriminator: hinge loss on the inputs and a fresh reconstruction by the updated autoencoder.
 Both use Adam with betas (0.5, 0.9). Before `disc_start` the discriminator's terms are exactly
-zero in the reference; here they are skipped (`lax.cond`), and the discriminator's Adam still
-counts the step, as torch's does. LDM's learnable `loss.logvar` is never given to an optimizer
+zero in the reference; here they are left out of the compiled program (the host picks the program
+by step: `lax.cond` around gradients measured ~100x slower on XLA:CPU), and the discriminator's
+Adam still counts the step, as torch's does. LDM's learnable `loss.logvar` is never given to an optimizer
 there, so it stays 0 and is left out.
 """
 
@@ -22,6 +23,7 @@ import optax
 from flax import nnx, struct
 
 from cdiff_jax.nn.autoencoder import posterior_sample
+from cdiff_jax.train.step import scan_steps
 
 ADAPTIVE_WEIGHT_EPS = 1e-4
 ADAPTIVE_WEIGHT_MAX = 1e4
@@ -84,20 +86,33 @@ def autoencoder_train_steps(graphdef, frozen, state, batches, key, tx, disc_grap
 
     `lpips` is `(graphdef, state)` of a loaded LPIPS, or None when perceptual_weight is 0.
     Randomness of step n is fold_in(key, n), so resumed runs draw what uninterrupted ones would.
+    Whether the discriminator is on is decided here, on the host, so each compiled program has
+    it fixed; a call that crosses `disc_start` runs as two.
     """
-    return _autoencoder_train_steps(graphdef, frozen, state, batches["image"], key, tx, disc_graphdef, disc_tx,
-                                    lpips, objective)
+    images = batches["image"]
+    step = int(state.step)
+    split = objective.disc_start - step
+    if 0 < split < images.shape[0]:
+        state, before = _autoencoder_train_steps(graphdef, frozen, state, images[:split], key, tx, disc_graphdef,
+                                                 disc_tx, lpips, objective, False)
+        state, after = _autoencoder_train_steps(graphdef, frozen, state, images[split:], key, tx, disc_graphdef,
+                                                disc_tx, lpips, objective, True)
+        return state, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), before, after)
+    return _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips,
+                                    objective, step >= objective.disc_start)
 
 
-@jax.jit(static_argnames=("graphdef", "tx", "disc_graphdef", "disc_tx", "objective"), donate_argnames=("state",))
-def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips, objective):
+@jax.jit(static_argnames=("graphdef", "tx", "disc_graphdef", "disc_tx", "objective", "adversarial"),
+         donate_argnames=("state",))
+def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips, objective,
+                             adversarial):
     def discriminate(disc_params, x):
         return nnx.merge(disc_graphdef, disc_params)(x)
 
     def one_step(state: AutoencoderTrainState, x):
         k_gen, k_disc = jax.random.split(jax.random.fold_in(key, state.step))
-        disc_on = state.step >= objective.disc_start
         batch = x.shape[0]
+        zero = jnp.zeros((), x.dtype)
 
         def forward(params, noise_key):
             ae = nnx.merge(graphdef, params, frozen).autoencoder
@@ -107,36 +122,33 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
             return ae.decoder.conv_out(features), jnp.sum(kl_divergence(mean, logvar)) / batch, features
 
         (recon, kl, features), pull_back = jax.vjp(lambda p: forward(p, k_gen), state.params)
-        kernel = nnx.merge(graphdef, state.params, frozen).autoencoder.decoder.conv_out.kernel.get_value()
 
         def nll_fn(r):
             rec = reconstruction_terms(x, r, lpips, objective.perceptual_weight)
             return jnp.sum(rec) / batch, rec
 
         (nll, rec), c_nll = jax.value_and_grad(nll_fn, has_aux=True)(recon)
+        cotangent, g_loss, d_weight = c_nll, zero, zero
+        if adversarial:
+            kernel = nnx.merge(graphdef, state.params, frozen).autoencoder.decoder.conv_out.kernel.get_value()
 
-        def kernel_grad(cotangent):
-            conv = lambda k: jax.lax.conv_general_dilated(  # noqa: E731  the decoder's last layer, bias aside
-                features, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            return jax.vjp(conv, kernel)[1](cotangent)[0]
+            def kernel_grad(c):  # the gradient at the decoder's last kernel (bias aside), as the reference takes it
+                conv = lambda k: jax.lax.conv_general_dilated(  # noqa: E731
+                    features, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                return jax.vjp(conv, kernel)[1](c)[0]
 
-        def adversarial(_):
             g_loss, c_g = jax.value_and_grad(lambda r: -jnp.mean(discriminate(state.disc_params, r)))(recon)
             d_weight = jnp.linalg.norm(kernel_grad(c_nll)) / (jnp.linalg.norm(kernel_grad(c_g)) + ADAPTIVE_WEIGHT_EPS)
             d_weight = jnp.clip(d_weight, 0.0, ADAPTIVE_WEIGHT_MAX) * objective.disc_weight
-            return g_loss, d_weight, c_g
-
-        def no_adversarial(_):
-            return jnp.zeros(()), jnp.zeros(()), jnp.zeros_like(recon)
-
-        g_loss, d_weight, c_g = jax.lax.cond(disc_on, adversarial, no_adversarial, None)
-        g_scale = jax.lax.stop_gradient(d_weight) * objective.disc_factor * disc_on
-        loss = nll + objective.kl_weight * kl + g_scale * g_loss
-        grads = pull_back((c_nll + g_scale * c_g, jnp.asarray(objective.kl_weight, kl.dtype), jnp.zeros_like(features)))[0]
+            cotangent = c_nll + objective.disc_factor * d_weight * c_g
+        loss = nll + objective.kl_weight * kl + objective.disc_factor * d_weight * g_loss
+        grads = pull_back((cotangent, jnp.asarray(objective.kl_weight, kl.dtype), jnp.zeros_like(features)))[0]
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
-        def disc_loss_and_grads(_):
+        d_loss, logits_real, logits_fake = zero, zero, zero
+        d_grads = jax.tree.map(jnp.zeros_like, state.disc_params)  # torch's Adam still counts the step
+        if adversarial:
             fresh = jax.lax.stop_gradient(forward(params, k_disc)[0])
 
             def hinge(dp):
@@ -144,13 +156,7 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
                 loss = 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake)))
                 return objective.disc_factor * loss, (jnp.mean(real), jnp.mean(fake))
 
-            return jax.value_and_grad(hinge, has_aux=True)(state.disc_params)
-
-        def disc_off(_):
-            zero = jnp.zeros(())
-            return (zero, (zero, zero)), jax.tree.map(jnp.zeros_like, state.disc_params)
-
-        (d_loss, (logits_real, logits_fake)), d_grads = jax.lax.cond(disc_on, disc_loss_and_grads, disc_off, None)
+            (d_loss, (logits_real, logits_fake)), d_grads = jax.value_and_grad(hinge, has_aux=True)(state.disc_params)
         d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
         disc_params = optax.apply_updates(state.disc_params, d_updates)
 
@@ -165,7 +171,7 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
                  "disc_loss": d_loss, "logits_real": logits_real, "logits_fake": logits_fake}
         return new_state, AutoencoderMetrics(loss=loss, grad_norm=grad_norm, finite=finite, terms=terms)
 
-    return jax.lax.scan(one_step, state, images)
+    return scan_steps(one_step, state, images)
 
 
 def reconstruction_loss(system, x, noise, lpips, perceptual_weight) -> jax.Array:

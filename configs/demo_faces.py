@@ -1,0 +1,35 @@
+"""The demo system: small models for the 64x64 toy faces, trained on a CPU and shipped with the package.
+
+`get_config()` is the collaborative system (what `python sample.py` runs); `get_config("text")` and
+`get_config("mask")` are the uni-modal systems the expert stage trains. configs/train_demo.py trains
+every part; the autoencoder's scale_factor below is a placeholder that its trained autoencoder
+replaces (the expert and collab stages adopt it through `init_from`).
+"""
+
+from cdiff_jax.config import (
+    AutoencoderConfig,
+    MaskEncoderConfig,
+    ModalityConfig,
+    SystemConfig,
+    TextEncoderConfig,
+    UNetConfig,
+)
+
+CONTEXT = 64
+EXPERT = UNetConfig(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(2, 4),
+                    num_heads=4, context_dim=CONTEXT)
+DIFFUSER = UNetConfig(out_channels=1, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(2,), num_heads=2, context_dim=CONTEXT)
+AUTOENCODER = AutoencoderConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, resolution=64, scale_factor=1.0)
+
+
+def get_config(arg: str = "") -> SystemConfig:
+    """The collaborative demo system; `arg` "text" or "mask" keeps that expert alone, without a diffuser."""
+    modalities = {
+        "mask": ModalityConfig("mask", MaskEncoderConfig(context_dim=CONTEXT), EXPERT, DIFFUSER),
+        "text": ModalityConfig("text", TextEncoderConfig(width=CONTEXT, depth=2), EXPERT, DIFFUSER),
+    }
+    if arg:
+        only = modalities[arg]
+        modalities = {arg: ModalityConfig(only.kind, only.encoder, only.expert, None)}
+    return SystemConfig(autoencoder=AUTOENCODER, modalities=modalities, latent_size=16)

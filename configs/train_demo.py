@@ -1,0 +1,44 @@
+"""Training the shipped demo models (configs/demo_faces.py) on toy faces: every stage, about an hour on 2 CPU cores.
+
+The exact commands that produced cdiff_jax/demo_models/ (from the repository root):
+
+    python -m cdiff_jax.data.toy_faces data/toy_faces --count 10000 --seed 0
+    python -m cdiff_jax.data.celeba_multimodal data/toy_faces data/toy_tfds --resolution 64 --test-size 1000
+    python train.py --config configs/train_demo.py:autoencoder --workdir runs/demo/autoencoder
+    python train.py --config configs/train_demo.py:expert_text --workdir runs/demo/expert_text
+    python train.py --config configs/train_demo.py:expert_mask --workdir runs/demo/expert_mask
+    python train.py --config configs/train_demo.py:collab --workdir runs/demo/collab
+
+Each stage starts from the systems the earlier ones exported (`init_from`), so run them in order.
+"""
+
+from cdiff_jax.train.config import TrainConfig
+
+RUNS = "runs/demo"
+STEPS = {"autoencoder": 1000, "expert": 700, "collab": 400}
+
+
+def get_config(arg: str = "collab") -> TrainConfig:
+    """`arg`: autoencoder, expert_text, expert_mask or collab."""
+    common = dict(data_dir="data/toy_tfds", resolution=64, test_size=1000, log_every=25, checkpoint_every=250,
+                  keep_checkpoints=2, val_batches=4, sample_count=8, sample_steps=50)
+    autoencoder = ("autoencoder", f"{RUNS}/autoencoder/system")
+    if arg == "autoencoder":
+        # L1 + KL only: no LPIPS weights can ship with the repo, and the GAN term is for long runs (LDM
+        # switches it on at step 50k); switched on after a few hundred steps it painted artefacts over
+        # still-blurry reconstructions (measured: try it with --set disc_start=400).
+        return TrainConfig(stage="autoencoder", system="demo_faces.py:text", global_batch=8,
+                           base_learning_rate=5e-5, steps=STEPS["autoencoder"], perceptual_weight=0.0,
+                           disc_start=10**9, val_every=250, sample_every=500, **common)
+    if arg in ("expert_text", "expert_mask"):
+        kind = arg.removeprefix("expert_")
+        return TrainConfig(stage="expert", modality=kind, system=f"demo_faces.py:{kind}", init_from=(autoencoder,),
+                           global_batch=32, base_learning_rate=1e-5, steps=STEPS["expert"], condition_dropout=0.1,
+                           val_every=200, sample_every=300, **common)
+    if arg == "collab":
+        return TrainConfig(stage="collab", system="demo_faces.py", global_batch=32, base_learning_rate=3e-6,
+                           steps=STEPS["collab"], val_every=200, sample_every=300,
+                           init_from=(autoencoder,
+                                      ("modalities.text", f"{RUNS}/expert_text/system"),
+                                      ("modalities.mask", f"{RUNS}/expert_mask/system")), **common)
+    raise ValueError(f"unknown demo stage {arg!r}; expected autoencoder, expert_text, expert_mask or collab")
