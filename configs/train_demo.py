@@ -15,7 +15,7 @@ Each stage starts from the systems the earlier ones exported (`init_from`), so r
 from cdiff_jax.train.config import TrainConfig
 
 RUNS = "runs/demo"
-STEPS = {"autoencoder": 1000, "expert": 700, "collab": 400}
+STEPS = {"autoencoder": 1600, "expert": 1000, "collab": 500}
 
 
 def get_config(arg: str = "collab") -> TrainConfig:

@@ -12,6 +12,9 @@ re-weighting. The judges score every image:
 * Frechet distance between the classifier's features of the generated and the real held-out faces
   (standing in for FID).
 
+The judges' scores of the real faces and of their autoencoder reconstructions are reported too:
+no sampler can do better than the reconstructions, since every image passes through the decoder.
+
     python -m cdiff_jax.evaluation.miniature --count 200 --out outputs/eval
 
 writes `results.json`, `results.md` (the table) and `grid.png` (mask | real | each method) to --out.
@@ -92,6 +95,12 @@ def generate(system, examples: list[dict], method: Method, *, steps: int, batch:
     return np.concatenate(out)
 
 
+@jax.jit(static_argnames=("graphdef",))
+def _reconstruct(graphdef, state, images):
+    autoencoder = nnx.merge(graphdef, state)
+    return autoencoder.decode(autoencoder.encode(images)[0])
+
+
 def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:
     """Mask and attribute accuracy of images against their examples' conditions, and the Frechet distance."""
     x = J.from_uint8(images)
@@ -117,7 +126,10 @@ def run(checkpoint, judges_dir, count: int, *, steps: int = 50, batch: int = 50,
     examples = held_out_examples(count)
     real = np.stack([e["image"] for e in examples])
     real_stats = gaussian_statistics(np.asarray(J.features(judges, J.from_uint8(real))))
-    results = {"real images": score(judges, real, examples, None)}
+    reconstructed = viz.to_uint8(np.asarray(_reconstruct(*nnx.split(system.autoencoder), J.from_uint8(real))))
+    # The ceiling of any method: the judges on the real faces and on their autoencoder reconstructions.
+    results = {"real images": score(judges, real, examples, None),
+               "autoencoder reconstructions": score(judges, reconstructed, examples, real_stats)}
     images = {}
     for method in methods:
         start = time.monotonic()

@@ -259,13 +259,25 @@ def _latent_shape(ae: AutoencoderConfig, images) -> tuple[int, ...]:
 def with_latent_scale(system: LatentDiffusionSystem, source, cfg: TrainConfig, mesh) -> LatentDiffusionSystem:
     """The system with scale_factor = 1 / std of its posterior samples on test batches (LDM's scale_by_std),
     so the diffusion stages see latents of unit variance."""
-    encode = jax.jit(lambda ae, x, k: posterior_sample(*ae.encode(x), jax.random.normal(
-        k, _latent_shape(ae.cfg, x))))
-    latents = [np.asarray(encode(system.autoencoder, b["image"], jax.random.key(i)))
+    graphdef, state = nnx.split(system.autoencoder)
+    latents = [np.asarray(_posterior_sample(graphdef, state, b["image"], jax.random.key(i)))
                for i, b in enumerate(validation_batches(cfg, source, mesh))]
     scale = float(1.0 / np.std(np.concatenate(latents), dtype=np.float64))
     print(f"latent scale_factor for this autoencoder: {scale:.6g} (1 / std of its latents; written to the system config)")
     return _with_autoencoder_scale(system, scale)
+
+
+@jax.jit(static_argnames=("graphdef",))
+def _posterior_sample(graphdef, state, images, key):
+    autoencoder = nnx.merge(graphdef, state)
+    mean, logvar = autoencoder.encode(images)
+    return posterior_sample(mean, logvar, jax.random.normal(key, mean.shape, mean.dtype))
+
+
+@jax.jit(static_argnames=("graphdef",))
+def _reconstruct(graphdef, state, images):
+    autoencoder = nnx.merge(graphdef, state)
+    return autoencoder.decode(autoencoder.encode(images)[0])
 
 
 def _with_autoencoder_scale(system: LatentDiffusionSystem, scale: float) -> LatentDiffusionSystem:
@@ -280,7 +292,7 @@ def _with_autoencoder_scale(system: LatentDiffusionSystem, scale: float) -> Late
 def write_reconstructions(cfg, system, source, path: pathlib.Path) -> None:
     """Test images beside their reconstructions (posterior mean), in pairs of columns."""
     real = np.stack([ToModelInputs().map(source[i])["image"] for i in range(cfg.sample_count)])
-    recon = jax.jit(lambda ae, x: ae.decode(ae.encode(x)[0]))(system.autoencoder, real)
+    recon = _reconstruct(*nnx.split(system.autoencoder), real)
     if jax.process_index() == 0:
         pairs = np.stack([viz.to_uint8(real), viz.to_uint8(np.asarray(recon))], axis=1)
         viz.save_png(path, viz.grid(pairs.reshape((-1,) + real.shape[1:]), cols=2))
