@@ -156,7 +156,8 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
             if _crossed(before, step, cfg.checkpoint_every) or val_loss is not None or step == cfg.steps:
                 checkpoints.save(step, state, save_iterator_state(batches), val_loss)
             if stop.requested():
-                checkpoints.save(step, state, save_iterator_state(batches), wait=True)
+                if checkpoints.latest_step() != step:  # the interval may have saved this step already
+                    checkpoints.save(step, state, save_iterator_state(batches))
                 if lead:
                     print(f"\nstopped by signal {stop.signum} at step {step}; saved {checkpoints.path(step)}")
                 return 0
