@@ -95,6 +95,7 @@ def prepare(args):
         print(f"note: no --checkpoint: sampling the shipped demo models ({DEMO_CHECKPOINT.relative_to(REPO)}, "
               "trained on 64x64 toy faces)")
         args.checkpoint = str(DEMO_CHECKPOINT)
+        args.save_influence = True  # the demo is there to be looked at
         mask = args.mask or str(DEFAULT_MASK)
         text = args.text if args.text is not None else DEFAULT_CAPTION
     cfg = load_checkpoint_config(args.checkpoint)
