@@ -510,7 +510,7 @@ def train_judges(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ste
     info = {
         "metrics": metrics,
         "training": {
-            "data_dir": str(pathlib.Path(data_dir).absolute()),
+            "data_dir": str(data_dir),  # as given, so a shipped record names no machine path
             "train_examples": len(train),
             "test_size": test_size,
             "steps": steps,

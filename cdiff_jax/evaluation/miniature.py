@@ -44,6 +44,7 @@ from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
 from cdiff_jax.sampling import SamplerSettings, sample
+from cdiff_jax.train.trainer import reconstruct
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = PACKAGE / "demo_models" / "collab"
@@ -95,12 +96,6 @@ def generate(system, examples: list[dict], method: Method, *, steps: int, batch:
     return np.concatenate(out)
 
 
-@jax.jit(static_argnames=("graphdef",))
-def _reconstruct(graphdef, state, images):
-    autoencoder = nnx.merge(graphdef, state)
-    return autoencoder.decode(autoencoder.encode(images)[0])
-
-
 def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:
     """Mask and attribute accuracy of images against their examples' conditions, and the Frechet distance."""
     x = J.from_uint8(images)
@@ -126,7 +121,7 @@ def run(checkpoint, judges_dir, count: int, *, steps: int = 50, batch: int = 50,
     examples = held_out_examples(count)
     real = np.stack([e["image"] for e in examples])
     real_stats = gaussian_statistics(np.asarray(J.features(judges, J.from_uint8(real))))
-    reconstructed = viz.to_uint8(np.asarray(_reconstruct(*nnx.split(system.autoencoder), J.from_uint8(real))))
+    reconstructed = viz.to_uint8(np.asarray(reconstruct(*nnx.split(system.autoencoder), J.from_uint8(real))))
     # The ceiling of any method: the judges on the real faces and on their autoencoder reconstructions.
     results = {"real images": score(judges, real, examples, None),
                "autoencoder reconstructions": score(judges, reconstructed, examples, real_stats)}

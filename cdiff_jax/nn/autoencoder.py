@@ -181,6 +181,10 @@ class AutoencoderKL(nnx.Module):
     def decode(self, z: jax.Array) -> jax.Array:
         return self.decoder(self.post_quant_conv(z))
 
+    def reconstruct(self, x: jax.Array) -> jax.Array:
+        """decode(posterior mean): what the autoencoder keeps of an image."""
+        return self.decode(self.encode(x)[0])
+
     def encode_latent(self, x: jax.Array, noise: jax.Array) -> jax.Array:
         """The diffusion latent: scale_factor * (mean + std * noise), a posterior sample."""
         mean, logvar = self.encode(x)

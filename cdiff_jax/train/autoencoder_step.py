@@ -174,8 +174,8 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
     return scan_steps(one_step, state, images)
 
 
-def reconstruction_loss(system, x, noise, lpips, perceptual_weight) -> jax.Array:
+def reconstruction_loss(system, x, key, lpips, perceptual_weight) -> jax.Array:
     """Validation metric, LDM's `val/rec_loss`: the mean of the per-pixel reconstruction term."""
     mean, logvar = system.autoencoder.encode(x)
-    recon = system.autoencoder.decode(posterior_sample(mean, logvar, noise))
+    recon = system.autoencoder.decode(posterior_sample(mean, logvar, jax.random.normal(key, mean.shape, mean.dtype)))
     return jnp.mean(reconstruction_terms(x, recon, lpips, perceptual_weight))

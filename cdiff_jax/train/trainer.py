@@ -20,7 +20,7 @@ from flax import nnx
 
 from cdiff_jax.checkpoint import load_config as load_config_of
 from cdiff_jax.checkpoint import load_system, save_system
-from cdiff_jax.config import AutoencoderConfig, load_config
+from cdiff_jax.config import load_config
 from cdiff_jax.data.celeba_multimodal import data_sources
 from cdiff_jax.data.pipeline import ToModelInputs, make_loader, restore_iterator_state, save_iterator_state
 from cdiff_jax.diffusion.schedule import make_schedule
@@ -247,14 +247,7 @@ def _eval_loss(graphdef, params, frozen, batch, schedule, key):
 @jax.jit(static_argnames=("graphdef", "perceptual_weight"))
 def _eval_reconstruction(graphdef, params, frozen, batch, key, lpips, perceptual_weight):
     system = nnx.merge(graphdef, params, frozen)
-    images = batch["image"]
-    noise = jax.random.normal(key, _latent_shape(system.cfg.autoencoder, images))
-    return autoencoder_step.reconstruction_loss(system, images, noise, lpips, perceptual_weight)
-
-
-def _latent_shape(ae: AutoencoderConfig, images) -> tuple[int, ...]:
-    f = ae.downsample_factor
-    return (images.shape[0], images.shape[1] // f, images.shape[2] // f, ae.embed_dim)
+    return autoencoder_step.reconstruction_loss(system, batch["image"], key, lpips, perceptual_weight)
 
 
 def with_latent_scale(system: LatentDiffusionSystem, source, cfg: TrainConfig, mesh) -> LatentDiffusionSystem:
@@ -276,9 +269,9 @@ def _posterior_sample(graphdef, state, images, key):
 
 
 @jax.jit(static_argnames=("graphdef",))
-def _reconstruct(graphdef, state, images):
-    autoencoder = nnx.merge(graphdef, state)
-    return autoencoder.decode(autoencoder.encode(images)[0])
+def reconstruct(graphdef, state, images):
+    """Autoencoder reconstructions (posterior mean) of images, for pictures and evaluation."""
+    return nnx.merge(graphdef, state).reconstruct(images)
 
 
 def _with_autoencoder_scale(system: LatentDiffusionSystem, scale: float) -> LatentDiffusionSystem:
@@ -293,7 +286,7 @@ def _with_autoencoder_scale(system: LatentDiffusionSystem, scale: float) -> Late
 def write_reconstructions(cfg, system, source, path: pathlib.Path) -> None:
     """Test images beside their reconstructions (posterior mean), in pairs of columns."""
     real = np.stack([ToModelInputs().map(source[i])["image"] for i in range(cfg.sample_count)])
-    recon = _reconstruct(*nnx.split(system.autoencoder), real)
+    recon = reconstruct(*nnx.split(system.autoencoder), real)
     if jax.process_index() == 0:
         pairs = np.stack([viz.to_uint8(real), viz.to_uint8(np.asarray(recon))], axis=1)
         viz.save_png(path, viz.grid(pairs.reshape((-1,) + real.shape[1:]), cols=2))
