@@ -3,6 +3,7 @@
     python sample.py --checkpoint checkpoints/512_codiff --mask mask.png --text "This man has a beard."
     python sample.py --checkpoint checkpoints/512_codiff --text "He is in his forties."   # text expert alone
     python sample.py                       # the shipped demo models (64x64 toy faces), example mask and caption
+    python sample.py edit --image face.png --text "..." --mask edited.png --out runs/edit   # see --help
 
 Convert released weights first with `python -m cdiff_jax.convert SRC DST`. Everything a run
 writes goes into --out: one PNG per sample, a grid, the mask overlay, on request the influence
@@ -24,7 +25,7 @@ from cdiff_jax import conditions as cond
 from cdiff_jax.checkpoint import NotACheckpointError, load_system
 from cdiff_jax.checkpoint import load_config as load_checkpoint_config
 from cdiff_jax.data.masks import colorize, load_label_map
-from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
+from cdiff_jax.diffusion.collaboration import MODES, rule_for_mode
 from cdiff_jax.diffusion.ddim import ddim_timesteps
 from cdiff_jax.parallel import data_mesh, replicate, shard_batch
 from cdiff_jax.sampling import SamplerSettings, print_progress, progress_listener, sample
@@ -35,7 +36,6 @@ REPO = pathlib.Path(__file__).resolve().parent
 DEMO_CHECKPOINT = REPO / "cdiff_jax" / "demo_models" / "collab"
 DEFAULT_MASK = REPO / "cdiff_jax" / "data" / "examples" / "face_mask.png"  # a held-out toy face's label map
 DEFAULT_CAPTION = "This man has beard of medium length. He is in his thirties."
-MODES = ("released", "plain", "linear", "equal")
 
 
 def parse_args(argv=None):
@@ -125,12 +125,7 @@ def prepare(args):
         print(f"note: the caption is longer than {cfg.modalities['text'].encoder.max_len} tokens and was truncated")
     scales = _parse_guidance(args.guidance, list(conditions))
     guided = tuple(n for n, s in scales.items() if s != 1.0)
-    reweighting = None
-    if args.mode == "equal":
-        reweighting = EqualWeights()
-    elif args.mode != "plain" and "mask" in conditions and len(conditions) > 1:
-        schedule = "cosine" if args.mode == "released" else "linear"
-        reweighting = Reweighting(schedule=schedule, scale=args.mask_scale, num_timesteps=cfg.schedule.timesteps)
+    reweighting = rule_for_mode(args.mode, list(conditions), args.mask_scale, cfg.schedule.timesteps)
     settings = SamplerSettings(steps=args.steps, eta=args.eta, reweighting=reweighting, guided=guided,
                                record=args.save_influence or args.save_trajectory, progress=True)
     ddim_timesteps(cfg.schedule.timesteps, args.steps)  # reject unusable step counts before any work
@@ -202,4 +197,8 @@ def write_outputs(out, system, names, result, images, inputs, args, seconds):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["edit"]:  # editing a real face: Imagic per modality, then collaboration
+        from cdiff_jax.editing.run import main as edit_main
+
+        sys.exit(edit_main(sys.argv[2:]))
     sys.exit(run(parse_args()))

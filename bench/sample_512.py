@@ -76,7 +76,7 @@ def main():
         settings = SamplerSettings(steps=args.steps)
         key = jax.random.key(0)
         start = time.perf_counter()
-        compiled = _sample_program.lower(graphdef, state, conditions, x, key, None, {}, {}, settings).compile()
+        compiled = _sample_program.lower(graphdef, state, conditions, {}, x, key, None, {}, {}, settings).compile()
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
         jax.block_until_ready(compiled(state, conditions, x, key, None, {}, {}))

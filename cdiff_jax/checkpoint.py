@@ -45,6 +45,29 @@ def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *, 
     return directory
 
 
+def save_arrays(directory: str | os.PathLike, tree) -> pathlib.Path:
+    """Write a pytree of arrays (e.g. an edit's embeddings or fine-tuned expert) atomically as orbax."""
+    directory = pathlib.Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp, tree)
+        _replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_arrays(directory: str | os.PathLike, like):
+    """Restore a pytree saved by orbax with the structure, shapes and dtypes of `like`, onto this
+    process's first device whatever topology saved it."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(pathlib.Path(directory).absolute(), target)
+
+
 def _replace_dir(new: pathlib.Path, target: pathlib.Path) -> None:
     """Rename `new` to `target`; an existing target is moved aside first and removed after."""
     old = None
@@ -72,13 +95,7 @@ def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
     directory = pathlib.Path(directory).absolute()
     cfg = load_config(directory)
     system = abstract_system(cfg)
-    abstract = nnx.to_pure_dict(nnx.state(system, nnx.Param))
-    # Restore onto this process's first device whatever topology saved it (a training run's
-    # checkpoint may come from many devices).
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-    with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(directory / PARAMS_DIR, target)
+    params = load_arrays(directory / PARAMS_DIR, nnx.to_pure_dict(nnx.state(system, nnx.Param)))
     state = nnx.state(system, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(system, state)

@@ -78,14 +78,32 @@ def sample(
     if guided and (not guidance_scales or not null_conditions or guided - set(null_conditions)):
         raise ValueError("classifier-free guidance needs a scale and a null condition for every guided modality")
     return _sample_program(
-        graphdef, state, conditions, x_T, key, step_noise, guidance_scales or {}, null_conditions or {}, settings
+        graphdef, state, conditions, {}, x_T, key, step_noise, guidance_scales or {}, null_conditions or {}, settings
     )
 
 
+def sample_from_contexts(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    contexts: dict[str, jax.Array],
+    x_T: jax.Array,
+    key: jax.Array,
+    settings: SamplerSettings = SamplerSettings(),
+    *,
+    step_noise: jax.Array | None = None,
+) -> SampleResult:
+    """`sample` from cross-attention contexts given directly (edited or interpolated embeddings),
+    which the experts and the diffusers see instead of encoded conditions. No guidance."""
+    if settings.guided:
+        raise ValueError("classifier-free guidance needs conditions to encode null ones from; use `sample`")
+    return _sample_program(graphdef, state, {}, contexts, x_T, key, step_noise, {}, {}, settings)
+
+
 @jax.jit(static_argnames=("graphdef", "settings"))
-def _sample_program(graphdef, state, conditions, x_T, key, step_noise, guidance_scales, null_conditions, settings):
+def _sample_program(graphdef, state, conditions, contexts, x_T, key, step_noise, guidance_scales, null_conditions,
+                    settings):
     system = nnx.merge(graphdef, state)
-    contexts = encode_conditions(system, conditions)
+    contexts = contexts or encode_conditions(system, conditions)
     guidance = _guidance(system, contexts, guidance_scales, null_conditions, settings.guided)
     coeffs = ddim_coefficients(alphas_cumprod(system.cfg.schedule), settings.steps, settings.eta)
     num_steps = coeffs.timesteps.shape[0]  # can exceed settings.steps, see ddim_timesteps

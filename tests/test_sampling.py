@@ -66,7 +66,7 @@ def _lowered(system, steps, conditions, x):
     from cdiff_jax.sampling import _sample_program
 
     graphdef, state = nnx.split(system)
-    return _sample_program.lower(graphdef, state, conditions, x, jax.random.key(0), None, {}, {},
+    return _sample_program.lower(graphdef, state, conditions, {}, x, jax.random.key(0), None, {}, {},
                                  SamplerSettings(steps=steps))
 
 

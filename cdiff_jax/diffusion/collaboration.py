@@ -40,6 +40,22 @@ class EqualWeights:
     at every pixel and step, so the dynamic diffusers are not consulted."""
 
 
+MODES = ("released", "plain", "linear", "equal")
+
+
+def rule_for_mode(mode: str, names, mask_scale: float = 2.0, num_timesteps: int = 1000) -> Reweighting | EqualWeights | None:
+    """The combination rule a sampler's `--mode` names: released (cosine decay of the mask weight, then
+    x mask_scale), linear (linear decay, then x mask_scale), plain (the softmax of training) or equal."""
+    if mode not in MODES:
+        raise ValueError(f"collaboration mode {mode!r}: expected one of {MODES}")
+    if mode == "equal":
+        return EqualWeights()
+    if mode == "plain" or "mask" not in names or len(names) < 2:
+        return None
+    return Reweighting(schedule="cosine" if mode == "released" else "linear", scale=mask_scale,
+                       num_timesteps=num_timesteps)
+
+
 def decay(t: jax.Array, schedule: str, num_timesteps: int = 1000) -> jax.Array:
     """k(t) in float32: cosine (cos((1 - t/T) pi) + 1) / 2, linear t/T, or 1."""
     frac = t.astype(jnp.float32) / num_timesteps

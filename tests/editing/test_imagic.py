@@ -1,0 +1,80 @@
+"""Imagic's two stages on the tiny system: the reference's step, chunking-invariance, and what each changes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cdiff_jax.config import load_config
+from cdiff_jax.diffusion.schedule import make_schedule
+from cdiff_jax.editing.imagic import ImagicSettings, finetune_expert, imagic_loss, optimise_embedding
+from cdiff_jax.system import init_system
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = load_config("tiny_system.py:text")
+    system = init_system(cfg, seed=0)
+    z0 = jax.random.normal(jax.random.key(1), (1, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim))
+    context = jax.random.normal(jax.random.key(2), (1, 77, 16))
+    return with_random_zero_layers(system.modalities["text"].expert), make_schedule(cfg.schedule), z0, context
+
+
+def with_random_zero_layers(expert):
+    """LDM zero-initialises the layers that end each block, which makes a fresh expert ignore its
+    context; random values there give every parameter and the context a gradient."""
+    state = nnx.state(expert, nnx.Param)
+    keys = iter(jax.random.split(jax.random.key(11), len(jax.tree.leaves(state))))
+    nnx.update(expert, jax.tree.map(
+        lambda p: p if np.any(np.asarray(p)) else 0.05 * jax.random.normal(next(keys), p.shape), state))
+    return expert
+
+
+def mean_loss(expert, schedule, z0, context, n=64):
+    return float(np.mean([imagic_loss(expert, schedule, z0, context, jax.random.key(100 + i)) for i in range(n)]))
+
+
+def test_first_embedding_step_is_adam_on_the_loss_gradient(setup):
+    expert, schedule, z0, context = setup
+    key = jax.random.key(7)
+    settings = ImagicSettings(embedding_lr=1e-3, embedding_iterations=1, chunk=1)
+    optimised, losses = optimise_embedding(expert, schedule, z0, context, key, settings)
+    # Iteration 0 draws from fold_in(key, 0); Adam's first step is lr * g / (|g| + eps) per element.
+    loss, g = jax.value_and_grad(lambda c: imagic_loss(expert, schedule, z0, c, jax.random.fold_in(key, 0)))(context)
+    np.testing.assert_allclose(losses[0], loss, rtol=1e-5)
+    np.testing.assert_allclose(optimised, context - 1e-3 * g / (jnp.abs(g) + 1e-8), atol=1e-6)
+
+
+@pytest.mark.parametrize("chunks", [(3, True), (7, False)])
+def test_chunking_does_not_change_the_result(setup, chunks):
+    expert, schedule, z0, context = setup
+    key = jax.random.key(3)
+    one_call, losses_one = optimise_embedding(expert, schedule, z0, context, key,
+                                              ImagicSettings(embedding_iterations=7, chunk=7))
+    chunk, unroll = chunks
+    chunked, losses = optimise_embedding(expert, schedule, z0, context, key,
+                                         ImagicSettings(embedding_iterations=7, chunk=chunk, unroll=unroll))
+    np.testing.assert_allclose(losses, losses_one, rtol=1e-5)
+    np.testing.assert_allclose(chunked, one_call, atol=1e-6)
+
+
+def test_stage_a_fits_the_embedding_and_keeps_the_expert(setup):
+    expert, schedule, z0, context = setup
+    before = jax.tree.map(np.asarray, nnx.state(expert))
+    optimised, losses = optimise_embedding(expert, schedule, z0, context, jax.random.key(4),
+                                           ImagicSettings(embedding_lr=1e-2, embedding_iterations=40, chunk=20))
+    assert losses.shape == (40,) and np.isfinite(losses).all()
+    assert mean_loss(expert, schedule, z0, optimised) < mean_loss(expert, schedule, z0, context)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, nnx.state(expert)), before)
+
+
+def test_stage_b_fits_the_expert_for_a_fixed_context(setup):
+    expert, schedule, z0, context = setup
+    tuned, losses = finetune_expert(expert, schedule, z0, context, jax.random.key(5),
+                                    ImagicSettings(finetune_lr=1e-3, finetune_iterations=40, chunk=20))
+    assert losses.shape == (40,)
+    graphdef = nnx.graphdef(expert)
+    assert mean_loss(nnx.merge(graphdef, tuned), schedule, z0, context) < mean_loss(expert, schedule, z0, context)
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), nnx.state(expert), tuned)
+    assert all(jax.tree.leaves(changed))
