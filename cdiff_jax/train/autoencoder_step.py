@@ -53,6 +53,10 @@ class AutoencoderTrainState:
     disc_params: nnx.State
     disc_opt_state: optax.OptState
 
+    @property
+    def export_params(self) -> nnx.State:
+        return self.params
+
 
 @struct.dataclass
 class AutoencoderMetrics:

@@ -31,6 +31,9 @@ class TrainConfig:
     steps: int = 100_000
     steps_per_call: int = 1  # optimizer steps per device call (one lax.scan)
     condition_dropout: float = 0.0  # expert stage: enables classifier-free guidance later
+    # > 0 keeps an exponential moving average of the trained parameters (LDM: 0.9999, with its
+    # warm-up), which validation, sample grids and the exported system then use.
+    ema_decay: float = 0.0
 
     # The autoencoder stage (LDM's defaults; its optimizers are Adam with betas 0.5/0.9). The
     # perceptual term needs LPIPS weights from a file (an LDM autoencoder checkpoint holds them);

@@ -58,6 +58,12 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken
     params: nnx.State  # the trainable parameters
     opt_state: optax.OptState
+    ema: nnx.State | None = None  # exponential moving average of `params`, when kept
+
+    @property
+    def export_params(self) -> nnx.State:
+        """What validation, samples and the exported system use: the average when one is kept (as LDM)."""
+        return self.params if self.ema is None else self.ema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +71,7 @@ class StepSettings:
     """Static settings of the compiled step."""
 
     condition_dropout: float = 0.0
+    ema_decay: float = 0.0  # > 0: keep LDM's LitEma average of the trained parameters
 
 
 @struct.dataclass
@@ -74,8 +81,17 @@ class StepMetrics:
     finite: jax.Array  # [k] bool: the update was applied
 
 
-def init_train_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def init_train_state(params: nnx.State, tx: optax.GradientTransformation, ema: bool = False) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema=jax.tree.map(jnp.copy, params) if ema else None)
+
+
+def ema_update(ema: nnx.State, params: nnx.State, decay: float, updates: jax.Array) -> nnx.State:
+    """LDM's LitEma after its `updates`-th update: ema -= (1 - d) (ema - params) with
+    d = min(decay, (1 + updates) / (10 + updates)), so early averages follow the parameters closely."""
+    updates = updates.astype(jnp.float32)
+    one_minus = 1.0 - jnp.minimum(decay, (1.0 + updates) / (10.0 + updates))
+    return jax.tree.map(lambda e, p: e - one_minus * (e - p), ema, params)
 
 
 def train_steps(
@@ -109,8 +125,12 @@ def _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = TrainState(step=state.step + finite.astype(jnp.int32), params=keep(params, state.params),
-                               opt_state=keep(opt_state, state.opt_state))
+        step = state.step + finite.astype(jnp.int32)
+        params = keep(params, state.params)
+        ema = state.ema
+        if ema is not None:
+            ema = keep(ema_update(ema, params, settings.ema_decay, step), ema)
+        new_state = TrainState(step=step, params=params, opt_state=keep(opt_state, state.opt_state), ema=ema)
         return new_state, StepMetrics(loss=loss, grad_norm=grad_norm, finite=finite)
 
     return scan_steps(one_step, state, batches)

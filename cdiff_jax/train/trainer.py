@@ -148,10 +148,11 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
                                     "learning_rate": cfg.learning_rate, **terms})
             val_loss = None
             if _crossed(before, step, cfg.val_every):
-                val_loss = validation_loss(cfg, functools.partial(stage.evaluate, state.params), sources["test"], mesh)
+                val_loss = validation_loss(cfg, functools.partial(stage.evaluate, state.export_params), sources["test"],
+                                           mesh)
                 val_writer.write(step, {"loss": val_loss})
             if _crossed(before, step, cfg.sample_every):
-                stage.write_samples(state.params, sources["test"], workdir / "samples" / f"{step:07d}.png")
+                stage.write_samples(state.export_params, sources["test"], workdir / "samples" / f"{step:07d}.png")
             # Validated states are always saved, so the best one by validation loss can be kept.
             if _crossed(before, step, cfg.checkpoint_every) or val_loss is not None or step == cfg.steps:
                 checkpoints.save(step, state, save_iterator_state(batches), val_loss)
@@ -166,7 +167,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         writer.close()
         val_writer.close()
     if jax.process_count() == 1:
-        trained = nnx.merge(graphdef, state.params, frozen)
+        trained = nnx.merge(graphdef, state.export_params, frozen)
         if cfg.stage == "autoencoder":
             trained = with_latent_scale(trained, sources["test"], cfg, mesh)
         save_system(workdir / "system", trained, overwrite=True)
@@ -187,6 +188,8 @@ class Stage:
 def stage_step(cfg: TrainConfig, graphdef, params, frozen, mesh) -> Stage:
     key = jax.random.key(cfg.seed)
     if cfg.stage == "autoencoder":
+        if cfg.ema_decay:
+            raise ValueError("the autoencoder stage keeps no parameter average (LDM's does not); set ema_decay=0")
         if cfg.perceptual_weight > 0 and not cfg.perceptual_weights:
             raise ValueError(
                 "the autoencoder stage's perceptual (LPIPS) term needs weights: set perceptual_weights=PATH "
@@ -211,9 +214,9 @@ def stage_step(cfg: TrainConfig, graphdef, params, frozen, mesh) -> Stage:
         )
     tx = adamw(cfg.learning_rate, cfg.weight_decay)
     schedule = replicate(make_schedule(nnx.merge(graphdef, params, frozen).cfg.schedule), mesh)
-    settings = StepSettings(condition_dropout=cfg.condition_dropout)
+    settings = StepSettings(condition_dropout=cfg.condition_dropout, ema_decay=cfg.ema_decay)
     return Stage(
-        state=init_train_state(params, tx),
+        state=init_train_state(params, tx, ema=cfg.ema_decay > 0),
         run=lambda state, batches: train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings),
         evaluate=lambda p, batch, k: _eval_loss(graphdef, p, frozen, batch, schedule, k),
         write_samples=lambda p, source, path: write_samples(cfg, graphdef, p, frozen, source, path),

@@ -11,7 +11,7 @@ from conftest import assert_close_rel, nhwc, reference_config, reference_system
 from cdiff_jax.convert import keymap
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.train.objectives import eps_loss
-from cdiff_jax.train.step import (adamw, init_train_state, train_steps, trainable_filter,
+from cdiff_jax.train.step import (StepSettings, adamw, init_train_state, train_steps, trainable_filter,
                                   trainable_prefixes)
 
 
@@ -93,6 +93,24 @@ def test_scan_of_k_steps_equals_k_calls(fixtures_root):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), together.params, state.params)
     # Only the diffusers moved.
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(together.params)))
+
+
+def test_the_average_follows_ldm_lit_ema(fixtures_root):
+    system = reference_system(fixtures_root, "codiff")
+    graphdef, params, frozen = _split(system)
+    schedule, tx, key = make_schedule(system.cfg.schedule), optax.sgd(0.1), jax.random.key(0)
+    settings = StepSettings(ema_decay=0.5)
+    batches = _tiny_collab_batch(system, 3, 2)
+    state = init_train_state(jax.tree.map(jnp.copy, params), tx, ema=True)
+    expected = jax.tree.map(np.asarray, params)
+    for i in range(3):
+        state, _ = train_steps(graphdef, frozen, state, jax.tree.map(lambda x: x[i : i + 1], batches), schedule, key,
+                               tx, settings)
+        decay = min(0.5, (1 + (i + 1)) / (10 + (i + 1)))  # LitEma counts the update being made
+        expected = jax.tree.map(lambda e, p: e - (1 - decay) * (e - np.asarray(p)), expected, state.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), state.ema, expected)
+    assert state.export_params is state.ema
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.ema), jax.tree.leaves(state.params)))
 
 
 def test_non_finite_loss_keeps_the_last_good_parameters(fixtures_root):

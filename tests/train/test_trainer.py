@@ -160,7 +160,7 @@ def test_two_processes_of_four_devices_train_like_one_process(data_dir, tmp_path
 
 
 def test_expert_stage_trains_one_expert_and_its_encoder_only(data_dir, tmp_path):
-    run_train(tmp_path / "expert", data_dir, "steps=2", "val_every=0", "sample_every=0",
+    run_train(tmp_path / "expert", data_dir, "steps=2", "val_every=0", "sample_every=0", "ema_decay=0.9999",
               config="configs/train_tiny.py:expert_text")
     from cdiff_jax.config import load_config
     from cdiff_jax.system import init_system
@@ -170,6 +170,16 @@ def test_expert_stage_trains_one_expert_and_its_encoder_only(data_dir, tmp_path)
     changed = {path[:3] for (path, a), (_, b) in zip(nnx.to_flat_state(trained), nnx.to_flat_state(fresh))
                if not np.array_equal(np.asarray(a), np.asarray(b))}
     assert changed == {("modalities", "text", "expert"), ("modalities", "text", "encoder")}
+    # With an average kept, the exported system is the average, not the last parameters.
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.restore(tmp_path / "expert/checkpoints/2/state")
+    exported = sum(np.sum(np.asarray(v, np.float64)) for path, v in nnx.to_flat_state(trained)
+                   if path[:3] in changed)
+    total = lambda tree: sum(np.sum(np.asarray(v, np.float64)) for v in jax.tree.leaves(tree))  # noqa: E731
+    assert exported == pytest.approx(total(saved["ema"]), rel=1e-12)
+    assert exported != pytest.approx(total(saved["params"]), rel=1e-9)
 
 
 def test_non_finite_loss_stops_the_run_naming_the_last_good_checkpoint(data_dir, tmp_path):
