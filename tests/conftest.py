@@ -3,8 +3,10 @@
 import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from cdiff_jax.convert.keymap import LPIPS_VGG_CONV_INDICES
 from cdiff_jax.nn.lpips import SCALE, SHIFT, TAPPED_WIDTHS, VGG16_LAYOUT
@@ -123,3 +125,13 @@ def lpips_state_dict(rng) -> dict[str, np.ndarray]:
     tensors[f"{LPIPS_PREFIX}scaling_layer.scale"] = np.asarray(SCALE).reshape(1, 3, 1, 1)
     tensors["encoder.conv_in.weight"] = np.zeros((4, 3, 3, 3))  # the rest of an autoencoder checkpoint
     return {k: v.astype(np.float32) for k, v in tensors.items()}
+
+
+def with_random_zero_layers(module, seed: int = 11):
+    """LDM zero-initialises the layers that end each block, which makes a fresh UNet ignore its input
+    and context; random values there make outputs (and gradients) depend on everything."""
+    state = nnx.state(module, nnx.Param)
+    keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(state))))
+    nnx.update(module, jax.tree.map(
+        lambda p: p if np.any(np.asarray(p)) else 0.05 * jax.random.normal(next(keys), p.shape), state))
+    return module

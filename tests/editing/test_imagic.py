@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from cdiff_jax.config import load_config
+from conftest import with_random_zero_layers
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.editing.imagic import ImagicSettings, finetune_expert, imagic_loss, optimise_embedding
 from cdiff_jax.system import init_system
@@ -19,16 +20,6 @@ def setup():
     z0 = jax.random.normal(jax.random.key(1), (1, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim))
     context = jax.random.normal(jax.random.key(2), (1, 77, 16))
     return with_random_zero_layers(system.modalities["text"].expert), make_schedule(cfg.schedule), z0, context
-
-
-def with_random_zero_layers(expert):
-    """LDM zero-initialises the layers that end each block, which makes a fresh expert ignore its
-    context; random values there give every parameter and the context a gradient."""
-    state = nnx.state(expert, nnx.Param)
-    keys = iter(jax.random.split(jax.random.key(11), len(jax.tree.leaves(state))))
-    nnx.update(expert, jax.tree.map(
-        lambda p: p if np.any(np.asarray(p)) else 0.05 * jax.random.normal(next(keys), p.shape), state))
-    return expert
 
 
 def mean_loss(expert, schedule, z0, context, n=64):

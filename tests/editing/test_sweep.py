@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from cdiff_jax.config import load_config
+from conftest import with_random_zero_layers
 from cdiff_jax.editing.sweep import alpha_sweep, interpolate
 from cdiff_jax.sampling import SamplerSettings, sample_from_contexts
 from cdiff_jax.system import init_system
@@ -16,6 +17,8 @@ SETTINGS = SamplerSettings(steps=4, eta=1.0, reweighting=None)
 @pytest.fixture(scope="module")
 def setup():
     system = init_system(load_config("tiny_system.py"), seed=0)
+    for modality in system.modalities.values():
+        with_random_zero_layers(modality.expert)
     keys = iter(jax.random.split(jax.random.key(1), 8))
     targets = {n: jax.random.normal(next(keys), (1, t, 16)) for n, t in (("mask", 19), ("text", 77))}
     optimised = {n: c + 0.5 * jax.random.normal(next(keys), c.shape) for n, c in targets.items()}

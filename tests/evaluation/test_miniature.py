@@ -24,12 +24,12 @@ def test_every_method_is_scored(results):
 
 
 def test_no_method_beats_the_decoder_it_samples_through(results):
-    # Measured at N=200 (outputs/eval): mask accuracy real 0.979, reconstructions 0.920, every method
-    # 0.657-0.664; per-example standard deviation of the methods' mask accuracy 0.087-0.096, so at N=48
-    # the standard error of a mean is ~0.014 and the 0.1 margin is 7 of them (the gap measured: 0.26).
-    # Attribute accuracy: real 0.945, every method 0.20-0.22 (chance: 0.21).
+    # Measured at N=200 (outputs/eval, the shipped models): mask accuracy real 0.979, reconstructions
+    # 0.920, methods 0.779-0.817 with per-example standard deviations 0.073-0.081, so at N=48 the
+    # standard error of a mean is ~0.012 and the 0.05 margin is 4 of them (the smallest gap measured:
+    # 0.10). Attribute accuracy: real 0.945, every method 0.205-0.215 (chance: 0.21).
     real, recon = results["real images"], results["autoencoder reconstructions"]
     assert real["mask_accuracy"] > recon["mask_accuracy"] + 0.02
     for method in M.METHODS:
-        assert recon["mask_accuracy"] > results[method.name]["mask_accuracy"] + 0.1, method.name
+        assert recon["mask_accuracy"] > results[method.name]["mask_accuracy"] + 0.05, method.name
         assert real["attribute_accuracy"] > results[method.name]["attribute_accuracy"] + 0.3, method.name
