@@ -6,6 +6,7 @@ or kill during a save never leaves a half-written checkpoint where a good one is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -31,32 +32,41 @@ def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *, 
     directory = pathlib.Path(directory).absolute()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; choose a new output path or pass overwrite")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with _atomic_directory(directory) as tmp:
         tmp.mkdir()
         (tmp / CONFIG_FILE).write_text(system.cfg.to_json())
-        params = nnx.to_pure_dict(nnx.state(system, nnx.Param))
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(tmp / PARAMS_DIR, params)
-        _replace_dir(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _save_tree(tmp / PARAMS_DIR, nnx.to_pure_dict(nnx.state(system, nnx.Param)))
     return directory
 
 
 def save_arrays(directory: str | os.PathLike, tree) -> pathlib.Path:
     """Write a pytree of arrays (e.g. an edit's embeddings or fine-tuned expert) atomically as orbax."""
     directory = pathlib.Path(directory).absolute()
+    with _atomic_directory(directory) as tmp:
+        _save_tree(tmp, tree)
+    return directory
+
+
+@contextlib.contextmanager
+def _atomic_directory(directory: pathlib.Path):
+    """Yield a temporary sibling path to fill; it replaces `directory` only if the block succeeds."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(tmp, tree)
+        yield tmp
         _replace_dir(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+
+
+def _save_tree(path: pathlib.Path, tree) -> None:
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, tree)
+    # orbax's commit marker records the path it wrote to: a temporary one that is renamed next,
+    # so the record would be wrong and would carry this machine's paths into shipped checkpoints.
+    marker = path / "commit_success.txt"
+    if marker.exists():
+        marker.write_text("Checkpoint commit was successful.")
 
 
 def load_arrays(directory: str | os.PathLike, like):

@@ -77,7 +77,7 @@ class SweepRequest:
 def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> pathlib.Path:
     """Run (or resume) the edit in `out` and write the sweep; returns the sweep's directory."""
     out = pathlib.Path(out)
-    cfg, image = validate(request, sweep)
+    cfg, image, conditions = validate(request, sweep)
     _claim(out, edit_identity(request, cfg))
     system = load_system(request.checkpoint)
     schedule = make_schedule(cfg.schedule)
@@ -90,10 +90,10 @@ def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> 
     viz.save_png(out / "reconstruction.png", viz.to_uint8(np.asarray(_decode_latent(*autoencoder, z0)[0])))
 
     targets, optimised = {}, {}
-    for index, (name, target) in enumerate(request.targets.items()):
+    for index, (name, condition) in enumerate(conditions.items()):
         modality = system.modalities[name]
         stage_key = jax.random.fold_in(key, index + 1)
-        targets[name], optimised[name] = _stage_a(out / name, modality, cfg.modalities[name], target, schedule, z0,
+        targets[name], optimised[name] = _stage_a(out / name, modality, condition, schedule, z0,
                                                    jax.random.fold_in(stage_key, 0), request.imagic)
         tuned = _stage_b(out / name, modality.expert, schedule, z0, optimised[name],
                          jax.random.fold_in(stage_key, 1), request.imagic)
@@ -119,21 +119,26 @@ def _decode_latent(graphdef, state, z):
 
 
 def validate(request: EditRequest, sweep: SweepRequest):
-    """Check every input before anything is loaded or written; returns (system config, image [1, H, W, 3])."""
+    """Check every input before anything is loaded or written; returns the system config, the image
+    [1, H, W, 3] and the encoded target condition of each modality (token ids or a one-hot mask)."""
     if not request.targets:
         raise UsageError("give the edit's target: --text, --mask or both")
     try:
         cfg = load_config(request.checkpoint)
     except NotACheckpointError as err:
         raise UsageError(str(err)) from None
+    conditions = {}
     for name, target in request.targets.items():
         if name not in cfg.modalities:
             raise UsageError(f"the checkpoint has no {name} modality (it has {sorted(cfg.modalities)}); drop --{name}")
-        if cfg.modalities[name].kind == "text" and not target.strip():
-            raise UsageError("--text is empty; give the target caption or leave out --text")
-        if cfg.modalities[name].kind == "mask":
+        modality = cfg.modalities[name]
+        if modality.kind == "text":
+            if not target.strip():
+                raise UsageError("--text is empty; give the target caption or leave out --text")
+            conditions[name] = cond.encode_captions([target], modality.encoder).ids
+        else:
             try:
-                cond.encode_masks([target], cfg.modalities[name].encoder)
+                conditions[name] = cond.encode_masks([target], modality.encoder)
             except (FileNotFoundError, ValueError) as err:
                 raise UsageError(f"--mask: {err}") from None
     if len(request.targets) > 1 and not all(cfg.modalities[n].diffuser for n in request.targets):
@@ -154,7 +159,7 @@ def validate(request: EditRequest, sweep: SweepRequest):
         ddim_timesteps(cfg.schedule.timesteps, sweep.steps)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    return cfg, load_image(request.image, _size_multiple(cfg, request.targets))
+    return cfg, load_image(request.image, _size_multiple(cfg, request.targets)), conditions
 
 
 def load_image(path: str, multiple: int) -> jax.Array:
@@ -214,10 +219,8 @@ def _claim(out: pathlib.Path, identity: dict) -> None:
     _write_json(manifest, identity)
 
 
-def _stage_a(directory, modality, modality_cfg, target, schedule, z0, key, settings):
+def _stage_a(directory, modality, condition, schedule, z0, key, settings):
     """(target context, optimised context) [1, L, D], from disk when stage A has finished before."""
-    condition = (cond.encode_captions([target], modality_cfg.encoder).ids if modality_cfg.kind == "text"
-                 else cond.encode_masks([target], modality_cfg.encoder))
     e_target = modality.encoder(jnp.asarray(condition))
     stored = directory / "embeddings"
     if stored.exists():
