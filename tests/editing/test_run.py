@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import reference_system
 from cdiff_jax.checkpoint import save_system
 from cdiff_jax.config import load_config
 from cdiff_jax.data.masks import save_label_png
@@ -119,3 +120,22 @@ def test_bad_input_fails_early_and_writes_nothing(inputs, tmp_path, capsys, extr
     assert edit(inputs, tmp_path / "out", *extra, image=image) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_converted_reference_system_edits_end_to_end(fixtures_root, tmp_path):
+    """The official architecture (converted fixture weights, any fixture layout) through the same CLI."""
+    system = reference_system(fixtures_root, "codiff")
+    save_system(tmp_path / "codiff", system)
+    side = system.cfg.latent_size * system.cfg.autoencoder.downsample_factor
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(tmp_path / "face.png")
+    save_label_png(tmp_path / "mask.png", rng.integers(0, 19, (side, side)).astype(np.uint8))
+    out = tmp_path / "edit"
+    assert edit_run.main(["--checkpoint", str(tmp_path / "codiff"), "--image", str(tmp_path / "face.png"),
+                          "--text", CAPTION, "--mask", str(tmp_path / "mask.png"), "--out", str(out), *FAST,
+                          "--alphas", "0,1"]) == 0
+    _, pictures = sweep_pictures(out)
+    first, last = (pictures[name] for name in sorted(pictures))
+    assert first.shape == last.shape == (side, side, 3)
+    assert np.abs(first.astype(int) - last.astype(int)).max() > 0  # optimised and target embeddings differ
+    assert (out / "text/expert").is_dir() and (out / "mask/expert").is_dir()
