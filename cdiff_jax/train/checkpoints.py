@@ -50,15 +50,20 @@ class TrainCheckpoints:
         return self.directory / str(step)
 
     def restore(self, step: int, abstract_state) -> tuple[object, bytes]:
-        self._check_fields(step, abstract_state)
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        """The saved state in `abstract_state`'s type and shardings, and the iterator's position.
+
+        Only the fields the checkpoint holds are read: a field this run keeps empty (None) may be
+        absent from a checkpoint written before the field existed.
+        """
+        saved = self._saved_fields(step, abstract_state)
+        target = {name: jax.tree.map(ocp.utils.to_shape_dtype_struct, getattr(abstract_state, name)) for name in saved}
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-        return restored.state, restored.data["iterator"].encode()
+        return dataclasses.replace(abstract_state, **restored.state), restored.data["iterator"].encode()
 
-    def _check_fields(self, step: int, abstract_state) -> None:
-        """Settings that add or drop a part of the train state (ema_decay adds `ema`) cannot change on resume;
-        say so instead of orbax's tree-structure error."""
+    def _saved_fields(self, step: int, abstract_state) -> list[str]:
+        """Names of the train-state fields in the checkpoint. Settings that add or drop a part of the state
+        (ema_decay adds `ema`) cannot change on resume: say so instead of orbax's tree-structure error."""
         saved = ocp.StandardCheckpointer().metadata(self.path(step) / "state").item_metadata.tree
         held = {name for name, value in saved.items() if value is not None}
         expected = {f.name for f in dataclasses.fields(abstract_state) if getattr(abstract_state, f.name) is not None}
@@ -67,6 +72,7 @@ class TrainCheckpoints:
                 f"the checkpoint {self.path(step)} holds {sorted(held)} but this run's train state has "
                 f"{sorted(expected)}: it was written with other settings (ema_decay > 0 keeps 'ema'); resume with "
                 "the settings it was trained with, or start a new work directory")
+        return list(saved)
 
     def close(self) -> None:
         self.manager.wait_until_finished()

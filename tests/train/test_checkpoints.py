@@ -33,3 +33,14 @@ def test_resuming_with_another_ema_setting_names_the_setting(tmp_path, saved_wit
     with pytest.raises(ValueError, match="ema_decay"):
         checkpoints.restore(7, state(not saved_with_ema))
     checkpoints.close()
+
+
+def test_a_checkpoint_written_before_a_field_existed_restores_with_the_field_empty(tmp_path):
+    """Checkpoints from before TrainState had `ema` hold no such key; a run without EMA resumes them."""
+    older = state(ema=False)
+    checkpoints = TrainCheckpoints(tmp_path, asynchronous=False)
+    checkpoints.save(7, {"step": older.step, "params": older.params, "opt_state": older.opt_state}, b"{}", wait=True)
+    restored, _ = checkpoints.restore(7, state(ema=False))
+    checkpoints.close()
+    assert isinstance(restored, TrainState) and restored.ema is None
+    np.testing.assert_array_equal(restored.opt_state["mu"], older.opt_state["mu"])
