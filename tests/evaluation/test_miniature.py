@@ -24,20 +24,28 @@ def test_every_method_is_scored(results):
 
 
 def test_no_method_beats_the_decoder_it_samples_through(results):
-    # Measured at N=200 (the README's command, the shipped models): mask accuracy real 0.979,
-    # reconstructions 0.920, methods 0.776-0.817 with per-example standard deviations 0.073-0.081, so
-    # at N=48 the standard error of a mean is ~0.012 and the 0.05 margin is 4 of them (the smallest gap
-    # measured: 0.10). Attribute accuracy: real 0.945, methods 0.205-0.280 (chance: 0.21).
+    # Every method shares its starting noise, so gaps are measured per example. At this test's N=48 and
+    # 25 steps with the shipped models: real 0.981, reconstructions 0.924, methods 0.797-0.888; the
+    # smallest gap (reconstructions - mask expert) is 0.036 with a per-example standard deviation of
+    # 0.043, a standard error of 0.006, so the 0.015 margin leaves 3.5 of them. Attribute accuracy:
+    # real 0.958, methods 0.18-0.25 (chance: 0.21).
     real, recon = results["real images"], results["autoencoder reconstructions"]
     assert real["mask_accuracy"] > recon["mask_accuracy"] + 0.02
     for method in M.METHODS:
-        assert recon["mask_accuracy"] > results[method.name]["mask_accuracy"] + 0.05, method.name
+        assert recon["mask_accuracy"] > results[method.name]["mask_accuracy"] + 0.015, method.name
         assert real["attribute_accuracy"] > results[method.name]["attribute_accuracy"] + 0.3, method.name
 
 
 def test_the_mask_expert_follows_the_label_map_better_than_the_text_expert(results):
-    # N=200: 0.817 against 0.776. With per-example standard deviations ~0.075 the gap's standard error
-    # at N=48 is ~0.015, so 0.041 is 2.7 of them: only its sign is asserted. The text expert's lead on
-    # attributes (0.280 against 0.205 at N=200) is binomial noise at N=48 (standard error ~0.06), and
-    # collaboration does not yet beat equal weights (README), so neither is asserted here.
-    assert results["mask expert"]["mask_accuracy"] > results["text expert"]["mask_accuracy"]
+    # N=48: 0.888 against 0.797, a gap of 0.091 with a standard error of 0.008 (N=200, 50 steps: 0.859
+    # against 0.776). The text expert's lead on attributes (0.24 against 0.18 here, 0.280 against 0.185
+    # at N=200) is within binomial noise at N=48 (standard error ~0.06), so it is not asserted.
+    assert results["mask expert"]["mask_accuracy"] > results["text expert"]["mask_accuracy"] + 0.04
+
+
+def test_the_learned_maps_follow_the_label_map_better_than_equal_weights(results):
+    # The part of the paper's claim these models show (README): collaboration keeps more of the mask
+    # expert's layout than equal weights do. N=48: +0.0155 with a standard error of 0.0032 (N=200, 50
+    # steps: +0.0117, 0.0025), so only the sign is asserted. It does not keep the text expert's
+    # attributes, and the mask expert alone still leads on layout by 0.010, so neither is asserted.
+    assert results["collaborative (plain)"]["mask_accuracy"] > results["equal weights"]["mask_accuracy"]
