@@ -3,10 +3,15 @@
     python bench/sample_512.py --batch 1 --steps 50          # one step, then a full sample
     python bench/sample_512.py --batch 4 --steps 50
     python bench/sample_512.py --batch 1 --steps 10 --what sample   # peak memory vs steps
+    python bench/sample_512.py --batch 1 --steps 5 --what loop      # a step inside the loop vs alone
 
 Reports compile time separately from run time, the FLOPs of one collaborative step from XLA's
 cost analysis, the achieved FLOP/s against a 4096^3 float32 matmul timed in the same run (the
 baseline that makes figures comparable across noisy machines), and the process's peak RSS.
+`--what loop` isolates what a step costs inside the compiled loop: samples of S and 2S steps give
+(T(2S) - T(S)) / S, free of encoding, decoding and compilation, against the same step compiled alone,
+each timed as the mean of S calls in the same process (means on both sides, so neither gets the
+best-of advantage).
 Record the printed lines in BENCHMARKS.md with the command and machine.
 """
 
@@ -35,7 +40,7 @@ def main():
     p.add_argument("--config", default="released.py:512_codiff")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--what", choices=["all", "step", "sample"], default="all")
+    p.add_argument("--what", choices=["all", "step", "sample", "loop"], default="all")
     args = p.parse_args()
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__}, "
@@ -56,13 +61,19 @@ def main():
     }
     x = jnp.asarray(rng.normal(size=(b, s, s, cfg.autoencoder.embed_dim)).astype(np.float32))
 
-    if args.what in ("all", "step"):
-        @jax.jit
-        def step(state, contexts, x, t):
-            return predict(nnx.merge(graphdef, state), x, t, contexts, Reweighting()).eps
+    @jax.jit
+    def step(state, contexts, x, t):
+        return predict(nnx.merge(graphdef, state), x, t, contexts, Reweighting()).eps
 
-        contexts = jax.jit(lambda st, c: encode_conditions(nnx.merge(graphdef, st), c))(state, conditions)
-        t = jnp.full((b,), 501, jnp.int32)
+    contexts = jax.jit(lambda st, c: encode_conditions(nnx.merge(graphdef, st), c))(state, conditions)
+    t = jnp.full((b,), 501, jnp.int32)
+    key = jax.random.key(0)
+
+    def compiled_sample(steps):
+        return _sample_program.lower(graphdef, state, conditions, {}, x, key, None, {}, {},
+                                     SamplerSettings(steps=steps)).compile()
+
+    if args.what in ("all", "step"):
         start = time.perf_counter()
         compiled = step.lower(state, contexts, x, t).compile()
         compile_s = time.perf_counter() - start
@@ -73,16 +84,33 @@ def main():
               f"the matmul baseline, peak RSS {peak_rss_gb():.2f} GB")
 
     if args.what in ("all", "sample"):
-        settings = SamplerSettings(steps=args.steps)
-        key = jax.random.key(0)
         start = time.perf_counter()
-        compiled = _sample_program.lower(graphdef, state, conditions, {}, x, key, None, {}, {}, settings).compile()
+        compiled = compiled_sample(args.steps)
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
-        jax.block_until_ready(compiled(state, conditions, x, key, None, {}, {}))
+        jax.block_until_ready(compiled(state, conditions, {}, x, key, None, {}, {}))
         seconds = time.perf_counter() - start
         print(f"sample: batch {b}, {args.steps} steps: {seconds:.1f}s ({seconds / b:.1f} s/image, "
               f"{seconds / args.steps:.3f} s/step), compile {compile_s:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
+
+    if args.what == "loop":
+        n = args.steps
+        alone = step.lower(state, contexts, x, t).compile()
+        jax.block_until_ready(alone(state, contexts, x, t))
+        start = time.perf_counter()
+        for _ in range(n):
+            jax.block_until_ready(alone(state, contexts, x, t))
+        alone_s = (time.perf_counter() - start) / n
+        totals = {}
+        for steps in (n, 2 * n):
+            program = compiled_sample(steps)
+            start = time.perf_counter()
+            jax.block_until_ready(program(state, conditions, {}, x, key, None, {}, {}))
+            totals[steps] = time.perf_counter() - start
+        in_loop = (totals[2 * n] - totals[n]) / n
+        print(f"loop: batch {b}: step alone {alone_s:.3f} s (mean of {n}), in the loop {in_loop:.3f} s "
+              f"(samples of {n} and {2 * n} steps: {totals[n]:.1f} s, {totals[2 * n]:.1f} s) = {in_loop / alone_s:.2f}x "
+              f"alone; the rest of a sample (encode, decode) {totals[n] - n * in_loop:.1f} s, peak RSS {peak_rss_gb():.2f} GB")
 
 
 if __name__ == "__main__":

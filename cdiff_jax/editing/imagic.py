@@ -103,6 +103,8 @@ def _adam_iterations(graphdef, trained, fixed, opt_state, schedule, z0, key, sta
         updates, opt_state = tx.update(grads, opt_state, variable)
         return (optax.apply_updates(variable, updates), opt_state), loss
 
+    # unroll=0 copies every iteration, a single one included; 1 or True on a length-1 scan would still
+    # lower to a one-trip while loop, the slow path (37 s against 4.7 s per iteration at the 256 size).
     (trained, opt_state), losses = jax.lax.scan(one_iteration, (trained, opt_state), jnp.arange(count),
-                                                unroll=count if unroll else 1)
+                                                unroll=0 if unroll else 1)
     return trained, opt_state, losses

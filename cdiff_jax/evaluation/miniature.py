@@ -70,8 +70,10 @@ METHODS = (
 
 
 def held_out_examples(count: int, first: int = DATASET_SIZE - TEST_SIZE, seed: int = DATASET_SEED) -> list[dict]:
-    """Examples `first`, `first + 1`, ... of the toy dataset written with `seed` (its held-out split)."""
-    return [make_example(example_seed(seed, first + i)) for i in range(count)]
+    """Examples `first`, `first + 1`, ... of the toy dataset written with `seed` (its held-out split), each
+    with the `seed` it was made from (to re-render it with other attributes)."""
+    seeds = [example_seed(seed, first + i) for i in range(count)]
+    return [{**make_example(s), "seed": s} for s in seeds]
 
 
 def generate(system, examples: list[dict], method: Method, *, steps: int, batch: int, seed: int) -> np.ndarray:

@@ -7,11 +7,13 @@ anything: noise held-out latents to a given t, take each expert's eps error, and
 the weight on the first expert that minimises the error of the combination:
 
 * one weight per t for every pixel (the best constant map), and
-* one weight per t and mask region (the best map that follows the layout),
+* one weight per t and face part of the label map (the best map that follows the layout), and
+* one weight per t where the caption shows (beard, grey hair, wrinkles: the pixels that change when
+  the toy face is re-rendered beardless at the youngest age) and one elsewhere,
 
-each fitted on the first half of the examples and scored on the second. If the region-wise fit is
-no better than the constant one, following the layout gains the loss nothing, and well-trained
-diffusers will learn a near-constant map; the learned maps are scored beside both.
+each fitted on the first half of the examples and scored on the second. If a region-wise fit is no
+better than the constant one, following those regions gains the loss nothing, and well-trained
+diffusers will learn a near-constant map; the learned maps are scored beside the fits.
 
     python -m cdiff_jax.evaluation.weighting --count 128
 
@@ -36,6 +38,7 @@ from cdiff_jax.data.masks import CLASS_NAMES
 from cdiff_jax.diffusion.denoiser import encode_conditions, predict
 from cdiff_jax.diffusion.schedule import make_schedule, q_sample
 from cdiff_jax.evaluation import judges as J
+from cdiff_jax.data.toy_faces import make_example
 from cdiff_jax.evaluation.miniature import DEMO_CHECKPOINT, TEST_SIZE, held_out_examples
 
 # Parts of the face with one fitted weight each; together they cover the 19 CelebAMask-HQ classes.
@@ -58,6 +61,9 @@ def best_weight(first: np.ndarray, second: np.ndarray) -> float:
     return float(-(second * diff).sum() / max((diff * diff).sum(), 1e-30))
 
 
+CAPTION_REGIONS = ("caption shows", "elsewhere")
+
+
 def region_ids(labels: np.ndarray, latent_size: int) -> np.ndarray:
     """[N, S, S] index into REGIONS of each latent pixel (the label at the centre of its patch)."""
     factor = labels.shape[1] // latent_size
@@ -68,9 +74,19 @@ def region_ids(labels: np.ndarray, latent_size: int) -> np.ndarray:
     return ids
 
 
+def caption_region_ids(examples: list[dict], latent_size: int) -> np.ndarray:
+    """[N, S, S] index into CAPTION_REGIONS: 0 where over a quarter of the latent pixel's patch changes
+    when the face is re-rendered with no beard at the youngest age."""
+    shown = np.stack([np.any(e["image"] != make_example(e["seed"], beard=0, age=0)["image"], axis=-1)
+                      for e in examples])
+    factor = shown.shape[1] // latent_size
+    patches = shown.reshape(len(examples), latent_size, factor, latent_size, factor).mean(axis=(2, 4))
+    return np.where(patches > 0.25, 0, 1).astype(np.int32)
+
+
 def measure(system, examples: list[dict], timesteps=TIMESTEPS, *, batch: int = 64, seed: int = 0) -> dict:
-    """Held-out eps MSE per t of each expert, equal weights, the learned maps and the two fits, and the fitted
-    and learned weight on the first modality per region."""
+    """Held-out eps MSE per t of each expert, equal weights, the learned maps and the fits, and the fitted
+    and learned weight on the first modality per region of each partition (face parts, caption area)."""
     cfg = system.cfg
     names = tuple(cfg.modalities)
     if len(names) != 2 or set(names) != {"text", "mask"}:
@@ -78,7 +94,8 @@ def measure(system, examples: list[dict], timesteps=TIMESTEPS, *, batch: int = 6
     images = J.from_uint8(np.stack([e["image"] for e in examples]))
     conditions = {"text": cond.encode_captions([e["caption"] for e in examples], cfg.modalities["text"].encoder).ids,
                   "mask": cond.encode_masks([e["labels"] for e in examples], cfg.modalities["mask"].encoder)}
-    regions = region_ids(np.stack([e["labels"] for e in examples]), cfg.latent_size)
+    partitions = {"face part": (tuple(REGIONS), region_ids(np.stack([e["labels"] for e in examples]), cfg.latent_size)),
+                  "caption area": (CAPTION_REGIONS, caption_region_ids(examples, cfg.latent_size))}
     fit = np.arange(len(examples)) < len(examples) // 2
     schedule = make_schedule(cfg.schedule)
     graphdef, state = nnx.split(system)
@@ -103,27 +120,31 @@ def measure(system, examples: list[dict], timesteps=TIMESTEPS, *, batch: int = 6
         learned, learned_weight = (np.concatenate([np.asarray(p[k]) for p in parts]) for k in (1, 2))
         constant_w = best_weight(first[fit], second[fit])
         constant = constant_w * first + (1 - constant_w) * second
-        by_region, weights = constant.copy(), {}
-        for i, region in enumerate(REGIONS):
-            inside, fit_inside = regions == i, (regions == i) & fit[:, None, None]
-            if not fit_inside.any() or not (inside & ~fit[:, None, None]).any():
-                continue  # a region absent from either half has nothing to fit or score
-            w = best_weight(first[fit_inside], second[fit_inside])
-            by_region[inside] = w * first[inside] + (1 - w) * second[inside]
-            weights[region] = {"fitted": w, "learned": float(learned_weight[inside].mean()),
-                               "pixels": int(inside.sum())}
         mse = lambda e: float(np.mean(e[~fit] ** 2))  # noqa: E731 - scored on the held-out half only
-        rows.append({"t": int(t), "mse": {names[0]: mse(first), names[1]: mse(second),
-                                           "equal weights": mse(0.5 * (first + second)), "learned maps": mse(learned),
-                                           "best constant": mse(constant), "best per region": mse(by_region)},
-                     "constant_weight": constant_w, "learned_weight_mean": float(learned_weight.mean()),
-                     "learned_weight_spatial_std": float(learned_weight.std(axis=(1, 2)).mean()),
-                     "region_weights": weights})
+        row = {"t": int(t), "mse": {names[0]: mse(first), names[1]: mse(second),
+                                    "equal weights": mse(0.5 * (first + second)), "learned maps": mse(learned),
+                                    "best constant": mse(constant)},
+               "constant_weight": constant_w, "learned_weight_mean": float(learned_weight.mean()),
+               "learned_weight_spatial_std": float(learned_weight.std(axis=(1, 2)).mean()), "region_weights": {}}
+        for partition, (regions, ids) in partitions.items():
+            by_region, weights = constant.copy(), {}
+            for i, region in enumerate(regions):
+                inside, fit_inside = ids == i, (ids == i) & fit[:, None, None]
+                if not fit_inside.any() or not (inside & ~fit[:, None, None]).any():
+                    continue  # a region absent from either half has nothing to fit or score
+                w = best_weight(first[fit_inside], second[fit_inside])
+                by_region[inside] = w * first[inside] + (1 - w) * second[inside]
+                weights[region] = {"fitted": w, "learned": float(learned_weight[inside].mean()),
+                                   "pixels": int(inside.sum())}
+            row["mse"][f"best per {partition}"] = mse(by_region)
+            row["region_weights"][partition] = weights
+        rows.append(row)
     return {"first_modality": names[0], "rows": rows}
 
 
 def tables(result: dict) -> str:
-    """Markdown: the held-out losses per t, then the fitted and learned weight on the first modality per region."""
+    """Markdown: the held-out losses per t, then the fitted and learned weight on the first modality per region
+    of each partition."""
     rows, first = result["rows"], result["first_modality"]
     methods = list(rows[0]["mse"])
     lines = ["| t | " + " | ".join(methods) + f" | best constant weight on {first} | learned maps: mean, spatial std |",
@@ -132,12 +153,14 @@ def tables(result: dict) -> str:
         lines.append(f"| {r['t']} | " + " | ".join(f"{r['mse'][m]:.5f}" for m in methods)
                      + f" | {r['constant_weight']:.2f} | {r['learned_weight_mean']:.2f}, "
                        f"{r['learned_weight_spatial_std']:.3f} |")
-    lines += ["", f"Weight on {first} per region, fitted / learned:", "",
-              "| t | " + " | ".join(REGIONS) + " |", "|---" * (len(REGIONS) + 1) + "|"]
-    for r in rows:
-        cells = [f"{w['fitted']:.2f} / {w['learned']:.2f}" if (w := r["region_weights"].get(region)) else "-"
-                 for region in REGIONS]
-        lines.append(f"| {r['t']} | " + " | ".join(cells) + " |")
+    for partition, regions in (("face part", tuple(REGIONS)), ("caption area", CAPTION_REGIONS)):
+        lines += ["", f"Weight on {first} per {partition}, fitted / learned:", "",
+                  "| t | " + " | ".join(regions) + " |", "|---" * (len(regions) + 1) + "|"]
+        for r in rows:
+            fitted = r["region_weights"][partition]
+            cells = [f"{w['fitted']:.2f} / {w['learned']:.2f}" if (w := fitted.get(region)) else "-"
+                     for region in regions]
+            lines.append(f"| {r['t']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

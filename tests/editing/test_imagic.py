@@ -1,5 +1,7 @@
 """Imagic's two stages on the tiny system: the reference's step, chunking-invariance, and what each changes."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,8 @@ from flax import nnx
 from cdiff_jax.config import load_config
 from conftest import with_random_zero_layers
 from cdiff_jax.diffusion.schedule import make_schedule
-from cdiff_jax.editing.imagic import ImagicSettings, finetune_expert, imagic_loss, optimise_embedding
+from cdiff_jax.editing.imagic import (ImagicSettings, _adam_iterations, adam, finetune_expert, imagic_loss,
+                                     optimise_embedding)
 from cdiff_jax.system import init_system
 
 
@@ -69,3 +72,40 @@ def test_stage_b_fits_the_expert_for_a_fixed_context(setup):
     assert mean_loss(nnx.merge(graphdef, tuned), schedule, z0, context) < mean_loss(expert, schedule, z0, context)
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), nnx.state(expert), tuned)
     assert all(jax.tree.leaves(changed))
+
+
+def region_end(text: str, open_brace: int) -> int:
+    """Index just past the brace that closes the one at `open_brace`."""
+    depth = 0
+    for i in range(open_brace, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i + 1
+    raise ValueError("unbalanced braces")
+
+
+def loops_with_convolutions(stablehlo: str) -> int:
+    """How many while loops of a lowered program contain a convolution (the PRNG's own small loops do not)."""
+    found = 0
+    for match in re.finditer(r"stablehlo\.while", stablehlo):
+        cond_end = region_end(stablehlo, stablehlo.index("{", match.end()))
+        body_end = region_end(stablehlo, stablehlo.index("{", cond_end))
+        found += "stablehlo.convolution" in stablehlo[match.end():body_end]
+    return found
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_an_unrolled_chunk_compiles_without_a_loop_even_for_one_iteration(setup, count):
+    # XLA:CPU runs gradients inside a while loop far off its fast path, and a length-1 scan lowers to
+    # a one-trip loop unless told to unroll everything (bench/edit_iterations.py: 37 s vs 4.7 s per
+    # iteration at the released 256 size).
+    expert, schedule, z0, context = setup
+    graphdef, params = nnx.split(expert)
+
+    def lowered(unroll):
+        return _adam_iterations.lower(graphdef, context, params, adam(1e-3).init(context), schedule, z0,
+                                      jax.random.key(0), jnp.int32(0), stage="embedding", learning_rate=1e-3,
+                                      count=count, unroll=unroll).as_text()
+
+    assert loops_with_convolutions(lowered(True)) == 0
+    assert loops_with_convolutions(lowered(False)) == 1

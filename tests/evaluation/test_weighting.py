@@ -1,10 +1,11 @@
-"""The weighting diagnostic: its closed-form fit, its regions, and a run on the shipped demo models."""
+"""The weighting diagnostic: its closed-form fit, its two partitions into regions, and a run on the shipped demo models."""
 
 import json
 
 import numpy as np
 
 from cdiff_jax.data.masks import NUM_CLASSES
+from cdiff_jax.data.toy_faces import make_example
 from cdiff_jax.evaluation import weighting as W
 
 
@@ -24,6 +25,17 @@ def test_every_class_falls_in_exactly_one_region():
     assert sum(len(classes) for classes in W.REGIONS.values()) == NUM_CLASSES
 
 
+def test_the_caption_area_is_where_beard_and_age_show():
+    bare, bearded = (dict(make_example(seed, beard=beard, age=age), seed=seed)
+                     for seed, beard, age in ((3, 0, 0), (3, 3, 5)))
+    ids = W.caption_region_ids([bare, bearded], latent_size=16)
+    assert (ids[0] == 1).all()  # nothing differs from its own beardless, youngest rendering
+    shown = ids[1] == 0
+    assert 0 < shown.mean() < 0.5
+    rows = np.nonzero(shown)[0]
+    assert rows.mean() > 8  # a long beard lies mostly in the lower half of the face
+
+
 def test_on_the_demo_models_the_fits_and_the_learned_maps_beat_the_experts(tmp_path):
     assert W.main(["--count", "16", "--timesteps", "300,900", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "weighting.json").read_text())
@@ -37,7 +49,9 @@ def test_on_the_demo_models_the_fits_and_the_learned_maps_beat_the_experts(tmp_p
         assert mse["best constant"] < min(experts), row
         assert mse["learned maps"] < min(experts), row
         assert 0 <= row["learned_weight_mean"] <= 1
+        assert set(row["region_weights"]) == {"face part", "caption area"}
     assert "| 900 |" in (tmp_path / "weighting.md").read_text()
+    assert "best per caption area" in result["rows"][0]["mse"]
 
 
 def test_a_bad_timestep_is_refused_with_a_message(tmp_path, capsys):
