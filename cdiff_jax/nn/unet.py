@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import UNetConfig
-from cdiff_jax.nn.layers import conv, group_norm, layer_norm, multi_head_attention
+from cdiff_jax.nn.layers import conv, group_norm, layer_norm, multi_head_attention, upsample_conv3x3
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -129,17 +129,13 @@ class Downsample(nnx.Module):
 
 
 class Upsample(nnx.Module):
-    """Nearest-neighbour x2, then a 3x3 conv."""
+    """Nearest-neighbour x2, then a 3x3 conv (computed as `layers.upsample_conv3x3`)."""
 
     def __init__(self, ch: int, *, rngs: nnx.Rngs):
         self.conv = conv(ch, ch, 3, padding=1, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.conv(upsample_nearest(x))
-
-
-def upsample_nearest(x: jax.Array) -> jax.Array:
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return upsample_conv3x3(x, self.conv.kernel[...], self.conv.bias[...])
 
 
 class UNetBlock(nnx.Module):

@@ -1,0 +1,45 @@
+"""Nearest x2 upsampling then a 3x3 convolution: as written (upsample, convolve) against
+`layers.upsample_conv3x3` (four 2x2 convolutions of the input), at the released 512 models'
+upsampling sizes (XLA:CPU).
+
+    python bench/upsample.py
+
+Both are timed in the same run; the ratio is the figure to compare.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from cdiff_jax.nn import layers
+from timing import best_time
+
+SHAPES = [  # (input side, channels, where)
+    (256, 256, "autoencoder, to 512x512"),
+    (128, 512, "autoencoder, to 256x256"),
+    (64, 512, "autoencoder, to 128x128"),
+    (32, 384, "expert, to 64x64"),
+    (16, 576, "expert, to 32x32"),
+    (8, 960, "expert, to 16x16"),
+]
+
+
+def upsample_then_convolve(x, kernel, bias):
+    upsampled = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return layers.conv_general_dilated(upsampled, kernel, (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=jax.lax.conv_dimension_numbers(
+                                           upsampled.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))) + bias
+
+
+def main():
+    for side, channels, where in SHAPES:
+        x = jax.random.normal(jax.random.key(0), (1, side, side, channels))
+        kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, channels)) * 0.01
+        bias = jnp.zeros((channels,))
+        plain = best_time(jax.jit(upsample_then_convolve), x, kernel, bias)
+        phases = best_time(jax.jit(layers.upsample_conv3x3), x, kernel, bias)
+        print(f"{where} ({side}x{side}, {channels} channels): upsample then convolve {plain * 1e3:.1f} ms, "
+              f"four phases {phases * 1e3:.1f} ms: {plain / phases:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
