@@ -5,6 +5,7 @@
     python bench/sample_512.py --batch 1 --steps 10 --what sample   # peak memory vs steps
     python bench/sample_512.py --batch 1 --steps 5 --what loop      # a step inside the loop vs alone
     python bench/sample_512.py --batch 1 --what decode              # the final latent -> 512x512 image
+    python bench/sample_512.py --batch 1 --what parts               # each expert and diffuser alone
 
 Reports compile time separately from run time, the FLOPs of one collaborative step from XLA's
 cost analysis, the achieved FLOP/s against a 4096^3 float32 matmul timed in the same run (the
@@ -41,7 +42,7 @@ def main():
     p.add_argument("--config", default="released.py:512_codiff")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--what", choices=["all", "step", "sample", "loop", "decode"], default="all")
+    p.add_argument("--what", choices=["all", "step", "sample", "loop", "decode", "parts"], default="all")
     args = p.parse_args()
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__}, "
@@ -93,6 +94,17 @@ def main():
         seconds = time.perf_counter() - start
         print(f"sample: batch {b}, {args.steps} steps: {seconds:.1f}s ({seconds / b:.1f} s/image, "
               f"{seconds / args.steps:.3f} s/step), compile {compile_s:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
+
+    if args.what == "parts":
+        for name in contexts:
+            for part in ("expert", "diffuser"):
+                run = jax.jit(lambda state, x, t, c, name=name, part=part: getattr(
+                    nnx.merge(graphdef, state).modalities[name], part)(x, t, c))
+                compiled = run.lower(state, x, t, contexts[name]).compile()
+                seconds = best_time(compiled, state, x, t, contexts[name])
+                flops = compiled.cost_analysis()["flops"]
+                print(f"{name} {part}: {seconds:.3f} s, {flops / 1e9:.1f} GFLOP, "
+                      f"{flops / seconds / baseline:.2f}x the matmul rate")
 
     if args.what == "decode":
         decode = jax.jit(lambda state, z: nnx.merge(graphdef, state).autoencoder.decode(z)).lower(state, x).compile()

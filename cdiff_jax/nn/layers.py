@@ -23,7 +23,7 @@ def layer_norm(features: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(features, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
 
 
-# XLA:CPU's convolution runs at a third of its matmul speed where a layer has few output
+# XLA:CPU's convolution runs at under half its matmul speed where a layer has few output
 # positions and many input features (the experts' 8x8 and 16x16 levels at 512: bench/conv.py).
 # There the convolution is computed as one matmul over the kernel's shifted copies of the input.
 MATMUL_CONV_MAX_POSITIONS = 512
@@ -123,7 +123,7 @@ def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int) -
 
     The score scale is D**-0.5 and softmax runs over keys, as in the reference. Heads go first
     and keys are transposed once to [D, M], so both products are plain batched matmuls: on
-    XLA:CPU this is 4-7x faster than `jax.nn.dot_product_attention` for the UNets' narrow heads
+    XLA:CPU this is 3-7x faster than `jax.nn.dot_product_attention` for the UNets' narrow heads
     over 1024 tokens (bench/attention.py). Processing queries in blocks gains nothing more and
     slows the sampling loop (a loop nested in the scan), so the score tensor is built whole, as
     the reference builds it.
