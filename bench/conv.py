@@ -29,9 +29,8 @@ def main():
             for name, limits in (("xla", (0, 1 << 62)), ("matmul", (1 << 62, 0))):
                 # read at trace time: each jit below traces anew
                 layers.MATMUL_CONV_MAX_POSITIONS, layers.MATMUL_CONV_MIN_FEATURES = limits
-                fn = jax.jit(lambda x, w: layers.conv_general_dilated(
-                    x, w, (1, 1), "SAME", dimension_numbers=jax.lax.conv_dimension_numbers(
-                        x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))))
+                fn = jax.jit(lambda x, w: layers.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                                      dimension_numbers=layers.NHWC))
                 timings[name] = best_time(fn, x, w)
             layers.MATMUL_CONV_MAX_POSITIONS, layers.MATMUL_CONV_MIN_FEATURES = defaults
             picks = ("matmul" if batch * side * side <= defaults[0] and kernel * kernel * cin >= defaults[1]

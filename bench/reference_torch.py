@@ -3,9 +3,10 @@
 Not part of the package and not run by the tests: it needs torch and a checkout of the official
 repository (ziqihuangg/Collaborative-Diffusion), in a separate Python 3.11 environment:
 
-    python3.11 -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 numpy einops omegaconf pillow
-    /tmp/ref/bin/python bench/reference_torch.py --source PATH/TO/Collaborative-Diffusion --what step
-    /tmp/ref/bin/python bench/reference_torch.py --source PATH/TO/Collaborative-Diffusion --what decode
+    python3.11 -m venv .venv-reference
+    .venv-reference/bin/pip install torch==2.13.0 numpy einops omegaconf pillow
+    .venv-reference/bin/python bench/reference_torch.py --source ../Collaborative-Diffusion --what step
+    .venv-reference/bin/python bench/reference_torch.py --source ../Collaborative-Diffusion --what decode
 
 Builds the released 512 networks from the official YAML files with random weights (float32,
 eval, no_grad, 2 threads) and times one collaborative step (both experts, both dynamic

@@ -24,10 +24,8 @@ SHAPES = [  # (input side, channels, where)
 
 
 def upsample_then_convolve(x, kernel, bias):
-    upsampled = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return layers.conv_general_dilated(upsampled, kernel, (1, 1), ((1, 1), (1, 1)),
-                                       dimension_numbers=jax.lax.conv_dimension_numbers(
-                                           upsampled.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))) + bias
+    return layers.conv_general_dilated(layers.upsample_nearest(x), kernel, (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=layers.NHWC) + bias
 
 
 def main():

@@ -7,6 +7,8 @@ LayerNorm 1e-5) and parity depends on getting each one right.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -28,6 +30,7 @@ def layer_norm(features: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
 # There the convolution is computed as one matmul over the kernel's shifted copies of the input.
 MATMUL_CONV_MAX_POSITIONS = 512
 MATMUL_CONV_MIN_FEATURES = 2048
+NHWC = ("NHWC", "HWIO", "NHWC")  # dimension numbers: image, kernel, output
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
@@ -35,26 +38,22 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
     """`lax.conv_general_dilated` for nnx.Conv, as a matmul (im2col) where that is faster.
 
     Only NHWC, stride 1, undilated, ungrouped 2-D convolutions qualify; each output is the same
-    sum of products, accumulated in a different order.
+    sum of products, accumulated in a different order. `dimension_numbers` may be given in any
+    form lax accepts.
     """
-    def plain():
+    simple = (lhs.ndim == 4 and tuple(window_strides) == (1, 1) and feature_group_count == 1
+              and kwargs.get("out_sharding") is None
+              and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
+              and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+              == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
+    if not (simple and math.prod(lhs.shape[:3]) <= MATMUL_CONV_MAX_POSITIONS
+            and math.prod(rhs.shape[:3]) >= MATMUL_CONV_MIN_FEATURES):
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
             dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
             precision=precision, **kwargs)
-
-    if lhs.ndim != 4:
-        return plain()
-    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    simple = (dimension_numbers == nhwc and tuple(window_strides) == (1, 1)
-              and feature_group_count == 1 and kwargs.get("out_sharding") is None
-              and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation)))
-    if not simple:
-        return plain()
     kh, kw, cin, cout = rhs.shape
     b, h, w, _ = lhs.shape
-    if b * h * w > MATMUL_CONV_MAX_POSITIONS or kh * kw * cin < MATMUL_CONV_MIN_FEATURES:
-        return plain()
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads((h, w), (kh, kw), (1, 1), padding)
     (top, bottom), (left, right) = padding
@@ -65,6 +64,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
     out = jnp.dot(patches.reshape(b * oh * ow, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
                   precision=precision, preferred_element_type=kwargs.get("preferred_element_type"))
     return out.reshape(b, oh, ow, cout)
+
+
+def upsample_nearest(x: jax.Array) -> jax.Array:
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 def upsample_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -80,21 +83,17 @@ def upsample_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Ar
     """
     b, h, w, _ = x.shape
     if b * 4 * h * w <= MATMUL_CONV_MAX_POSITIONS:
-        upsampled = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        nhwc = jax.lax.conv_dimension_numbers(upsampled.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
-        return conv_general_dilated(upsampled, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=nhwc) + bias
+        return conv_general_dilated(upsample_nearest(x), kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC) + bias
 
     def fold(k, axis, odd):
         k0, k1, k2 = jnp.split(k, 3, axis=axis)
         return jnp.concatenate([k0 + k1, k2] if odd else [k0, k1 + k2], axis=axis)
 
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    nhwc = jax.lax.conv_dimension_numbers(padded.shape, (2, 2) + kernel.shape[2:], ("NHWC", "HWIO", "NHWC"))
     rows = []
     for row in (0, 1):
         phases = [conv_general_dilated(padded[:, row:row + h + 1, col:col + w + 1],
-                                       fold(fold(kernel, 0, row), 1, col), (1, 1), "VALID",
-                                       dimension_numbers=nhwc)
+                                       fold(fold(kernel, 0, row), 1, col), (1, 1), "VALID", dimension_numbers=NHWC)
                   for col in (0, 1)]
         rows.append(jnp.stack(phases, axis=3))
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, -1) + bias
