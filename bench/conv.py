@@ -1,9 +1,11 @@
-"""XLA's convolution against the same convolution as one matmul (im2col), at the released 512
-expert's shapes (XLA:CPU), and which one `layers.conv` picks.
+"""XLA's convolution against the same convolution as one matmul (im2col) and as Winograd
+F(2x2, 3x3), at the released 512 models' shapes (XLA:CPU), and which form `layers.conv` picks.
 
     python bench/conv.py
 
-Both are timed in the same run; the ratio is the figure to compare.
+All forms are timed in the same run; the ratios (XLA's time over each form's) are the figures to
+compare. The matmul form is
+skipped where its shifted copies of the input would not fit comfortably in memory.
 """
 
 import jax
@@ -11,33 +13,59 @@ import jax
 from cdiff_jax.nn import layers
 from timing import best_time
 
-SHAPES = [  # (side, in channels, out channels, kernel): the 512 expert's res-block and skip convolutions
-    (64, 192, 192, 3), (64, 576, 192, 3),
+SHAPES = [  # (side, in channels, out channels, kernel)
+    # the expert's res-block and skip convolutions
+    (64, 192, 192, 3), (64, 576, 192, 3), (64, 384, 192, 3),
     (32, 384, 384, 3), (32, 768, 384, 3),
     (16, 576, 576, 3), (16, 1152, 576, 3), (16, 1536, 576, 3), (16, 960, 960, 3),
     (8, 576, 960, 3), (8, 960, 960, 3), (8, 1920, 960, 3), (8, 1920, 960, 1),
+    # the autoencoder's decoder
+    (64, 512, 512, 3), (128, 512, 512, 3), (256, 512, 256, 3), (256, 256, 256, 3),
+    (512, 256, 128, 3), (512, 128, 128, 3),
 ]
+FORCE = {  # module constants that send every eligible convolution to one form
+    "xla": {"MATMUL_CONV_MAX_POSITIONS": 0, "WINOGRAD_MIN_POSITIONS": 1 << 62},
+    "matmul": {"MATMUL_CONV_MAX_POSITIONS": 1 << 62, "MATMUL_CONV_MIN_FEATURES": 0},
+    "winograd": {"MATMUL_CONV_MAX_POSITIONS": 0, "WINOGRAD_MIN_POSITIONS": 0, "WINOGRAD_MIN_CHANNELS": 0},
+}
+
+
+def picked_form(batch, side, cin, cout, kernel):
+    if batch * side * side <= layers.MATMUL_CONV_MAX_POSITIONS and kernel * kernel * cin >= layers.MATMUL_CONV_MIN_FEATURES:
+        return "matmul"
+    if (kernel == 3 and side % 2 == 0 and side * side >= layers.WINOGRAD_MIN_POSITIONS
+            and min(cin, cout) >= layers.WINOGRAD_MIN_CHANNELS):
+        return "winograd"
+    return "xla"
 
 
 def main():
-    defaults = layers.MATMUL_CONV_MAX_POSITIONS, layers.MATMUL_CONV_MIN_FEATURES
+    defaults = {name: getattr(layers, name) for names in FORCE.values() for name in names}
     for batch in (1, 2):
         for side, cin, cout, kernel in SHAPES:
+            if batch > 1 and side > 64:  # the decoder runs once per image, at batch 1 here
+                continue
             x = jax.random.normal(jax.random.key(0), (batch, side, side, cin))
             w = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout)) * 0.01
+            forms = ["xla"]
+            if batch * side * side * kernel * kernel * cin * 4 <= 1 << 30:
+                forms.append("matmul")
+            if kernel == 3:
+                forms.append("winograd")
             timings = {}
-            for name, limits in (("xla", (0, 1 << 62)), ("matmul", (1 << 62, 0))):
-                # read at trace time: each jit below traces anew
-                layers.MATMUL_CONV_MAX_POSITIONS, layers.MATMUL_CONV_MIN_FEATURES = limits
+            for form in forms:
+                for name, value in FORCE[form].items():  # read at trace time: each jit below traces anew
+                    setattr(layers, name, value)
                 fn = jax.jit(lambda x, w: layers.conv_general_dilated(x, w, (1, 1), "SAME",
                                                                       dimension_numbers=layers.NHWC))
-                timings[name] = best_time(fn, x, w)
-            layers.MATMUL_CONV_MAX_POSITIONS, layers.MATMUL_CONV_MIN_FEATURES = defaults
-            picks = ("matmul" if batch * side * side <= defaults[0] and kernel * kernel * cin >= defaults[1]
-                     else "xla")
-            print(f"batch {batch}, {side}x{side}, {kernel}x{kernel} {cin}->{cout}: XLA {timings['xla'] * 1e3:.1f} ms, "
-                  f"matmul {timings['matmul'] * 1e3:.1f} ms ({timings['xla'] / timings['matmul']:.2f}x); "
-                  f"the rule picks {picks}")
+                timings[form] = best_time(fn, x, w)
+                for name, value in defaults.items():
+                    setattr(layers, name, value)
+            flops = 2 * batch * side * side * kernel * kernel * cin * cout
+            report = ", ".join(f"{form} {t * 1e3:.1f} ms ({timings['xla'] / t:.2f}x)" for form, t in timings.items())
+            print(f"batch {batch}, {side}x{side}, {kernel}x{kernel} {cin}->{cout} ({flops / 1e9:.1f} GFLOP, XLA at "
+                  f"{flops / timings['xla'] / 1e9:.0f} GFLOP/s): {report}; the rule picks "
+                  f"{picked_form(batch, side, cin, cout, kernel)}", flush=True)
 
 
 if __name__ == "__main__":

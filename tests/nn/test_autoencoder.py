@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close_rel, nhwc, reference_system
+from cdiff_jax.nn import layers
 from cdiff_jax.nn.autoencoder import posterior_sample
 
 
@@ -24,6 +25,14 @@ def test_posterior_and_reconstructions(reference):
     assert_close_rel(mean, nhwc(io["z_mode"]), name="z_mode")
     assert_close_rel(ae.decode(nhwc(io["z_sample"])), nhwc(io["x_rec_from_z_sample"]), name="x_rec_sample")
     assert_close_rel(ae.decode(nhwc(io["z_mode"])), nhwc(io["x_rec_from_z_mode"]), name="x_rec_mode")
+
+
+def test_decoding_with_winograd_wherever_it_applies(reference, monkeypatch):
+    """The fixture's autoencoder is below the sizes that take Winograd, so it is forced here."""
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_POSITIONS", 0)
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 0)
+    ae, io = reference
+    assert_close_rel(ae.decode(nhwc(io["z_sample"])), nhwc(io["x_rec_from_z_sample"]), name="x_rec_sample")
 
 
 def test_latent_scaling_of_the_ldm_first_stage(fixtures_root):

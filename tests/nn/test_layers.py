@@ -1,5 +1,7 @@
 """Shared layers: the fast forms of attention and convolution compute what the plain forms do."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +31,23 @@ def test_attention_equals_plain_softmax_attention(tokens, keys, heads, width):
     np.testing.assert_allclose(ours, plain_attention(q, k, v, heads), rtol=2e-6, atol=2e-6)
 
 
+def test_attention_gradients_equal_those_of_plain_softmax_attention():
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, n, 24)), jnp.float32) for n in (48, 30, 30))
+    loss = lambda attention: lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, 3)))
+    ours = jax.grad(loss(multi_head_attention), argnums=(0, 1, 2))(q, k, v)
+    plain = jax.grad(loss(plain_attention), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_never_materialises_a_score_sized_constant():
+    """The scale multiplies q: a scale on the scores becomes a [heads, N, M] constant on XLA:CPU."""
+    q = jnp.ones((1, 256, 64), jnp.float32)
+    compiled = jax.jit(multi_head_attention, static_argnums=3).lower(q, q, q, 32).compile().as_text()
+    assert not re.search(r"f32\[(1,)?32,256,256\]\S* broadcast\([^,)]*\), dimensions=\{\}", compiled)
+
+
 def lax_convolution(layer, x):
     return jax.lax.conv_general_dilated(x, layer.kernel[...], (1, 1), layer.padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC")) + layer.bias[...]
@@ -56,6 +75,28 @@ def test_the_matmul_form_is_chosen_only_for_few_positions_and_many_features():
     assert "convolution" in lowered(8, 128)  # too few features
     assert "convolution" in lowered(32, 256)  # too many positions
     assert "convolution" in lowered(8, 256, stride=2)  # strided: left to XLA
+
+
+@pytest.mark.parametrize("batch,height,width,in_ch,out_ch", [(2, 4, 6, 8, 5), (1, 8, 8, 3, 16), (1, 2, 2, 4, 4)])
+def test_winograd_equals_the_convolution(batch, height, width, in_ch, out_ch):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(batch, height, width, in_ch)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, in_ch, out_ch)), jnp.float32)
+    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=layers.NHWC)
+    np.testing.assert_allclose(jax.jit(layers.winograd_conv3x3)(x, kernel), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_is_chosen_only_for_large_even_images_with_many_channels():
+    def lowered(size, in_ch, out_ch=256, padding=1):
+        layer = conv(in_ch, out_ch, 3, padding=padding, rngs=nnx.Rngs(0))
+        return jax.jit(lambda x: layer(x)).lower(jnp.zeros((1, size, size, in_ch))).as_text()
+
+    assert "convolution" not in lowered(64, 256)  # 4096 positions, 256 channels: Winograd
+    assert "convolution" in lowered(64, 192)  # too few input channels
+    assert "convolution" in lowered(64, 256, out_ch=3)  # too few output channels
+    assert "convolution" in lowered(32, 512)  # too few positions
+    assert "convolution" in lowered(65, 256)  # odd sides
+    assert "convolution" in lowered(64, 256, padding=((0, 1), (0, 1)))  # not padding 1
 
 
 @pytest.mark.parametrize("height,width,max_positions", [(5, 7, 0), (4, 4, 64), (4, 4, 1 << 20)],

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close_rel, nhwc, reference_system
+from cdiff_jax.nn import layers
 from cdiff_jax.nn.unet import timestep_embedding
 
 FORMATS = ["ckpt", "safetensors"]
@@ -26,6 +27,19 @@ def _check_expert(fixtures_root, kind, folder, fmt, context_of):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_text_expert(fixtures_root, fmt):
     _check_expert(fixtures_root, "text", "text_unet", fmt, lambda m, io: jnp.asarray(io["context"]))
+
+
+@pytest.mark.parametrize("form", ["winograd", "matmul"])
+def test_text_expert_with_every_3x3_convolution_in_one_fast_form(fixtures_root, form, monkeypatch):
+    """The tiny fixture models are below the sizes where `layers.conv_general_dilated` leaves XLA's
+    convolution, so each fast form is forced here wherever it applies."""
+    if form == "winograd":
+        monkeypatch.setattr(layers, "WINOGRAD_MIN_POSITIONS", 0)
+        monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 0)
+    else:
+        monkeypatch.setattr(layers, "MATMUL_CONV_MAX_POSITIONS", 1 << 30)
+        monkeypatch.setattr(layers, "MATMUL_CONV_MIN_FEATURES", 0)
+    _check_expert(fixtures_root, "text", "text_unet", "safetensors", lambda m, io: jnp.asarray(io["context"]))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
