@@ -30,15 +30,6 @@ FORCE = {  # module constants that send every eligible convolution to one form
 }
 
 
-def picked_form(batch, side, cin, cout, kernel):
-    if batch * side * side <= layers.MATMUL_CONV_MAX_POSITIONS and kernel * kernel * cin >= layers.MATMUL_CONV_MIN_FEATURES:
-        return "matmul"
-    if (kernel == 3 and side % 2 == 0 and side * side >= layers.WINOGRAD_MIN_POSITIONS
-            and min(cin, cout) >= layers.WINOGRAD_MIN_CHANNELS):
-        return "winograd"
-    return "xla"
-
-
 def main():
     defaults = {name: getattr(layers, name) for names in FORCE.values() for name in names}
     for batch in (1, 2):
@@ -65,7 +56,7 @@ def main():
             report = ", ".join(f"{form} {t * 1e3:.1f} ms ({timings['xla'] / t:.2f}x)" for form, t in timings.items())
             print(f"batch {batch}, {side}x{side}, {kernel}x{kernel} {cin}->{cout} ({flops / 1e9:.1f} GFLOP, XLA at "
                   f"{flops / timings['xla'] / 1e9:.0f} GFLOP/s): {report}; the rule picks "
-                  f"{picked_form(batch, side, cin, cout, kernel)}", flush=True)
+                  f"{layers.conv_form(x.shape, w.shape, ((kernel // 2,) * 2,) * 2)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ LayerNorm 1e-5) and parity depends on getting each one right.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,21 +53,31 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
               and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
               == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
     if simple:
-        kh, kw, cin, cout = rhs.shape
-        b, h, w, _ = lhs.shape
         if isinstance(padding, str):
-            padding = jax.lax.padtype_to_pads((h, w), (kh, kw), (1, 1), padding)
+            padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
         padding = tuple(tuple(p) for p in padding)
-        if (math.prod(lhs.shape[:3]) <= MATMUL_CONV_MAX_POSITIONS
-                and math.prod(rhs.shape[:3]) >= MATMUL_CONV_MIN_FEATURES):
+        form = conv_form(lhs.shape, rhs.shape, padding)
+        if form == "matmul":
             return _matmul_conv(lhs, rhs, padding, precision)
-        if ((kh, kw) == (3, 3) and padding == ((1, 1), (1, 1)) and h % 2 == 0 and w % 2 == 0
-                and h * w >= WINOGRAD_MIN_POSITIONS and min(cin, cout) >= WINOGRAD_MIN_CHANNELS):
+        if form == "winograd":
             return winograd_conv3x3(lhs, rhs, precision)
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         precision=precision, **kwargs)
+
+
+def conv_form(image_shape, kernel_shape, padding) -> str:
+    """How `conv_general_dilated` computes a qualifying convolution (NHWC image, HWIO kernel,
+    padding as pairs): "matmul", "winograd" or "xla"."""
+    b, h, w, _ = image_shape
+    kh, kw, cin, cout = kernel_shape
+    if b * h * w <= MATMUL_CONV_MAX_POSITIONS and kh * kw * cin >= MATMUL_CONV_MIN_FEATURES:
+        return "matmul"
+    if ((kh, kw) == (3, 3) and padding == ((1, 1), (1, 1)) and h % 2 == 0 and w % 2 == 0
+            and h * w >= WINOGRAD_MIN_POSITIONS and min(cin, cout) >= WINOGRAD_MIN_CHANNELS):
+        return "winograd"
+    return "xla"
 
 
 def _matmul_conv(x, kernel, padding, precision):
