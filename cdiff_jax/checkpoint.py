@@ -59,9 +59,15 @@ def _atomic_directory(directory: pathlib.Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Largest data file orbax writes (default 2 GB): shipped checkpoints are tracked in git, which
+# should hold no file over 20 MB.
+DATA_FILE_BYTES = 8 << 20
+
+
 def _save_tree(path: pathlib.Path, tree) -> None:
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, tree)
+    # Zarr3 is what lets orbax split the data into files of a target size.
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_zarr3=True)) as checkpointer:
+        checkpointer.save(path, args=ocp.args.PyTreeSave(tree, ocdbt_target_data_file_size=DATA_FILE_BYTES))
     # orbax's commit marker records the path it wrote to: a temporary one that is renamed next,
     # so the record would be wrong and would carry this machine's paths into shipped checkpoints.
     marker = path / "commit_success.txt"

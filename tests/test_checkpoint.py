@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cdiff_jax import checkpoint
 from cdiff_jax.checkpoint import NotACheckpointError, load_config, load_system, save_system
 from cdiff_jax.config import AutoencoderConfig, MaskEncoderConfig, ModalityConfig, SystemConfig, UNetConfig
 from cdiff_jax.system import init_system
@@ -40,3 +41,14 @@ def test_existing_directory_is_kept_unless_overwrite(tmp_path):
 def test_foreign_directory_is_a_clear_error(tmp_path):
     with pytest.raises(NotACheckpointError, match="python -m cdiff_jax.convert"):
         load_system(tmp_path)
+
+
+def test_large_arrays_are_split_across_data_files_of_bounded_size(tmp_path, monkeypatch):
+    """Shipped checkpoints live in git, so no data file may grow with the model."""
+    monkeypatch.setattr(checkpoint, "DATA_FILE_BYTES", 1 << 20)
+    tree = {"big": np.random.default_rng(0).normal(size=(1 << 20,)).astype(np.float32)}  # 4 MB
+    checkpoint.save_arrays(tmp_path / "arrays", tree)
+    sizes = [f.stat().st_size for f in (tmp_path / "arrays").rglob("*") if f.is_file() and f.parent.name == "d"]
+    assert len(sizes) > 1 and max(sizes) < tree["big"].nbytes
+    restored = checkpoint.load_arrays(tmp_path / "arrays", tree)
+    np.testing.assert_array_equal(restored["big"], tree["big"])
