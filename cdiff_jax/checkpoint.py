@@ -32,23 +32,23 @@ def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *, 
     directory = pathlib.Path(directory).absolute()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; choose a new output path or pass overwrite")
-    with _atomic_directory(directory) as tmp:
+    with atomic_directory(directory) as tmp:
         tmp.mkdir()
         (tmp / CONFIG_FILE).write_text(system.cfg.to_json())
-        _save_tree(tmp / PARAMS_DIR, nnx.to_pure_dict(nnx.state(system, nnx.Param)))
+        save_tree(tmp / PARAMS_DIR, nnx.to_pure_dict(nnx.state(system, nnx.Param)))
     return directory
 
 
 def save_arrays(directory: str | os.PathLike, tree) -> pathlib.Path:
     """Write a pytree of arrays (e.g. an edit's embeddings or fine-tuned expert) atomically as orbax."""
     directory = pathlib.Path(directory).absolute()
-    with _atomic_directory(directory) as tmp:
-        _save_tree(tmp, tree)
+    with atomic_directory(directory) as tmp:
+        save_tree(tmp, tree)
     return directory
 
 
 @contextlib.contextmanager
-def _atomic_directory(directory: pathlib.Path):
+def atomic_directory(directory: pathlib.Path):
     """Yield a temporary sibling path to fill; it replaces `directory` only if the block succeeds."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -64,7 +64,7 @@ def _atomic_directory(directory: pathlib.Path):
 DATA_FILE_BYTES = 8 << 20
 
 
-def _save_tree(path: pathlib.Path, tree) -> None:
+def save_tree(path: pathlib.Path, tree) -> None:
     # Zarr3 is what lets orbax split the data into files of a target size.
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_zarr3=True)) as checkpointer:
         checkpointer.save(path, args=ocp.args.PyTreeSave(tree, ocdbt_target_data_file_size=DATA_FILE_BYTES))

@@ -1,4 +1,5 @@
-"""Training the shipped demo models (configs/demo_faces.py) on toy faces: every stage, about two hours on 2 CPU cores.
+"""Training the shipped demo models (configs/demo_faces.py) on toy faces: every stage, about two hours on 2 CPU cores
+(109 minutes with the two experts side by side, one core each: `taskset -c 0 ...` and `taskset -c 1 ...`).
 
 The exact commands that produced cdiff_jax/demo_models/ (from the repository root):
 
@@ -9,7 +10,10 @@ The exact commands that produced cdiff_jax/demo_models/ (from the repository roo
     python train.py --config configs/train_demo.py:expert_mask --workdir runs/demo/expert_mask
     python train.py --config configs/train_demo.py:collab --workdir runs/demo/collab
 
-Each stage starts from the systems the earlier ones exported (`init_from`), so run them in order.
+Each stage starts from the systems the earlier ones exported (`init_from`), so run them in order (the two
+experts need only the autoencoder). The evaluation's judges came from the same dataset:
+
+    python -m cdiff_jax.evaluation.judges data/toy_faces cdiff_jax/evaluation/judges_toy --steps 1400 --overwrite
 """
 
 from cdiff_jax.train.config import TrainConfig

@@ -55,15 +55,19 @@ PROGRESS_EVERY = 1000  # write_dataset reports progress per this many examples (
 # Pixel-centre coordinates, shared by every shape below.
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) + 0.5
 
-# Age: how far hair moves toward white, and how many forehead lines show, per decade.
-_GREYNESS = (0.0, 0.1, 0.3, 0.55, 0.78, 0.95)
+# Age: how far hair, brows and beard move toward white, and how many forehead lines show, per decade.
+# Evenly spaced and solid, so each decade changes the whole hair area by the same step: hair is a large
+# region, and a cue this size survives the 4x-downsampling autoencoder (the first demo world greyed in
+# small steps for the young decades and its autoencoder's reconstructions lost most of the age).
+_GREYNESS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _FOREHEAD_LINES = (0, 0, 1, 2, 3, 3)
 _WHITE_HAIR = np.array([228, 226, 220], np.float32)
 
-# Beard: share of stippled pixels, opacity, and how far (pixels) it hangs below the chin.
-_BEARD_DENSITY = (0.0, 0.6, 0.85, 0.92)
-_BEARD_OPACITY = (0.0, 0.75, 0.9, 0.95)
-_BEARD_DROP = (0.0, 0.0, 3.0, 11.0)
+# Beard: opacity and how far (pixels) it hangs below the chin. Each length also covers more of the face
+# (_beard_region), and the beard is painted solid with strand shading, not stippled: one-pixel stipple
+# was lost by the autoencoder (reconstructions kept the beard length of 0.65 of the faces).
+_BEARD_OPACITY = (0.0, 0.8, 0.9, 0.95)
+_BEARD_DROP = (0.0, 0.0, 4.0, 13.0)
 
 _HAIR_COLOURS = np.array(
     [[28, 24, 22], [62, 40, 28], [105, 70, 42], [128, 62, 34], [185, 150, 95]], np.float32
@@ -216,8 +220,6 @@ class _Texture:
     """Per-pixel noise, drawn with fixed shapes so it never depends on the attributes."""
 
     grain: np.ndarray  # [H, W, 3] standard normal: sensor-like noise everywhere
-    stipple: np.ndarray  # [H, W] uniform: which beard pixels carry a hair
-    salt: np.ndarray  # [H, W] uniform: which beard hairs have turned grey
     strands: np.ndarray  # [H, W] in 0..1, correlated along y: hair and beard strands
 
 
@@ -228,8 +230,6 @@ def _sample_texture(rng: np.random.Generator) -> _Texture:
     strands = (strands - strands.min()) / (strands.max() - strands.min())
     return _Texture(
         grain=rng.standard_normal(shape + (3,)).astype(np.float32),
-        stipple=rng.uniform(0, 1, shape).astype(np.float32),
-        salt=rng.uniform(0, 1, shape).astype(np.float32),
         strands=strands,
     )
 
@@ -549,44 +549,45 @@ def _wrinkles(lay: _Layout, age: int) -> np.ndarray:
 
 def _apply_wrinkles(image: np.ndarray, labels: np.ndarray, lay: _Layout, age: int) -> None:
     lines = _wrinkles(lay, age) & ((labels == SKIN) | (labels == NOSE))
-    image[lines] *= 0.86 - 0.035 * age
+    image[lines] *= 0.78 - 0.04 * age
 
 
 def _beard_region(labels: np.ndarray, lay: _Layout, beard: int) -> np.ndarray:
-    """Where the beard grows: skin below the nose and along the jaw; longer beards hang over neck and cloth.
+    """Where the beard grows, larger for each length: a short beard covers chin and jaw line, a medium one
+    the whole face below the nose and the cheeks, a long one also hangs over neck and cloth.
 
     Only the image uses this; the label map keeps skin / neck / cloth there.
     """
     skin = labels == SKIN
     r2 = ((_XX - lay.cx) / lay.rx) ** 2 + ((_YY - lay.cy) / lay.ry) ** 2
-    mustache_and_chin = _YY > lay.nose_bottom + 0.5
-    jaw = (_YY > lay.eye_y + 4) & (r2 > 0.6)
-    region = skin & (mustache_and_chin | jaw)
+    if beard == 1:
+        region = skin & ((_YY > lay.mouth_y - 1.5) | ((_YY > lay.eye_y + 3.5) & (r2 > 0.5)))
+    else:
+        region = skin & ((_YY > lay.nose_bottom + 0.5) | ((_YY > lay.eye_y + 2.5) & (r2 > 0.35)))
     drop = _BEARD_DROP[beard]
     if drop:
-        hang = _ellipse(lay.fx, lay.chin_y - 3, lay.jaw_rx * 0.8, 3 + drop) & (_YY > lay.chin_y - 3)
+        hang = _ellipse(lay.fx, lay.chin_y - 3, lay.jaw_rx * 0.9, 3 + drop) & (_YY > lay.chin_y - 3)
         region |= hang & np.isin(labels, (SKIN, NECK, NECK_L, CLOTH, HAIR))
     return region
 
 
 def _apply_beard(image: np.ndarray, labels: np.ndarray, lay: _Layout, look: _Look, beard: int, age: int,
                  tex: _Texture) -> None:
-    """Dark stippled strands over the beard region.
+    """A solid beard with strand shading over its region: young, darker than both hair and skin; greying with age.
 
-    With age a share of the hairs turns white one by one ("salt and pepper") instead of the whole beard
-    fading to grey, so an old man's beard still stands out on any skin tone.
+    It greys less than the hair (60% of the way to white), and a grey that comes out as bright as the skin
+    is darkened, so an old man's beard stands out on every skin tone as a young man's does.
     """
     if not beard:
         return
     region = _beard_region(labels, lay, beard)
-    hairs = region & (tex.stipple < _BEARD_DENSITY[beard])
-    grey = tex.salt < 0.55 * _GREYNESS[age]
-    colour = np.where(grey[..., None], _WHITE_HAIR * 0.8, look.hair * 0.45)
-    strand = colour * (0.7 + 0.5 * tex.strands)[..., None]
+    dark = np.minimum(look.hair, look.skin) * 0.45  # a blond beard on dark skin is still darker than the skin
+    grey = _grey_with_age(dark, age, 0.6)
+    if abs(grey.mean() - look.skin.mean()) < 0.3 * look.skin.mean():  # greyed to the skin's brightness
+        grey = grey * (0.6 * look.skin.mean() / grey.mean())
+    colour = grey[None, None] * (0.75 + 0.4 * tex.strands)[..., None]
     alpha = _BEARD_OPACITY[beard]
-    image[hairs] = image[hairs] * (1 - alpha) + strand[hairs] * alpha
-    shadow = region & ~hairs  # the skin between hairs darkens too, so the beard reads as one area
-    image[shadow] *= 1 - 0.3 * alpha
+    image[region] = image[region] * (1 - alpha) + colour[region] * alpha
 
 
 def _render_image(labels: np.ndarray, lay: _Layout, look: _Look, beard: int, age: int, tex: _Texture) -> np.ndarray:

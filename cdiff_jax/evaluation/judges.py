@@ -20,19 +20,17 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
 import sys
 import time
-import uuid
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from PIL import Image
 
+from cdiff_jax import checkpoint
 from cdiff_jax.data.celeba_multimodal import CAPTIONS_JSON
 from cdiff_jax.data.masks import CLASS_NAMES, NUM_CLASSES, load_label_map
 from cdiff_jax.data.toy_faces import AGE_DECADES, ATTRIBUTES_JSON, BEARD_LENGTHS, IMAGE_SIZE
@@ -80,7 +78,7 @@ class ParserConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-    """A stem at full resolution (beard stipple and wrinkles are one pixel wide), then one level per
+    """A stem at full resolution (wrinkles and hair strands are one pixel wide), then one level per
     width, each halving the resolution; the features are the last level averaged over space."""
 
     stem_width: int = 16
@@ -445,21 +443,11 @@ def save_judges(directory: str | os.PathLike, judges: Judges, info: dict, *, ove
     with orbax, into a temporary sibling that is renamed into place."""
     directory = pathlib.Path(directory).absolute()
     _check_out_dir(directory, overwrite)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with checkpoint.atomic_directory(directory) as tmp:
         tmp.mkdir()
         (tmp / JUDGES_JSON).write_text(json.dumps({"config": judges.cfg.to_dict(), **info}, indent=1) + "\n")
-        with ocp.StandardCheckpointer() as checkpointer:
-            for name, module in ((PARSER_DIR, judges.parser), (CLASSIFIER_DIR, judges.classifier)):
-                checkpointer.save(tmp / name, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
-        old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for name, module in ((PARSER_DIR, judges.parser), (CLASSIFIER_DIR, judges.classifier)):
+            checkpoint.save_tree(tmp / name, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
     return directory
 
 
@@ -478,14 +466,10 @@ def load_judges(directory: str | os.PathLike) -> Judges:
     directory = pathlib.Path(directory).absolute()
     cfg = JudgesConfig.from_dict(read_judges_info(directory)["config"])
     judges = nnx.eval_shape(lambda: Judges(cfg, rngs=nnx.Rngs(0)))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    with ocp.StandardCheckpointer() as checkpointer:
-        for name, module in ((PARSER_DIR, judges.parser), (CLASSIFIER_DIR, judges.classifier)):
-            state = nnx.state(module, nnx.Param)
-            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                  nnx.to_pure_dict(state))
-            nnx.replace_by_pure_dict(state, checkpointer.restore(directory / name, target))
-            nnx.update(module, state)
+    for name, module in ((PARSER_DIR, judges.parser), (CLASSIFIER_DIR, judges.classifier)):
+        state = nnx.state(module, nnx.Param)
+        nnx.replace_by_pure_dict(state, checkpoint.load_arrays(directory / name, nnx.to_pure_dict(state)))
+        nnx.update(module, state)
     return judges
 
 

@@ -1,13 +1,22 @@
 """Does editing move a toy face toward its targets while the rest stays? Judged on the demo models.
 
-Held-out face i is edited toward face i + count: its caption (beard, age), its label map
-(layout), or both (collaborative editing). For every alpha of the sweep the judges report
+Held-out face i is edited by controlled targets the toy world can state exactly:
 
-* attribute accuracy against the target caption and against the source's attributes,
-* mask accuracy (parser pixel accuracy) against the target and against the source label map,
+* caption: the same caption with a far beard length (none <-> long, short <-> medium are too alike to
+  judge: a beard becomes none, none becomes long) and an age three decades away;
+* label map: the layout of held-out face i + count;
+* both, for collaborative editing.
 
-so a working edit shows the target columns rising with alpha while, for a caption-only edit, the
-source mask accuracy stays (the layout is kept).
+For every alpha of the sweep the judges report (means over the faces):
+
+* `beard_to_target`, `age_to_target` and `beard_to_source`, `age_to_source`: classifier accuracy;
+* `moved_pixels_as_target` / `moved_pixels_as_source`: over the pixels whose class differs between the
+  source and target label maps, the share the parser labels as the target's class / the source's;
+* `kept_pixels`: parser accuracy where the two maps agree (the whole map for caption edits).
+
+Whole-map accuracy hides a layout edit: two toy faces already agree on about 80% of their pixels. A
+working caption edit raises the target attribute columns with alpha and keeps `kept_pixels`; a working
+mask edit raises `moved_pixels_as_target` and keeps the source attributes.
 
     python -m cdiff_jax.evaluation.toy_edit --count 4 --out outputs/toy_edit
 """
@@ -24,6 +33,7 @@ from PIL import Image
 
 from cdiff_jax import viz
 from cdiff_jax.data.masks import save_label_png
+from cdiff_jax.data.toy_faces import AGE_DECADES, make_example
 from cdiff_jax.editing.imagic import ImagicSettings
 from cdiff_jax.editing.run import DEMO_CHECKPOINT, EditRequest, SweepRequest, edit
 from cdiff_jax.evaluation import judges as J
@@ -32,18 +42,34 @@ from cdiff_jax.evaluation.miniature import DEMO_JUDGES, held_out_examples
 KINDS = {"text": ("text",), "mask": ("mask",), "both": ("mask", "text")}
 
 
+def edited_attributes(beard: int, age: int) -> tuple[int, int]:
+    """The caption edit's target: no beard becomes long, any beard none; the age moves three decades."""
+    return (3 if beard == 0 else 0), (age + 3 if age + 3 < len(AGE_DECADES) else age - 3)
+
+
+def targets(source: dict, layout_donor: dict, kind: str) -> dict:
+    """The target of an edit of `kind`: caption and attributes (edited for text), label map (the donor's for mask)."""
+    names, face = KINDS[kind], source
+    if "text" in names:
+        beard, age = edited_attributes(source["attributes"]["beard"], source["attributes"]["age"])
+        face = make_example(source["seed"], beard=beard, age=age)
+    labels = layout_donor["labels"] if "mask" in names else source["labels"]
+    return {"caption": face["caption"], "attributes": face["attributes"], "labels": labels}
+
+
 def judge(judges, images: np.ndarray, source: dict, target: dict) -> dict:
     """Scores of uint8 images [K, H, W, 3] (one per alpha) against the source and the target face."""
     x = J.from_uint8(images)
     parsed = np.asarray(J.parse(judges, x))
     beard, age = (np.asarray(a) for a in J.attribute_predictions(judges, x))
-
-    def attributes(face):
-        return ((beard == face["attributes"]["beard"]).astype(float) + (age == face["attributes"]["age"])) / 2
-
-    return {"mask_to_target": np.mean(parsed == target["labels"], axis=(1, 2)),
-            "mask_to_source": np.mean(parsed == source["labels"], axis=(1, 2)),
-            "attributes_to_target": attributes(target), "attributes_to_source": attributes(source)}
+    moved = source["labels"] != target["labels"]
+    scores = {f"{name}_to_{who}": (pred == face["attributes"][name]).astype(float)
+              for who, face in (("target", target), ("source", source)) for name, pred in (("beard", beard), ("age", age))}
+    scores["kept_pixels"] = np.mean(parsed[:, ~moved] == source["labels"][~moved], axis=1)
+    if moved.any():
+        scores["moved_pixels_as_target"] = np.mean(parsed[:, moved] == target["labels"][moved], axis=1)
+        scores["moved_pixels_as_source"] = np.mean(parsed[:, moved] == source["labels"][moved], axis=1)
+    return scores
 
 
 def run(count: int, out: pathlib.Path, alphas: tuple[float, ...], settings: ImagicSettings, steps: int,
@@ -53,16 +79,16 @@ def run(count: int, out: pathlib.Path, alphas: tuple[float, ...], settings: Imag
     judges = J.load_judges(DEMO_JUDGES)
     scores = {kind: [] for kind in kinds}
     for i in range(count):
-        source, target = faces[i], faces[i + count]
+        source = faces[i]
         inputs = out / "inputs" / f"{i:03d}"
         viz.save_png(inputs / "image.png", source["image"])
-        save_label_png(inputs / "target_mask.png", target["labels"])
-        given = {"text": target["caption"], "mask": str(inputs / "target_mask.png")}
         for kind in kinds:
-            names = KINDS[kind]
-            request = EditRequest(str(checkpoint), str(inputs / "image.png"), {n: given[n] for n in names}, seed=i,
-                                  imagic=settings)
-            sweep = edit(request, SweepRequest({n: alphas for n in names}, steps=steps), out / kind / f"{i:03d}")
+            target = targets(source, faces[i + count], kind)
+            save_label_png(inputs / f"{kind}_target_mask.png", target["labels"])
+            given = {"text": target["caption"], "mask": str(inputs / f"{kind}_target_mask.png")}
+            request = EditRequest(str(checkpoint), str(inputs / "image.png"), {n: given[n] for n in KINDS[kind]},
+                                  seed=i, imagic=settings)
+            sweep = edit(request, SweepRequest({n: alphas for n in KINDS[kind]}, steps=steps), out / kind / f"{i:03d}")
             images = np.stack([np.asarray(Image.open(sweep / f"alpha{k:02d}_sample0.png")) for k in range(len(alphas))])
             scores[kind].append(judge(judges, images, source, target))
     return {kind: {field: np.mean([s[field] for s in rows], axis=0).round(3).tolist() for field in rows[0]}

@@ -89,6 +89,30 @@ def test_age_greys_the_hair_but_not_the_labels(seed):
     assert young["caption"] != old["caption"]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_beard_is_solid_so_the_autoencoder_can_keep_it(seed):
+    """Every skin pixel under a medium beard changes (no gaps between hairs), and each length covers more skin."""
+    bare = T.make_example(seed, beard=0, age=0)
+    skin = bare["labels"] == T.SKIN
+    covered = []
+    for beard in (1, 2):
+        face = T.make_example(seed, beard=beard, age=0)
+        changed = (np.abs(face["image"].astype(int) - bare["image"]).sum(-1) > 0) & skin
+        rows = np.flatnonzero(changed.any(axis=1))
+        lower = skin & (np.arange(T.IMAGE_SIZE)[:, None] > rows.min() + (rows.max() - rows.min()) // 2)
+        assert changed[lower].mean() > 0.97, "gaps in the lower half of the beard"
+        covered.append(changed.sum())
+    assert covered[1] > 1.2 * covered[0], covered
+
+
+@pytest.mark.parametrize("seed", _hairy_seeds(4))
+def test_every_decade_greys_the_hair_by_a_visible_step(seed):
+    faces = [T.make_example(seed, beard=0, age=a) for a in range(len(T.AGE_DECADES))]
+    hair = faces[0]["labels"] == T.HAIR
+    brightness = np.array([face["image"][hair].astype(float).mean() for face in faces])
+    assert np.diff(brightness).min() > 0.1 * (brightness[-1] - brightness[0]), brightness
+
+
 def test_wrinkles_increase_with_age():
     """Beyond hair colour, older faces get darker lines on the skin (visible also on bald heads)."""
     for seed in range(6):
