@@ -103,12 +103,15 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-iterations", type=int, default=1000)
     p.add_argument("--finetune-lr", type=float, default=1e-6)
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--chunk", type=int, default=ImagicSettings.chunk,
+                   help="Imagic iterations per compiled call (1 compiles in seconds for the demo models)")
     p.add_argument("--kinds", default="text,mask,both")
     p.add_argument("--out", default="outputs/toy_edit")
     args = p.parse_args(argv)
     alphas = tuple(float(a) for a in args.alphas.split(","))
     settings = ImagicSettings(embedding_iterations=args.embedding_iterations,
-                              finetune_iterations=args.finetune_iterations, finetune_lr=args.finetune_lr)
+                              finetune_iterations=args.finetune_iterations, finetune_lr=args.finetune_lr,
+                              chunk=args.chunk)
     out = pathlib.Path(args.out)
     results = run(args.count, out, alphas, settings, args.steps, kinds=tuple(args.kinds.split(",")))
     (out / "results.json").write_text(json.dumps({"alphas": alphas, "settings": vars(args), "results": results},
