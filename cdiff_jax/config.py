@@ -26,6 +26,15 @@ class AutoencoderConfig:
     z_channels: int = 3
     embed_dim: int = 3
     scale_factor: float = 0.058
+    # Per-channel mean of the posterior, subtracted before scaling; () for none, as in LDM. Models we train
+    # centre their latents: with a non-zero terminal SNR an expert reads the colour mean from x_T, and a
+    # mean far from zero is then lost when sampling starts from N(0, 1) (see with_latent_normalisation).
+    latent_shift: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if self.latent_shift and len(self.latent_shift) != self.embed_dim:
+            raise ValueError(f"AutoencoderConfig: latent_shift has {len(self.latent_shift)} entries; it needs one per "
+                             f"latent channel (embed_dim {self.embed_dim}) or none")
 
     @property
     def downsample_factor(self) -> int:

@@ -2,8 +2,9 @@
 
 `get_config()` is the collaborative system (what `python sample.py` runs); `get_config("text")` and
 `get_config("mask")` are the uni-modal systems the expert stage trains. configs/train_demo.py trains
-every part; the autoencoder's scale_factor below is a placeholder that its trained autoencoder
-replaces (the expert and collab stages adopt it through `init_from`).
+every part; the autoencoder's scale_factor below is a placeholder: training measures the trained
+autoencoder's latent scale_factor and latent_shift, and the expert and collab stages adopt both
+through `init_from`.
 
 The noise schedule is Stable Diffusion's (betas 0.00085..0.012, abar_T = 0.0047), not the released
 models' (0.0015..0.0195, abar_T = 1.4e-4). With the released one, eps errors at the noisiest steps

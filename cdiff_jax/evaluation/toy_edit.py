@@ -74,7 +74,8 @@ def judge(judges, images: np.ndarray, source: dict, target: dict) -> dict:
 
 def run(count: int, out: pathlib.Path, alphas: tuple[float, ...], settings: ImagicSettings, steps: int,
         checkpoint=DEMO_CHECKPOINT, kinds=tuple(KINDS)) -> dict:
-    """Mean scores per kind of edit and alpha, over `count` source faces."""
+    """Scores per kind of edit: {"mean": {field: per alpha}, "per_face": [{field: per alpha}, ...]}, over
+    `count` source faces (the spread across faces is what a margin on these numbers must allow for)."""
     faces = held_out_examples(2 * count)
     judges = J.load_judges(DEMO_JUDGES)
     scores = {kind: [] for kind in kinds}
@@ -91,7 +92,8 @@ def run(count: int, out: pathlib.Path, alphas: tuple[float, ...], settings: Imag
             sweep = edit(request, SweepRequest({n: alphas for n in KINDS[kind]}, steps=steps), out / kind / f"{i:03d}")
             images = np.stack([np.asarray(Image.open(sweep / f"alpha{k:02d}_sample0.png")) for k in range(len(alphas))])
             scores[kind].append(judge(judges, images, source, target))
-    return {kind: {field: np.mean([s[field] for s in rows], axis=0).round(3).tolist() for field in rows[0]}
+    return {kind: {"mean": {field: np.mean([r[field] for r in rows], axis=0).round(3).tolist() for field in rows[0]},
+                   "per_face": [{field: np.round(v, 3).tolist() for field, v in r.items()} for r in rows]}
             for kind, rows in scores.items()}
 
 
@@ -116,9 +118,9 @@ def main(argv=None) -> int:
     results = run(args.count, out, alphas, settings, args.steps, kinds=tuple(args.kinds.split(",")))
     (out / "results.json").write_text(json.dumps({"alphas": alphas, "settings": vars(args), "results": results},
                                                  indent=1))
-    for kind, fields in results.items():
-        print(f"\n{kind} edit, alphas {alphas}")
-        for field, values in fields.items():
+    for kind, result in results.items():
+        print(f"\n{kind} edit, alphas {alphas}, means over {args.count} faces")
+        for field, values in result["mean"].items():
             print(f"  {field:22s} " + "  ".join(f"{v:.3f}" for v in values))
     return 0
 

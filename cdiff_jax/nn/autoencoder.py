@@ -186,12 +186,15 @@ class AutoencoderKL(nnx.Module):
         return self.decode(self.encode(x)[0])
 
     def encode_latent(self, x: jax.Array, noise: jax.Array) -> jax.Array:
-        """The diffusion latent: scale_factor * (mean + std * noise), a posterior sample."""
+        """The diffusion latent: scale_factor * (posterior sample - latent_shift)."""
         mean, logvar = self.encode(x)
-        return self.cfg.scale_factor * posterior_sample(mean, logvar, noise)
+        return self.cfg.scale_factor * (posterior_sample(mean, logvar, noise) - self._shift(mean.dtype))
 
     def decode_latent(self, z: jax.Array) -> jax.Array:
-        return self.decode(z / self.cfg.scale_factor)
+        return self.decode(z / self.cfg.scale_factor + self._shift(z.dtype))
+
+    def _shift(self, dtype) -> jax.Array | float:
+        return jnp.asarray(self.cfg.latent_shift, dtype) if self.cfg.latent_shift else 0.0
 
 
 def posterior_sample(mean: jax.Array, logvar: jax.Array, noise: jax.Array) -> jax.Array:

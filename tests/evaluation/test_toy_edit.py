@@ -1,4 +1,4 @@
-"""Toy editing: the controlled targets, the scores that judge an edit, and edits of the shipped demo models."""
+"""Toy editing: the controlled targets and the scores that judge an edit."""
 
 import itertools
 

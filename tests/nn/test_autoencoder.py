@@ -1,12 +1,16 @@
 """Autoencoder parity with the reference: posterior, samples, reconstructions, intermediates."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from conftest import assert_close_rel, nhwc, reference_system
+from cdiff_jax.config import AutoencoderConfig
 from cdiff_jax.nn import layers
-from cdiff_jax.nn.autoencoder import posterior_sample
+from cdiff_jax.nn.autoencoder import AutoencoderKL, posterior_sample
 
 
 @pytest.fixture(scope="module", params=["ckpt", "safetensors"])
@@ -43,6 +47,27 @@ def test_latent_scaling_of_the_ldm_first_stage(fixtures_root):
     z = ae.encode_latent(nhwc(io["x_image"]), nhwc(io["posterior_noise"]))
     assert_close_rel(z, nhwc(io["z_ldm_scaled"]), name="z_ldm_scaled")
     assert_close_rel(ae.decode_latent(z), nhwc(io["x_rec_from_z_sample"]), name="decode_latent")
+
+
+def test_a_latent_shift_centres_the_diffusion_latents_and_decoding_undoes_it(fixtures_root):
+    """Models we train subtract each channel's posterior mean before scaling (LDM subtracts nothing)."""
+    io = np.load(fixtures_root / "autoencoder/io.npz")
+    plain = reference_system(fixtures_root, "text").autoencoder
+    x, noise = nhwc(io["x_image"]), nhwc(io["posterior_noise"])
+    mean = np.asarray(plain.encode(x)[0], np.float64).mean(axis=(0, 1, 2))
+    shifted = AutoencoderKL(dataclasses.replace(plain.cfg, latent_shift=tuple(mean)), rngs=nnx.Rngs(0))
+    nnx.update(shifted, nnx.state(plain))
+    z = shifted.encode_latent(x, jnp.zeros_like(noise))
+    assert np.abs(np.asarray(z).mean(axis=(0, 1, 2))).max() < 1e-5 * np.abs(np.asarray(z)).max()
+    assert_close_rel(shifted.encode_latent(x, noise), plain.encode_latent(x, noise) - plain.cfg.scale_factor * mean,
+                     name="shifted latent")
+    assert_close_rel(shifted.decode_latent(shifted.encode_latent(x, noise)), plain.decode_latent(plain.encode_latent(x, noise)),
+                     name="decoded")
+
+
+def test_a_latent_shift_needs_one_entry_per_channel():
+    with pytest.raises(ValueError, match="one per latent channel"):
+        AutoencoderConfig(embed_dim=4, latent_shift=(0.1, 0.2, 0.3))
 
 
 def test_named_intermediates(reference):

@@ -18,8 +18,10 @@ from PIL import Image
 
 from conftest import REPO, lpips_state_dict
 from cdiff_jax.checkpoint import load_system
+from cdiff_jax.config import load_config
 from cdiff_jax.data.celeba_multimodal import build_dataset
 from cdiff_jax.data.masks import save_label_png
+from cdiff_jax.train.trainer import build_system
 
 EXAMPLES = 18
 
@@ -162,7 +164,6 @@ def test_two_processes_of_four_devices_train_like_one_process(data_dir, tmp_path
 def test_expert_stage_trains_one_expert_and_its_encoder_only(data_dir, tmp_path):
     run_train(tmp_path / "expert", data_dir, "steps=2", "val_every=0", "sample_every=0", "ema_decay=0.9999",
               config="configs/train_tiny.py:expert_text")
-    from cdiff_jax.config import load_config
     from cdiff_jax.system import init_system
 
     trained = nnx.state(load_system(tmp_path / "expert/system"), nnx.Param)
@@ -204,9 +205,17 @@ def test_autoencoder_stage_with_lpips_and_discriminator(data_dir, tmp_path):
     assert all(r["d_weight"] > 0 and r["rec_loss"] > 0 for r in records[3:])
     assert (tmp_path / "vae/samples/0000006.png").is_file()
     exported = load_system(tmp_path / "vae/system")
-    scale = float(result.stdout.split("latent scale_factor for this autoencoder: ")[1].split()[0])
-    assert exported.cfg.autoencoder.scale_factor == pytest.approx(scale, rel=1e-5) and scale != 0.5
-    from cdiff_jax.config import load_config
+    # The exported latents are centred and scaled: the printed normalisation is the one in the config, and
+    # an expert stage that takes this autoencoder adopts both.
+    printed = result.stdout.split("latent normalisation for this autoencoder: scale_factor ")[1].split(" (")[0]
+    scale, shift = printed.split(", latent_shift ")
+    ae_cfg = exported.cfg.autoencoder
+    assert ae_cfg.scale_factor == pytest.approx(float(scale), rel=1e-5) and float(scale) != 0.5
+    assert ae_cfg.latent_shift == pytest.approx([float(m) for m in shift.split(", ")], rel=1e-5)
+    assert len(ae_cfg.latent_shift) == ae_cfg.embed_dim and any(ae_cfg.latent_shift)
+    expert_cfg = load_config(f"{REPO}/configs/train_tiny.py:expert_text").replace(
+        init_from=(("autoencoder", str(tmp_path / "vae/system")),))
+    assert build_system(expert_cfg).cfg.autoencoder == ae_cfg
     from cdiff_jax.system import init_system
 
     fresh = nnx.state(init_system(load_config("tiny_system.py:text"), seed=0), nnx.Param)
