@@ -106,11 +106,12 @@ def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:
     beard, age = (np.asarray(a) for a in J.attribute_predictions(judges, x))
     beard_right = (beard == [e["attributes"]["beard"] for e in examples]).astype(float)
     age_right = (age == [e["attributes"]["age"] for e in examples]).astype(float)
+    attributes_right = (beard_right + age_right) / 2
     row = {"mask_accuracy": float(np.mean(parsed == labels)), "beard_accuracy": float(np.mean(beard_right)),
-           "age_accuracy": float(np.mean(age_right)), "attribute_accuracy": float(np.mean(beard_right + age_right) / 2),
+           "age_accuracy": float(np.mean(age_right)), "attribute_accuracy": float(np.mean(attributes_right)),
            # per example, for the spread of the means above
            "per_example_mask_accuracy": np.mean(parsed == labels, axis=(1, 2)).tolist(),
-           "per_example_attribute_accuracy": ((beard_right + age_right) / 2).tolist()}
+           "per_example_attribute_accuracy": attributes_right.tolist()}
     if real_stats is not None:
         row["frechet"] = frechet_distance(*gaussian_statistics(np.asarray(J.features(judges, x))), *real_stats)
     return row
