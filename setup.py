@@ -39,5 +39,5 @@ setup(
         "pillow>=10",
         "pyyaml>=6",
     ],
-    extras_require={"dev": ["pytest>=8", "scipy>=1.11"]},
+    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.11"]},
 )

@@ -33,8 +33,9 @@ class ImagicSettings:
     finetune_iterations: int = 1000
     # Iterations per device call, as one lax.scan. On XLA:CPU gradients inside a loop are much
     # slower than at top level (bench/edit_iterations.py), so `unroll` copies the body `chunk`
-    # times there; accelerators run rolled loops at full speed and can take far larger chunks.
-    chunk: int = 10
+    # times there. Every copy adds compile time that the few percent it saves per iteration do not
+    # repay (BENCHMARKS.md), hence one per call; accelerators run rolled loops at full speed.
+    chunk: int = 1
     unroll: bool = True
 
 

@@ -202,9 +202,9 @@ def _parse(graphdef, state, images):
 
 
 @jax.jit(static_argnames=("graphdef",))
-def _attributes(graphdef, state, images):
+def _attribute_probabilities(graphdef, state, images):
     beard, age = nnx.merge(graphdef, state).classifier(images)
-    return jnp.argmax(beard, axis=-1), jnp.argmax(age, axis=-1)
+    return jax.nn.softmax(beard), jax.nn.softmax(age)
 
 
 @jax.jit(static_argnames=("graphdef",))
@@ -217,9 +217,14 @@ def parse(judges: Judges, images) -> jax.Array:
     return _parse(*nnx.split(judges), _check_images(images))
 
 
+def attribute_probabilities(judges: Judges, images) -> tuple[jax.Array, jax.Array]:
+    """(beard [B, 4], age [B, 6]) class probabilities: graded where a prediction is all or nothing."""
+    return _attribute_probabilities(*nnx.split(judges), _check_images(images))
+
+
 def attribute_predictions(judges: Judges, images) -> tuple[jax.Array, jax.Array]:
     """(beard, age) int32 [B] indices into toy_faces.BEARD_LENGTHS and AGE_DECADES."""
-    return _attributes(*nnx.split(judges), _check_images(images))
+    return tuple(jnp.argmax(p, axis=-1) for p in attribute_probabilities(judges, images))
 
 
 def features(judges: Judges, images) -> jax.Array:

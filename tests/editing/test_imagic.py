@@ -57,7 +57,7 @@ def test_stage_a_fits_the_embedding_and_keeps_the_expert(setup):
     expert, schedule, z0, context = setup
     before = jax.tree.map(np.asarray, nnx.state(expert))
     optimised, losses = optimise_embedding(expert, schedule, z0, context, jax.random.key(4),
-                                           ImagicSettings(embedding_lr=1e-2, embedding_iterations=40, chunk=20))
+                                           ImagicSettings(embedding_lr=1e-2, embedding_iterations=40, chunk=1))
     assert losses.shape == (40,) and np.isfinite(losses).all()
     assert mean_loss(expert, schedule, z0, optimised) < mean_loss(expert, schedule, z0, context)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, nnx.state(expert)), before)
@@ -66,7 +66,7 @@ def test_stage_a_fits_the_embedding_and_keeps_the_expert(setup):
 def test_stage_b_fits_the_expert_for_a_fixed_context(setup):
     expert, schedule, z0, context = setup
     tuned, losses = finetune_expert(expert, schedule, z0, context, jax.random.key(5),
-                                    ImagicSettings(finetune_lr=1e-3, finetune_iterations=40, chunk=20))
+                                    ImagicSettings(finetune_lr=1e-3, finetune_iterations=40, chunk=1))
     assert losses.shape == (40,)
     graphdef = nnx.graphdef(expert)
     assert mean_loss(nnx.merge(graphdef, tuned), schedule, z0, context) < mean_loss(expert, schedule, z0, context)

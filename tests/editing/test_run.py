@@ -16,7 +16,7 @@ from cdiff_jax.editing import run as edit_run
 from cdiff_jax.system import init_system
 
 CAPTION = "This man has a very long beard. He is in his seventies."
-FAST = ["--embedding-iterations", "4", "--finetune-iterations", "3", "--chunk", "2", "--steps", "4",
+FAST = ["--embedding-iterations", "4", "--finetune-iterations", "3", "--chunk", "1", "--steps", "4",
         "--embedding-lr", "1e-2", "--finetune-lr", "1e-4"]
 
 

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cdiff_jax.data import toy_faces as T
 from cdiff_jax.evaluation import judges as J
@@ -48,6 +49,8 @@ def test_the_scores_tell_a_perfect_edit_from_no_edit(judges):
     mean = {who: {f: np.mean([r[f] for r in rs]) for f in rs[0]} for who, rs in rows.items()}
     assert mean["target"]["beard_to_target"] > 0.8 and mean["source"]["beard_to_target"] < 0.2
     assert mean["target"]["age_to_target"] > 0.6 and mean["source"]["age_to_target"] < 0.2
+    assert mean["target"]["beard_target_probability"] > 0.8 > 0.2 > mean["source"]["beard_target_probability"]
+    assert mean["target"]["age_target_probability"] > 0.6 > 0.2 > mean["source"]["age_target_probability"]
     assert min(mean["source"]["kept_pixels"], mean["target"]["kept_pixels"]) > 0.9
 
     source, donor = faces[0], faces[1]
@@ -55,3 +58,58 @@ def test_the_scores_tell_a_perfect_edit_from_no_edit(judges):
     scores = E.judge(judges, np.stack([source["image"], donor["image"]]), source, target)
     assert scores["moved_pixels_as_source"][0] > 0.8 > 0.2 > scores["moved_pixels_as_target"][0]
     assert scores["moved_pixels_as_target"][1] > 0.8 > 0.2 > scores["moved_pixels_as_source"][1]
+
+
+# Editing the demo models: held-out faces 0-2, alpha 0 (the optimised embedding) against 1 (the target),
+# Imagic as toy_edit runs it, 25 steps. Margins come from faces 0-5 edited the same way
+# (`python -m cdiff_jax.evaluation.toy_edit --count 6 --alphas 0,1 --steps 25 --kinds text,mask`); the
+# comments give each change from alpha 0 to 1 as mean (standard deviation, extreme) over those six.
+FACES, ALPHAS, STEPS = 3, (0.0, 1.0), 25
+
+
+@pytest.fixture(scope="module")
+def edit_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy_edit")
+    return out, E.run(FACES, out, ALPHAS, E.DEMO_IMAGIC, STEPS, kinds=("text", "mask"))
+
+
+@pytest.fixture
+def demo_edits(edit_run):
+    return edit_run[1]
+
+
+def change(face: dict, field: str) -> float:
+    before, after = face[field]
+    return after - before
+
+
+def test_a_caption_edit_moves_the_attributes_toward_the_target_and_keeps_the_layout(demo_edits):
+    gains = [(change(face, "beard_target_probability") + change(face, "age_target_probability")) / 2
+             for face in demo_edits["text"]["per_face"]]
+    # Mean target probability of beard and age: +0.41 (0.34, smallest +0.001: one face did not move).
+    # The mean of three faces has a standard error of 0.2; 0.1 is 1.6 of them below +0.41.
+    assert np.mean(gains) > 0.1, gains
+    for face in demo_edits["text"]["per_face"]:
+        # The parser's agreement with the source's map: -0.003 (0.018, largest |change| 0.028).
+        assert abs(change(face, "kept_pixels")) < 0.06, face
+
+
+def test_a_mask_edit_moves_the_layout_to_the_target_and_keeps_the_rest(demo_edits):
+    faces = demo_edits["mask"]["per_face"]
+    # Changed pixels parsed as the target's class: +0.30 (0.20, smallest +0.14), and as the source's
+    # -0.30. Faces 0-2 gave +0.25, +0.14, +0.49 with XLA's single-threaded CPU kernels and +0.21, +0.12,
+    # +0.22 with the default ones, so the mean of three allows 0.08 and each face 0.05.
+    assert np.mean([change(face, "moved_pixels_as_target") for face in faces]) > 0.08
+    for face in faces:
+        assert change(face, "moved_pixels_as_target") > 0.05 and change(face, "moved_pixels_as_source") < -0.05, face
+        # Unchanged pixels: -0.001 (0.005, largest |change| 0.007).
+        assert abs(change(face, "kept_pixels")) < 0.03, face
+
+
+def test_the_grid_shows_each_source_beside_its_sweeps(edit_run):
+    out, _ = edit_run
+    grid = np.asarray(Image.open(out / "grid.png"))
+    cell, pad, label = 64 + 2, 2, 14
+    assert grid.shape == (label + FACES * cell + pad, (1 + 2 * len(ALPHAS)) * cell + pad, 3)
+    first_source = np.asarray(Image.open(out / "inputs/000/image.png"))
+    np.testing.assert_array_equal(grid[label + pad: label + pad + 64, pad: pad + 64], first_source)
