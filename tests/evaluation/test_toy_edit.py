@@ -97,8 +97,8 @@ def test_a_caption_edit_moves_the_attributes_toward_the_target_and_keeps_the_lay
 def test_a_mask_edit_moves_the_layout_to_the_target_and_keeps_the_rest(demo_edits):
     faces = demo_edits["mask"]["per_face"]
     # Changed pixels parsed as the target's class: +0.30 (0.20, smallest +0.14), and as the source's
-    # -0.30. Faces 0-2 gave +0.25, +0.14, +0.49 with XLA's single-threaded CPU kernels and +0.21, +0.12,
-    # +0.22 with the default ones, so the mean of three allows 0.08 and each face 0.05.
+    # -0.30. Here the layouts come from faces 3-5 instead of 6-8 (`run` pairs face i with i + count):
+    # +0.21, +0.12, +0.22. So the mean of three allows 0.08 and each face 0.05.
     assert np.mean([change(face, "moved_pixels_as_target") for face in faces]) > 0.08
     for face in faces:
         assert change(face, "moved_pixels_as_target") > 0.05 and change(face, "moved_pixels_as_source") < -0.05, face
