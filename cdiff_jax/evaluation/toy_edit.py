@@ -44,7 +44,7 @@ from cdiff_jax.evaluation.miniature import DEMO_JUDGES, held_out_examples
 KINDS = {"text": ("text",), "mask": ("mask",), "both": ("mask", "text")}
 # Stage B for the demo experts, measured on 3-6 held-out faces at 25 steps. At the reference's lr 1e-6
 # an expert this small barely moves, so alpha 0 is far from the source; at 1e-4 x 300 it overfits and no
-# alpha up to 2 edits; 1e-5 x 100 holds the source better at alpha 0 and edits more at alpha 1 than 1e-6.
+# alpha up to 2 edits; 1e-5 x 100 holds the source better at alpha 0 and moves further from 0 to 1 than 1e-6.
 DEMO_IMAGIC = ImagicSettings(finetune_lr=1e-5, finetune_iterations=100)
 
 
@@ -87,12 +87,12 @@ def run(count: int, out: pathlib.Path, alphas: tuple[float, ...], settings: Imag
     faces = held_out_examples(2 * count)
     judges = J.load_judges(DEMO_JUDGES)
     scores = {kind: [] for kind in kinds}
-    rows = []
+    grid_rows = []
     for i in range(count):
         source = faces[i]
         inputs = out / "inputs" / f"{i:03d}"
         viz.save_png(inputs / "image.png", source["image"])
-        rows.append([source["image"]])
+        grid_rows.append([source["image"]])
         for kind in kinds:
             target = targets(source, faces[i + count], kind)
             save_label_png(inputs / f"{kind}_target_mask.png", target["labels"])
@@ -102,9 +102,9 @@ def run(count: int, out: pathlib.Path, alphas: tuple[float, ...], settings: Imag
             sweep = edit(request, SweepRequest({n: alphas for n in KINDS[kind]}, steps=steps), out / kind / f"{i:03d}")
             images = np.stack([np.asarray(Image.open(sweep / f"alpha{k:02d}_sample0.png")) for k in range(len(alphas))])
             scores[kind].append(judge(judges, images, source, target))
-            rows[-1].extend(images)
+            grid_rows[-1].extend(images)
     labels = ["source"] + [f"{kind} {alpha:g}" for kind in kinds for alpha in alphas]
-    viz.save_png(out / "grid.png", viz.grid(np.stack(rows), col_labels=labels))
+    viz.save_png(out / "grid.png", viz.grid(np.stack(grid_rows), col_labels=labels))
     return {kind: {"mean": {field: np.mean([r[field] for r in rows], axis=0).round(3).tolist() for field in rows[0]},
                    "per_face": [{field: np.round(v, 3).tolist() for field, v in r.items()} for r in rows]}
             for kind, rows in scores.items()}
