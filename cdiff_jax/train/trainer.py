@@ -288,7 +288,8 @@ def reconstruct(graphdef, state, images):
     return nnx.merge(graphdef, state).reconstruct(images)
 
 
-def _with_latent_normalisation(system: LatentDiffusionSystem, scale: float, shift: tuple[float, ...]):
+def _with_latent_normalisation(system: LatentDiffusionSystem, scale: float,
+                              shift: tuple[float, ...]) -> LatentDiffusionSystem:
     ae_cfg = system.cfg.autoencoder
     if (scale, shift) == (ae_cfg.scale_factor, ae_cfg.latent_shift):
         return system

@@ -73,29 +73,24 @@ def edit_run(tmp_path_factory):
     return out, E.run(FACES, out, ALPHAS, E.DEMO_IMAGIC, STEPS, kinds=("text", "mask"))
 
 
-@pytest.fixture
-def demo_edits(edit_run):
-    return edit_run[1]
-
-
 def change(face: dict, field: str) -> float:
     before, after = face[field]
     return after - before
 
 
-def test_a_caption_edit_moves_the_attributes_toward_the_target_and_keeps_the_layout(demo_edits):
-    gains = [(change(face, "beard_target_probability") + change(face, "age_target_probability")) / 2
-             for face in demo_edits["text"]["per_face"]]
+def test_a_caption_edit_moves_the_attributes_toward_the_target_and_keeps_the_layout(edit_run):
+    faces = edit_run[1]["text"]["per_face"]
+    gains = [(change(face, "beard_target_probability") + change(face, "age_target_probability")) / 2 for face in faces]
     # Mean target probability of beard and age: +0.41 (0.34, smallest +0.001: one face did not move).
     # The mean of three faces has a standard error of 0.2; 0.1 is 1.6 of them below +0.41.
     assert np.mean(gains) > 0.1, gains
-    for face in demo_edits["text"]["per_face"]:
+    for face in faces:
         # The parser's agreement with the source's map: -0.003 (0.018, largest |change| 0.028).
         assert abs(change(face, "kept_pixels")) < 0.06, face
 
 
-def test_a_mask_edit_moves_the_layout_to_the_target_and_keeps_the_rest(demo_edits):
-    faces = demo_edits["mask"]["per_face"]
+def test_a_mask_edit_moves_the_layout_to_the_target_and_keeps_the_rest(edit_run):
+    faces = edit_run[1]["mask"]["per_face"]
     # Changed pixels parsed as the target's class: +0.30 (0.20, smallest +0.14), and as the source's
     # -0.30. Here the layouts come from faces 3-5 instead of 6-8 (`run` pairs face i with i + count):
     # +0.21, +0.12, +0.22. So the mean of three allows 0.08 and each face 0.05.

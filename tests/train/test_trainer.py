@@ -21,6 +21,7 @@ from cdiff_jax.checkpoint import load_system
 from cdiff_jax.config import load_config
 from cdiff_jax.data.celeba_multimodal import build_dataset
 from cdiff_jax.data.masks import save_label_png
+from cdiff_jax.system import init_system
 from cdiff_jax.train.trainer import build_system
 
 EXAMPLES = 18
@@ -164,7 +165,6 @@ def test_two_processes_of_four_devices_train_like_one_process(data_dir, tmp_path
 def test_expert_stage_trains_one_expert_and_its_encoder_only(data_dir, tmp_path):
     run_train(tmp_path / "expert", data_dir, "steps=2", "val_every=0", "sample_every=0", "ema_decay=0.9999",
               config="configs/train_tiny.py:expert_text")
-    from cdiff_jax.system import init_system
 
     trained = nnx.state(load_system(tmp_path / "expert/system"), nnx.Param)
     fresh = nnx.state(init_system(load_config("tiny_system.py:text"), seed=0), nnx.Param)
@@ -216,7 +216,6 @@ def test_autoencoder_stage_with_lpips_and_discriminator(data_dir, tmp_path):
     expert_cfg = load_config(f"{REPO}/configs/train_tiny.py:expert_text").replace(
         init_from=(("autoencoder", str(tmp_path / "vae/system")),))
     assert build_system(expert_cfg).cfg.autoencoder == ae_cfg
-    from cdiff_jax.system import init_system
 
     fresh = nnx.state(init_system(load_config("tiny_system.py:text"), seed=0), nnx.Param)
     changed = {path[0] for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(exported, nnx.Param)),
