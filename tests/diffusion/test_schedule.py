@@ -1,4 +1,9 @@
-"""The schedule recomputed in float64 equals the reference's buffers bit for bit."""
+"""The schedule recomputed in float64 equals the reference's float32 buffers.
+
+Linspace, squares, products, quotients and square roots are correctly rounded IEEE operations, so those
+buffers must match bit for bit on any machine. Logarithms are not: numpy's and the C library's float64 log
+may differ by an ulp between CPUs and builds, which can move the float32 result by one ulp.
+"""
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +19,10 @@ def test_buffers_equal_the_reference(fixtures_root):
     tensors = read_state_dict(fixtures_root / "text_unet/model.safetensors").tensors
     ours = reference_buffers(cfg)
     for name in SCHEDULE_BUFFERS:
-        np.testing.assert_array_equal(ours[name], tensors[name], err_msg=name)
+        if name.startswith("log_") or "_log_" in name:
+            np.testing.assert_array_max_ulp(ours[name], tensors[name], maxulp=1)
+        else:
+            np.testing.assert_array_equal(ours[name], tensors[name], err_msg=name)
     schedule = make_schedule(cfg)
     np.testing.assert_array_equal(schedule.alphas_cumprod, tensors["alphas_cumprod"])
     np.testing.assert_array_equal(schedule.betas, tensors["betas"])
