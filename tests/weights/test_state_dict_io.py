@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from cdiff_jax.convert.state_dict_io import (
+from cdiff_jax.weights.state_dict_io import (
     CheckpointReadError,
     LoadedCheckpoint,
     UnsafeCheckpointError,
