@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -113,7 +113,7 @@ class CaptionTokenizer:
     __call__ = encode
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def caption_tokenizer(max_length: int = MAX_TOKENS) -> CaptionTokenizer:
     """Process-wide cached tokenizer: loading the vocabulary takes a noticeable fraction of a second."""
     return CaptionTokenizer(max_length=max_length)
