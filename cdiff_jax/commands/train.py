@@ -53,15 +53,7 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS's notes on configs and decoders
 
     from cdiff_jax.config import load_config
-
-    try:
-        from cdiff_jax.train.trainer import TrainingDiverged, train
-    except ModuleNotFoundError as err:
-        if err.name != "grain":
-            raise
-        print("error: training reads its data with grain, which is not installed; "
-              "install the training extra: pip install 'cdiff_jax[train]'", file=sys.stderr)
-        return 2
+    from cdiff_jax.train.trainer import TrainingDiverged, train
 
     try:
         cfg = load_config(args.config)
