@@ -45,8 +45,10 @@ EVALUATE_USAGE = _usage(
 )
 
 
-def _run(target: str, argv: list[str]) -> int:
+def _run(target: str, argv: list[str], prog: str) -> int:
+    """Call `target` with `argv`; sys.argv[0] becomes `prog`, which argparse shows in the program's usage line."""
     module_name, _, function = target.partition(":")
+    sys.argv = [prog, *argv]
     return getattr(importlib.import_module(module_name), function)(argv)
 
 
@@ -54,9 +56,8 @@ def _evaluate(argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(EVALUATE_USAGE)
         return 0
-    if argv and argv[0] in EVALUATIONS:
-        return _run(EVALUATIONS[argv[0]][0], argv[1:])
-    return _run(EVALUATIONS[DEFAULT_EVALUATION][0], argv)
+    name, rest = (argv[0], argv[1:]) if argv and argv[0] in EVALUATIONS else (DEFAULT_EVALUATION, argv)
+    return _run(EVALUATIONS[name][0], rest, f"cdiff evaluate {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return _evaluate(rest)
     if command == "edit":  # the sample program edits when its first argument is `edit`
         rest = ["edit", *rest]
-    return _run(COMMANDS[command][0], rest)
+    return _run(COMMANDS[command][0], rest, f"cdiff {command}")
 
 
 if __name__ == "__main__":
