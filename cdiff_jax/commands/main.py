@@ -15,7 +15,7 @@ from cdiff_jax import __version__
 # name -> (module:function taking argv and returning an exit code, what it does)
 COMMANDS = {
     "sample": ("cdiff_jax.commands.sample:main", "sample faces from a mask, a caption or both"),
-    "edit": ("cdiff_jax.commands.sample:main", "edit a real face by caption, mask or both (Imagic + collaboration)"),
+    "edit": ("cdiff_jax.editing.run:main", "edit a real face by caption, mask or both (Imagic + collaboration)"),
     "train": ("cdiff_jax.commands.train:main", "train the autoencoder, an expert or the dynamic diffusers"),
     "convert": ("cdiff_jax.convert.__main__:main", "convert an official checkpoint into a cdiff_jax checkpoint"),
     "evaluate": (None, "evaluate on the toy faces (default: the miniature evaluation); see `cdiff evaluate --help`"),
@@ -75,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "evaluate":
         return _evaluate(rest)
-    if command == "edit":  # the sample program edits when its first argument is `edit`
-        rest = ["edit", *rest]
     return _run(COMMANDS[command][0], rest, f"cdiff {command}")
 
 

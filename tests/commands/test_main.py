@@ -46,6 +46,7 @@ def test_version():
 
 @pytest.mark.parametrize(("args", "expected"), [
     (("train", "--help"), "--workdir"),
+    (("edit", "--help"), "--image"),
     (("convert", "--help"), "official checkpoint"),
     (("evaluate", "--help"), "miniature"),
     (("evaluate", "miniature", "--help"), "usage: cdiff evaluate miniature"),
@@ -60,7 +61,7 @@ def test_subcommand_help(args, expected):
 
 
 def test_targets_exist():
-    """Every target names an importable module with a main(argv) (sample/edit: cdiff_jax/commands/sample.py)."""
+    """Every target names an importable module with a main(argv) (sample: cdiff_jax/commands/sample.py)."""
     import importlib.util
 
     targets = [t for t, _ in cli.COMMANDS.values() if t] + [t for t, _ in cli.EVALUATIONS.values()]
@@ -70,14 +71,14 @@ def test_targets_exist():
         assert importlib.util.find_spec(module) is not None, f"{target}: module not found"
 
 
-def test_edit_goes_to_the_sample_program_as_its_edit_mode(monkeypatch):
+def test_arguments_pass_through_unchanged(monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "_run", lambda target, argv, prog: seen.append((target, argv)) or 0)
     assert cli.main(["edit", "--image", "face.png"]) == 0
     assert cli.main(["sample", "--steps", "5"]) == 0
     assert cli.main(["evaluate", "--count", "4"]) == 0
     assert seen == [
-        ("cdiff_jax.commands.sample:main", ["edit", "--image", "face.png"]),
+        ("cdiff_jax.editing.run:main", ["--image", "face.png"]),
         ("cdiff_jax.commands.sample:main", ["--steps", "5"]),
         ("cdiff_jax.evaluation.miniature:main", ["--count", "4"]),
     ]
