@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,20 +36,28 @@ class TokenizedCaptions:
     truncated: np.ndarray
 
 
+def _is_missing_torch_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("PyTorch was not found")
+
+
 def _load_bert(vocab_dir: pathlib.Path):
     """Load the packaged tokenizer strictly from disk.
 
     ``BertTokenizer(vocab_file=...)`` silently builds an empty vocabulary in transformers 5, so
     we go through ``from_pretrained`` on the local directory and check the vocabulary size.
-    The offline variables are set (unless the user chose otherwise) before transformers is
-    imported, so the hub client is never allowed to reach the network.
+    ``local_files_only`` keeps the hub client off the network for this one call; the process's
+    environment (``HF_HUB_OFFLINE`` and friends) is the user's and stays untouched, so their own
+    downloads keep working. Transformers' import-time notice that PyTorch is missing is dropped:
+    a tokenizer needs no PyTorch.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # "PyTorch was not found": we need no models
     if not (vocab_dir / "vocab.txt").is_file():
         raise FileNotFoundError(f"tokenizer vocabulary missing: {vocab_dir / 'vocab.txt'} (reinstall cdiff_jax)")
-    from transformers import BertTokenizerFast
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addFilter(_is_missing_torch_notice)
+    try:
+        from transformers import BertTokenizerFast
+    finally:
+        transformers_logger.removeFilter(_is_missing_torch_notice)
 
     tok = BertTokenizerFast.from_pretrained(str(vocab_dir), local_files_only=True)
     if len(tok) != VOCAB_SIZE:
@@ -104,7 +113,7 @@ class CaptionTokenizer:
     __call__ = encode
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def caption_tokenizer(max_length: int = MAX_TOKENS) -> CaptionTokenizer:
     """Process-wide cached tokenizer: loading the vocabulary takes a noticeable fraction of a second."""
     return CaptionTokenizer(max_length=max_length)

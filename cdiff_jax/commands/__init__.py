@@ -1,0 +1,1 @@
+"""Command-line programs, one module each; `cdiff` (main.py) dispatches to them."""
