@@ -1,9 +1,9 @@
-"""Our attention against two baselines at the released UNets' attended sizes (XLA:CPU).
+"""The CPU form of attention against two baselines at the released UNets' attended sizes.
 
     python bench/attention.py
 
-Baselines, timed in the same run on the same inputs: `jax.nn.dot_product_attention(
-implementation="xla")` (what `layers.multi_head_attention` called before it put heads first), and
+Baselines, timed in the same run on the same inputs: the "library" form of `kernels.attention`
+(`jax.nn.dot_product_attention`, what other backends get and what the CPU form replaced), and
 the heads-first form with the scale on the scores and a plain softmax (what it was before the
 scale moved to q and the normalisation after the value product). A network's attention is also
 worth timing inside the network (bench/sample_512.py --what parts): there the scale constant
@@ -12,7 +12,7 @@ competes with everything else for memory bandwidth.
 
 import jax
 
-from cdiff_jax.nn import layers
+from cdiff_jax.nn.kernels import KernelForms, attention, kernel_forms
 from timing import best_time
 
 ROUNDS = 3
@@ -28,13 +28,6 @@ SHAPES = [  # (batch, queries, keys, heads, head width, where)
 ]
 
 
-def library_attention(q, k, v, heads):
-    b, n, inner = q.shape
-    d = inner // heads
-    q, k, v = (x.reshape(b, x.shape[1], heads, d) for x in (q, k, v))
-    return jax.nn.dot_product_attention(q, k, v, scale=d**-0.5, implementation="xla").reshape(b, n, inner)
-
-
 def scores_scaled_attention(q, k, v, heads):
     b, n, inner = q.shape
     d = inner // heads
@@ -46,8 +39,10 @@ def scores_scaled_attention(q, k, v, heads):
 
 
 def main():
-    forms = {"dot_product_attention": library_attention, "scale on the scores": scores_scaled_attention,
-             "ours": layers.multi_head_attention}
+    print(f"this backend's form: {kernel_forms().attention}")
+    in_form = lambda form: lambda q, k, v, heads: attention(q, k, v, heads, KernelForms(attention=form))  # noqa: E731
+    forms = {"dot_product_attention": in_form("library"), "scale on the scores": scores_scaled_attention,
+             "ours": in_form("heads_first")}
     forms = {name: jax.jit(fn, static_argnums=3) for name, fn in forms.items()}
     for batch, queries, keys, heads, width, where in SHAPES:
         q = jax.random.normal(jax.random.key(0), (batch, queries, heads * width))

@@ -1,5 +1,6 @@
 """XLA's convolution against the same convolution as one matmul (im2col) and as Winograd
-F(2x2, 3x3), at the released 512 models' shapes (XLA:CPU), and which form `layers.conv` picks.
+F(2x2, 3x3), at the released 512 models' shapes, and which form `kernels.kernel_forms()` picks for
+this backend.
 
     python bench/conv.py
 
@@ -10,7 +11,7 @@ skipped where its shifted copies of the input would not fit comfortably in memor
 
 import jax
 
-from cdiff_jax.nn import layers
+from cdiff_jax.nn.kernels import NHWC, KernelForms, conv_form, conv_function, kernel_forms
 from timing import best_time
 
 SHAPES = [  # (side, in channels, out channels, kernel)
@@ -23,15 +24,10 @@ SHAPES = [  # (side, in channels, out channels, kernel)
     (64, 512, 512, 3), (128, 512, 512, 3), (256, 512, 256, 3), (256, 256, 256, 3),
     (512, 256, 128, 3), (512, 128, 128, 3),
 ]
-FORCE = {  # module constants that send every eligible convolution to one form
-    "xla": {"MATMUL_CONV_MAX_POSITIONS": 0, "WINOGRAD_MIN_POSITIONS": 1 << 62},
-    "matmul": {"MATMUL_CONV_MAX_POSITIONS": 1 << 62, "MATMUL_CONV_MIN_FEATURES": 0},
-    "winograd": {"MATMUL_CONV_MAX_POSITIONS": 0, "WINOGRAD_MIN_POSITIONS": 0, "WINOGRAD_MIN_CHANNELS": 0},
-}
 
 
 def main():
-    defaults = {name: getattr(layers, name) for names in FORCE.values() for name in names}
+    rule = kernel_forms().conv
     for batch in (1, 2):
         for side, cin, cout, kernel in SHAPES:
             if batch > 1 and side > 64:  # the decoder runs once per image, at batch 1 here
@@ -45,18 +41,14 @@ def main():
                 forms.append("winograd")
             timings = {}
             for form in forms:
-                for name, value in FORCE[form].items():  # read at trace time: each jit below traces anew
-                    setattr(layers, name, value)
-                fn = jax.jit(lambda x, w: layers.conv_general_dilated(x, w, (1, 1), "SAME",
-                                                                      dimension_numbers=layers.NHWC))
+                convolve = conv_function(KernelForms(conv="lax" if form == "xla" else form))
+                fn = jax.jit(lambda x, w, convolve=convolve: convolve(x, w, (1, 1), "SAME", dimension_numbers=NHWC))
                 timings[form] = best_time(fn, x, w)
-                for name, value in defaults.items():
-                    setattr(layers, name, value)
             flops = 2 * batch * side * side * kernel * kernel * cin * cout
             report = ", ".join(f"{form} {t * 1e3:.1f} ms ({timings['xla'] / t:.2f}x)" for form, t in timings.items())
             print(f"batch {batch}, {side}x{side}, {kernel}x{kernel} {cin}->{cout} ({flops / 1e9:.1f} GFLOP, XLA at "
                   f"{flops / timings['xla'] / 1e9:.0f} GFLOP/s): {report}; the rule picks "
-                  f"{layers.conv_form(x.shape, w.shape, ((kernel // 2,) * 2,) * 2)}", flush=True)
+                  f"{conv_form(x.shape, w.shape, ((kernel // 2,) * 2,) * 2, rule)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
-"""Nearest x2 upsampling then a 3x3 convolution: as written (upsample, convolve) against
-`layers.upsample_conv3x3` (four 2x2 convolutions of the input), at the released 512 models'
-upsampling sizes (XLA:CPU).
+"""Nearest x2 upsampling then a 3x3 convolution: as written (upsample, convolve: the "plain" form)
+against the "phases" form of `kernels.upsample_conv3x3` (four 2x2 convolutions of the input), at the
+released 512 models' upsampling sizes, convolutions in the form `kernels.kernel_forms()` picks for
+this backend.
 
     python bench/upsample.py
 
 Both are timed in the same run; the ratio is the figure to compare.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from cdiff_jax.nn import layers
+from cdiff_jax.nn.kernels import kernel_forms, upsample_conv3x3
 from timing import best_time
 
 SHAPES = [  # (input side, channels, where)
@@ -23,18 +26,16 @@ SHAPES = [  # (input side, channels, where)
 ]
 
 
-def upsample_then_convolve(x, kernel, bias):
-    return layers.conv_general_dilated(layers.upsample_nearest(x), kernel, (1, 1), ((1, 1), (1, 1)),
-                                       dimension_numbers=layers.NHWC) + bias
-
-
 def main():
+    forms = kernel_forms()
+    upsample = jax.jit(upsample_conv3x3, static_argnums=3)
+    plain_forms, phases_forms = (dataclasses.replace(forms, upsample=form) for form in ("plain", "phases"))
     for side, channels, where in SHAPES:
         x = jax.random.normal(jax.random.key(0), (1, side, side, channels))
         kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, channels)) * 0.01
         bias = jnp.zeros((channels,))
-        plain = best_time(jax.jit(upsample_then_convolve), x, kernel, bias)
-        phases = best_time(jax.jit(layers.upsample_conv3x3), x, kernel, bias)
+        plain = best_time(upsample, x, kernel, bias, plain_forms)
+        phases = best_time(upsample, x, kernel, bias, phases_forms)
         print(f"{where} ({side}x{side}, {channels} channels): upsample then convolve {plain * 1e3:.1f} ms, "
               f"four phases {phases * 1e3:.1f} ms: {plain / phases:.2f}x faster")
 

@@ -98,6 +98,12 @@ def reference_system(root: pathlib.Path, kind: str, fmt: str = "safetensors"):
     return _SYSTEMS[key]
 
 
+def with_forms(module, forms):
+    """The same UNet or autoencoder (same weights) with its kernels computed in `forms`."""
+    graphdef = nnx.split(nnx.eval_shape(lambda: type(module)(module.cfg, rngs=nnx.Rngs(0), forms=forms)))[0]
+    return nnx.merge(graphdef, nnx.state(module))
+
+
 def nhwc(x):
     """NCHW (as the fixtures store images and latents) -> NHWC (as our models take them)."""
     return np.transpose(np.asarray(x), (0, 2, 3, 1))

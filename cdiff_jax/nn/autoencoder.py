@@ -13,19 +13,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import AutoencoderConfig
-from cdiff_jax.nn.layers import conv, group_norm, multi_head_attention
+from cdiff_jax.nn.kernels import KernelForms, attention, kernel_forms
+from cdiff_jax.nn.layers import conv, group_norm
 from cdiff_jax.nn.unet import Upsample
 
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
 class VaeResBlock(nnx.Module):
-    def __init__(self, in_ch: int, out_ch: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_ch: int, out_ch: int, *, forms: KernelForms, rngs: nnx.Rngs):
         self.norm1 = group_norm(in_ch, 1e-6, rngs=rngs)
-        self.conv1 = conv(in_ch, out_ch, 3, padding=1, rngs=rngs)
+        self.conv1 = conv(in_ch, out_ch, 3, padding=1, forms=forms, rngs=rngs)
         self.norm2 = group_norm(out_ch, 1e-6, rngs=rngs)
-        self.conv2 = conv(out_ch, out_ch, 3, padding=1, rngs=rngs)
-        self.nin_shortcut = conv(in_ch, out_ch, 1, rngs=rngs) if in_ch != out_ch else None
+        self.conv2 = conv(out_ch, out_ch, 3, padding=1, forms=forms, rngs=rngs)
+        self.nin_shortcut = conv(in_ch, out_ch, 1, forms=forms, rngs=rngs) if in_ch != out_ch else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.conv1(jax.nn.silu(self.norm1(x)))
@@ -36,24 +37,25 @@ class VaeResBlock(nnx.Module):
 class VaeAttention(nnx.Module):
     """Single-head self-attention over all positions, scale C**-0.5."""
 
-    def __init__(self, ch: int, *, rngs: nnx.Rngs):
+    def __init__(self, ch: int, *, forms: KernelForms, rngs: nnx.Rngs):
+        self.forms = forms
         self.norm = group_norm(ch, 1e-6, rngs=rngs)
-        self.q = conv(ch, ch, 1, rngs=rngs)
-        self.k = conv(ch, ch, 1, rngs=rngs)
-        self.v = conv(ch, ch, 1, rngs=rngs)
-        self.proj_out = conv(ch, ch, 1, rngs=rngs)
+        self.q = conv(ch, ch, 1, forms=forms, rngs=rngs)
+        self.k = conv(ch, ch, 1, forms=forms, rngs=rngs)
+        self.v = conv(ch, ch, 1, forms=forms, rngs=rngs)
+        self.proj_out = conv(ch, ch, 1, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         n = self.norm(x)
         q, k, v = (f(n).reshape(b, h * w, c) for f in (self.q, self.k, self.v))
-        out = multi_head_attention(q, k, v, heads=1)
+        out = attention(q, k, v, 1, self.forms)
         return x + self.proj_out(out.reshape(b, h, w, c))
 
 
 class VaeDownsample(nnx.Module):
-    def __init__(self, ch: int, *, rngs: nnx.Rngs):
-        self.conv = conv(ch, ch, 3, stride=2, padding=((0, 1), (0, 1)), rngs=rngs)
+    def __init__(self, ch: int, *, forms: KernelForms, rngs: nnx.Rngs):
+        self.conv = conv(ch, ch, 3, stride=2, padding=((0, 1), (0, 1)), forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(x)
@@ -76,35 +78,35 @@ class VaeLevel(nnx.Module):
 
 
 class VaeMiddle(nnx.Module):
-    def __init__(self, ch: int, *, rngs: nnx.Rngs):
-        self.block_1 = VaeResBlock(ch, ch, rngs=rngs)
-        self.attn_1 = VaeAttention(ch, rngs=rngs)
-        self.block_2 = VaeResBlock(ch, ch, rngs=rngs)
+    def __init__(self, ch: int, *, forms: KernelForms, rngs: nnx.Rngs):
+        self.block_1 = VaeResBlock(ch, ch, forms=forms, rngs=rngs)
+        self.attn_1 = VaeAttention(ch, forms=forms, rngs=rngs)
+        self.block_2 = VaeResBlock(ch, ch, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
 class Encoder(nnx.Module):
-    def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
-        self.conv_in = conv(cfg.in_channels, cfg.ch, 3, padding=1, rngs=rngs)
+    def __init__(self, cfg: AutoencoderConfig, *, forms: KernelForms, rngs: nnx.Rngs):
+        self.conv_in = conv(cfg.in_channels, cfg.ch, 3, padding=1, forms=forms, rngs=rngs)
         levels, res, in_ch = [], cfg.resolution, cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
             out_ch = cfg.ch * mult
             blocks, attn = [], []
             for _ in range(cfg.num_res_blocks):
-                blocks.append(VaeResBlock(in_ch, out_ch, rngs=rngs))
+                blocks.append(VaeResBlock(in_ch, out_ch, forms=forms, rngs=rngs))
                 in_ch = out_ch
                 if res in cfg.attn_resolutions:
-                    attn.append(VaeAttention(in_ch, rngs=rngs))
+                    attn.append(VaeAttention(in_ch, forms=forms, rngs=rngs))
             last = i == len(cfg.ch_mult) - 1
-            levels.append(VaeLevel(blocks, attn, None if last else VaeDownsample(in_ch, rngs=rngs)))
+            levels.append(VaeLevel(blocks, attn, None if last else VaeDownsample(in_ch, forms=forms, rngs=rngs)))
             if not last:
                 res //= 2
         self.down = nnx.List(levels)
-        self.mid = VaeMiddle(in_ch, rngs=rngs)
+        self.mid = VaeMiddle(in_ch, forms=forms, rngs=rngs)
         self.norm_out = group_norm(in_ch, 1e-6, rngs=rngs)
-        self.conv_out = conv(in_ch, 2 * cfg.z_channels, 3, padding=1, rngs=rngs)
+        self.conv_out = conv(in_ch, 2 * cfg.z_channels, 3, padding=1, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.forward_with_intermediates(x)[0]
@@ -122,26 +124,26 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: AutoencoderConfig, *, forms: KernelForms, rngs: nnx.Rngs):
         ch = cfg.ch * cfg.ch_mult[-1]
         res = cfg.resolution // cfg.downsample_factor
-        self.conv_in = conv(cfg.z_channels, ch, 3, padding=1, rngs=rngs)
-        self.mid = VaeMiddle(ch, rngs=rngs)
+        self.conv_in = conv(cfg.z_channels, ch, 3, padding=1, forms=forms, rngs=rngs)
+        self.mid = VaeMiddle(ch, forms=forms, rngs=rngs)
         levels = []
         for i in reversed(range(len(cfg.ch_mult))):
             out_ch = cfg.ch * cfg.ch_mult[i]
             blocks, attn = [], []
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(VaeResBlock(ch, out_ch, rngs=rngs))
+                blocks.append(VaeResBlock(ch, out_ch, forms=forms, rngs=rngs))
                 ch = out_ch
                 if res in cfg.attn_resolutions:
-                    attn.append(VaeAttention(ch, rngs=rngs))
-            levels.insert(0, VaeLevel(blocks, attn, Upsample(ch, rngs=rngs) if i else None))
+                    attn.append(VaeAttention(ch, forms=forms, rngs=rngs))
+            levels.insert(0, VaeLevel(blocks, attn, Upsample(ch, forms=forms, rngs=rngs) if i else None))
             if i:
                 res *= 2
         self.up = nnx.List(levels)
         self.norm_out = group_norm(ch, 1e-6, rngs=rngs)
-        self.conv_out = conv(ch, cfg.out_ch, 3, padding=1, rngs=rngs)
+        self.conv_out = conv(ch, cfg.out_ch, 3, padding=1, forms=forms, rngs=rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         return self.forward_with_intermediates(z)[0]
@@ -164,14 +166,18 @@ class Decoder(nnx.Module):
 
 
 class AutoencoderKL(nnx.Module):
-    """encode: image in [-1, 1] -> (mean, logvar); decode: unscaled latent -> image."""
+    """encode: image in [-1, 1] -> (mean, logvar); decode: unscaled latent -> image.
 
-    def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
+    `forms` (default: `kernel_forms()`, by backend) says how its kernels are computed.
+    """
+
+    def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs, forms: KernelForms | None = None):
         self.cfg = cfg
-        self.encoder = Encoder(cfg, rngs=rngs)
-        self.decoder = Decoder(cfg, rngs=rngs)
-        self.quant_conv = conv(2 * cfg.z_channels, 2 * cfg.embed_dim, 1, rngs=rngs)
-        self.post_quant_conv = conv(cfg.embed_dim, cfg.z_channels, 1, rngs=rngs)
+        forms = forms or kernel_forms()
+        self.encoder = Encoder(cfg, forms=forms, rngs=rngs)
+        self.decoder = Decoder(cfg, forms=forms, rngs=rngs)
+        self.quant_conv = conv(2 * cfg.z_channels, 2 * cfg.embed_dim, 1, forms=forms, rngs=rngs)
+        self.post_quant_conv = conv(cfg.embed_dim, cfg.z_channels, 1, forms=forms, rngs=rngs)
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         moments = self.quant_conv(self.encoder(x))

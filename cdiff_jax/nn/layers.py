@@ -1,16 +1,17 @@
 """Small building blocks shared by the UNet, the autoencoder and the text encoder.
 
-All image tensors are NHWC. Epsilons are arguments because the reference uses three of
-them (GroupNorm 1e-5 in UNet res blocks, 1e-6 in transformers and the autoencoder,
-LayerNorm 1e-5) and parity depends on getting each one right.
+Convolutions and linear maps take the module's `KernelForms` (cdiff_jax.nn.kernels): how a
+convolution is computed and the precision of every product. All image tensors are NHWC.
+Epsilons are arguments because the reference uses three of them (GroupNorm 1e-5 in UNet res
+blocks, 1e-6 in transformers and the autoencoder, LayerNorm 1e-5) and parity depends on
+getting each one right.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+
+from cdiff_jax.nn.kernels import KernelForms, conv_function
 
 zeros = nnx.initializers.zeros
 
@@ -24,150 +25,6 @@ def layer_norm(features: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(features, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
 
 
-# XLA:CPU's convolution runs at under half its matmul speed where a layer has few output
-# positions and many input features (the experts' 8x8 and 16x16 levels at 512: bench/conv.py).
-# There the convolution is computed as one matmul over the kernel's shifted copies of the input.
-MATMUL_CONV_MAX_POSITIONS = 512
-MATMUL_CONV_MIN_FEATURES = 2048
-# On large images with many channels a 3x3 convolution is cheaper as Winograd F(2x2, 3x3): 16
-# products per 2x2 output tile instead of 36 (the decoder's 64-256 levels at 512: 1.2-1.6x,
-# bench/conv.py). Below these sizes its transforms, which only move memory, cost about as much
-# as the products saved, or more.
-WINOGRAD_MIN_POSITIONS = 4096  # H * W of one image
-WINOGRAD_MIN_CHANNELS = 256  # of input and output
-NHWC = ("NHWC", "HWIO", "NHWC")  # dimension numbers: image, kernel, output
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`lax.conv_general_dilated` for nnx.Conv, as a matmul (im2col) or as Winograd where that is
-    faster.
-
-    Only NHWC, stride 1, undilated, ungrouped 2-D convolutions qualify; each output is the same
-    sum of products, accumulated in a different order (Winograd also rounds its transforms:
-    about 1e-6 of the largest output). `dimension_numbers` may be given in any form lax accepts.
-    """
-    simple = (lhs.ndim == 4 and tuple(window_strides) == (1, 1) and feature_group_count == 1
-              and kwargs.get("out_sharding") is None and kwargs.get("preferred_element_type") is None
-              and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
-              and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-              == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
-    if simple:
-        if isinstance(padding, str):
-            padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-        padding = tuple(tuple(p) for p in padding)
-        form = conv_form(lhs.shape, rhs.shape, padding)
-        if form == "matmul":
-            return _matmul_conv(lhs, rhs, padding, precision)
-        if form == "winograd":
-            return winograd_conv3x3(lhs, rhs, precision)
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        precision=precision, **kwargs)
-
-
-def conv_form(image_shape, kernel_shape, padding) -> str:
-    """How `conv_general_dilated` computes a qualifying convolution (NHWC image, HWIO kernel,
-    padding as pairs): "matmul", "winograd" or "xla"."""
-    b, h, w, _ = image_shape
-    kh, kw, cin, cout = kernel_shape
-    if b * h * w <= MATMUL_CONV_MAX_POSITIONS and kh * kw * cin >= MATMUL_CONV_MIN_FEATURES:
-        return "matmul"
-    if ((kh, kw) == (3, 3) and padding == ((1, 1), (1, 1)) and h % 2 == 0 and w % 2 == 0
-            and h * w >= WINOGRAD_MIN_POSITIONS and min(cin, cout) >= WINOGRAD_MIN_CHANNELS):
-        return "winograd"
-    return "xla"
-
-
-def _matmul_conv(x, kernel, padding, precision):
-    kh, kw, cin, cout = kernel.shape
-    b, h, w, _ = x.shape
-    (top, bottom), (left, right) = padding
-    padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    oh, ow = h + top + bottom - kh + 1, w + left + right - kw + 1
-    patches = jnp.concatenate(
-        [padded[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
-    out = jnp.dot(patches.reshape(b * oh * ow, kh * kw * cin), kernel.reshape(kh * kw * cin, cout),
-                  precision=precision)
-    return out.reshape(b, oh, ow, cout)
-
-
-# Winograd F(2, 3) along one axis: a 3-tap filter g over 4 inputs d gives the 2 outputs
-# A^T [(G g) * (B^T d)]. Applied along both axes, one 2x2 output tile of a 3x3 convolution
-# costs 16 channel matmuls (one per transformed tap) instead of 36.
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
-
-
-def _winograd_input_transform(even: jax.Array, odd: jax.Array, axis: int) -> list[jax.Array]:
-    """B^T along `axis` for tiles whose four inputs are (even[i], odd[i], even[i+1], odd[i+1])."""
-    n = even.shape[axis] - 1
-    e0, e1 = (jax.lax.slice_in_dim(even, k, k + n, axis=axis) for k in (0, 1))
-    o0, o1 = (jax.lax.slice_in_dim(odd, k, k + n, axis=axis) for k in (0, 1))
-    return [e0 - e1, o0 + e1, e1 - o0, o0 - o1]
-
-
-def _winograd_output_transform(m: list[jax.Array]) -> list[jax.Array]:
-    """A^T over four transformed taps: the tile's two outputs."""
-    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
-
-
-def winograd_conv3x3(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
-    """3x3 convolution with padding 1 of an NHWC image with even sides, as Winograd F(2x2, 3x3).
-
-    Tiles are 4x4 windows at even offsets of the padded image; seen as pairs of rows and
-    columns, a tile's inputs are an even and an odd row of one pair and of the next, so the input
-    transform needs only reshapes and contiguous slices. The 16 products stay separate matmuls:
-    stacking them would copy the transformed input once more.
-    """
-    b, h, w, cin = x.shape
-    cout = kernel.shape[-1]
-    g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
-    taps = jnp.einsum("ai,bj,ijco->abco", g, g, kernel, precision=precision)  # [4, 4, cin, cout]
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, h // 2 + 1, 2, w // 2 + 1, 2, cin)
-    rows = _winograd_input_transform(padded[:, :, 0], padded[:, :, 1], axis=1)
-    products = [[jnp.dot(tile.reshape(-1, cin), taps[i, j], precision=precision)
-                 for j, tile in enumerate(_winograd_input_transform(r[:, :, :, 0], r[:, :, :, 1], axis=2))]
-                for i, r in enumerate(rows)]
-    columns = [_winograd_output_transform([products[i][j] for i in range(4)]) for j in range(4)]
-    out_rows = [_winograd_output_transform([columns[j][r] for j in range(4)]) for r in range(2)]
-    out = jnp.stack([jnp.stack(pair, axis=-2) for pair in out_rows], axis=-3)  # [..., 2, 2, cout]
-    return out.reshape(b, h // 2, w // 2, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, cout)
-
-
-def upsample_nearest(x: jax.Array) -> jax.Array:
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-def upsample_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """Nearest-neighbour x2 upsampling, then a 3x3 convolution with padding 1, without building
-    the upsampled image.
-
-    Along each axis, an even output reads input offsets (-1, 0) with kernel taps (k0, k1 + k2)
-    and an odd output reads (0, +1) with (k0 + k1, k2), because the taps it sums read the same
-    input pixel. So each of the four output phases is a 2x2 convolution of the input: 4/9 of the
-    products, and half the time at the autoencoder's 512x512 level (bench/upsample.py). Where the
-    upsampled image is small enough for the matmul form of `conv_general_dilated`, that is faster
-    still and is used instead.
-    """
-    b, h, w, _ = x.shape
-    if b * 4 * h * w <= MATMUL_CONV_MAX_POSITIONS:
-        return conv_general_dilated(upsample_nearest(x), kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC) + bias
-
-    def fold(k, axis, odd):
-        k0, k1, k2 = jnp.split(k, 3, axis=axis)
-        return jnp.concatenate([k0 + k1, k2] if odd else [k0, k1 + k2], axis=axis)
-
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    rows = []
-    for row in (0, 1):
-        phases = [conv_general_dilated(padded[:, row:row + h + 1, col:col + w + 1],
-                                       fold(fold(kernel, 0, row), 1, col), (1, 1), "VALID", dimension_numbers=NHWC)
-                  for col in (0, 1)]
-        rows.append(jnp.stack(phases, axis=3))
-    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, -1) + bias
-
-
 def conv(
     in_ch: int,
     out_ch: int,
@@ -176,6 +33,7 @@ def conv(
     stride: int = 1,
     padding: int | str | tuple = "SAME",
     zero_init: bool = False,
+    forms: KernelForms,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """A 2-D convolution; `zero_init` makes a residual branch start as the identity."""
@@ -183,28 +41,12 @@ def conv(
         padding = ((padding, padding), (padding, padding))
     extra = {"kernel_init": zeros} if zero_init else {}
     return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=padding,
-                    conv_general_dilated=conv_general_dilated, rngs=rngs, **extra)
+                    conv_general_dilated=conv_function(forms), precision=forms.precision, rngs=rngs, **extra)
 
 
-def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int) -> jax.Array:
-    """Softmax attention over [B, N, heads*D] projections; channels split as (heads, D).
+def linear(in_features: int, out_features: int, *, use_bias: bool = True, forms: KernelForms,
+           rngs: nnx.Rngs) -> nnx.Linear:
+    """A dense layer whose product runs at the forms' precision."""
+    return nnx.Linear(in_features, out_features, use_bias=use_bias, precision=forms.precision, rngs=rngs)
 
-    The score scale is D**-0.5 and softmax runs over keys, as in the reference. Heads go first
-    and keys are transposed once to [D, M], so both products are plain batched matmuls (3-7x
-    `jax.nn.dot_product_attention` on XLA:CPU for the UNets' narrow heads: bench/attention.py).
-    Two things keep the [heads, N, M] score tensor to one pass: the scale is applied to q, not to
-    the scores (XLA:CPU otherwise materialises the scale as a full-size tensor and reads it in
-    every layer), and the softmax is normalised after the value product, with the row sums
-    coming out of that product as a column of ones appended to v. Both change only rounding.
-    """
-    b, n, inner = q.shape
-    d = inner // heads
-    q = (q * d**-0.5).reshape(b, n, heads, d).transpose(0, 2, 1, 3)
-    keys_t = k.reshape(b, k.shape[1], heads, d).transpose(0, 2, 3, 1)
-    v = v.reshape(b, v.shape[1], heads, d).transpose(0, 2, 1, 3)
-    v_and_ones = jnp.concatenate([v, jnp.ones((*v.shape[:-1], 1), v.dtype)], axis=-1)
-    scores = q @ keys_t
-    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
-    summed = weights @ v_and_ones
-    out = summed[..., :d] / summed[..., d:]
-    return out.transpose(0, 2, 1, 3).reshape(b, n, inner)
+

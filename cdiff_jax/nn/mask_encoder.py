@@ -12,12 +12,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import MaskEncoderConfig
+from cdiff_jax.nn.kernels import KernelForms, kernel_forms
+from cdiff_jax.nn.layers import linear
 
 
 class MaskEncoder(nnx.Module):
-    def __init__(self, cfg: MaskEncoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: MaskEncoderConfig, *, rngs: nnx.Rngs, forms: KernelForms | None = None):
         self.cfg = cfg
-        self.linear = nnx.Linear(cfg.mask_size * cfg.mask_size, cfg.context_dim, rngs=rngs)
+        self.linear = linear(cfg.mask_size * cfg.mask_size, cfg.context_dim, forms=forms or kernel_forms(), rngs=rngs)
 
     def __call__(self, one_hot: jax.Array) -> jax.Array:
         return self.linear(one_hot.astype(jnp.float32))

@@ -12,25 +12,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import TextEncoderConfig
-from cdiff_jax.nn.layers import layer_norm
+from cdiff_jax.nn.kernels import KernelForms, kernel_forms
+from cdiff_jax.nn.layers import layer_norm, linear
 from cdiff_jax.nn.unet import Attention
 
 
 class FeedForward(nnx.Module):
-    def __init__(self, dim: int, *, rngs: nnx.Rngs):
-        self.fc1 = nnx.Linear(dim, 4 * dim, rngs=rngs)
-        self.fc2 = nnx.Linear(4 * dim, dim, rngs=rngs)
+    def __init__(self, dim: int, *, forms: KernelForms, rngs: nnx.Rngs):
+        self.fc1 = linear(dim, 4 * dim, forms=forms, rngs=rngs)
+        self.fc2 = linear(4 * dim, dim, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
 class EncoderLayer(nnx.Module):
-    def __init__(self, cfg: TextEncoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextEncoderConfig, *, forms: KernelForms, rngs: nnx.Rngs):
         self.attn_norm = layer_norm(cfg.width, rngs=rngs)
-        self.attn = Attention(cfg.width, cfg.width, cfg.heads, cfg.head_dim, rngs=rngs)
+        self.attn = Attention(cfg.width, cfg.width, cfg.heads, cfg.head_dim, forms=forms, rngs=rngs)
         self.ff_norm = layer_norm(cfg.width, rngs=rngs)
-        self.ff = FeedForward(cfg.width, rngs=rngs)
+        self.ff = FeedForward(cfg.width, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Returns x after the attention residual and after the feed-forward residual."""
@@ -39,13 +40,14 @@ class EncoderLayer(nnx.Module):
 
 
 class TextEncoder(nnx.Module):
-    """Token ids [B, max_len] -> context [B, max_len, width]."""
+    """Token ids [B, max_len] -> context [B, max_len, width]; `forms` as for the UNet."""
 
-    def __init__(self, cfg: TextEncoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextEncoderConfig, *, rngs: nnx.Rngs, forms: KernelForms | None = None):
         self.cfg = cfg
+        forms = forms or kernel_forms()
         self.token_emb = nnx.Embed(cfg.vocab_size, cfg.width, rngs=rngs)
         self.pos_emb = nnx.Embed(cfg.max_len, cfg.width, rngs=rngs)
-        self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.depth)])
+        self.layers = nnx.List([EncoderLayer(cfg, forms=forms, rngs=rngs) for _ in range(cfg.depth)])
         self.final_norm = layer_norm(cfg.width, rngs=rngs)
 
     def __call__(self, ids: jax.Array) -> jax.Array:

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import UNetConfig
-from cdiff_jax.nn.layers import conv, group_norm, layer_norm, multi_head_attention, upsample_conv3x3
+from cdiff_jax.nn.kernels import KernelForms, attention, kernel_forms, upsample_conv3x3
+from cdiff_jax.nn.layers import conv, group_norm, layer_norm, linear
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -35,13 +36,13 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
 class ResBlock(nnx.Module):
     """GroupNorm-SiLU-conv twice, with the time embedding added as a per-channel bias."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, *, forms: KernelForms, rngs: nnx.Rngs):
         self.in_norm = group_norm(in_ch, 1e-5, rngs=rngs)
-        self.in_conv = conv(in_ch, out_ch, 3, padding=1, rngs=rngs)
-        self.emb_proj = nnx.Linear(emb_dim, out_ch, rngs=rngs)
+        self.in_conv = conv(in_ch, out_ch, 3, padding=1, forms=forms, rngs=rngs)
+        self.emb_proj = linear(emb_dim, out_ch, forms=forms, rngs=rngs)
         self.out_norm = group_norm(out_ch, 1e-5, rngs=rngs)
-        self.out_conv = conv(out_ch, out_ch, 3, padding=1, zero_init=True, rngs=rngs)
-        self.skip = conv(in_ch, out_ch, 1, rngs=rngs) if in_ch != out_ch else None
+        self.out_conv = conv(out_ch, out_ch, 3, padding=1, zero_init=True, forms=forms, rngs=rngs)
+        self.skip = conv(in_ch, out_ch, 1, forms=forms, rngs=rngs) if in_ch != out_ch else None
 
     def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
         h = self.in_conv(jax.nn.silu(self.in_norm(x)))
@@ -53,26 +54,28 @@ class ResBlock(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head (cross-)attention: q, k, v without bias, output projection with bias."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, forms: KernelForms,
+                 rngs: nnx.Rngs):
         inner = heads * head_dim
         self.heads = heads
-        self.to_q = nnx.Linear(dim, inner, use_bias=False, rngs=rngs)
-        self.to_k = nnx.Linear(context_dim, inner, use_bias=False, rngs=rngs)
-        self.to_v = nnx.Linear(context_dim, inner, use_bias=False, rngs=rngs)
-        self.to_out = nnx.Linear(inner, dim, rngs=rngs)
+        self.forms = forms
+        self.to_q = linear(dim, inner, use_bias=False, forms=forms, rngs=rngs)
+        self.to_k = linear(context_dim, inner, use_bias=False, forms=forms, rngs=rngs)
+        self.to_v = linear(context_dim, inner, use_bias=False, forms=forms, rngs=rngs)
+        self.to_out = linear(inner, dim, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         context = x if context is None else context
-        out = multi_head_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, self.forms)
         return self.to_out(out)
 
 
 class GEGLU(nnx.Module):
     """Feed-forward x -> W2 (a * gelu(g)) with [a, g] = W1 x, inner width 4 * dim."""
 
-    def __init__(self, dim: int, *, rngs: nnx.Rngs):
-        self.proj = nnx.Linear(dim, 8 * dim, rngs=rngs)
-        self.out = nnx.Linear(4 * dim, dim, rngs=rngs)
+    def __init__(self, dim: int, *, forms: KernelForms, rngs: nnx.Rngs):
+        self.proj = linear(dim, 8 * dim, forms=forms, rngs=rngs)
+        self.out = linear(4 * dim, dim, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         a, gate = jnp.split(self.proj(x), 2, axis=-1)
@@ -82,13 +85,14 @@ class GEGLU(nnx.Module):
 class TransformerBlock(nnx.Module):
     """Pre-LN self-attention, cross-attention to the condition, then GEGLU."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, forms: KernelForms,
+                 rngs: nnx.Rngs):
         self.norm1 = layer_norm(dim, rngs=rngs)
-        self.attn1 = Attention(dim, dim, heads, head_dim, rngs=rngs)
+        self.attn1 = Attention(dim, dim, heads, head_dim, forms=forms, rngs=rngs)
         self.norm2 = layer_norm(dim, rngs=rngs)
-        self.attn2 = Attention(dim, context_dim, heads, head_dim, rngs=rngs)
+        self.attn2 = Attention(dim, context_dim, heads, head_dim, forms=forms, rngs=rngs)
         self.norm3 = layer_norm(dim, rngs=rngs)
-        self.ff = GEGLU(dim, rngs=rngs)
+        self.ff = GEGLU(dim, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
         x = x + self.attn1(self.norm1(x))
@@ -99,15 +103,14 @@ class TransformerBlock(nnx.Module):
 class SpatialTransformer(nnx.Module):
     """Attention over the H*W positions (row-major tokens), wrapped in 1x1 convs, residual."""
 
-    def __init__(self, ch: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
+    def __init__(self, ch: int, cfg: UNetConfig, *, forms: KernelForms, rngs: nnx.Rngs):
         heads, head_dim = cfg.heads_for(ch)
         inner = heads * head_dim
         self.norm = group_norm(ch, 1e-6, rngs=rngs)
-        self.proj_in = conv(ch, inner, 1, rngs=rngs)
-        self.blocks = nnx.List(
-            [TransformerBlock(inner, cfg.context_dim, heads, head_dim, rngs=rngs) for _ in range(cfg.transformer_depth)]
-        )
-        self.proj_out = conv(inner, ch, 1, zero_init=True, rngs=rngs)
+        self.proj_in = conv(ch, inner, 1, forms=forms, rngs=rngs)
+        self.blocks = nnx.List([TransformerBlock(inner, cfg.context_dim, heads, head_dim, forms=forms, rngs=rngs)
+                                for _ in range(cfg.transformer_depth)])
+        self.proj_out = conv(inner, ch, 1, zero_init=True, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
         b, h, w, _ = x.shape
@@ -121,21 +124,22 @@ class SpatialTransformer(nnx.Module):
 class Downsample(nnx.Module):
     """Stride-2 3x3 conv with symmetric padding 1 (unlike the autoencoder's)."""
 
-    def __init__(self, ch: int, *, rngs: nnx.Rngs):
-        self.conv = conv(ch, ch, 3, stride=2, padding=1, rngs=rngs)
+    def __init__(self, ch: int, *, forms: KernelForms, rngs: nnx.Rngs):
+        self.conv = conv(ch, ch, 3, stride=2, padding=1, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(x)
 
 
 class Upsample(nnx.Module):
-    """Nearest-neighbour x2, then a 3x3 conv (computed as `layers.upsample_conv3x3`)."""
+    """Nearest-neighbour x2, then a 3x3 conv (computed as `kernels.upsample_conv3x3`)."""
 
-    def __init__(self, ch: int, *, rngs: nnx.Rngs):
-        self.conv = conv(ch, ch, 3, padding=1, rngs=rngs)
+    def __init__(self, ch: int, *, forms: KernelForms, rngs: nnx.Rngs):
+        self.forms = forms
+        self.conv = conv(ch, ch, 3, padding=1, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return upsample_conv3x3(x, self.conv.kernel[...], self.conv.bias[...])
+        return upsample_conv3x3(x, self.conv.kernel[...], self.conv.bias[...], self.forms)
 
 
 class UNetBlock(nnx.Module):
@@ -162,47 +166,51 @@ class UNetBlock(nnx.Module):
 
 
 class UNet(nnx.Module):
-    """eps (or influence logits) = UNet(x_t NHWC, integer t [B], context [B, tokens, ctx])."""
+    """eps (or influence logits) = UNet(x_t NHWC, integer t [B], context [B, tokens, ctx]).
 
-    def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
+    `forms` (default: `kernel_forms()`, by backend) says how its kernels are computed.
+    """
+
+    def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs, forms: KernelForms | None = None):
         self.cfg = cfg
+        forms = forms or kernel_forms()
         mc = cfg.model_channels
         emb_dim = 4 * mc
-        self.time_linear_1 = nnx.Linear(mc, emb_dim, rngs=rngs)
-        self.time_linear_2 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
-        self.conv_in = conv(cfg.in_channels, mc, 3, padding=1, rngs=rngs)
+        self.time_linear_1 = linear(mc, emb_dim, forms=forms, rngs=rngs)
+        self.time_linear_2 = linear(emb_dim, emb_dim, forms=forms, rngs=rngs)
+        self.conv_in = conv(cfg.in_channels, mc, 3, padding=1, forms=forms, rngs=rngs)
 
         def transformer(ch: int, rate: int) -> SpatialTransformer | None:
-            return SpatialTransformer(ch, cfg, rngs=rngs) if rate in cfg.attention_resolutions else None
+            return SpatialTransformer(ch, cfg, forms=forms, rngs=rngs) if rate in cfg.attention_resolutions else None
 
         down, skip_channels, ch, rate = [], [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                res = ResBlock(ch, mult * mc, emb_dim, rngs=rngs)
+                res = ResBlock(ch, mult * mc, emb_dim, forms=forms, rngs=rngs)
                 ch = mult * mc
                 down.append(UNetBlock(res=res, transformer=transformer(ch, rate)))
                 skip_channels.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                down.append(UNetBlock(resample=Downsample(ch, rngs=rngs)))
+                down.append(UNetBlock(resample=Downsample(ch, forms=forms, rngs=rngs)))
                 skip_channels.append(ch)
                 rate *= 2
         self.down_blocks = nnx.List(down)
 
-        self.mid_res_1 = ResBlock(ch, ch, emb_dim, rngs=rngs)
-        self.mid_transformer = SpatialTransformer(ch, cfg, rngs=rngs)
-        self.mid_res_2 = ResBlock(ch, ch, emb_dim, rngs=rngs)
+        self.mid_res_1 = ResBlock(ch, ch, emb_dim, forms=forms, rngs=rngs)
+        self.mid_transformer = SpatialTransformer(ch, cfg, forms=forms, rngs=rngs)
+        self.mid_res_2 = ResBlock(ch, ch, emb_dim, forms=forms, rngs=rngs)
 
         up = []
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                res = ResBlock(ch + skip_channels.pop(), mult * mc, emb_dim, rngs=rngs)
+                res = ResBlock(ch + skip_channels.pop(), mult * mc, emb_dim, forms=forms, rngs=rngs)
                 ch = mult * mc
                 last_of_level = level > 0 and i == cfg.num_res_blocks
                 up.append(
                     UNetBlock(
                         res=res,
                         transformer=transformer(ch, rate),
-                        resample=Upsample(ch, rngs=rngs) if last_of_level else None,
+                        resample=Upsample(ch, forms=forms, rngs=rngs) if last_of_level else None,
                     )
                 )
                 if last_of_level:
@@ -210,7 +218,7 @@ class UNet(nnx.Module):
         self.up_blocks = nnx.List(up)
 
         self.final_norm = group_norm(ch, 1e-5, rngs=rngs)
-        self.final_conv = conv(ch, cfg.out_channels, 3, padding=1, zero_init=True, rngs=rngs)
+        self.final_conv = conv(ch, cfg.out_channels, 3, padding=1, zero_init=True, forms=forms, rngs=rngs)
 
     def time_embedding(self, t: jax.Array) -> jax.Array:
         emb = timestep_embedding(t, self.cfg.model_channels)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import assert_close_rel, nhwc, reference_system
+from conftest import assert_close_rel, nhwc, reference_system, with_forms
 from cdiff_jax.config import AutoencoderConfig
-from cdiff_jax.nn import layers
+from cdiff_jax.nn.kernels import PLAIN_FORMS, KernelForms
 from cdiff_jax.nn.autoencoder import AutoencoderKL, posterior_sample
 
 
@@ -31,11 +31,13 @@ def test_posterior_and_reconstructions(reference):
     assert_close_rel(ae.decode(nhwc(io["z_mode"])), nhwc(io["x_rec_from_z_mode"]), name="x_rec_mode")
 
 
-def test_decoding_with_winograd_wherever_it_applies(reference, monkeypatch):
-    """The fixture's autoencoder is below the sizes that take Winograd, so it is forced here."""
-    monkeypatch.setattr(layers, "WINOGRAD_MIN_POSITIONS", 0)
-    monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 0)
+@pytest.mark.parametrize("forms", [KernelForms(conv="winograd"), KernelForms(conv="lax"), PLAIN_FORMS],
+                         ids=["winograd", "phases", "plain"])
+def test_decoding_in_each_kernel_form(reference, forms):
+    """The fixture's autoencoder is below the sizes that take Winograd, so it is forced here; the
+    upsampling phases without the CPU rule's small-size shortcut, and the plain forms of GPU and TPU."""
     ae, io = reference
+    ae = with_forms(ae, forms)
     assert_close_rel(ae.decode(nhwc(io["z_sample"])), nhwc(io["x_rec_from_z_sample"]), name="x_rec_sample")
 
 
