@@ -39,7 +39,10 @@ def scribble_from_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def load_strokes(source: ScribbleSource) -> np.ndarray:
-    """bool [H, W] strokes of a scribble given as a path, PIL image or [H, W] array (strokes >= 128 or True)."""
+    """bool [H, W] strokes of a scribble given as a path, PIL image or [H, W] array (strokes >= 128 or True).
+
+    A file or image that is mostly white is refused: it is almost surely drawn black on white.
+    """
     what = "scribble"
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
@@ -57,7 +60,7 @@ def load_strokes(source: ScribbleSource) -> np.ndarray:
     if values.ndim != 2 or values.size == 0:
         raise ValueError(f"{what} must be a non-empty 2-D [H, W] map, got shape {values.shape}; {_HELP}")
     strokes = values if values.dtype == bool else values >= 128
-    if strokes.mean() > 0.5:
+    if not isinstance(source, np.ndarray) and strokes.mean() > 0.5:  # a drawing in black on white
         raise ValueError(f"{what} is mostly white ({strokes.mean():.0%} of its pixels); {_HELP} (invert it)")
     return strokes
 
