@@ -1,30 +1,35 @@
-"""User inputs -> model conditions: captions to token ids, label maps to one-hot masks.
+"""User inputs -> model conditions, and the null condition of each modality for classifier-free guidance.
 
-Also the null condition of each modality for classifier-free guidance: the empty caption
-([CLS] [SEP] then padding) and the all-zero mask.
+How each kind parses its inputs (captions to token ids, label maps to one-hot masks, line drawings
+to stroke tokens) and what its null condition is (the empty caption, the all-zero mask, no strokes)
+is its row in `cdiff_jax.modalities`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from cdiff_jax.config import MaskEncoderConfig, ModalityConfig, TextEncoderConfig
-from cdiff_jax.data.masks import masks_to_onehot
-from cdiff_jax.text.tokenizer import CLS_ID, SEP_ID, TokenizedCaptions, caption_tokenizer
+from cdiff_jax.modalities import kind_entry, tokenize_captions
+from cdiff_jax.text.tokenizer import TokenizedCaptions
+
+
+def encode_inputs(inputs: Sequence, cfg: ModalityConfig) -> np.ndarray:
+    """A batch of conditions of one modality from user inputs (captions, or files / arrays of maps)."""
+    return kind_entry(cfg.kind).parse(inputs, cfg.encoder)
 
 
 def encode_captions(captions: list[str], cfg: TextEncoderConfig) -> TokenizedCaptions:
-    return caption_tokenizer(cfg.max_len).encode([c.lower() for c in captions])
+    """Token ids with the flags of truncated captions, which a command line reports."""
+    return tokenize_captions(captions, cfg)
 
 
 def encode_masks(sources: list, cfg: MaskEncoderConfig) -> np.ndarray:
-    return masks_to_onehot(sources, size=cfg.mask_size)
+    return kind_entry("mask").parse(sources, cfg)
 
 
 def null_condition(cfg: ModalityConfig) -> np.ndarray:
     """A batch-of-one condition that carries no information about the target."""
-    if cfg.kind == "text":
-        ids = np.zeros((1, cfg.encoder.max_len), np.int32)
-        ids[0, :2] = CLS_ID, SEP_ID
-        return ids
-    return np.zeros((1, cfg.encoder.num_classes, cfg.encoder.mask_size**2), np.float32)
+    return kind_entry(cfg.kind).null(cfg.encoder)

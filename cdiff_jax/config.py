@@ -93,6 +93,30 @@ class MaskEncoderConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScribbleEncoderConfig:
+    """Linear map of flattened line-drawing maps to the context width, like the mask's encoder.
+
+    The tokens are one binary line drawing at `scribble_size`, thickened to each stroke width of
+    `stroke_widths` (one token per width): thin strokes place edges exactly, thick ones still overlap a
+    slightly misplaced hand-drawn line.
+    """
+
+    scribble_size: int = 32
+    stroke_widths: tuple[int, ...] = (1, 3, 5)
+    context_dim: int = 640
+
+    def __post_init__(self):
+        if not self.stroke_widths or any(w < 1 or w % 2 == 0 for w in self.stroke_widths):
+            raise ValueError(f"ScribbleEncoderConfig: stroke_widths {self.stroke_widths} must be odd positive widths "
+                             "(a stroke grows by the same amount on both sides)")
+
+
+# The encoder config of each modality kind, by kind: what a checkpoint's JSON "encoder" is read as.
+# Everything else about a kind (its modules, inputs, batch field, ...) is in cdiff_jax.modalities.
+ENCODER_CONFIGS = {"text": TextEncoderConfig, "mask": MaskEncoderConfig, "scribble": ScribbleEncoderConfig}
+
+
+@dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     """LDM "linear" DDPM schedule: betas = linspace(sqrt(start), sqrt(end), T) ** 2."""
 
@@ -105,15 +129,23 @@ class ScheduleConfig:
 class ModalityConfig:
     """One condition modality: its encoder, its expert UNet and (for collaboration) its diffuser."""
 
-    kind: str  # "text" or "mask"
-    encoder: TextEncoderConfig | MaskEncoderConfig
+    kind: str  # a key of ENCODER_CONFIGS
+    encoder: TextEncoderConfig | MaskEncoderConfig | ScribbleEncoderConfig
     expert: UNetConfig
     diffuser: UNetConfig | None = None
 
     def __post_init__(self):
-        expected = {"text": TextEncoderConfig, "mask": MaskEncoderConfig}.get(self.kind)
-        if expected is None or not isinstance(self.encoder, expected):
-            raise ValueError(f"ModalityConfig: kind {self.kind!r} needs a matching encoder config")
+        expected = encoder_config_class(self.kind)
+        if not isinstance(self.encoder, expected):
+            raise ValueError(f"ModalityConfig: kind {self.kind!r} needs a {expected.__name__}, "
+                             f"got a {type(self.encoder).__name__}")
+
+
+def encoder_config_class(kind: str) -> type:
+    """The encoder config class of a modality kind; an unknown kind is a one-line error listing the kinds."""
+    if kind not in ENCODER_CONFIGS:
+        raise ValueError(f"unknown modality kind {kind!r}; expected one of: {', '.join(ENCODER_CONFIGS)}")
+    return ENCODER_CONFIGS[kind]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +189,7 @@ def _from_dict(cls, raw: dict[str, Any]):
 
 
 def _modality_from_dict(raw: dict[str, Any]) -> ModalityConfig:
-    encoder_cls = TextEncoderConfig if raw["kind"] == "text" else MaskEncoderConfig
+    encoder_cls = encoder_config_class(raw["kind"])
     diffuser = raw.get("diffuser")
     return ModalityConfig(
         kind=raw["kind"],

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from flax import nnx
 
-from cdiff_jax.config import SystemConfig, TextEncoderConfig
+from cdiff_jax.config import SystemConfig
+from cdiff_jax.modalities import kind_entry
 from cdiff_jax.nn.autoencoder import AutoencoderKL
-from cdiff_jax.nn.mask_encoder import MaskEncoder
-from cdiff_jax.nn.text_encoder import TextEncoder
 from cdiff_jax.nn.unet import UNet
 
 
 class Modality(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.kind = cfg.kind
-        encoder_cls = TextEncoder if isinstance(cfg.encoder, TextEncoderConfig) else MaskEncoder
-        self.encoder = encoder_cls(cfg.encoder, rngs=rngs)
+        self.encoder = kind_entry(cfg.kind).encoder(cfg.encoder, rngs=rngs)
         self.expert = UNet(cfg.expert, rngs=rngs)
         self.diffuser = UNet(cfg.diffuser, rngs=rngs) if cfg.diffuser is not None else None
 

@@ -12,29 +12,35 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-# Where each of our components sits inside each official checkpoint type.
-CHECKPOINT_PREFIXES: dict[str, dict[str, str]] = {
-    "vae": {"autoencoder": ""},
-    "mask": {
-        "autoencoder": "first_stage_model.",
-        "modalities.mask.encoder": "cond_stage_model.",
-        "modalities.mask.expert": "model.diffusion_model.",
-    },
-    "text": {
-        "autoencoder": "first_stage_model.",
-        "modalities.text.encoder": "cond_stage_model.",
-        "modalities.text.expert": "model.diffusion_model.",
-    },
-    "codiff": {
-        "autoencoder": "first_stage_model.",
-        "modalities.mask.encoder": "cond_stage_model.seg_mask_cond_stage_model.",
-        "modalities.mask.expert": "model.seg_mask_unet.diffusion_model.",
-        "modalities.mask.diffuser": "model.seg_mask_confidence_predictor.diffusion_model.",
-        "modalities.text.encoder": "cond_stage_model.text_cond_stage_model.",
-        "modalities.text.expert": "model.text_unet.diffusion_model.",
-        "modalities.text.diffuser": "model.text_confidence_predictor.diffusion_model.",
-    },
-}
+
+from cdiff_jax.modalities import kind_entry
+
+
+def checkpoint_prefixes(checkpoint_type: str, modality_kinds: dict[str, str]) -> dict[str, str]:
+    """Where each of our components sits inside an official checkpoint of a type (vae, codiff or a kind).
+
+    A uni-modal checkpoint holds the modality of its kind at the top level; the collaborative one holds
+    each modality under the kind's official name (`cdiff_jax.modalities`: mask is `seg_mask`).
+    """
+    if checkpoint_type == "vae":
+        return {"autoencoder": ""}
+    prefixes = {"autoencoder": "first_stage_model."}
+    if checkpoint_type != "codiff":
+        kind_entry(checkpoint_type)  # an unknown type is an error, not an empty map
+        for name, kind in modality_kinds.items():
+            if kind == checkpoint_type:
+                prefixes[f"modalities.{name}.encoder"] = "cond_stage_model."
+                prefixes[f"modalities.{name}.expert"] = "model.diffusion_model."
+        return prefixes
+    for name, kind in modality_kinds.items():
+        official = kind_entry(kind).official_name
+        if official is None:
+            raise ValueError(f"no official collaborative checkpoint holds a {kind} modality ({name!r})")
+        prefixes[f"modalities.{name}.encoder"] = f"cond_stage_model.{official}_cond_stage_model."
+        prefixes[f"modalities.{name}.expert"] = f"model.{official}_unet.diffusion_model."
+        prefixes[f"modalities.{name}.diffuser"] = f"model.{official}_confidence_predictor.diffusion_model."
+    return prefixes
+
 
 # Official keys a converter drops on purpose: training losses, the unused text-logit head.
 IGNORED_KEY_PATTERNS = (re.compile(r"(^|\.)loss\."), re.compile(r"(^|\.)to_logits\."))
@@ -142,7 +148,7 @@ def official_key_map(paths: Iterable[str], checkpoint_type: str, modality_kinds:
     Paths of components that the checkpoint type does not hold (e.g. diffusers when reading a
     uni-modal checkpoint) are left out; the caller decides whether that is an error.
     """
-    prefixes = CHECKPOINT_PREFIXES[checkpoint_type]
+    prefixes = checkpoint_prefixes(checkpoint_type, modality_kinds)
     paths = list(paths)
     by_component: dict[str, list[str]] = {}
     for path in paths:

@@ -1,16 +1,19 @@
-"""CelebA-HQ multi-modal training data (face image, parsing mask, caption) as a TFDS dataset.
+"""CelebA-HQ multi-modal training data (face image, parsing mask, caption, scribble) as a TFDS dataset.
 
 The builder reads the authors' release layout from the manual dir::
 
     image/<name>.jpg|.png                          square face images, any size
     text/captions_hq_beard_and_age_2022-08-19.json {"<name>.jpg": {"Beard_and_Age": "..."}, ...}
     mask/<name>.pt | mask/<name>.png               one-hot LongTensor [19, 1024] or a label PNG
+    scribble/<name>.png                            optional: line drawings, white lines on black
 
 and writes array_record files, which grain reads by index. Everything here works without TensorFlow:
 images are handed to ``tfds.features.Image`` as PIL images (TFDS then encodes them with PIL, while
 numpy arrays would need ``tf.image``), and reading back goes through ``as_data_source`` (numpy decoding,
 which returns the ``caption`` and ``name`` text features as UTF-8 bytes).
 The split is the reference's: the last ``test_size`` keys of the caption JSON are the test split.
+Without a ``scribble/`` folder each scribble is the line drawing of the 32x32 mask's class boundaries,
+a stand-in until real edge maps are put there.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cdiff_jax.weights.state_dict_io import read_tensor
 from cdiff_jax.data.masks import MASK_SIZE, NUM_CLASSES, load_label_map, resize_label_map
+from cdiff_jax.data.scribbles import SCRIBBLE_SIZE, load_strokes, resize_strokes, scribble_from_labels
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,16 @@ def _load_mask(path: pathlib.Path) -> np.ndarray:
     return onehot.argmax(axis=0).reshape(MASK_SIZE, MASK_SIZE).astype(np.uint8)
 
 
+def _load_scribble(path: pathlib.Path) -> np.ndarray:
+    """uint8 [SCRIBBLE_SIZE, SCRIBBLE_SIZE], 255 on strokes, from a line-drawing PNG of any size."""
+    return np.where(resize_strokes(load_strokes(path), SCRIBBLE_SIZE), np.uint8(255), np.uint8(0))
+
+
+def _scribble_of_mask(labels: np.ndarray) -> np.ndarray:
+    """The line drawing of a label map's class boundaries at SCRIBBLE_SIZE (the stand-in scribble)."""
+    return scribble_from_labels(resize_label_map(labels, SCRIBBLE_SIZE))
+
+
 class CelebAMultiModal(tfds.core.GeneratorBasedBuilder):
     """CelebA-HQ images with face-parsing masks and captions, as used to train Collaborative Diffusion.
 
@@ -138,11 +152,13 @@ class CelebAMultiModal(tfds.core.GeneratorBasedBuilder):
     """
 
     name = "celeba_multimodal"
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "a scribble (line drawing) per example", "1.0.0": "image, mask and caption"}
     BUILDER_CONFIGS = [_make_config(256, DEFAULT_TEST_SIZE), _make_config(512, DEFAULT_TEST_SIZE)]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download the CelebA-HQ multi-modal data of Collaborative Diffusion and place image/, text/ "
-        "(the caption JSON) and mask/ (<id>.pt one-hot tensors or <id>.png label maps) in the manual dir."
+        "(the caption JSON) and mask/ (<id>.pt one-hot tensors or <id>.png label maps) in the manual dir, "
+        "and optionally scribble/ (<id>.png line drawings, white lines on black)."
     )
 
     def __init__(self, *, resolution: int | None = None, test_size: int | None = None,
@@ -177,6 +193,7 @@ class CelebAMultiModal(tfds.core.GeneratorBasedBuilder):
                 "image": tfds.features.Image(shape=(r, r, 3), encoding_format="png"),
                 "mask": tfds.features.Tensor(shape=(MASK_SIZE, MASK_SIZE), dtype=np.uint8),
                 "caption": tfds.features.Text(),
+                "scribble": tfds.features.Tensor(shape=(SCRIBBLE_SIZE, SCRIBBLE_SIZE), dtype=np.uint8),
                 "name": tfds.features.Text(),
             }),
             metadata=tfds.core.MetadataDict(),
@@ -219,11 +236,15 @@ class CelebAMultiModal(tfds.core.GeneratorBasedBuilder):
 
     def _load_example(self, root: pathlib.Path, name: str, caption) -> dict:
         stem = pathlib.PurePath(name).stem
+        mask = _load_mask(_find_file(root / "mask", stem, MASK_SUFFIXES, "mask"))
+        scribble_dir = root / "scribble"
         return {
             "image": _load_image(_find_file(root / "image", stem, IMAGE_SUFFIXES, "image"),
                                  self.builder_config.resolution),
-            "mask": _load_mask(_find_file(root / "mask", stem, MASK_SUFFIXES, "mask")),
+            "mask": mask,
             "caption": _caption_text(caption),
+            "scribble": (_load_scribble(_find_file(scribble_dir, stem, (".png",), "scribble"))
+                         if scribble_dir.is_dir() else _scribble_of_mask(mask)),
             "name": name,
         }
 
@@ -252,7 +273,7 @@ def data_sources(data_dir, *, resolution: int = DEFAULT_RESOLUTION, test_size: i
 def main(argv=None) -> int:
     """``python -m cdiff_jax.data.celeba_multimodal MANUAL_DIR DATA_DIR``: prepare the dataset for train.py."""
     p = argparse.ArgumentParser(description="Prepare the CelebA-HQ multi-modal TFDS dataset from the release files.")
-    p.add_argument("manual_dir", help="folder with image/, text/ (caption JSON) and mask/")
+    p.add_argument("manual_dir", help="folder with image/, text/ (caption JSON), mask/ and optionally scribble/")
     p.add_argument("data_dir", help="TFDS data dir to write (the training config's data_dir)")
     p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
     p.add_argument("--test-size", type=int, default=DEFAULT_TEST_SIZE, help="last N caption keys form the test split")

@@ -15,26 +15,25 @@ import grain
 import numpy as np
 from absl import flags
 
-from cdiff_jax.data.masks import one_hot_mask
-from cdiff_jax.text.tokenizer import caption_tokenizer
+from cdiff_jax.modalities import KINDS
 
 
 class ToModelInputs(grain.transforms.Map):
-    """``{image uint8 [R,R,3], mask uint8 [32,32], caption}`` -> what the experts are trained on.
+    """``{image uint8 [R,R,3], mask uint8 [32,32], caption, scribble uint8 [64,64]}`` -> model inputs.
 
-    ``image`` float32 in [-1, 1], ``mask`` the reference's float32 one-hot [19, 1024], ``tokens`` int32 [77]
-    of the lower-cased caption (as the reference's dataset lower-cases it before tokenizing).
+    ``image`` float32 in [-1, 1], and under each kind's batch key what its expert is trained on, parsed
+    as its row in `cdiff_jax.modalities` parses user input with the default encoder config: ``mask``
+    the reference's float32 one-hot [19, 1024], ``tokens`` int32 [77] of the lower-cased caption (as
+    the reference's dataset lower-cases it before tokenizing), ``scribble`` float32 [3, 1024] stroke
+    tokens. A kind whose field the examples lack (data prepared before it existed) is left out.
     """
 
     def map(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        caption = example["caption"]
-        if isinstance(caption, bytes):
-            caption = caption.decode("utf-8")
-        return {
-            "image": np.asarray(example["image"], np.float32) / 127.5 - 1.0,
-            "mask": one_hot_mask(example["mask"]),
-            "tokens": caption_tokenizer().encode([caption.lower()]).ids[0].astype(np.int32),
-        }
+        inputs = {"image": np.asarray(example["image"], np.float32) / 127.5 - 1.0}
+        for kind in KINDS.values():
+            if kind.example_field in example:
+                inputs[kind.batch_key] = kind.parse([example[kind.example_field]], kind.config())[0]
+        return inputs
 
 
 class GlobalBatchSampler:

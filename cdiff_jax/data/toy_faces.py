@@ -1,7 +1,8 @@
 """Procedural "toy faces": a small multi-modal face dataset we make ourselves, for CPU training and tests.
 
-Each example is a 64x64 RGB image, a 64x64 CelebAMask-HQ label map and a caption, and -- as in the
-real CelebA multi-modal data -- the modalities are complementary:
+Each example is a 64x64 RGB image, a 64x64 CelebAMask-HQ label map, a caption and a 64x64 scribble
+(the line drawing of the label map's class boundaries, DDGI's second visual input), and -- as in the
+real CelebA multi-modal data -- the caption complements the layout:
 
 * the label map fixes the layout: face shape, head position and turn, hair style, eyes, brows, nose,
   mouth open or closed, optional hat, eyeglasses, earrings and necklace, neck and cloth;
@@ -19,7 +20,8 @@ the seed is split into independent streams (layout, caption attributes, colours,
 overriding the beard or age changes only the beard or age, never the layout or the other colours.
 
 ``python -m cdiff_jax.data.toy_faces OUT_DIR --count N --seed S [--preview grid.png]`` writes the
-authors' layout (image/, mask/, text/) that ``cdiff_jax.data.celeba_multimodal`` builds into TFDS.
+authors' layout (image/, mask/, text/, plus scribble/) that ``cdiff_jax.data.celeba_multimodal`` builds
+into TFDS.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cdiff_jax.data.celeba_multimodal import CAPTION_KEY, CAPTIONS_JSON
 from cdiff_jax.data.masks import CLASS_NAMES, colorize, save_label_png
+from cdiff_jax.data.scribbles import scribble_from_labels
 
 IMAGE_SIZE = 64
 BEARD_LENGTHS = ("none", "short", "medium", "long")
@@ -615,7 +618,7 @@ def _check_choice(name: str, value, names: tuple[str, ...]) -> int:
 
 
 def make_example(seed: int, beard: int | None = None, age: int | None = None) -> dict:
-    """One toy face: ``{"image", "labels", "caption", "attributes"}``, a pure function of the arguments.
+    """One toy face: ``{"image", "labels", "caption", "scribble", "attributes"}``, a pure function of the arguments.
 
     ``beard`` / ``age`` override the sampled values; the label map and all other colours stay the same,
     which is how the tests prove that beard and age live only in the image and the caption.
@@ -632,6 +635,7 @@ def make_example(seed: int, beard: int | None = None, age: int | None = None) ->
         "image": _render_image(labels, lay, look, beard, age, tex),
         "labels": labels,
         "caption": _caption(beard, age, template, phrase),
+        "scribble": scribble_from_labels(labels),
         "attributes": {
             "seed": int(seed),
             "beard": beard,
@@ -682,7 +686,8 @@ def _write_json(path: pathlib.Path, obj) -> None:
 def write_dataset(root, count: int, seed: int = 0) -> pathlib.Path:
     """Write ``count`` toy faces in the authors' CelebA multi-modal layout under ``root``.
 
-    ``image/<i>.png``, ``mask/<i>.png`` (palette label PNGs), ``text/<captions json>`` in index order
+    ``image/<i>.png``, ``mask/<i>.png`` (palette label PNGs), ``scribble/<i>.png`` (white lines on black),
+    ``text/<captions json>`` in index order
     (the builder's test split is its last keys) and ``attributes.json`` for evaluation. The caption JSON
     is written last: the builder reads the example list from it, so a crashed run is never mistaken for
     a complete dataset. Counts of ``PROGRESS_EVERY`` or more print a progress line per that many examples.
@@ -697,6 +702,7 @@ def write_dataset(root, count: int, seed: int = 0) -> pathlib.Path:
         name = f"{i}.png"
         _write_atomic(root / "image" / name, _png_bytes(Image.fromarray(example["image"])))
         save_label_png(root / "mask" / name, example["labels"])
+        _write_atomic(root / "scribble" / name, _png_bytes(Image.fromarray(example["scribble"])))
         captions[name] = {CAPTION_KEY: example["caption"]}
         attributes[name] = example["attributes"]
         if count >= PROGRESS_EVERY and (i + 1) % PROGRESS_EVERY == 0:
@@ -733,8 +739,8 @@ def preview_grid(examples: list[dict], columns: int = 4, scale: int = 2) -> Imag
 
 def main(argv=None) -> int:
     """``python -m cdiff_jax.data.toy_faces OUT_DIR --count N --seed S [--preview PATH]``."""
-    p = argparse.ArgumentParser(description="Write a procedural toy-face dataset (image, mask, caption).")
-    p.add_argument("out_dir", help="dataset root; gets image/, mask/, text/ and attributes.json")
+    p = argparse.ArgumentParser(description="Write a procedural toy-face dataset (image, mask, caption, scribble).")
+    p.add_argument("out_dir", help="dataset root; gets image/, mask/, scribble/, text/ and attributes.json")
     p.add_argument("--count", type=int, default=1000, help="number of examples")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; example i uses example_seed(seed, i)")
     p.add_argument("--preview", help="also write a PNG grid of the first 32 examples with their masks")

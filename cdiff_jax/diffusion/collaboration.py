@@ -1,8 +1,8 @@
 """How modalities share the noise prediction: per-pixel weights from influence logits.
 
 Training (and the plain mode) uses a softmax across modalities. The released samplers add a
-hand-set prior on top, `Reweighting`: the weight of the spatial modalities (the mask) is
-decayed with the timestep, the other modalities take what is left, then the spatial weight
+hand-set prior on top, `Reweighting`: the weight of the spatial modalities (the mask, and any
+kind the table `cdiff_jax.modalities` marks spatial) is decayed with the timestep, the other modalities take what is left, then the spatial weight
 is multiplied by `scale` and all are renormalised. It is an explicit argument here; the
 reference set it by mutating the model inside its sampler. `EqualWeights` is the fixed
 baseline without influence maps.
@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cdiff_jax.modalities import spatial_names
 
 DECAY_SCHEDULES = ("cosine", "linear", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class Reweighting:
-    """The released inference prior: cosine decay of the mask weight, then a 2x boost."""
+    """The released inference prior: cosine decay of the spatial modalities' weight, then a 2x boost.
+
+    `decayed` names modalities; the default is the released model's mask, and `rule_for_mode` derives
+    it from the modalities' kinds.
+    """
 
     decayed: tuple[str, ...] = ("mask",)
     schedule: str = "cosine"
@@ -43,16 +50,21 @@ class EqualWeights:
 MODES = ("released", "plain", "linear", "equal")
 
 
-def rule_for_mode(mode: str, names, mask_scale: float = 2.0, num_timesteps: int = 1000) -> Reweighting | EqualWeights | None:
-    """The combination rule a sampler's `--mode` names: released (cosine decay of the mask weight, then
-    x mask_scale), linear (linear decay, then x mask_scale), plain (the softmax of training) or equal."""
+def rule_for_mode(mode: str, modalities: Mapping[str, str] | Sequence[str], mask_scale: float = 2.0,
+                  num_timesteps: int = 1000) -> Reweighting | EqualWeights | None:
+    """The combination rule a sampler's `--mode` names: released (cosine decay of the spatial modalities'
+    weight, then x mask_scale), linear (linear decay, then x mask_scale), plain (the softmax of training)
+    or equal. `modalities` maps the sampled modalities' names to their kinds (plain names: see
+    `cdiff_jax.modalities.spatial_names`); without a spatial one, or with only spatial ones, the
+    released and linear modes are the plain softmax."""
     if mode not in MODES:
         raise ValueError(f"collaboration mode {mode!r}: expected one of {MODES}")
     if mode == "equal":
         return EqualWeights()
-    if mode == "plain" or "mask" not in names or len(names) < 2:
+    spatial = spatial_names(modalities)
+    if mode == "plain" or not spatial or len(spatial) == len(modalities):
         return None
-    return Reweighting(schedule="cosine" if mode == "released" else "linear", scale=mask_scale,
+    return Reweighting(decayed=spatial, schedule="cosine" if mode == "released" else "linear", scale=mask_scale,
                        num_timesteps=num_timesteps)
 
 

@@ -13,10 +13,11 @@ import jax.numpy as jnp
 from cdiff_jax.conditions import null_condition
 from cdiff_jax.diffusion.denoiser import encode_conditions, predict
 from cdiff_jax.diffusion.schedule import Schedule, q_sample
+from cdiff_jax.modalities import KINDS, kind_entry
 from cdiff_jax.system import LatentDiffusionSystem
 
 # Which batch field (from cdiff_jax.data.pipeline) conditions each kind of modality.
-BATCH_KEYS = {"text": "tokens", "mask": "mask"}
+BATCH_KEYS = {kind: entry.batch_key for kind, entry in KINDS.items()}
 
 
 def eps_loss(
@@ -56,16 +57,25 @@ def diffusion_loss(
     key: jax.Array,
     condition_dropout: float = 0.0,
 ) -> jax.Array:
-    """The training loss of a pipeline batch {"image": [-1, 1] NHWC, "tokens": ids, "mask": one-hot}."""
+    """The training loss of a pipeline batch {"image": [-1, 1] NHWC, and each modality's batch field}."""
     k_post, k_t, k_noise, k_drop = jax.random.split(key, 4)
     images = batch["image"]
     posterior_noise = jax.random.normal(k_post, images.shape[:1] + _latent_shape(system, images), images.dtype)
     z0 = jax.lax.stop_gradient(system.autoencoder.encode_latent(images, posterior_noise))
-    conditions = {name: batch[BATCH_KEYS[m.kind]] for name, m in system.cfg.modalities.items()}
+    conditions = {name: batch[condition_key(batch, m.kind)] for name, m in system.cfg.modalities.items()}
     conditions = drop_conditions(system, conditions, condition_dropout, k_drop)
     t = jax.random.randint(k_t, (images.shape[0],), 0, schedule.num_timesteps)
     noise = jax.random.normal(k_noise, z0.shape, z0.dtype)
     return eps_loss(system, schedule, z0, encode_conditions(system, conditions), t, noise)[0]
+
+
+def condition_key(batch: dict, kind: str) -> str:
+    """The batch field of a kind, checked to be there (a dataset built before the kind existed lacks it)."""
+    key = kind_entry(kind).batch_key
+    if key not in batch:
+        raise ValueError(f"the batch has no {key!r} field for the {kind} modality (it has {sorted(batch)}); "
+                       f"rebuild the dataset with a {kind_entry(kind).example_field!r} field per example")
+    return key
 
 
 def _latent_shape(system: LatentDiffusionSystem, images: jax.Array) -> tuple[int, int, int]:

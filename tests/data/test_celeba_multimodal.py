@@ -11,6 +11,7 @@ from PIL import Image
 from cdiff_jax.data.celeba_multimodal import BadExampleError, CelebAMultiModal, build_dataset, data_sources, main
 from cdiff_jax.data.masks import one_hot_mask, resize_label_map, save_label_png
 from cdiff_jax.data.pipeline import make_loader
+from cdiff_jax.data.scribbles import SCRIBBLE_SIZE, scribble_from_labels
 
 # JSON order differs from name order, so "the last keys are the test split" is really about key order.
 ORDER = [3, 0, 7, 1, 5, 2, 6, 4]
@@ -108,6 +109,9 @@ def test_example_contents(built):
             assert ex["mask"].dtype == np.uint8
             np.testing.assert_array_equal(ex["mask"], labels, err_msg=str(ex["name"]))
             assert ex["caption"] == caption.encode()  # TFDS decodes Text features to UTF-8 bytes
+            # No scribble/ folder: the stand-in drawing of the mask's class boundaries.
+            assert ex["scribble"].dtype == np.uint8 and ex["scribble"].shape == (SCRIBBLE_SIZE, SCRIBBLE_SIZE)
+            np.testing.assert_array_equal(ex["scribble"], scribble_from_labels(resize_label_map(labels, SCRIBBLE_SIZE)))
 
 
 def test_loader_over_tfds_source(built):
@@ -115,6 +119,7 @@ def test_loader_over_tfds_source(built):
     batch = next(iter(make_loader(sources["train"], global_batch=3, seed=0, process_index=0, process_count=1)))
     assert batch["image"].shape == (3, RES, RES, 3) and batch["image"].dtype == np.float32
     assert batch["mask"].shape == (3, 19, 1024) and batch["tokens"].shape == (3, 77)
+    assert batch["scribble"].shape == (3, 3, 1024) and batch["scribble"].dtype == np.float32
     by_image = {ex["image"].tobytes(): ex for ex in sources["train"]}
     for image, mask in zip(batch["image"], batch["mask"]):
         ex = by_image[np.round((image + 1) * 127.5).astype(np.uint8).tobytes()]
@@ -139,11 +144,23 @@ def _break(root, case):
     if case == "not one-hot":
         write_tensor_pt(root / "mask" / "6.pt", np.ones((19, 1024), np.int64))
         return "6.jpg", "not one-hot"
+    if case == "missing scribble":  # with a scribble/ folder, every example needs its drawing
+        (root / "scribble").mkdir()
+        for i in ORDER:
+            if i != 1:
+                Image.fromarray(np.zeros((RES, RES), np.uint8)).save(root / "scribble" / f"{i}.png")
+        return "1.jpg", "missing scribble"
+    if case == "white scribble":
+        (root / "scribble").mkdir()
+        for i in ORDER:
+            Image.fromarray(np.full((RES, RES), 255 if i == 4 else 0, np.uint8)).save(root / "scribble" / f"{i}.png")
+        return "4.jpg", "mostly white"
     (root / "image" / "2.jpg").write_bytes(b"not a jpeg")
     return "2.jpg", "cannot read image"
 
 
-@pytest.mark.parametrize("case", ["missing image", "wrong mask shape", "not one-hot", "unreadable image"])
+@pytest.mark.parametrize("case", ["missing image", "wrong mask shape", "not one-hot", "unreadable image",
+                                  "missing scribble", "white scribble"])
 def test_bad_example_raises_naming_it(tmp_path, case):
     write_manual_dir(tmp_path / "manual", np.random.default_rng(1))
     name, problem = _break(tmp_path / "manual", case)

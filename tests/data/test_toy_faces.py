@@ -9,6 +9,7 @@ from PIL import Image
 from cdiff_jax.data import toy_faces as T
 from cdiff_jax.data.celeba_multimodal import CAPTIONS_JSON, build_dataset, data_sources
 from cdiff_jax.data.masks import CLASS_NAMES, NUM_CLASSES, load_label_map, resize_label_map
+from cdiff_jax.data.scribbles import scribble_from_labels
 
 SEEDS = range(300)
 
@@ -29,6 +30,15 @@ def test_same_seed_same_example_and_different_seeds_differ():
     a, b = T.make_example(7), T.make_example(8)
     assert not np.array_equal(a["image"], b["image"])
     assert not np.array_equal(a["labels"], b["labels"])
+
+
+def test_scribble_is_the_line_drawing_of_the_label_map(examples):
+    for ex in examples:
+        assert ex["scribble"].shape == (T.IMAGE_SIZE, T.IMAGE_SIZE) and ex["scribble"].dtype == np.uint8
+        np.testing.assert_array_equal(ex["scribble"], scribble_from_labels(ex["labels"]))
+        assert 0.02 < (ex["scribble"] > 0).mean() < 0.5  # a drawing, neither empty nor solid
+    np.testing.assert_array_equal(T.make_example(5)["scribble"], T.make_example(5)["scribble"])
+    np.testing.assert_array_equal(T.make_example(5, beard=3, age=5)["scribble"], T.make_example(5)["scribble"])
 
 
 def test_class_ids_follow_class_names():
@@ -175,6 +185,7 @@ def test_write_dataset_builds_and_reads_back(tmp_path):
     for name, ex in expected.items():
         assert captions[name] == {"Beard_and_Age": ex["caption"]} and attributes[name] == ex["attributes"]
         np.testing.assert_array_equal(load_label_map(root / "mask" / name), ex["labels"])
+        np.testing.assert_array_equal(np.asarray(Image.open(root / "scribble" / name)), ex["scribble"])
 
     build_dataset(root, tmp_path / "tfds", resolution=64, test_size=2)
     sources = data_sources(tmp_path / "tfds", resolution=64, test_size=2)
@@ -185,6 +196,7 @@ def test_write_dataset_builds_and_reads_back(tmp_path):
             np.testing.assert_array_equal(record["image"], ex["image"])
             np.testing.assert_array_equal(record["mask"], resize_label_map(ex["labels"], 32))
             assert record["caption"] == ex["caption"].encode()
+            np.testing.assert_array_equal(record["scribble"], ex["scribble"])
 
 
 def test_write_dataset_rejects_bad_count(tmp_path):
