@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-
 from cdiff_jax.modalities import kind_entry
 
 
