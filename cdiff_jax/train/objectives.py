@@ -14,6 +14,7 @@ from cdiff_jax.conditions import null_condition
 from cdiff_jax.diffusion.denoiser import encode_conditions, predict
 from cdiff_jax.diffusion.schedule import Schedule, q_sample
 from cdiff_jax.system import LatentDiffusionSystem
+from cdiff_jax.requests import latent_shape
 
 # Which batch field (from cdiff_jax.data.pipeline) conditions each kind of modality.
 BATCH_KEYS = {"text": "tokens", "mask": "mask"}
@@ -59,7 +60,8 @@ def diffusion_loss(
     """The training loss of a pipeline batch {"image": [-1, 1] NHWC, "tokens": ids, "mask": one-hot}."""
     k_post, k_t, k_noise, k_drop = jax.random.split(key, 4)
     images = batch["image"]
-    posterior_noise = jax.random.normal(k_post, images.shape[:1] + _latent_shape(system, images), images.dtype)
+    posterior_noise = jax.random.normal(k_post, images.shape[:1] + latent_shape(system.cfg, *images.shape[1:3]),
+                                        images.dtype)
     z0 = jax.lax.stop_gradient(system.autoencoder.encode_latent(images, posterior_noise))
     conditions = {name: batch[BATCH_KEYS[m.kind]] for name, m in system.cfg.modalities.items()}
     conditions = drop_conditions(system, conditions, condition_dropout, k_drop)
@@ -67,7 +69,3 @@ def diffusion_loss(
     noise = jax.random.normal(k_noise, z0.shape, z0.dtype)
     return eps_loss(system, schedule, z0, encode_conditions(system, conditions), t, noise)[0]
 
-
-def _latent_shape(system: LatentDiffusionSystem, images: jax.Array) -> tuple[int, int, int]:
-    f = system.cfg.autoencoder.downsample_factor
-    return images.shape[1] // f, images.shape[2] // f, system.cfg.autoencoder.embed_dim
