@@ -8,12 +8,15 @@ separate compilation, so the default program neither stores nor recompiles for t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import time
+import itertools
+import threading
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
@@ -31,7 +34,6 @@ class SamplerSettings:
     reweighting: Reweighting | EqualWeights | None = Reweighting()  # None: the plain softmax of training
     guided: tuple[str, ...] = ()  # modalities with classifier-free guidance
     record: bool = False
-    progress: bool = False
 
 
 @struct.dataclass
@@ -54,6 +56,21 @@ class SampleResult:
     trajectory: Trajectory | None
 
 
+class NonFiniteSamples(RuntimeError):
+    """Sampling produced NaN or infinite latents: broken weights or an unstable setting, never a picture."""
+
+
+def require_finite(samples: jax.Array) -> np.ndarray:
+    """`samples` [B, ...] (latents or images) on the host, or NonFiniteSamples naming how many broke
+    (they would be saved as black PNGs)."""
+    samples = np.asarray(samples)
+    finite = np.isfinite(samples).reshape(samples.shape[0], -1).all(axis=1)
+    if not finite.all():
+        raise NonFiniteSamples(f"{int((~finite).sum())} of {finite.size} samples are not finite (NaN or inf); "
+                               "check the checkpoint's weights, or lower --guidance and --mask-scale")
+    return samples
+
+
 def sample(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -65,21 +82,22 @@ def sample(
     step_noise: jax.Array | None = None,
     guidance_scales: dict[str, jax.Array] | None = None,
     null_conditions: dict[str, jax.Array] | None = None,
+    on_step: StepReporter | None = None,
 ) -> SampleResult:
     """Sample latents and images for `conditions` (token ids / one-hot masks per modality).
 
     Noise of each step comes from `key`, or from `step_noise` [S, *x_T.shape] when given
     (to replay a reference run). Guidance scales and null conditions are needed for the
-    modalities named in `settings.guided`.
+    modalities named in `settings.guided`. `on_step(done, total)` is called after every
+    compiled step (e.g. a `cdiff_jax.progress.SamplingBar`); the call then waits for the result.
     """
     guided = set(settings.guided)
     if guided - set(conditions):
         raise ValueError(f"guided modalities {sorted(guided)} are not all among the conditions {sorted(conditions)}")
     if guided and (not guidance_scales or not null_conditions or guided - set(null_conditions)):
         raise ValueError("classifier-free guidance needs a scale and a null condition for every guided modality")
-    return _sample_program(
-        graphdef, state, conditions, {}, x_T, key, step_noise, guidance_scales or {}, null_conditions or {}, settings
-    )
+    return _run(on_step, graphdef, state, conditions, {}, x_T, key, step_noise, guidance_scales or {},
+                null_conditions or {}, settings)
 
 
 def sample_from_contexts(
@@ -91,17 +109,55 @@ def sample_from_contexts(
     settings: SamplerSettings = SamplerSettings(),
     *,
     step_noise: jax.Array | None = None,
+    on_step: StepReporter | None = None,
 ) -> SampleResult:
     """`sample` from cross-attention contexts given directly (edited or interpolated embeddings),
     which the experts and the diffusers see instead of encoded conditions. No guidance."""
     if settings.guided:
         raise ValueError("classifier-free guidance needs conditions to encode null ones from; use `sample`")
-    return _sample_program(graphdef, state, {}, contexts, x_T, key, step_noise, {}, {}, settings)
+    return _run(on_step, graphdef, state, {}, contexts, x_T, key, step_noise, {}, {}, settings)
+
+
+# --- progress from inside the compiled loop -----------------------------------------------------
+# Each step reports through `jax.debug.callback` (a device-to-host sync per step, negligible next to
+# a denoising step; bench/progress_overhead.py). The program cannot hold a Python callable without
+# compiling one program per callable, so it carries the number of the call's reporter as data: one
+# compiled program serves every reporter, and a call reaches only its own.
+
+StepReporter = Callable[[int, int], None]  # (steps done, steps in all)
+_reporters: dict[int, StepReporter] = {}
+_reporter_numbers = itertools.count()
+_reporters_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _registered(reporter: StepReporter):
+    with _reporters_lock:
+        number = next(_reporter_numbers)
+        _reporters[number] = reporter
+    try:
+        yield jnp.asarray(number, jnp.int32)
+    finally:
+        with _reporters_lock:
+            del _reporters[number]
+
+
+def _report_step(reporter, i, total) -> None:
+    _reporters[int(reporter)](int(i) + 1, int(total))
+
+
+def _run(on_step, *args) -> SampleResult:
+    if on_step is None:
+        return _sample_program(None, *args)
+    with _registered(on_step) as reporter:
+        result = jax.block_until_ready(_sample_program(reporter, *args))
+        jax.effects_barrier()  # every step has reported before the reporter is dropped
+    return result
 
 
 @jax.jit(static_argnames=("graphdef", "settings"))
-def _sample_program(graphdef, state, conditions, contexts, x_T, key, step_noise, guidance_scales, null_conditions,
-                    settings):
+def _sample_program(reporter, graphdef, state, conditions, contexts, x_T, key, step_noise, guidance_scales,
+                    null_conditions, settings):
     system = nnx.merge(graphdef, state)
     contexts = contexts or encode_conditions(system, conditions)
     guidance = _guidance(system, contexts, guidance_scales, null_conditions, settings.guided)
@@ -116,8 +172,8 @@ def _sample_program(graphdef, state, conditions, contexts, x_T, key, step_noise,
             noise = jax.random.normal(noise, x.shape, x.dtype)
         p = predict(system, x, jnp.full((batch,), t), contexts, settings.reweighting, guidance)
         x_prev, pred_x0 = ddim_step(x, p.eps, a_t, a_prev, sigma, s1m, noise)
-        if settings.progress:
-            jax.debug.callback(_report_step, i, num_steps)
+        if reporter is not None:
+            jax.debug.callback(_report_step, reporter, i, num_steps)
         record = None
         if settings.record:
             record = Trajectory(t, x, pred_x0, p.eps, p.expert_eps, p.logits, p.weights)
@@ -144,46 +200,3 @@ def _guidance(system, contexts, scales, null_conditions, guided) -> Guidance | N
             full_null[name] = context
             full_scales[name] = jnp.float32(1.0)
     return Guidance(scales=full_scales, null_contexts=full_null)
-
-
-# --- progress from inside the compiled loop -----------------------------------------------------
-# The loop reports each finished step through a host callback (a device-to-host sync per step,
-# negligible next to a denoising step); whoever samples installs a listener for the duration.
-
-_listeners: list[Callable[[int, int], None]] = []
-
-
-def _report_step(i, total) -> None:
-    for listener in _listeners:
-        listener(int(i) + 1, int(total))
-
-
-class progress_listener:
-    """Context manager: `listener(done, total)` is called after every compiled DDIM step."""
-
-    def __init__(self, listener: Callable[[int, int], None]):
-        self.listener = listener
-
-    def __enter__(self):
-        _listeners.append(self.listener)
-        return self
-
-    def __exit__(self, *exc):
-        _listeners.remove(self.listener)
-
-
-def print_progress(prefix: str = "sampling") -> Callable[[int, int], None]:
-    """A listener printing steps/s and ETA on one updating line (rate timed from the first step,
-    so compilation does not count)."""
-    first: list[float] = []
-
-    def listener(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if not first:
-            first.append(now)
-        rate = (done - 1) / (now - first[0]) if done > 1 else 0.0
-        eta = f"{(total - done) / rate:.0f}s" if rate else "?"
-        end = "\n" if done == total else ""
-        print(f"\r{prefix}: step {done}/{total}  {rate:.2f} steps/s  ETA {eta}", end=end, flush=True)
-
-    return listener

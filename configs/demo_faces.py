@@ -7,10 +7,9 @@ autoencoder's latent scale_factor and latent_shift, and the expert and collab st
 through `init_from`.
 
 The noise schedule is Stable Diffusion's (betas 0.00085..0.012, abar_T = 0.0047), not the released
-models' (0.0015..0.0195, abar_T = 1.4e-4). With the released one, eps errors at the noisiest steps
-are magnified 1/sqrt(abar_t), about 80x, into pred_x0, and experts of this size trained for 1000
-steps sampled noise from pure noise (measured: parser mask accuracy 0.657 of the samples, at chance);
-with this one the same training gives faces (0.833). See the toy-faces issue note.
+models' (0.0015..0.0195, abar_T = 1.4e-4): the released one magnifies eps errors at the noisiest
+steps 1/sqrt(abar_t), about 80x, into pred_x0, more than experts of this size can afford
+(docs/research_log.md, "Measurement history moved from the code").
 """
 
 from cdiff_jax.config import (

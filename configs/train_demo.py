@@ -1,6 +1,5 @@
-"""Training the shipped demo models (configs/demo_faces.py) on toy faces: every stage, about 2 h 20 min on 2 CPU
-cores (data 1 min, autoencoder 43, the two experts 80 side by side, one core each: `taskset -c 0 ...` and
-`taskset -c 1 ...`, dynamic diffusers 14).
+"""Training the shipped demo models (configs/demo_faces.py) on toy faces: every stage, a few hours on 2 CPU cores
+(the two experts can train side by side, one core each: `taskset -c 0 ...` and `taskset -c 1 ...`).
 
 The exact commands that produced cdiff_jax/demo_models/ (from the repository root):
 
@@ -20,12 +19,9 @@ experts need only the autoencoder). The evaluation's judges came from the same d
 from cdiff_jax.train.config import TrainConfig
 
 RUNS = "runs/demo"
-# The autoencoder at 1600 steps drew a coloured blob over mouth and eyes even in reconstructions; at 4000 it
-# does not (its reconstructions' parser accuracy 0.922 -> 0.942, Frechet distance 65 -> 60).
-# The text expert needs longer: after 1000 steps its loss did not depend on the caption (true,
-# shuffled and empty captions within 0.2% at every t); after 4000 the true caption is 3-6% lower.
-# The mask expert gets the same 4000 so that neither expert wins the weighting by training length:
-# at 1000 vs 4000 its eps error was above the text expert's at every t, layout regions included.
+# Fewer steps left artefacts in the autoencoder and a text expert that ignored its caption; both experts
+# train equally long so that neither wins the weighting by training length (docs/research_log.md,
+# "Measurement history moved from the code").
 STEPS = {"autoencoder": 4000, "expert_text": 4000, "expert_mask": 4000, "collab": 500}
 
 
@@ -36,8 +32,7 @@ def get_config(arg: str = "collab") -> TrainConfig:
     autoencoder = ("autoencoder", f"{RUNS}/autoencoder/system")
     if arg == "autoencoder":
         # L1 + KL only: no LPIPS weights can ship with the repo, and the GAN term is for long runs (LDM
-        # switches it on at step 50k); switched on after a few hundred steps it painted artefacts over
-        # still-blurry reconstructions (measured: try it with --set disc_start=400).
+        # switches it on at step 50k); switched on early it paints artefacts over still-blurry reconstructions.
         return TrainConfig(stage="autoencoder", system="demo_faces.py:text", global_batch=8,
                            base_learning_rate=5e-5, steps=STEPS["autoencoder"], perceptual_weight=0.0,
                            disc_start=10**9, val_every=250, sample_every=500, **common)

@@ -66,7 +66,7 @@ def _lowered(system, steps, conditions, x):
     from cdiff_jax.sampling import _sample_program
 
     graphdef, state = nnx.split(system)
-    return _sample_program.lower(graphdef, state, conditions, {}, x, jax.random.key(0), None, {}, {},
+    return _sample_program.lower(None, graphdef, state, conditions, {}, x, jax.random.key(0), None, {}, {},
                                  SamplerSettings(steps=steps))
 
 
@@ -202,3 +202,28 @@ def test_eight_devices_give_the_same_images_as_one(fixtures_root):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_step_reporters_reach_only_their_own_call_and_share_one_program():
+    from cdiff_jax import sampling
+    from cdiff_jax.config import load_config
+    from cdiff_jax.system import init_system
+
+    system = init_system(load_config("tiny_system.py:text"), seed=0)
+    graphdef, state = nnx.split(system)
+    conditions = {"text": jnp.asarray(caption_tokenizer(system.cfg.modalities["text"].encoder.max_len)
+                                      .encode(["a man"]).ids)}
+    x_T = jnp.zeros((1, system.cfg.latent_size, system.cfg.latent_size, system.cfg.autoencoder.embed_dim))
+    settings = SamplerSettings(steps=4)
+    seen = {"a": [], "b": []}
+    for name in ("a", "b"):
+        sample(graphdef, state, conditions, x_T, jax.random.key(0), settings,
+               on_step=lambda done, total, name=name: seen[name].append((done, total)))
+    assert seen["a"] == seen["b"] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    compiled = sampling._sample_program._cache_size()
+    sample(graphdef, state, conditions, x_T, jax.random.key(0), settings, on_step=lambda done, total: None)
+    assert sampling._sample_program._cache_size() == compiled, "a new reporter compiled a new program"
+    assert not sampling._reporters, "a reporter outlived its call"
+    quiet = sample(graphdef, state, conditions, x_T, jax.random.key(0), settings)
+    assert seen["a"] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # a call without a reporter reports to no one
+    assert np.isfinite(np.asarray(quiet.images)).all()

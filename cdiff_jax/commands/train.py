@@ -6,8 +6,9 @@
 
 (`python train.py ...` in a checkout is the same command.) The data directory must hold the prepared
 TFDS dataset (`python -m cdiff_jax.data.celeba_multimodal MANUAL_DIR DATA_DIR` builds it). A run resumes
-from the latest checkpoint in --workdir; SIGTERM or Ctrl-C saves and exits. On a TPU pod slice run the
-same command on every host with --distributed (see README).
+from the latest checkpoint in --workdir; SIGTERM or Ctrl-C saves and exits with status 128 + the signal (143
+after SIGTERM, as a preempted job: run the same command again to resume). On a TPU pod slice run the same
+command on every host with --distributed (see README).
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS's notes on configs and decoders
 
     from cdiff_jax.config import load_config
+    from cdiff_jax.progress import configure_logging
     from cdiff_jax.train.trainer import TrainingDiverged, train
 
+    configure_logging()
     try:
         cfg = load_config(args.config)
         fields = {f.name for f in dataclasses.fields(cfg)}

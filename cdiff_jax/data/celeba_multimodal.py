@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from cdiff_jax.weights.state_dict_io import read_tensor
 from cdiff_jax.data.masks import MASK_SIZE, NUM_CLASSES, load_label_map, resize_label_map
 from cdiff_jax.data.scribbles import SCRIBBLE_SIZE, load_strokes, resize_strokes, scribble_from_labels
+from cdiff_jax.progress import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,14 @@ class CelebAMultiModal(tfds.core.GeneratorBasedBuilder):
         """``"name: problem"`` for each example skipped by the build (also after reloading the dataset)."""
         return list(self.info.metadata.get("bad_examples", []))
 
+    # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared" around a
+    # build; nothing is downloaded here (the files come from manual_dir), so say what does happen.
+    def _log_download_bytes(self) -> None:
+        log.info("preparing %s from the release files in the manual dir into %s ...", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        log.info("prepared %s in %s", self.name, self.data_dir)
+
     def _info(self) -> tfds.core.DatasetInfo:
         r = self.builder_config.resolution
         return tfds.core.DatasetInfo(
@@ -279,6 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--test-size", type=int, default=DEFAULT_TEST_SIZE, help="last N caption keys form the test split")
     p.add_argument("--skip-bad-examples", action="store_true", help="leave out unusable examples instead of failing")
     args = p.parse_args(argv)
+    configure_logging()
     try:
         builder = build_dataset(args.manual_dir, args.data_dir, resolution=args.resolution,
                                 test_size=args.test_size, skip_bad_examples=args.skip_bad_examples)

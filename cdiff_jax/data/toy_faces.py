@@ -43,13 +43,13 @@ from PIL import Image, ImageDraw, ImageFont
 from cdiff_jax.data.celeba_multimodal import CAPTION_KEY, CAPTIONS_JSON
 from cdiff_jax.data.masks import CLASS_NAMES, colorize, save_label_png
 from cdiff_jax.data.scribbles import scribble_from_labels
+from cdiff_jax.progress import bar, configure_logging, log
 
 IMAGE_SIZE = 64
 BEARD_LENGTHS = ("none", "short", "medium", "long")
 AGE_DECADES = ("twenties", "thirties", "forties", "fifties", "sixties", "seventies")
 HAIR_STYLES = ("none", "short", "long", "fringe")
 ATTRIBUTES_JSON = "attributes.json"
-PROGRESS_EVERY = 1000  # write_dataset reports progress per this many examples (for counts at least this large)
 
 # Class ids, in CLASS_NAMES order.
 (BACKGROUND, SKIN, NOSE, EYE_G, L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR, MOUTH, U_LIP, L_LIP, HAIR, HAT,
@@ -690,14 +690,14 @@ def write_dataset(root, count: int, seed: int = 0) -> pathlib.Path:
     ``text/<captions json>`` in index order
     (the builder's test split is its last keys) and ``attributes.json`` for evaluation. The caption JSON
     is written last: the builder reads the example list from it, so a crashed run is never mistaken for
-    a complete dataset. Counts of ``PROGRESS_EVERY`` or more print a progress line per that many examples.
+    a complete dataset. A progress bar on stderr counts the examples.
     """
     if type(count) is not int or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
     root = pathlib.Path(root)
     captions, attributes = {}, {}
     start = time.monotonic()
-    for i in range(count):
+    for i in bar(range(count), "toy faces", unit="face"):
         example = make_example(example_seed(seed, i))
         name = f"{i}.png"
         _write_atomic(root / "image" / name, _png_bytes(Image.fromarray(example["image"])))
@@ -705,12 +705,9 @@ def write_dataset(root, count: int, seed: int = 0) -> pathlib.Path:
         _write_atomic(root / "scribble" / name, _png_bytes(Image.fromarray(example["scribble"])))
         captions[name] = {CAPTION_KEY: example["caption"]}
         attributes[name] = example["attributes"]
-        if count >= PROGRESS_EVERY and (i + 1) % PROGRESS_EVERY == 0:
-            elapsed = time.monotonic() - start
-            print(f"toy faces: {i + 1}/{count} ({(i + 1) / elapsed:.0f}/s)", file=sys.stderr, flush=True)
     _write_json(root / ATTRIBUTES_JSON, attributes)
     _write_json(root / "text" / CAPTIONS_JSON, captions)
-    print(f"wrote {count} toy faces to {root} in {time.monotonic() - start:.1f}s", file=sys.stderr, flush=True)
+    log.info("wrote %d toy faces to %s in %.1fs", count, root, time.monotonic() - start)
     return root
 
 
@@ -745,6 +742,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="dataset seed; example i uses example_seed(seed, i)")
     p.add_argument("--preview", help="also write a PNG grid of the first 32 examples with their masks")
     args = p.parse_args(argv)
+    configure_logging()
     if args.count < 1:
         p.error("--count must be at least 1")
     root = write_dataset(args.out_dir, args.count, args.seed)

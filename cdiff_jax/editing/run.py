@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import pathlib
 import sys
 
@@ -32,27 +33,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from PIL import Image, UnidentifiedImageError
 
-from cdiff_jax import conditions as cond
-from cdiff_jax import viz
-from cdiff_jax.checkpoint import NotACheckpointError, load_arrays, load_config, load_system, save_arrays
+from cdiff_jax import latents, requests, viz
+from cdiff_jax.checkpoint import load_arrays, load_system, save_arrays
 from cdiff_jax.diffusion.collaboration import MODES, rule_for_mode
-from cdiff_jax.diffusion.ddim import ddim_timesteps
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.editing.imagic import ImagicSettings, finetune_expert, optimise_embedding
 from cdiff_jax.editing.sweep import alpha_sweep
-from cdiff_jax.sampling import SamplerSettings
-from cdiff_jax.train.metrics import ProgressLine
+from cdiff_jax.progress import SamplingBar, bar, configure_logging, log
+from cdiff_jax.requests import UsageError
+from cdiff_jax.sampling import NonFiniteSamples, SamplerSettings, require_finite
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[1]
-DEMO_CHECKPOINT = PACKAGE / "demo_models" / "collab"
 # The collaborative editing script's sweep.
 DEFAULT_ALPHAS = "0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1,1.125,1.25,1.375,1.5,1.625,1.75,1.875,2,2.5"
 
-
-class UsageError(ValueError):
-    pass
+# The edit's random streams, each folded out of the seed's key by its own number, so that a stage's
+# numbers do not depend on which other stages ran (a resumed edit draws what an uninterrupted one did)
+# and adding a modality does not change the others' draws.
+POSTERIOR_STREAM = 0  # the input image's latent, drawn once
+MODALITY_STREAMS = 1  # modality i's stages draw from stream MODALITY_STREAMS + i ...
+STAGE_A_STREAM, STAGE_B_STREAM = 0, 1  # ... folded again: stage A, stage B
+START_NOISE_STREAM = 1000  # the sweep's x_T; far above any modality's stream
+STEP_NOISE_STREAM = 1001  # the sweep's per-step noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,46 +78,39 @@ class SweepRequest:
 
 def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> pathlib.Path:
     """Run (or resume) the edit in `out` and write the sweep; returns the sweep's directory."""
-    out = pathlib.Path(out)
     cfg, image, conditions = validate(request, sweep)
+    out = requests.output_folder(out, is_ours=lambda p: (p / "edit.json").is_file())
     _claim(out, edit_identity(request, cfg))
     system = load_system(request.checkpoint)
     schedule = make_schedule(cfg.schedule)
     key = jax.random.key(request.seed)
     autoencoder = nnx.split(system.autoencoder)
+    latent = requests.latent_shape(cfg, *image.shape[1:3])
     # The reference edits a posterior sample of the image's latent, drawn once.
-    z0 = _encode_latent(*autoencoder, image, jax.random.normal(jax.random.fold_in(key, 0),
-                                                               (1,) + _latent_shape(cfg, image), image.dtype))
+    z0 = latents.encode_latent(*autoencoder, image, jax.random.normal(jax.random.fold_in(key, POSTERIOR_STREAM),
+                                                                      (1,) + latent, image.dtype))
     viz.save_png(out / "input.png", viz.to_uint8(np.asarray(image[0])))
-    viz.save_png(out / "reconstruction.png", viz.to_uint8(np.asarray(_decode_latent(*autoencoder, z0)[0])))
+    viz.save_png(out / "reconstruction.png", viz.to_uint8(np.asarray(latents.decode_latent(*autoencoder, z0)[0])))
 
     targets, optimised = {}, {}
     for index, (name, condition) in enumerate(conditions.items()):
         modality = system.modalities[name]
-        stage_key = jax.random.fold_in(key, index + 1)
+        stage_key = jax.random.fold_in(key, MODALITY_STREAMS + index)
         targets[name], optimised[name] = _stage_a(out / name, modality, condition, schedule, z0,
-                                                   jax.random.fold_in(stage_key, 0), request.imagic)
+                                                   jax.random.fold_in(stage_key, STAGE_A_STREAM), request.imagic)
         tuned = _stage_b(out / name, modality.expert, schedule, z0, optimised[name],
-                         jax.random.fold_in(stage_key, 1), request.imagic)
+                         jax.random.fold_in(stage_key, STAGE_B_STREAM), request.imagic)
         nnx.update(modality.expert, tuned)
 
     settings = SamplerSettings(steps=sweep.steps, eta=sweep.eta, reweighting=rule_for_mode(
         sweep.mode, list(targets), sweep.mask_scale, cfg.schedule.timesteps))
-    x_T = jax.random.normal(jax.random.fold_in(key, 1000), (sweep.batch,) + _latent_shape(cfg, image))
-    print(f"sampling {len(next(iter(sweep.alphas.values())))} alphas x {sweep.batch} ...", flush=True)
-    images = alpha_sweep(system, targets, optimised, {n: np.asarray(sweep.alphas[n]) for n in targets}, x_T,
-                         jax.random.fold_in(key, 1001), settings)
+    x_T = jax.random.normal(jax.random.fold_in(key, START_NOISE_STREAM), (sweep.batch,) + latent)
+    log.info("sampling %d alphas x %d ...", len(next(iter(sweep.alphas.values()))), sweep.batch)
+    with SamplingBar("sweep") as progress:
+        images = alpha_sweep(system, targets, optimised, {n: np.asarray(sweep.alphas[n]) for n in targets}, x_T,
+                             jax.random.fold_in(key, STEP_NOISE_STREAM), settings, on_step=progress)
+    require_finite(images.reshape((-1,) + images.shape[2:]))
     return _write_sweep(out, request, sweep, viz.to_uint8(images))
-
-
-@jax.jit(static_argnames=("graphdef",))
-def _encode_latent(graphdef, state, image, noise):
-    return nnx.merge(graphdef, state).encode_latent(image, noise)
-
-
-@jax.jit(static_argnames=("graphdef",))
-def _decode_latent(graphdef, state, z):
-    return nnx.merge(graphdef, state).decode_latent(z)
 
 
 def validate(request: EditRequest, sweep: SweepRequest):
@@ -123,71 +118,27 @@ def validate(request: EditRequest, sweep: SweepRequest):
     [1, H, W, 3] and the encoded target condition of each modality (token ids or a one-hot mask)."""
     if not request.targets:
         raise UsageError("give the edit's target: --text, --mask or both")
-    try:
-        cfg = load_config(request.checkpoint)
-    except NotACheckpointError as err:
-        raise UsageError(str(err)) from None
-    conditions = {}
-    for name, target in request.targets.items():
-        if name not in cfg.modalities:
-            raise UsageError(f"the checkpoint has no {name} modality (it has {sorted(cfg.modalities)}); drop --{name}")
-        modality = cfg.modalities[name]
-        if modality.kind == "text":
-            if not target.strip():
-                raise UsageError("--text is empty; give the target caption or leave out --text")
-            conditions[name] = cond.encode_captions([target], modality.encoder).ids
-        else:
-            try:
-                conditions[name] = cond.encode_masks([target], modality.encoder)
-            except (FileNotFoundError, ValueError) as err:
-                raise UsageError(f"--mask: {err}") from None
-    if len(request.targets) > 1 and not all(cfg.modalities[n].diffuser for n in request.targets):
-        raise UsageError("editing with two conditions needs a collaborative checkpoint (with dynamic diffusers)")
+    cfg = requests.checkpoint_config(request.checkpoint)
+    conditions, _ = requests.conditions(cfg, request.targets)
     lengths = {n: len(sweep.alphas.get(n, ())) for n in request.targets}
     if len(set(lengths.values())) != 1 or not min(lengths.values()):
         raise UsageError(f"every edited modality needs the same, non-zero number of alphas; got {lengths}")
-    if sweep.mode not in MODES:
-        raise UsageError(f"--mode {sweep.mode!r}: expected one of {MODES}")
-    if sweep.batch < 1:
-        raise UsageError("--batch must be at least 1")
+    if not all(math.isfinite(a) for n in request.targets for a in sweep.alphas[n]):
+        raise UsageError("--alphas must be finite numbers")
+    requests.mode(sweep.mode)
+    requests.batch(sweep.batch)
+    requests.eta(sweep.eta)
+    requests.mask_scale(sweep.mask_scale)
+    requests.steps(sweep.steps, cfg.schedule.timesteps)
     for stage in ("embedding", "finetune"):
         if getattr(request.imagic, f"{stage}_iterations") < 0:
             raise UsageError(f"--{stage}-iterations must not be negative")
+        if not math.isfinite(getattr(request.imagic, f"{stage}_lr")):
+            raise UsageError(f"--{stage}-lr must be a finite number")
     if request.imagic.chunk < 1:
         raise UsageError("--chunk must be at least 1")
-    try:
-        ddim_timesteps(cfg.schedule.timesteps, sweep.steps)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    return cfg, load_image(request.image, _size_multiple(cfg, request.targets)), conditions
-
-
-def load_image(path: str, multiple: int) -> jax.Array:
-    """The input face as [1, H, W, 3] in [-1, 1], unresized like the reference; H and W must be
-    multiples of what the autoencoder and the UNets divide by."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UsageError(f"--image {path}: no such file")
-    try:
-        with Image.open(path) as img:
-            pixels = np.asarray(img.convert("RGB"), np.float32)
-    except (UnidentifiedImageError, OSError) as err:
-        raise UsageError(f"--image {path} is not a readable image ({err})") from None
-    h, w = pixels.shape[:2]
-    if h % multiple or w % multiple:
-        raise UsageError(f"--image {path} is {w}x{h}; this model needs sides that are multiples of {multiple} "
-                         f"(crop or resize it, e.g. to {max(multiple, h - h % multiple)} pixels square)")
-    return jnp.asarray(pixels[None] / 127.5 - 1.0)
-
-
-def _size_multiple(cfg, names) -> int:
-    unets = [u for n in names for u in (cfg.modalities[n].expert, cfg.modalities[n].diffuser) if u is not None]
-    return cfg.autoencoder.downsample_factor * max(2 ** (len(u.channel_mult) - 1) for u in unets)
-
-
-def _latent_shape(cfg, image) -> tuple[int, int, int]:
-    f = cfg.autoencoder.downsample_factor
-    return image.shape[1] // f, image.shape[2] // f, cfg.autoencoder.embed_dim
+    image = requests.image(request.image, requests.size_multiple(cfg, request.targets))
+    return cfg, jnp.asarray(image), conditions
 
 
 def edit_identity(request: EditRequest, cfg) -> dict:
@@ -204,7 +155,8 @@ def _sha256(path) -> str:
 
 
 def _claim(out: pathlib.Path, identity: dict) -> None:
-    """Make `out` this edit's directory, refusing one that holds a different edit."""
+    """Make `out` (absent, empty or an edit's, see `requests.output_folder`) this edit's directory,
+    refusing one that holds a different edit."""
     manifest = out / "edit.json"
     if manifest.exists():
         stored = json.loads(manifest.read_text())
@@ -212,10 +164,8 @@ def _claim(out: pathlib.Path, identity: dict) -> None:
         if differs:
             raise UsageError(f"{out} holds another edit (it differs in {', '.join(differs)}); "
                              "choose a new --out, or give the same inputs to resume it")
-        print(f"resuming the edit in {out}")
+        log.info("resuming the edit in %s", out)
         return
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} exists and is not an edit directory; choose a new --out")
     _write_json(manifest, identity)
 
 
@@ -224,12 +174,12 @@ def _stage_a(directory, modality, condition, schedule, z0, key, settings):
     e_target = modality.encoder(jnp.asarray(condition))
     stored = directory / "embeddings"
     if stored.exists():
-        print(f"{directory.name}: stage A done before, reusing {stored}")
+        log.info("%s: stage A done before, reusing %s", directory.name, stored)
         saved = load_arrays(stored, {"target": e_target, "optimised": e_target})
         return saved["target"], saved["optimised"]
-    progress = ProgressLine(settings.embedding_iterations)
-    e_optimised, losses = optimise_embedding(modality.expert, schedule, z0, e_target, key, settings,
-                                             _report(progress, f"{directory.name} stage A"))
+    with bar(settings.embedding_iterations, f"{directory.name} stage A (embedding)") as progress:
+        e_optimised, losses = optimise_embedding(modality.expert, schedule, z0, e_target, key, settings,
+                                                 _report(progress))
     _write_json(directory / "losses_embedding.json", losses.tolist())
     save_arrays(stored, {"target": e_target, "optimised": e_optimised})
     return e_target, e_optimised
@@ -239,21 +189,21 @@ def _stage_b(directory, expert, schedule, z0, context, key, settings) -> nnx.Sta
     """The fine-tuned expert parameters, from disk when stage B has finished before."""
     stored = directory / "expert"
     if stored.exists():
-        print(f"{directory.name}: stage B done before, reusing {stored}")
+        log.info("%s: stage B done before, reusing %s", directory.name, stored)
         state = nnx.state(expert)
         nnx.replace_by_pure_dict(state, load_arrays(stored, nnx.to_pure_dict(state)))
         return state
-    progress = ProgressLine(settings.finetune_iterations)
-    tuned, losses = finetune_expert(expert, schedule, z0, context, key, settings,
-                                    _report(progress, f"{directory.name} stage B"))
+    with bar(settings.finetune_iterations, f"{directory.name} stage B (fine-tuning)") as progress:
+        tuned, losses = finetune_expert(expert, schedule, z0, context, key, settings, _report(progress))
     _write_json(directory / "losses_finetune.json", losses.tolist())
     save_arrays(stored, nnx.to_pure_dict(tuned))
     return tuned
 
 
-def _report(progress: ProgressLine, label: str):
+def _report(progress):
     def report(done: int, total: int, loss: float) -> None:
-        progress.update(done, {f"{label} loss": loss})
+        progress.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        progress.update(done - progress.n)
 
     return report
 
@@ -271,7 +221,6 @@ def _write_sweep(out, request, sweep, images) -> pathlib.Path:
             viz.save_png(directory / f"alpha{k:02d}_sample{i}.png", picture)
     viz.save_png(directory / "sweep.png", viz.grid(images.swapaxes(0, 1), col_labels=labels))
     _write_json(directory / "sweep.json", {"modalities": names, **record})
-    print(f"wrote the sweep over alpha ({', '.join(names)}) to {directory / 'sweep.png'}")
     return directory
 
 
@@ -309,7 +258,8 @@ def parse_alphas(values: list[str], names: list[str]) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="sample.py edit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="our checkpoint (default: the demo models)")
+    p.add_argument("--checkpoint", default=str(requests.DEMO_CHECKPOINT),
+                   help="our checkpoint (default: the demo models)")
     p.add_argument("--image", required=True, help="the face to edit (PNG/JPEG, sides a multiple of the model's)")
     p.add_argument("--text", help="target caption")
     p.add_argument("--mask", help="target face-parsing mask (label PNG or CelebAMask-HQ colours)")
@@ -328,6 +278,7 @@ def main(argv=None) -> int:
     p.add_argument("--mask-scale", type=float, default=2.0)
     p.add_argument("--batch", type=int, default=1, help="samples per alpha")
     args = p.parse_args(argv)
+    configure_logging()
     targets = {name: value for name, value in (("mask", args.mask), ("text", args.text)) if value is not None}
     try:
         request = EditRequest(args.checkpoint, args.image, targets, args.seed, ImagicSettings(
@@ -335,10 +286,14 @@ def main(argv=None) -> int:
             finetune_lr=args.finetune_lr, finetune_iterations=args.finetune_iterations, chunk=args.chunk))
         sweep = SweepRequest(parse_alphas(args.alphas, list(targets)), args.steps, args.eta, args.mode,
                              args.mask_scale, args.batch)
-        edit(request, sweep, args.out)
+        directory = edit(request, sweep, args.out)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteSamples as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote the sweep over alpha ({', '.join(targets)}) to {directory / 'sweep.png'}")
     return 0
 
 

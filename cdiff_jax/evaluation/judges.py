@@ -35,7 +35,7 @@ from cdiff_jax.data.celeba_multimodal import CAPTIONS_JSON
 from cdiff_jax.data.masks import CLASS_NAMES, NUM_CLASSES, load_label_map
 from cdiff_jax.data.toy_faces import AGE_DECADES, ATTRIBUTES_JSON, BEARD_LENGTHS, IMAGE_SIZE
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
-from cdiff_jax.train.metrics import ProgressLine
+from cdiff_jax.progress import bar, configure_logging, log
 
 # Trained on the 10,000-face toy set (seed 0; the last 1000 held out), shipped as package data.
 TOY_JUDGES_DIR = pathlib.Path(__file__).with_name("judges_toy")
@@ -378,7 +378,7 @@ def fit(judges: Judges, data: ToyFaces, *, steps: int, batch: int, seed: int = 0
     order = _batch_order(len(data), steps, batch, seed)
     flips = np.random.default_rng([seed, 1]).random(order.shape) < 0.5
     weights = class_weights(data.labels)
-    line = ProgressLine(steps, stream=sys.stderr) if progress else None
+    line = bar(steps, "training the judges") if progress else None
     history = []
     for start in range(0, steps, steps_per_call):
         chunk = mirror(data.take(order[start:start + steps_per_call]), flips[start:start + steps_per_call])
@@ -387,7 +387,10 @@ def fit(judges: Judges, data: ToyFaces, *, steps: int, batch: int, seed: int = 0
         history.append(jax.device_get(losses))
         if line:
             done = start + len(chunk.images)
-            line.update(done, {f"loss/{k}": v[-1] for k, v in history[-1].items()}, examples_per_step=batch)
+            line.set_postfix({k: f"{v[-1]:.4g}" for k, v in history[-1].items()}, refresh=False)
+            line.update(done - line.n)
+    if line:
+        line.close()
     nnx.update(judges, state)
     return judges, {k: np.concatenate([h[k] for h in history]) for k in history[0]}
 
@@ -487,8 +490,8 @@ def train_judges(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ste
     _check_out_dir(out_dir, overwrite)  # before the work, not after it
     started = time.monotonic()
     train, held_out = split_held_out(load_toy_faces(data_dir), test_size)
-    print(f"judges: {len(train)} training and {len(held_out)} held-out toy faces "
-          f"(loaded in {time.monotonic() - started:.1f}s)", file=sys.stderr, flush=True)
+    log.info("judges: %d training and %d held-out toy faces (loaded in %.1fs)", len(train), len(held_out),
+             time.monotonic() - started)
     judges = Judges(config, rngs=nnx.Rngs(seed))
     judges, losses = fit(judges, train, steps=steps, batch=batch, seed=seed, learning_rate=learning_rate,
                          progress=progress)
@@ -528,6 +531,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     args = p.parse_args(argv)
+    configure_logging()
     try:
         info = train_judges(args.data_dir, args.out_dir, steps=args.steps, batch=args.batch,
                             test_size=args.test_size, seed=args.seed, overwrite=args.overwrite)

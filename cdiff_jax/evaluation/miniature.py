@@ -44,10 +44,11 @@ from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
 from cdiff_jax.sampling import SamplerSettings, sample
-from cdiff_jax.train.trainer import reconstruct
+from cdiff_jax.latents import reconstruct
+from cdiff_jax.progress import bar, configure_logging, log
+from cdiff_jax.requests import DEMO_CHECKPOINT
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1]
-DEMO_CHECKPOINT = PACKAGE / "demo_models" / "collab"
 DEMO_JUDGES = PACKAGE / "evaluation" / "judges_toy"
 # The demo dataset: `python -m cdiff_jax.data.toy_faces data/toy_faces --count 10000 --seed 0`, last 1000 held out.
 DATASET_SEED, DATASET_SIZE, TEST_SIZE = 0, 10_000, 1000
@@ -130,11 +131,11 @@ def run(checkpoint, judges_dir, count: int, *, steps: int = 50, batch: int = 50,
     results = {"real images": score(judges, real, examples, None),
                "autoencoder reconstructions": score(judges, reconstructed, examples, real_stats)}
     images = {}
-    for method in methods:
+    for method in bar(methods, "evaluating", unit="method"):
         start = time.monotonic()
         images[method.name] = generate(system, examples, method, steps=steps, batch=batch, seed=seed)
         results[method.name] = score(judges, images[method.name], examples, real_stats)
-        print(f"{method.name}: {time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
+        log.info("%s: %.0fs", method.name, time.monotonic() - start)
     return results, images
 
 
@@ -168,6 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/eval")
     args = p.parse_args(argv)
+    configure_logging()
     if not 1 <= args.count <= TEST_SIZE:
         p.error(f"--count must be in 1..{TEST_SIZE} (the held-out split)")
     try:

@@ -37,14 +37,14 @@ from cdiff_jax import viz
 from cdiff_jax.data.masks import save_label_png
 from cdiff_jax.data.toy_faces import AGE_DECADES, make_example
 from cdiff_jax.editing.imagic import ImagicSettings
-from cdiff_jax.editing.run import DEMO_CHECKPOINT, EditRequest, SweepRequest, edit
+from cdiff_jax.editing.run import EditRequest, SweepRequest, edit
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation.miniature import DEMO_JUDGES, held_out_examples
+from cdiff_jax.requests import DEMO_CHECKPOINT
 
 KINDS = {"text": ("text",), "mask": ("mask",), "both": ("mask", "text")}
-# Stage B for the demo experts, measured on 3-6 held-out faces at 25 steps. At the reference's lr 1e-6
-# an expert this small barely moves, so alpha 0 is far from the source; at 1e-4 x 300 it overfits and no
-# alpha up to 2 edits; 1e-5 x 100 holds the source better at alpha 0 and moves further from 0 to 1 than 1e-6.
+# Stage B for the demo experts: the reference's lr 1e-6 barely moves an expert this small, and much more
+# overfits (docs/research_log.md, "Measurement history moved from the code").
 DEMO_IMAGIC = ImagicSettings(finetune_lr=1e-5, finetune_iterations=100)
 
 

@@ -39,7 +39,12 @@ from cdiff_jax.diffusion.denoiser import encode_conditions, predict
 from cdiff_jax.diffusion.schedule import make_schedule, q_sample
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.data.toy_faces import make_example
-from cdiff_jax.evaluation.miniature import DEMO_CHECKPOINT, TEST_SIZE, held_out_examples
+from cdiff_jax.evaluation.miniature import TEST_SIZE, held_out_examples
+from cdiff_jax.requests import DEMO_CHECKPOINT, latent_shape
+
+# The noise of batch i at timestep t comes from stream i * STREAMS_PER_BATCH + t: more streams per
+# batch than timesteps, so no two (batch, timestep) pairs share one.
+STREAMS_PER_BATCH = 1000
 
 # Parts of the face with one fitted weight each; together they cover the 19 CelebAMask-HQ classes.
 REGIONS = {
@@ -104,7 +109,7 @@ def measure(system, examples: list[dict], timesteps=TIMESTEPS, *, batch: int = 6
     def errors(state, images, conditions, t, key):
         s = nnx.merge(graphdef, state)
         posterior_key, noise_key = jax.random.split(key)
-        shape = (images.shape[0], cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim)
+        shape = (images.shape[0],) + latent_shape(cfg)
         z0 = s.autoencoder.encode_latent(images, jax.random.normal(posterior_key, shape))
         noise = jax.random.normal(noise_key, shape)
         t = jnp.full((shape[0],), t)
@@ -114,7 +119,7 @@ def measure(system, examples: list[dict], timesteps=TIMESTEPS, *, batch: int = 6
     rows = []
     for t in timesteps:
         parts = [errors(state, images[i:i + batch], {n: jnp.asarray(c[i:i + batch]) for n, c in conditions.items()},
-                        t, jax.random.fold_in(jax.random.key(seed), i * 1000 + t))
+                        t, jax.random.fold_in(jax.random.key(seed), i * STREAMS_PER_BATCH + t))
                  for i in range(0, len(examples), batch)]
         first, second = np.concatenate([np.asarray(p[0]) for p in parts], axis=1)  # [M, N, ...]: examples second
         learned, learned_weight = (np.concatenate([np.asarray(p[k]) for p in parts]) for k in (1, 2))

@@ -1,4 +1,5 @@
-"""Training observability: TensorBoard event files, metrics.jsonl / metrics.csv, a console progress line.
+"""Training observability: TensorBoard event files and metrics.jsonl / metrics.csv (the console line is
+`cdiff_jax.progress.ProgressLine`).
 
 The event files are written by hand (TFRecord framing around hand-encoded `Event` protocol
 buffers) so TensorBoard can plot a run without TensorFlow, tensorboard or protobuf becoming
@@ -14,9 +15,8 @@ import os
 import pathlib
 import socket
 import struct
-import sys
 import time
-from typing import Callable, Iterator, Mapping, TextIO
+from typing import Iterator, Mapping
 
 FILE_VERSION = "brain.Event:2"
 JSONL_NAME = "metrics.jsonl"
@@ -283,55 +283,3 @@ class MetricsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# ---- console ----
-
-def format_eta(seconds: float) -> str:
-    """'42s', '12m05s', '3h58m', '2d03h': the two largest units, truncated, so the line stays short."""
-    s = max(0, int(seconds))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{s:02d}s"
-    return f"{s}s"
-
-
-class ProgressLine:
-    """Prints `step 1200/50000  loss 0.0213  3.41 steps/s  27.3 ex/s  ETA 3h58m` at most every
-    `every_seconds`, and always when `step` (the number of completed steps) reaches `total_steps`.
-
-    The first update only starts the clock, because the first step usually includes compilation.
-    Rates are then measured over the interval since the previous print, so they and the ETA follow
-    the current speed rather than a run average that still contains the compile time.
-    """
-
-    def __init__(self, total_steps: int, every_seconds: float = 10.0, stream: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.total_steps = total_steps
-        self.every_seconds = every_seconds
-        self._stream = stream  # None: sys.stdout at print time, so redirections made later are honoured
-        self._clock = clock
-        self._last: tuple[float, int] | None = None  # (time, step) of the last print or of the first update
-
-    def update(self, step: int, scalars: Mapping[str, float], examples_per_step: int | None = None) -> None:
-        now, final = self._clock(), step >= self.total_steps
-        if self._last is None and not final:
-            self._last = (now, step)
-            return
-        if not final and now - self._last[0] < self.every_seconds:
-            return
-        parts = [f"step {step}/{self.total_steps}", *(f"{tag} {float(value):.4g}" for tag, value in scalars.items())]
-        if self._last is not None and now > self._last[0] and step > self._last[1]:
-            rate = (step - self._last[1]) / (now - self._last[0])
-            parts.append(f"{rate:.2f} steps/s")
-            if examples_per_step:
-                parts.append(f"{rate * examples_per_step:.1f} ex/s")
-            parts.append(f"ETA {format_eta((self.total_steps - step) / rate)}")
-        print("  ".join(parts), file=self._stream if self._stream is not None else sys.stdout, flush=True)
-        self._last = (now, step)

@@ -15,6 +15,7 @@ from cdiff_jax.diffusion.denoiser import encode_conditions, predict
 from cdiff_jax.diffusion.schedule import Schedule, q_sample
 from cdiff_jax.modalities import KINDS, kind_entry
 from cdiff_jax.system import LatentDiffusionSystem
+from cdiff_jax.requests import latent_shape
 
 # Which batch field (from cdiff_jax.data.pipeline) conditions each kind of modality.
 BATCH_KEYS = {kind: entry.batch_key for kind, entry in KINDS.items()}
@@ -60,7 +61,8 @@ def diffusion_loss(
     """The training loss of a pipeline batch {"image": [-1, 1] NHWC, and each modality's batch field}."""
     k_post, k_t, k_noise, k_drop = jax.random.split(key, 4)
     images = batch["image"]
-    posterior_noise = jax.random.normal(k_post, images.shape[:1] + _latent_shape(system, images), images.dtype)
+    posterior_noise = jax.random.normal(k_post, images.shape[:1] + latent_shape(system.cfg, *images.shape[1:3]),
+                                        images.dtype)
     z0 = jax.lax.stop_gradient(system.autoencoder.encode_latent(images, posterior_noise))
     conditions = {name: batch[condition_key(batch, m.kind)] for name, m in system.cfg.modalities.items()}
     conditions = drop_conditions(system, conditions, condition_dropout, k_drop)
@@ -77,7 +79,3 @@ def condition_key(batch: dict, kind: str) -> str:
                        f"rebuild the dataset with a {kind_entry(kind).example_field!r} field per example")
     return key
 
-
-def _latent_shape(system: LatentDiffusionSystem, images: jax.Array) -> tuple[int, int, int]:
-    f = system.cfg.autoencoder.downsample_factor
-    return images.shape[1] // f, images.shape[2] // f, system.cfg.autoencoder.embed_dim

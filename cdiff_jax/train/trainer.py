@@ -1,9 +1,10 @@
 """The training loop, readable in one sitting: data -> compiled steps -> logs and checkpoints.
 
 One trainer for every stage: the stage decides which parameters are trainable and, for the
-autoencoder, the objective (`stage_step`). It resumes from the latest checkpoint in the work directory, saves and exits cleanly on SIGTERM
-or SIGINT, stops on a non-finite loss naming the last good checkpoint, and at intervals
-writes validation loss, sample grids and checkpoints (last K plus the best).
+autoencoder, the objective (`stage_step`). It resumes from the latest checkpoint in the work
+directory; on SIGTERM or SIGINT it saves and returns 128 + the signal number (143 for a preempted
+run), restoring the handlers it replaced; it stops on a non-finite loss naming the last good
+checkpoint, and at intervals writes validation loss, sample grids and checkpoints (last K plus the best).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import contextlib
 import signal
+import threading
 from collections.abc import Callable
 
 import jax
@@ -21,6 +24,8 @@ from flax import nnx
 from cdiff_jax.checkpoint import load_config as load_config_of
 from cdiff_jax.checkpoint import load_system, save_system
 from cdiff_jax.config import load_config
+from cdiff_jax.latents import reconstruct
+from cdiff_jax.progress import ProgressLine, log
 from cdiff_jax.data.celeba_multimodal import data_sources
 from cdiff_jax.data.pipeline import ToModelInputs, make_loader, restore_iterator_state, save_iterator_state
 from cdiff_jax.diffusion.schedule import make_schedule
@@ -33,7 +38,7 @@ from cdiff_jax.system import LatentDiffusionSystem, abstract_system, init_system
 from cdiff_jax.train import autoencoder_step
 from cdiff_jax.train.checkpoints import TrainCheckpoints
 from cdiff_jax.train.config import TrainConfig
-from cdiff_jax.train.metrics import MetricsWriter, ProgressLine
+from cdiff_jax.train.metrics import MetricsWriter
 from cdiff_jax.train.objectives import BATCH_KEYS, diffusion_loss
 from cdiff_jax.train.step import StepSettings, adamw, init_train_state, train_steps, trainable_filter, trainable_prefixes
 from cdiff_jax import viz
@@ -78,16 +83,33 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and before // every != after // every
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class _StopRequest:
-    """Remembers a SIGTERM/SIGINT so the loop can save and leave at the next step boundary."""
+    """Remembers a SIGTERM/SIGINT so the loop can save and leave at the next step boundary.
+
+    Only while `listening()`: the handlers it replaced come back when training returns or raises,
+    so Ctrl-C interrupts a notebook again afterwards.
+    """
 
     def __init__(self):
         self.signum = None
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
         self.signum = signum
+
+    @contextlib.contextmanager
+    def listening(self):
+        if threading.current_thread() is not threading.main_thread():  # Python allows handlers there only
+            yield self
+            return
+        previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def requested(self) -> bool:
         flag = np.asarray(self.signum is not None)
@@ -99,6 +121,8 @@ class _StopRequest:
 
 
 def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
+    """Train (or resume) the run in `workdir`; returns 0 when done, or 128 + the signal number
+    when a SIGTERM/SIGINT stopped it after saving (143: preempted; rerun the same command to resume)."""
     workdir = pathlib.Path(workdir)
     lead = jax.process_index() == 0
     if cfg.global_batch % jax.device_count():
@@ -121,14 +145,18 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         state, data_state = checkpoints.restore(latest, state)
         restore_iterator_state(batches, data_state)
         if lead:
-            print(f"resumed from {checkpoints.path(latest)}")
+            log.info("resumed from %s", checkpoints.path(latest))
 
     writer = MetricsWriter(workdir / "train", enabled=lead)
     val_writer = MetricsWriter(workdir / "val", enabled=lead)
     progress = ProgressLine(cfg.steps)
     stop = _StopRequest()
     step = int(state.step)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(val_writer.close)
+        cleanup.callback(writer.close)
+        cleanup.callback(checkpoints.close)
+        cleanup.enter_context(stop.listening())
         while step < cfg.steps:
             k = min(cfg.steps_per_call, cfg.steps - step)
             local = [next(batches) for _ in range(k)]
@@ -161,18 +189,14 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
                 if checkpoints.latest_step() != step:  # the interval may have saved this step already
                     checkpoints.save(step, state, save_iterator_state(batches))
                 if lead:
-                    print(f"\nstopped by signal {stop.signum} at step {step}; saved {checkpoints.path(step)}")
-                return 0
-    finally:
-        checkpoints.close()
-        writer.close()
-        val_writer.close()
+                    log.info("stopped by signal %d at step %d; saved %s", stop.signum, step, checkpoints.path(step))
+                return 128 + stop.signum  # the shell's status for a process ended by that signal
     if jax.process_count() == 1:
         trained = nnx.merge(graphdef, state.export_params, frozen)
         if cfg.stage == "autoencoder":
             trained = with_latent_normalisation(trained, sources["test"], cfg, mesh)
         save_system(workdir / "system", trained, overwrite=True)
-        print(f"trained system written to {workdir / 'system'} (use it with sample.py --checkpoint)")
+        log.info("trained system written to %s (use it with sample.py --checkpoint)", workdir / "system")
     return 0
 
 
@@ -260,9 +284,7 @@ def with_latent_normalisation(system: LatentDiffusionSystem, source, cfg: TrainC
 
     Centring matters because a linear noise schedule keeps some signal at t = T (abar_T = 4.7e-3 for the
     demo's), so an expert learns to read each channel's mean from x_T, and sampling starts from x_T of mean
-    zero. Measured on demo models trained without centring (latent channel means 1.55, 0.12, 0.22 in units
-    of the overall std): their samples' channel means were 0.50, -0.19, 0.21, a purple cast on every face;
-    started from x_T offset by sqrt(abar_T) times the data mean, 1.86, 0.05, 0.51 and no purple cast.
+    zero, which shifts every sample's colours (docs/research_log.md, "Measurement history moved from the code").
     """
     graphdef, state = nnx.split(system.autoencoder)
     latents = np.concatenate([np.asarray(_posterior_sample(graphdef, state, b["image"], jax.random.key(i)))
@@ -270,8 +292,8 @@ def with_latent_normalisation(system: LatentDiffusionSystem, source, cfg: TrainC
     channels = latents.reshape(-1, latents.shape[-1])
     shift = channels.mean(axis=0)
     scale = float(1.0 / (channels - shift).std())
-    print(f"latent normalisation for this autoencoder: scale_factor {scale:.6g}, latent_shift "
-          f"{', '.join(f'{m:.6g}' for m in shift)} (written to the system config)")
+    log.info("latent normalisation for this autoencoder: scale_factor %.6g, latent_shift %s (written to the "
+             "system config)", scale, ", ".join(f"{m:.6g}" for m in shift))
     return _with_latent_normalisation(system, scale, tuple(float(m) for m in shift))
 
 
@@ -280,12 +302,6 @@ def _posterior_sample(graphdef, state, images, key):
     autoencoder = nnx.merge(graphdef, state)
     mean, logvar = autoencoder.encode(images)
     return posterior_sample(mean, logvar, jax.random.normal(key, mean.shape, mean.dtype))
-
-
-@jax.jit(static_argnames=("graphdef",))
-def reconstruct(graphdef, state, images):
-    """Autoencoder reconstructions (posterior mean) of images, for pictures and evaluation."""
-    return nnx.merge(graphdef, state).reconstruct(images)
 
 
 def _with_latent_normalisation(system: LatentDiffusionSystem, scale: float,

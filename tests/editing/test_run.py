@@ -80,7 +80,7 @@ def test_interrupted_edit_resumes_after_stage_a_with_the_same_result(inputs, fin
     monkeypatch.setattr(edit_run, "optimise_embedding", counted)
     assert edit(inputs, tmp_path / "resumed", "--alphas", "0,1,1.5") == 0
     assert calls == [(1, 77, 16)]  # the mask's stage A came from disk; only the text's ran
-    assert "resuming the edit" in capsys.readouterr().out
+    assert "resuming the edit" in capsys.readouterr().err
     _, resumed = sweep_pictures(tmp_path / "resumed")
     for name, picture in whole.items():
         np.testing.assert_array_equal(resumed[name], picture, err_msg=name)

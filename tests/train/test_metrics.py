@@ -1,7 +1,6 @@
-"""Hand-written TensorBoard event files, jsonl/csv logs and the console progress line."""
+"""Hand-written TensorBoard event files and jsonl/csv logs."""
 
 import csv
-import io
 import json
 import math
 import struct
@@ -11,7 +10,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from cdiff_jax.train import metrics
-from cdiff_jax.train.metrics import MetricsWriter, ProgressLine, crc32c, format_eta, read_event_scalars
+from cdiff_jax.train.metrics import MetricsWriter, crc32c, read_event_scalars
 
 STEPS = [(1, {"loss": 0.731, "lr": 1e-4}), (2, {"loss": 0.52, "lr": 2e-4}), (10, {"loss": 0.0213, "lr": 3e-4})]
 
@@ -171,32 +170,3 @@ def test_disabled_writer_writes_nothing(tmp_path):
         writer.write(1, {"loss": 1.0})
         writer.flush()
     assert not (tmp_path / "run").exists()
-
-
-def test_format_eta():
-    cases = {-5: "0s", 0: "0s", 59.9: "59s", 61: "1m01s", 3600: "1h00m", 14310.85: "3h58m", 90000: "1d01h"}
-    assert {s: format_eta(s) for s in cases} == cases
-
-
-def test_progress_line_rates_eta_and_throttling():
-    now = [0.0]
-    out = io.StringIO()
-    progress = ProgressLine(50000, every_seconds=100.0, stream=out, clock=lambda: now[0])
-    for t, step in [(0.0, 859), (50.0, 1000), (99.9, 1150)]:  # the first update starts the clock
-        now[0] = t
-        progress.update(step, {"loss": 0.5}, examples_per_step=8)
-    assert out.getvalue() == ""
-    now[0] = 100.0
-    progress.update(1200, {"loss": 0.0213}, examples_per_step=8)  # 341 steps in 100 s
-    assert out.getvalue() == "step 1200/50000  loss 0.0213  3.41 steps/s  27.3 ex/s  ETA 3h58m\n"
-    now[0] = 150.0
-    progress.update(20000, {"loss": 0.01})
-    now[0] = 160.0
-    progress.update(50000, {"loss": 0.01})  # the last step always prints; rate since the last print
-    assert out.getvalue().splitlines()[1:] == ["step 50000/50000  loss 0.01  813.33 steps/s  ETA 0s"]
-
-
-def test_progress_line_final_step_without_history():
-    out = io.StringIO()
-    ProgressLine(5, stream=out, clock=lambda: 0.0).update(5, {"loss": 1.0})
-    assert out.getvalue() == "step 5/5  loss 1\n"

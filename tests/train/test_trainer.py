@@ -1,5 +1,6 @@
 """train.py end to end on a tiny dataset: outputs, exact resume after SIGKILL, SIGTERM, devices and hosts."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -22,6 +23,7 @@ from cdiff_jax.config import load_config
 from cdiff_jax.data.celeba_multimodal import build_dataset
 from cdiff_jax.data.masks import save_label_png
 from cdiff_jax.system import init_system
+from cdiff_jax.train import trainer
 from cdiff_jax.train.trainer import build_system
 
 EXAMPLES = 18
@@ -109,21 +111,61 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit(data_dir, t
     assert process.returncode == -signal.SIGKILL
     assert not (killed / "system").exists(), "the run finished before it was killed"
     resumed = run_train(killed, data_dir, *SLOW)
-    assert "resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stderr
     jax.tree.map(np.testing.assert_array_equal, trained_params(tmp_path / "straight"), trained_params(killed))
 
 
-def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
+def test_sigterm_saves_and_exits_with_the_preempted_status(data_dir, tmp_path):
     workdir = tmp_path / "term"
     process = subprocess.Popen(train_cmd(workdir, data_dir, *SLOW, "steps=100000"), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, cwd=REPO)
     _wait_for_checkpoint(workdir, 4, process)
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, out[-2000:]
+    assert process.returncode == 128 + signal.SIGTERM, out[-2000:]
     assert "stopped by signal" in out
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] >= 4 and (workdir / "checkpoints" / str(steps[-1]) / "commit_success.txt").exists()
+
+
+def test_signal_handlers_are_restored_when_training_raises_or_stops(data_dir, tmp_path, monkeypatch):
+    """A notebook's Ctrl-C works again after `train`, whether it raised or was stopped by a signal."""
+    cfg = load_config(str(REPO / "configs/train_tiny.py")).replace(
+        data_dir=str(data_dir), steps=100, val_every=0, sample_every=0, checkpoint_every=0)
+
+    def ours(signum, frame):
+        pass
+
+    before = {signum: signal.signal(signum, ours) for signum in trainer.STOP_SIGNALS}
+    try:
+        real_stage_step, during = trainer.stage_step, []
+
+        def failing(state, batches):
+            during.append(signal.getsignal(signal.SIGINT))
+            raise RuntimeError("a step failed")
+
+        monkeypatch.setattr(trainer, "stage_step", lambda *a: dataclasses.replace(real_stage_step(*a), run=failing))
+        with pytest.raises(RuntimeError, match="a step failed"):
+            trainer.train(cfg, tmp_path / "raised")
+        assert during and during[0] is not ours  # the trainer's own handler while it trained
+        assert all(signal.getsignal(s) is ours for s in trainer.STOP_SIGNALS)
+
+        def preempted(*a):
+            stage = real_stage_step(*a)
+
+            def run(state, batches):
+                os.kill(os.getpid(), signal.SIGTERM)  # handled by the trainer: saved at this step, then 143
+                return stage.run(state, batches)
+
+            return dataclasses.replace(stage, run=run)
+
+        monkeypatch.setattr(trainer, "stage_step", preempted)
+        assert trainer.train(cfg, tmp_path / "stopped") == 128 + signal.SIGTERM
+        assert (tmp_path / "stopped/checkpoints" / str(cfg.steps_per_call)).is_dir()
+        assert all(signal.getsignal(s) is ours for s in trainer.STOP_SIGNALS)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _devices_env(count):

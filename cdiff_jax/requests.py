@@ -1,0 +1,193 @@
+"""User inputs -> validated conditions, for sampling and for editing alike.
+
+One check per kind of input (checkpoint, caption, mask, image, step count, eta, guidance, batch,
+output folder), each failing with a one-line `UsageError` that names the flag and the fix. The
+commands run them all before loading weights, compiling or writing anything, so a typo costs
+seconds, not a compile, and both commands accept and refuse the same inputs in the same words.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cdiff_jax import conditions as cond
+from cdiff_jax.checkpoint import NotACheckpointError, load_config
+from cdiff_jax.config import ModalityConfig, SystemConfig
+from cdiff_jax.diffusion.collaboration import MODES
+from cdiff_jax.diffusion.ddim import ddim_timesteps
+
+PACKAGE = pathlib.Path(__file__).resolve().parent
+# Shipped inside the package (setup.py's package_data), so the defaults work from an installed copy.
+DEMO_CHECKPOINT = PACKAGE / "demo_models" / "collab"
+DEMO_MASK = PACKAGE / "data" / "examples" / "face_mask.png"  # a held-out toy face's label map
+DEMO_CAPTION = "This man has beard of medium length. He is in his thirties."
+# One run's samples share one compiled program and live in memory together; more images come from
+# more runs with other seeds, which cost no recompilation.
+MAX_BATCH = 256
+
+
+class UsageError(ValueError):
+    """Bad user input. The message is one line naming the input and how to fix it."""
+
+
+def checkpoint_config(path) -> SystemConfig:
+    """The config of our checkpoint directory at `path`, read without loading any weights."""
+    try:
+        return load_config(path)
+    except NotACheckpointError as err:
+        raise UsageError(f"--checkpoint {err}") from None
+
+
+def batch(value: int) -> int:
+    if not 1 <= value <= MAX_BATCH:
+        raise UsageError(f"--batch {value}: give 1..{MAX_BATCH} samples per run; for more images, run again with "
+                         "other --seed values (and --out folders)")
+    return value
+
+
+def steps(value: int, timesteps: int) -> int:
+    """DDIM steps the reference's spacing can take on a `timesteps`-step schedule."""
+    try:
+        ddim_timesteps(timesteps, value)
+    except ValueError as err:
+        raise UsageError(f"--steps {value}: {err}") from None
+    return value
+
+
+def eta(value: float) -> float:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise UsageError(f"--eta {value}: give a number in [0, 1] (0 is deterministic DDIM, 1 the released scripts')")
+    return value
+
+
+def mask_scale(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"--mask-scale {value}: give a finite number above 0 (the released scripts use 2)")
+    return value
+
+
+def columns(value: int) -> int:
+    if value < 1:
+        raise UsageError(f"--columns {value}: give at least 1 step to show")
+    return value
+
+
+def mode(value: str) -> str:
+    if value not in MODES:
+        raise UsageError(f"--mode {value!r}: give one of {', '.join(MODES)}")
+    return value
+
+
+def guidance(text: str, names: list[str]) -> dict[str, float]:
+    """`--guidance 2` for every condition or `mask=2,text=3`; the unnamed ones keep 1 (no guidance)."""
+    pairs = [p.partition("=") for p in text.split(",")] if "=" in text else [(n, "=", text) for n in names]
+    scales = {name: 1.0 for name in names}
+    for name, sep, value in pairs:
+        name = name.strip()
+        if not sep:
+            raise UsageError(f"--guidance {text!r}: give one number or name=value pairs like mask=2,text=3")
+        if name not in scales:
+            raise UsageError(f"--guidance names {name!r}, which is not a condition of this run ({', '.join(names)})")
+        try:
+            scales[name] = float(value)
+        except ValueError:
+            raise UsageError(f"--guidance {text!r}: give one number or name=value pairs like mask=2,text=3") from None
+        if not math.isfinite(scales[name]):
+            raise UsageError(f"--guidance {text!r}: the scale of {name} must be a finite number")
+    return scales
+
+
+def caption(value: str, modality: ModalityConfig):
+    """The caption's token ids [1, L] (and whether it was truncated)."""
+    if not value.strip():
+        raise UsageError("--text is empty; give a caption or leave out --text")
+    return cond.encode_captions([value], modality.encoder)
+
+
+def mask(path, modality: ModalityConfig) -> np.ndarray:
+    """The label map's one-hot mask [1, classes, pixels]."""
+    if not pathlib.Path(path).is_file():
+        raise UsageError(f"--mask {path}: no such file")
+    try:
+        return cond.encode_masks([path], modality.encoder)
+    except (ValueError, OSError) as err:
+        raise UsageError(f"--mask {path}: {err}") from None
+
+
+def conditions(cfg: SystemConfig, requested: dict[str, str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Each requested modality's encoded condition (batch of one) and the names of truncated captions."""
+    if not requested:
+        raise UsageError("give --mask, --text or both")
+    encoded, truncated = {}, []
+    for name, value in requested.items():
+        if name not in cfg.modalities:
+            raise UsageError(f"the checkpoint has no {name} modality (it has {', '.join(sorted(cfg.modalities))}); "
+                             f"drop --{name}")
+        modality = cfg.modalities[name]
+        if modality.kind == "text":
+            tokens = caption(value, modality)
+            encoded[name] = tokens.ids
+            if tokens.truncated[0]:
+                truncated.append(name)
+        else:
+            encoded[name] = mask(value, modality)
+    if len(encoded) > 1 and not all(cfg.modalities[n].diffuser for n in encoded):
+        raise UsageError("two conditions need a collaborative checkpoint (with dynamic diffusers); give one of "
+                         "--mask and --text, or a codiff checkpoint")
+    return encoded, truncated
+
+
+def size_multiple(cfg: SystemConfig, names) -> int:
+    """What image sides must be multiples of: the autoencoder's and the deepest UNet's downsampling."""
+    unets = [u for n in names for u in (cfg.modalities[n].expert, cfg.modalities[n].diffuser) if u is not None]
+    return cfg.autoencoder.downsample_factor * max(2 ** (len(u.channel_mult) - 1) for u in unets)
+
+
+def image(path, multiple: int) -> np.ndarray:
+    """The face at `path` as float32 [1, H, W, 3] in [-1, 1], unresized like the reference; H and W
+    must be multiples of `multiple` (see `size_multiple`)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UsageError(f"--image {path}: no such file")
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"), np.float32)
+    except (UnidentifiedImageError, OSError) as err:
+        raise UsageError(f"--image {path} is not a readable image ({err})") from None
+    h, w = pixels.shape[:2]
+    if h % multiple or w % multiple:
+        raise UsageError(f"--image {path} is {w}x{h}; this model needs sides that are multiples of {multiple} "
+                         f"(crop or resize it, e.g. to {max(multiple, h - h % multiple)} pixels square)")
+    return pixels[None] / 127.5 - 1.0
+
+
+def latent_shape(cfg: SystemConfig, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    """(h, w, channels) of the latent of an image of `height` x `width` pixels; the config's
+    latent_size square when no size is given."""
+    f = cfg.autoencoder.downsample_factor
+    h = cfg.latent_size if height is None else height // f
+    w = cfg.latent_size if width is None else width // f
+    return h, w, cfg.autoencoder.embed_dim
+
+
+def output_folder(path, is_ours: Callable[[pathlib.Path], bool]) -> pathlib.Path:
+    """`path` as an output folder: absent, empty, or one `is_ours` recognises (a previous run's, which
+    may be replaced), and inside a folder we may write to. Creates nothing."""
+    path = pathlib.Path(path).absolute()
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"--out {path} is a file; give a folder path")
+        if any(path.iterdir()) and not is_ours(path):
+            raise UsageError(f"--out {path} holds files that are not from this command; choose a new --out")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: {parent} is not a folder we may write to; choose another --out")
+    return path

@@ -1,0 +1,67 @@
+"""The validators every command shares: one message per input kind, naming the flag."""
+
+import math
+
+import pytest
+
+from cdiff_jax import requests as R
+from cdiff_jax.config import load_config
+from cdiff_jax.requests import UsageError
+
+
+def test_the_demo_defaults_ship_inside_the_package():
+    assert R.DEMO_CHECKPOINT.is_relative_to(R.PACKAGE) and (R.DEMO_CHECKPOINT / "config.json").is_file()
+    assert R.DEMO_MASK.is_relative_to(R.PACKAGE) and R.DEMO_MASK.is_file()
+
+
+@pytest.mark.parametrize("check, value, flag", [
+    (R.eta, -0.1, "--eta"), (R.eta, math.inf, "--eta"), (R.eta, math.nan, "--eta"),
+    (R.mask_scale, 0.0, "--mask-scale"), (R.mask_scale, -math.inf, "--mask-scale"),
+    (R.columns, 0, "--columns"), (R.batch, 0, "--batch"), (R.batch, R.MAX_BATCH + 1, "--seed"),
+    (R.mode, "loud", "--mode"),
+])
+def test_each_check_names_its_flag_in_one_line(check, value, flag):
+    with pytest.raises(UsageError, match=flag) as err:
+        check(value)
+    assert "\n" not in str(err.value)
+
+
+def test_accepted_values_pass_through():
+    assert (R.eta(0.0), R.eta(1.0), R.mask_scale(2.0), R.columns(1), R.batch(R.MAX_BATCH)) == (0.0, 1.0, 2.0, 1,
+                                                                                             R.MAX_BATCH)
+
+
+def test_steps_follow_the_schedule():
+    assert R.steps(50, 1000) == 50
+    for bad in (0, 3, 1000, 5000):
+        with pytest.raises(UsageError, match="--steps"):
+            R.steps(bad, 1000)
+
+
+def test_guidance_one_scale_or_named_pairs():
+    assert R.guidance("2", ["mask", "text"]) == {"mask": 2.0, "text": 2.0}
+    assert R.guidance("text=3", ["mask", "text"]) == {"mask": 1.0, "text": 3.0}
+    for bad in ("mask=2", "text", "text=x", "inf", "text=nan"):
+        with pytest.raises(UsageError, match="--guidance"):
+            R.guidance(bad, ["text"])
+
+
+def test_latent_shape_of_the_config_or_of_an_image():
+    cfg = load_config("tiny_system.py")
+    f, c = cfg.autoencoder.downsample_factor, cfg.autoencoder.embed_dim
+    assert R.latent_shape(cfg) == (cfg.latent_size, cfg.latent_size, c)
+    assert R.latent_shape(cfg, 8 * f, 4 * f) == (8, 4, c)
+
+
+def test_output_folder_refuses_what_is_not_ours(tmp_path):
+    assert R.output_folder(tmp_path / "new" / "deeper", is_ours=lambda p: False) == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    R.output_folder(tmp_path / "empty", is_ours=lambda p: False)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert R.output_folder(tmp_path / "full", is_ours=lambda p: True) == tmp_path / "full"
+    with pytest.raises(UsageError, match="--out .* not from this command"):
+        R.output_folder(tmp_path / "full", is_ours=lambda p: False)
+    with pytest.raises(UsageError, match="is a file"):
+        R.output_folder(tmp_path / "full" / "x", is_ours=lambda p: True)
