@@ -167,15 +167,6 @@ def image(path, multiple: int) -> np.ndarray:
     return pixels[None] / 127.5 - 1.0
 
 
-def latent_shape(cfg: SystemConfig, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-    """(h, w, channels) of the latent of an image of `height` x `width` pixels; the config's
-    latent_size square when no size is given."""
-    f = cfg.autoencoder.downsample_factor
-    h = cfg.latent_size if height is None else height // f
-    w = cfg.latent_size if width is None else width // f
-    return h, w, cfg.autoencoder.embed_dim
-
-
 def output_folder(path, is_ours: Callable[[pathlib.Path], bool]) -> pathlib.Path:
     """`path` as an output folder: absent, empty, or one `is_ours` recognises (a previous run's, which
     may be replaced), and inside a folder we may write to. Creates nothing."""

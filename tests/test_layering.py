@@ -13,16 +13,18 @@ import sys
 
 LAYERS = [
     # name         module prefixes under cdiff_jax (a prefix covers its sub-modules)
-    ("foundation", ("", "config", "weights", "text", "data.masks", "parallel")),
-    ("data", ("data", "conditions", "viz")),
+    ("foundation", ("", "config", "weights", "text", "data.masks", "data.scribbles", "parallel", "progress")),
+    ("data", ("data", "viz")),
     ("nn", ("nn",)),
-    ("system", ("system", "checkpoint")),
+    ("modalities", ("modalities", "conditions", "data.pipeline")),  # the kinds table names encoders and parsers
+    ("system", ("system", "checkpoint", "latents")),
     ("diffusion", ("diffusion",)),
-    ("sampling", ("sampling",)),
+    ("sampling", ("sampling", "requests")),
     ("train", ("train",)),
     ("editing", ("editing",)),
     ("evaluation", ("evaluation",)),
     ("convert", ("convert",)),  # a tool: nothing in the package imports the converter
+    ("commands", ("commands",)),  # the command-line programs (`cdiff ...`)
     ("configs", ("configs",)),  # the shipped config files (configs/, installed as cdiff_jax.configs)
 ]
 

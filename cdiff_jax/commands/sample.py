@@ -121,7 +121,7 @@ def run(request: SampleRequest) -> float:
     conditions = {n: np.repeat(c, request.batch, axis=0) for n, c in request.conditions.items()}
     nulls = {n: cond.null_condition(cfg.modalities[n]) for n in request.guidance}
     key, init_key = jax.random.split(jax.random.key(request.seed))
-    x_T = jax.random.normal(init_key, (request.batch,) + requests.latent_shape(cfg))
+    x_T = jax.random.normal(init_key, (request.batch,) + latents.latent_shape(cfg))
     graphdef, state = nnx.split(system)
     if request.batch % jax.device_count() == 0 and jax.device_count() > 1:
         mesh = data_mesh()

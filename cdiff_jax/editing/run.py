@@ -85,7 +85,7 @@ def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> 
     schedule = make_schedule(cfg.schedule)
     key = jax.random.key(request.seed)
     autoencoder = nnx.split(system.autoencoder)
-    latent = requests.latent_shape(cfg, *image.shape[1:3])
+    latent = latents.latent_shape(cfg, *image.shape[1:3])
     # The reference edits a posterior sample of the image's latent, drawn once.
     z0 = latents.encode_latent(*autoencoder, image, jax.random.normal(jax.random.fold_in(key, POSTERIOR_STREAM),
                                                                       (1,) + latent, image.dtype))
