@@ -1,4 +1,5 @@
-"""The system's noise prediction at (x_t, t): one expert alone, or experts in collaboration.
+"""The system's noise prediction at (x_t, t): one expert alone, or experts in collaboration; and
+the experts' internal features there (`expert_features`, what DDGI reads).
 
 Functions here take a merged `LatentDiffusionSystem` and are meant to run inside `jax.jit`
 (callers merge `(graphdef, state)` in the jitted function). Modality order is the order of
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting, combine, influence_weights
+from cdiff_jax.nn.unet import UNetFeatures
 from cdiff_jax.system import LatentDiffusionSystem
 
 
@@ -53,6 +55,33 @@ def predict(
     logits = jnp.stack([_diffuser(system, n)(x, t, contexts[n]) for n in names])
     weights = influence_weights(logits, t, names, reweighting)
     return Prediction(eps=combine(expert_eps, weights), expert_eps=expert_eps, logits=logits, weights=weights)
+
+
+def expert_features(
+    system: LatentDiffusionSystem,
+    x: jax.Array,
+    t: jax.Array,
+    contexts: dict[str, jax.Array],
+    names: tuple[str, ...] | None = None,
+    up_blocks: tuple[int, ...] | None = None,
+) -> dict[str, tuple[jax.Array, UNetFeatures]]:
+    """(eps, features) of the experts `names` (default: every modality in `contexts`) at (x_t, t),
+    each conditioned on its own context: what DDGI reads from the frozen system.
+
+    `up_blocks` are indices into each expert's up path (default: those with cross-attention,
+    DDGI's f_t and a_t levels). Names and blocks are static: jit over a function that calls this
+    compiles the taps in, and only them.
+    """
+    names = tuple(contexts) if names is None else tuple(names)
+    unknown = [n for n in names if n not in contexts]
+    if unknown:
+        raise ValueError(f"expert_features: no context for {unknown}; pass contexts for them (have {list(contexts)})")
+    features = {}
+    for name in names:
+        expert = system.modalities[name].expert
+        blocks = expert.cross_attention_up_blocks() if up_blocks is None else tuple(up_blocks)
+        features[name] = expert.forward_with_features(x, t, contexts[name], blocks)
+    return features
 
 
 @struct.dataclass

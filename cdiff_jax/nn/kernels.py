@@ -279,3 +279,13 @@ def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, p
     summed = jnp.matmul(weights, v_and_ones, precision=precision)
     out = summed[..., :d] / summed[..., d:]
     return out.transpose(0, 2, 1, 3).reshape(b, n, inner)
+
+
+def attention_probabilities(q: jax.Array, k: jax.Array, heads: int, precision=None) -> jax.Array:
+    """softmax(q k^T D**-0.5) over keys, averaged over heads: [B, N, M] for [B, N|M, heads*D]
+    projections. Formed only where asked for (`attention` never builds probabilities)."""
+    b, n, inner = q.shape
+    d = inner // heads
+    q = (q * d**-0.5).reshape(b, n, heads, d)
+    scores = jnp.einsum("bnhd,bmhd->bhnm", q, k.reshape(b, k.shape[1], heads, d), precision=precision)
+    return jax.nn.softmax(scores, axis=-1).mean(axis=1)

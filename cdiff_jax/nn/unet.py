@@ -7,6 +7,9 @@ Structure (for a config with L levels and R res blocks per level):
 Every down block's output, and that of conv_in, is a skip; each up block concatenates one
 skip on channels, in reverse order, before it runs. Transformers sit at the downsample
 rates listed in `attention_resolutions`; the middle block always has one.
+
+`UNet.forward_with_features` also returns what DDGI reads from a frozen UNet: the middle block's
+output, chosen up blocks' outputs and their cross-attention probabilities.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from cdiff_jax.config import UNetConfig
-from cdiff_jax.nn.kernels import KernelForms, attention, kernel_forms, upsample_conv3x3
+from cdiff_jax.nn.kernels import KernelForms, attention, attention_probabilities, kernel_forms, upsample_conv3x3
 from cdiff_jax.nn.layers import conv, group_norm, layer_norm, linear
 
 
@@ -69,6 +72,10 @@ class Attention(nnx.Module):
         out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, self.forms)
         return self.to_out(out)
 
+    def probabilities(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        """The head-averaged attention probabilities [B, N, tokens] of `__call__(x, context)`."""
+        return attention_probabilities(self.to_q(x), self.to_k(context), self.heads, self.forms.precision)
+
 
 class GEGLU(nnx.Module):
     """Feed-forward x -> W2 (a * gelu(g)) with [a, g] = W1 x, inner width 4 * dim."""
@@ -95,9 +102,15 @@ class TransformerBlock(nnx.Module):
         self.ff = GEGLU(dim, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        return self.forward(x, context, tap=False)[0]
+
+    def forward(self, x: jax.Array, context: jax.Array, tap: bool) -> tuple[jax.Array, jax.Array | None]:
+        """The output and, if `tap`, the cross-attention's head-averaged probabilities."""
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        queries = self.norm2(x)
+        probabilities = self.attn2.probabilities(queries, context) if tap else None
+        x = x + self.attn2(queries, context)
+        return x + self.ff(self.norm3(x)), probabilities
 
 
 class SpatialTransformer(nnx.Module):
@@ -113,12 +126,20 @@ class SpatialTransformer(nnx.Module):
         self.proj_out = conv(inner, ch, 1, zero_init=True, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        return self.forward(x, context, tap=False)[0]
+
+    def forward(self, x: jax.Array, context: jax.Array, tap: bool) -> tuple[jax.Array, jax.Array | None]:
+        """The output and, if `tap`, the cross-attention probabilities [B, H*W, tokens], averaged
+        over heads and over the blocks of a deeper transformer (one block in every released model)."""
         b, h, w, _ = x.shape
         tokens = self.proj_in(self.norm(x))
         tokens = tokens.reshape(b, h * w, tokens.shape[-1])
+        probabilities = []
         for block in self.blocks:
-            tokens = block(tokens, context)
-        return x + self.proj_out(tokens.reshape(b, h, w, -1))
+            tokens, p = block.forward(tokens, context, tap)
+            probabilities.append(p)
+        mean = sum(probabilities) / len(probabilities) if tap else None
+        return x + self.proj_out(tokens.reshape(b, h, w, -1)), mean
 
 
 class Downsample(nnx.Module):
@@ -156,13 +177,18 @@ class UNetBlock(nnx.Module):
         self.resample = resample
 
     def __call__(self, x: jax.Array, emb: jax.Array, context: jax.Array) -> jax.Array:
+        return self.forward(x, emb, context, tap=False)[0]
+
+    def forward(self, x: jax.Array, emb: jax.Array, context: jax.Array, tap: bool) -> tuple[jax.Array, jax.Array | None]:
+        """The output and, if `tap` and the block has a transformer, its cross-attention probabilities."""
+        probabilities = None
         if self.res is not None:
             x = self.res(x, emb)
         if self.transformer is not None:
-            x = self.transformer(x, context)
+            x, probabilities = self.transformer.forward(x, context, tap)
         if self.resample is not None:
             x = self.resample(x)
-        return x
+        return x, probabilities
 
 
 class UNet(nnx.Module):
@@ -225,12 +251,39 @@ class UNet(nnx.Module):
         return self.time_linear_2(jax.nn.silu(self.time_linear_1(emb)))
 
     def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
-        return self.forward_with_intermediates(x, t, context)[0]
+        return self._forward(x, t, context, ())[0]
 
     def forward_with_intermediates(
         self, x: jax.Array, t: jax.Array, context: jax.Array
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The output and every block's output, named as in the reference's module order."""
+        out, inter, _ = self._forward(x, t, context, ())
+        return out, inter
+
+    def cross_attention_up_blocks(self) -> tuple[int, ...]:
+        """The up blocks with a (cross-attention) transformer: what DDGI taps."""
+        return tuple(i for i, block in enumerate(self.up_blocks) if block.transformer is not None)
+
+    def forward_with_features(
+        self, x: jax.Array, t: jax.Array, context: jax.Array, up_blocks: tuple[int, ...]
+    ) -> tuple[jax.Array, UNetFeatures]:
+        """The output and the features of `up_blocks` (indices into `up_blocks`, a static choice).
+
+        Attention probabilities are formed only for the tapped blocks, beside the attention
+        itself, so the output is the untapped output bit for bit.
+        """
+        count = len(self.up_blocks)
+        wrong = [i for i in up_blocks if not 0 <= i < count]
+        if wrong:
+            raise ValueError(f"UNet features: up blocks {wrong} do not exist; choose among 0..{count - 1} "
+                             f"(those with cross-attention: {self.cross_attention_up_blocks()})")
+        out, inter, probabilities = self._forward(x, t, context, tuple(sorted(set(up_blocks))))
+        names = [f"output_block_{i:02d}" for i in sorted(set(up_blocks))]
+        return out, UNetFeatures(middle=inter["middle_block"], up={n: inter[n] for n in names},
+                                 cross_attention=probabilities)
+
+    def _forward(self, x, t, context, tapped: tuple[int, ...]):
+        """(output, every block's output by name, cross-attention probabilities of the tapped up blocks)."""
         emb = self.time_embedding(t)
         inter = {"time_embed": emb}
         h = self.conv_in(x)
@@ -242,8 +295,27 @@ class UNet(nnx.Module):
             inter[f"input_block_{i:02d}"] = h
         h = self.mid_res_2(self.mid_transformer(self.mid_res_1(h, emb), context), emb)
         inter["middle_block"] = h
+        probabilities = {}
         for i, block in enumerate(self.up_blocks):
-            h = block(jnp.concatenate([h, skips.pop()], axis=-1), emb, context)
+            h, p = block.forward(jnp.concatenate([h, skips.pop()], axis=-1), emb, context, i in tapped)
             inter[f"output_block_{i:02d}"] = h
+            if p is not None:
+                probabilities[f"output_block_{i:02d}"] = p
         out = self.final_conv(jax.nn.silu(self.final_norm(h)))
-        return out, inter
+        return out, inter, probabilities
+
+
+@struct.dataclass
+class UNetFeatures:
+    """What DDGI reads from a frozen UNet at one step (names as in `forward_with_intermediates`).
+
+    `cross_attention` holds, per tapped up block with a transformer, softmax(q k^T) over the
+    context tokens [B, H*W, tokens] at the transformer's resolution, averaged over heads: DDGI's
+    modulation network takes one map per layer (a token max and spatial means of it), and the
+    mean keeps that map independent of the head count and 1/heads the size (the released experts
+    have 32 heads).
+    """
+
+    middle: jax.Array  # [B, h, w, C] the middle block's output: h_t
+    up: dict[str, jax.Array]  # the tapped up blocks' outputs (after their upsampling, if any): f_t
+    cross_attention: dict[str, jax.Array]  # [B, H*W, tokens] per tapped block with cross-attention: a_t

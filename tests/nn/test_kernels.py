@@ -175,3 +175,18 @@ def test_precision_reaches_every_product_of_every_form():
             products = [line for line in program.splitlines()
                         if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]
             assert products and all("HIGHEST" in line for line in products), (base, products)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_attention_probabilities_are_the_head_average_of_the_softmax_attention_applies(heads):
+    rng = np.random.default_rng(2)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, n, heads * 4)), jnp.float32) for n in (12, 7, 7))
+    probabilities = kernels.attention_probabilities(q, k, heads)
+    assert probabilities.shape == (2, 12, 7)
+    # each head's probabilities reproduce that head's output; their mean is what is returned
+    per_head = [kernels.attention_probabilities(q[..., h * 4:(h + 1) * 4], k[..., h * 4:(h + 1) * 4], 1)
+                for h in range(heads)]
+    out = multi_head_attention(q, k, v, heads)
+    for h, p in enumerate(per_head):
+        np.testing.assert_allclose(p @ v[..., h * 4:(h + 1) * 4], out[..., h * 4:(h + 1) * 4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probabilities, sum(per_head) / heads, rtol=1e-6, atol=1e-7)
