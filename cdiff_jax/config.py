@@ -168,10 +168,11 @@ def _modality_from_dict(raw: dict[str, Any]) -> ModalityConfig:
 
 
 def load_config(spec: str):
-    """A config from `FILE.py[:ARG]` (calls its `get_config(ARG)`) or an official `FILE.yaml`.
+    """A config from `FILE.py[:ARG]` (calls its `get_config(ARG)`).
 
     A bare `NAME.py[:ARG]` that is not a file is looked up among the shipped configs, so
-    `released.py:512_codiff` works from any working directory.
+    `released.py:512_codiff` works from any working directory. Official YAMLs only describe
+    checkpoints to convert, so they are the converter's input, not a config of ours.
     """
     import importlib.util
     import pathlib
@@ -179,11 +180,13 @@ def load_config(spec: str):
     path_text, _, arg = spec.partition(":")
     path = pathlib.Path(path_text)
     if path.suffix in (".yaml", ".yml"):
-        from cdiff_jax.convert.official_config import load_official_yaml
-
-        return load_official_yaml(path)
+        raise ValueError(
+            f"config {spec!r}: official YAMLs describe checkpoints to convert; run "
+            f"`python -m cdiff_jax.convert CKPT DIR --config {path_text}` and use DIR, or pass one of our "
+            "FILE.py[:ARG] configs (e.g. released.py:512_codiff)"
+        )
     if path.suffix != ".py":
-        raise ValueError(f"config {spec!r}: expected FILE.py[:ARG] or an official FILE.yaml")
+        raise ValueError(f"config {spec!r}: expected FILE.py[:ARG], e.g. released.py:512_codiff")
     if not path.is_file():
         from importlib import resources
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cdiff_jax.convert.keymap import LPIPS_VGG_CONV_INDICES
-from cdiff_jax.nn.lpips import SCALE, SHIFT, TAPPED_WIDTHS, VGG16_LAYOUT
+from cdiff_jax.nn.lpips import LPIPS_VGG_CONV_INDICES, SCALE, SHIFT, TAPPED_WIDTHS, VGG16_LAYOUT
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -58,7 +57,7 @@ def assemble_state_dict(root: pathlib.Path, kind: str, fmt: str) -> dict[str, np
     """
     import json
 
-    from cdiff_jax.convert.state_dict_io import read_state_dict
+    from cdiff_jax.weights.state_dict_io import read_state_dict
 
     filename = "model.ckpt" if fmt == "ckpt" else "model.safetensors"
     cache: dict[str, dict[str, np.ndarray]] = {}

@@ -37,3 +37,13 @@ def test_bad_config_spec(tmp_path):
         load_config("something.txt")
     with pytest.raises(FileNotFoundError):
         load_config("no_such_config.py")
+
+
+def test_official_yaml_is_refused_with_the_conversion_command(fixtures_root):
+    """An official YAML describes a checkpoint to convert; load_config says how, in one line."""
+    yaml_path = fixtures_root / "collab_ddim" / "config.yaml"
+    with pytest.raises(ValueError) as err:
+        load_config(str(yaml_path))
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"python -m cdiff_jax.convert CKPT DIR --config {yaml_path}" in message

@@ -1,9 +1,19 @@
 """python -m cdiff_jax.convert SRC DST [--config CONFIG]: official checkpoint -> our checkpoint."""
 
 import argparse
+import pathlib
 import sys
 
+from cdiff_jax.config import SystemConfig, load_config
 from cdiff_jax.convert.converter import convert_checkpoint
+from cdiff_jax.convert.official_config import load_official_yaml
+
+
+def resolve_config(spec: str) -> SystemConfig:
+    """--config: one of ours (`FILE.py[:ARG]`, through `load_config`) or an official YAML."""
+    if pathlib.Path(spec).suffix in (".yaml", ".yml"):
+        return load_official_yaml(spec)
+    return load_config(spec)
 
 
 def main(argv=None) -> int:
@@ -22,7 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
     try:
-        report = convert_checkpoint(args.src, args.dst, args.config, overwrite=args.overwrite)
+        config = resolve_config(args.config) if args.config else None
+        report = convert_checkpoint(args.src, args.dst, config, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -13,10 +13,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from cdiff_jax.checkpoint import save_system
 from cdiff_jax.config import SystemConfig, load_config
 from cdiff_jax.convert import keymap
 from cdiff_jax.diffusion.schedule import reference_buffers
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system
+from cdiff_jax.weights.layout import to_flax_layout
+from cdiff_jax.weights.state_dict_io import read_state_dict
 
 
 class ConversionError(ValueError):
@@ -104,7 +107,7 @@ def system_from_state_dict(
         if official not in tensors:
             continue
         shape = tuple(ours[path].shape)
-        value = keymap.to_flax_layout(np.asarray(tensors[official], np.float32), path.rsplit(".", 1)[-1])
+        value = to_flax_layout(np.asarray(tensors[official], np.float32), path.rsplit(".", 1)[-1])
         if value.shape != shape:
             mismatched.append(f"{official}: checkpoint {tuple(tensors[official].shape)}, model expects {shape}")
         values[path] = value
@@ -154,14 +157,16 @@ def _check_schedule(tensors: dict[str, np.ndarray], cfg: SystemConfig) -> bool:
     return True
 
 
-def convert_checkpoint(src, dst, config: str | None = None, *, overwrite: bool = False) -> ConversionReport:
-    """Read an official .ckpt/.safetensors, convert it strictly and save it as our checkpoint."""
-    from cdiff_jax.checkpoint import save_system
-    from cdiff_jax.convert.state_dict_io import read_state_dict
+def convert_checkpoint(
+    src, dst, config: SystemConfig | None = None, *, overwrite: bool = False
+) -> ConversionReport:
+    """Read an official .ckpt/.safetensors, convert it strictly and save it as our checkpoint.
 
+    Without `config`, the released config matching the detected type and resolution is used.
+    """
     loaded = read_state_dict(src)
     checkpoint_type = detect_checkpoint_type(loaded.tensors)
-    cfg = load_config(config) if config else released_config_for(checkpoint_type, loaded.tensors)
+    cfg = config if config is not None else released_config_for(checkpoint_type, loaded.tensors)
     system, report = system_from_state_dict(loaded.tensors, cfg, checkpoint_type)
     save_system(dst, system, overwrite=overwrite)
     return report

@@ -1,17 +1,16 @@
-"""The one place that knows PyTorch key names: our parameter paths <-> official state-dict keys.
+"""The one place that knows the system's PyTorch key names: our parameter paths <-> official keys.
 
 A path is our dotted NNX parameter path (e.g. `modalities.text.expert.down_blocks.3.res.in_conv.kernel`).
 Each component type has an ordered list of regex rewrites from our local names to the
 reference's; the prefixes say where each component lives in each official checkpoint type.
-Layouts: conv [O, I, kh, kw] -> [kh, kw, I, O]; linear [O, I] -> [I, O]; norms `weight` -> `scale`.
+Norms' `weight` is our `scale`; tensor layouts are `cdiff_jax.weights.layout`'s (LPIPS, trained
+alongside, keeps its own key map in `cdiff_jax.nn.lpips`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-
-import numpy as np
 
 # Where each of our components sits inside each official checkpoint type.
 CHECKPOINT_PREFIXES: dict[str, dict[str, str]] = {
@@ -167,31 +166,3 @@ def official_key_map(paths: Iterable[str], checkpoint_type: str, modality_kinds:
 
 def is_ignored(key: str) -> bool:
     return any(p.search(key) for p in IGNORED_KEY_PATTERNS)
-
-
-def to_flax_layout(array: np.ndarray, leaf: str) -> np.ndarray:
-    """Official tensor -> our layout, by our leaf name: only `kernel`s change layout."""
-    if leaf != "kernel":
-        return array
-    if array.ndim == 4:
-        return np.transpose(array, (2, 3, 1, 0))  # conv [O, I, h, w] -> [h, w, I, O]
-    return array.T  # linear [O, I] -> [I, O]
-
-
-# LPIPS (VGG16 trunk + linear heads) as LDM's autoencoder loss holds it, under `loss.perceptual_loss.`
-# in a full autoencoder checkpoint: the trunk's convolutions are torchvision `features` indices
-# regrouped into five slices ending at relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3.
-LPIPS_VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-_LPIPS_SLICE_ENDS = (4, 9, 16, 23, 30)
-
-
-def lpips_key_map(prefix: str = "") -> dict[str, str]:
-    """Our LPIPS parameter paths (`convs.i.kernel`, `lins.k.kernel`) -> official keys."""
-    mapping = {}
-    for i, index in enumerate(LPIPS_VGG_CONV_INDICES):
-        slice_no = next(s for s, end in enumerate(_LPIPS_SLICE_ENDS, 1) if index < end)
-        for ours, theirs in (("kernel", "weight"), ("bias", "bias")):
-            mapping[f"convs.{i}.{ours}"] = f"{prefix}net.slice{slice_no}.{index}.{theirs}"
-    for k in range(len(_LPIPS_SLICE_ENDS)):
-        mapping[f"lins.{k}.kernel"] = f"{prefix}lin{k}.model.1.weight"
-    return mapping

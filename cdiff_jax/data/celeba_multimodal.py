@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 
-from cdiff_jax.convert.state_dict_io import read_tensor
+from cdiff_jax.weights.state_dict_io import read_tensor
 from cdiff_jax.data.masks import MASK_SIZE, NUM_CLASSES, load_label_map, resize_label_map
 
 log = logging.getLogger(__name__)

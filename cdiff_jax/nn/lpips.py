@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cdiff_jax.convert.keymap import lpips_key_map, to_flax_layout
-from cdiff_jax.convert.state_dict_io import CheckpointReadError, read_state_dict
+from cdiff_jax.weights.layout import to_flax_layout
+from cdiff_jax.weights.state_dict_io import CheckpointReadError, read_state_dict
 
 # VGG16 convolution widths, with "M" for the 2x2 max-pools between the five tapped stages.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
@@ -24,6 +24,12 @@ TAPPED_WIDTHS = (64, 128, 256, 512, 512)
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 NORM_EPS = 1e-10
+
+# LPIPS as LDM's autoencoder loss holds it, under `loss.perceptual_loss.` in a full autoencoder
+# checkpoint: the trunk's convolutions are torchvision `features` indices regrouped into five
+# slices ending at relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3.
+LPIPS_VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+_LPIPS_SLICE_ENDS = (4, 9, 16, 23, 30)
 
 
 class LPIPS(nnx.Module):
@@ -89,6 +95,18 @@ class LPIPS(nnx.Module):
             raise CheckpointReadError(f"{path}: LPIPS weights do not fit: {'; '.join(problems[:5])}")
         nnx.update(model, state)
         return model
+
+
+def lpips_key_map(prefix: str = "") -> dict[str, str]:
+    """Our LPIPS parameter paths (`convs.i.kernel`, `lins.k.kernel`) -> official keys."""
+    mapping = {}
+    for i, index in enumerate(LPIPS_VGG_CONV_INDICES):
+        slice_no = next(s for s, end in enumerate(_LPIPS_SLICE_ENDS, 1) if index < end)
+        for ours, theirs in (("kernel", "weight"), ("bias", "bias")):
+            mapping[f"convs.{i}.{ours}"] = f"{prefix}net.slice{slice_no}.{index}.{theirs}"
+    for k in range(len(_LPIPS_SLICE_ENDS)):
+        mapping[f"lins.{k}.kernel"] = f"{prefix}lin{k}.model.1.weight"
+    return mapping
 
 
 def _unit_channels(x: jax.Array) -> jax.Array:

@@ -16,6 +16,7 @@ from cdiff_jax.config import load_config
 from cdiff_jax.convert import keymap
 from cdiff_jax.convert.converter import ConversionError, detect_checkpoint_type, system_from_state_dict
 from cdiff_jax.system import abstract_system
+from cdiff_jax.weights.layout import to_flax_layout
 
 MANIFEST_TO_CONFIG = {"vae": "vae", "mask_ldm": "mask", "text_ldm": "text", "codiff": "codiff"}
 
@@ -41,7 +42,7 @@ def test_released_configs_cover_the_real_key_sets_exactly(fixtures_root):
         assert sorted(names.values()) == sorted(expected), path.name
         for ours_path, official in names.items():
             leaf = ours_path.rsplit(".", 1)[-1]
-            converted = keymap.to_flax_layout(np.empty(expected[official], np.float32), leaf).shape
+            converted = to_flax_layout(np.empty(expected[official], np.float32), leaf).shape
             assert converted == tuple(ours[ours_path]), f"{path.name}: {official}"
 
 

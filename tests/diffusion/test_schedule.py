@@ -5,7 +5,7 @@ import numpy as np
 
 from conftest import assert_close_rel, nhwc, reference_config
 from cdiff_jax.convert.keymap import SCHEDULE_BUFFERS
-from cdiff_jax.convert.state_dict_io import read_state_dict
+from cdiff_jax.weights.state_dict_io import read_state_dict
 from cdiff_jax.diffusion.schedule import make_schedule, q_sample, reference_buffers
 
 

@@ -6,9 +6,8 @@ import safetensors.numpy
 
 from conftest import LPIPS_PREFIX as PREFIX
 from conftest import lpips_state_dict
-from cdiff_jax.convert.keymap import LPIPS_VGG_CONV_INDICES
-from cdiff_jax.convert.state_dict_io import CheckpointReadError
-from cdiff_jax.nn.lpips import LPIPS, SCALE, SHIFT, VGG16_LAYOUT
+from cdiff_jax.nn.lpips import LPIPS, LPIPS_VGG_CONV_INDICES, SCALE, SHIFT, VGG16_LAYOUT
+from cdiff_jax.weights.state_dict_io import CheckpointReadError
 
 def _conv3x3(x, w, b):
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))

@@ -26,7 +26,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 # torch's legacy (pre-1.6, non-zip) format starts with this number, pickled as a protocol-2 LONG1.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
-_STORAGE_DTYPES = {
+STORAGE_DTYPES = {
     "FloatStorage": np.dtype(np.float32),
     "DoubleStorage": np.dtype(np.float64),
     "HalfStorage": np.dtype(np.float16),
@@ -62,14 +62,14 @@ class LoadedCheckpoint:
 
 
 @dataclasses.dataclass(frozen=True)
-class _StorageType:
+class StorageType:
     """Stands in for ``torch.<X>Storage``: the unpickler only needs its element dtype."""
 
     name: str
     dtype: np.dtype
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+def rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     """Stand-in for ``torch._utils._rebuild_tensor[_v2]``: a contiguous copy of the strided view.
 
     The trailing ``requires_grad, backward_hooks, metadata`` arguments of the v2 form carry nothing a
@@ -94,17 +94,17 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     return view.copy()
 
 
-def _rebuild_parameter(data, requires_grad, backward_hooks):
+def rebuild_parameter(data, requires_grad, backward_hooks):
     """Stand-in for ``torch._utils._rebuild_parameter``: a parameter is just its data here."""
     return data
 
 
-_ALLOWED_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+TENSOR_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    **{("torch", name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()},
+    **{("torch", name): StorageType(name, dtype) for name, dtype in STORAGE_DTYPES.items()},
 }
 
 
@@ -124,7 +124,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         # Never defer to pickle's own find_class: that would import ``module``.
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            return TENSOR_GLOBALS[(module, name)]
         except KeyError:
             raise UnsafeCheckpointError(
                 f"{self._path}: the file was not loaded because a checkpoint must not run code, and its pickle "
@@ -133,27 +133,47 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], StorageType)):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
         _, storage_type, key, _location, numel = pid
         if key not in self._storages:
             record = f"{self._prefix}data/{key}"
             try:
-                raw = self._archive.read(record)
+                info = self._archive.getinfo(record)
             except KeyError:
                 raise CheckpointReadError(
                     f"{self._path}: storage record {record} is missing from the archive; the file is truncated "
                     "or corrupt, re-download or re-save it"
                 ) from None
             dtype = storage_type.dtype
-            if type(numel) is not int or not 0 <= numel * dtype.itemsize <= len(raw):
+            # Checked against the record's size (itself checked against the file's) before reading it.
+            if type(numel) is not int or not 0 <= numel * dtype.itemsize <= info.file_size:
                 raise CheckpointReadError(
-                    f"{self._path}: storage record {record} holds {len(raw)} bytes, too few for {numel} "
+                    f"{self._path}: storage record {record} holds {info.file_size} bytes, too few for {numel} "
                     f"{dtype} elements; the file is corrupt, re-download or re-save it"
                 )
-            storage = np.frombuffer(raw, dtype=dtype, count=numel)
+            storage = np.frombuffer(self._archive.read(record), dtype=dtype, count=numel)
             self._storages[key] = storage.byteswap() if self._big_endian else storage
         return self._storages[key]
+
+
+def _check_member_sizes(archive: zipfile.ZipFile, path: pathlib.Path) -> None:
+    """Every record's declared size must fit in the file, so no read can be asked for more than it holds.
+
+    torch.save stores records uncompressed; a compressed record could declare any size, so it is refused.
+    """
+    file_size = path.stat().st_size
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointReadError(
+                f"{path}: record {info.filename} is compressed, which torch.save never does; "
+                "re-save the checkpoint with torch.save"
+            )
+        if info.file_size != info.compress_size or info.header_offset + info.compress_size > file_size:
+            raise CheckpointReadError(
+                f"{path}: record {info.filename} declares {info.file_size} bytes, more than the file of "
+                f"{file_size} bytes can hold; the file is truncated or corrupt, re-download or re-save it"
+            )
 
 
 def _read_torch_zip(path: pathlib.Path):
@@ -174,6 +194,7 @@ def _read_torch_zip(path: pathlib.Path):
         )
     try:
         with zipfile.ZipFile(path) as archive:
+            _check_member_sizes(archive, path)
             pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
             if not pickles:
                 raise CheckpointReadError(

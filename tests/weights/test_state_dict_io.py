@@ -4,6 +4,7 @@ import os
 import pickle
 import struct
 import sys
+import tracemalloc
 import zipfile
 
 import ml_dtypes
@@ -11,11 +12,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from cdiff_jax.convert.state_dict_io import (
+from cdiff_jax.weights.state_dict_io import (
     CheckpointReadError,
     LoadedCheckpoint,
     UnsafeCheckpointError,
-    _rebuild_tensor,
+    rebuild_tensor,
     read_state_dict,
     read_tensor,
 )
@@ -88,14 +89,14 @@ def test_fixture_ckpt_matches_safetensors(fixtures_root):
 
 def test_rebuild_tensor_matches_numpy_views():
     storage = np.arange(24, dtype=np.float32)
-    transposed = _rebuild_tensor(storage, 0, (6, 4), (1, 6), False, {})
+    transposed = rebuild_tensor(storage, 0, (6, 4), (1, 6), False, {})
     np.testing.assert_array_equal(transposed, storage.reshape(4, 6).T)
     assert transposed.flags.c_contiguous and transposed.flags.writeable
 
-    sliced = _rebuild_tensor(storage, 3, (2, 3), (8, 2))
+    sliced = rebuild_tensor(storage, 3, (2, 3), (8, 2))
     np.testing.assert_array_equal(sliced, [[3 + 8 * i + 2 * j for j in range(3)] for i in range(2)])
-    np.testing.assert_array_equal(_rebuild_tensor(storage, 5, (), ()), np.float32(5))
-    assert _rebuild_tensor(storage, 24, (0, 3), (3, 1)).shape == (0, 3)
+    np.testing.assert_array_equal(rebuild_tensor(storage, 5, (), ()), np.float32(5))
+    assert rebuild_tensor(storage, 24, (0, 3), (3, 1)).shape == (0, 3)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,7 @@ def test_rebuild_tensor_matches_numpy_views():
 )
 def test_rebuild_tensor_rejects_layouts_outside_storage(offset, size, stride):
     with pytest.raises(pickle.UnpicklingError):
-        _rebuild_tensor(np.zeros(24, np.float32), offset, size, stride)
+        rebuild_tensor(np.zeros(24, np.float32), offset, size, stride)
 
 
 def test_archive_with_strided_shared_and_int_tensors(tmp_path):
@@ -239,6 +240,40 @@ def test_missing_storage_record(tmp_path):
 def test_short_storage_record(tmp_path):
     top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
     _assert_read_error(_write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 8}), "too few")
+
+
+def test_storage_declaring_more_than_its_record_fails_before_reading_it(tmp_path):
+    """A 1 MB file whose tensor claims 1 GiB fails on the declared sizes, allocating nothing of that order."""
+    numel = 2**28  # float32: 1 GiB
+    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", numel, 0, (numel,), (1,))})})
+    path = _write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 2**20})
+    tracemalloc.start()
+    try:
+        _assert_read_error(path, f"too few for {numel}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**24, f"peak allocation {peak} bytes"
+
+
+def test_record_declaring_more_bytes_than_the_file_holds(tmp_path):
+    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
+    path = _write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 16})
+    raw = bytearray(path.read_bytes())
+    name = b"archive/data/0"
+    entry = raw.index(b"PK\x01\x02")  # the first central directory entry
+    while raw[entry + 46 : entry + 46 + len(name)] != name:  # central directory entries, in order
+        entry = raw.index(b"PK\x01\x02", entry + 4)
+    raw[entry + 20 : entry + 28] = struct.pack("<II", 2**30, 2**30)  # compressed and uncompressed sizes
+    path.write_bytes(bytes(raw))
+    _assert_read_error(path, "declares 1073741824 bytes, more than the file")
+
+
+def test_compressed_records_are_refused(tmp_path):
+    path = tmp_path / "model.ckpt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}.")
+    _assert_read_error(path, "compressed")
 
 
 def test_layout_outside_storage(tmp_path):
