@@ -26,8 +26,10 @@ from flax import nnx
 from cdiff_jax.checkpoint import save_generator
 from cdiff_jax.config import StyleGAN2Config
 from cdiff_jax.nn.stylegan2 import Generator, fir_filter
+from cdiff_jax.weights.network_pickle import read_network_pickle
+from cdiff_jax.weights.state_dict_io import _read_torch_zip
 
-NVIDIA_GENERATOR = "training.networks.Generator"
+NVIDIA_GENERATOR = "Generator"  # the persistent class name of training.networks.Generator
 PICKLE_SUFFIX = ".pkl"
 TORCH_SUFFIXES = (".pt", ".pth")
 SUPPORTED = ("NVIDIA stylegan2-ada-pytorch network pickle (.pkl with G_ema)",
@@ -261,16 +263,15 @@ class LoadedGenerator:
 
 
 def load_nvidia_pickle(path: pathlib.Path) -> LoadedGenerator:
-    from cdiff_jax.weights.network_pickle import read_network_pickle
-
     snapshot = read_network_pickle(path)
     if not isinstance(snapshot, Mapping) or "G_ema" not in snapshot:
         have = sorted(map(str, snapshot)) if isinstance(snapshot, Mapping) else type(snapshot).__name__
         raise GANConversionError(f"{path}: no 'G_ema' in the network pickle (it has {have}); "
                                  "expected a stylegan2-ada-pytorch snapshot")
     g = snapshot["G_ema"]
-    if g.class_name != NVIDIA_GENERATOR:
-        raise GANConversionError(f"{path}: G_ema is a {g.class_name}; only {NVIDIA_GENERATOR} (StyleGAN2) is supported")
+    if g.class_name != NVIDIA_GENERATOR or g.init_args:
+        raise GANConversionError(f"{path}: G_ema is a persistent {g.class_name!r} (positional args {list(g.init_args)}); "
+                                 "only stylegan2-ada-pytorch's Generator, built from keyword arguments, is supported")
     cfg = config_from_init_kwargs(g.init_kwargs)
     return LoadedGenerator(generator_from_state_dict(g.state_dict(), cfg, nvidia_key_map(cfg)), "nvidia-pickle")
 
@@ -283,8 +284,6 @@ def rosinality_generator(tensors: Mapping[str, np.ndarray], latent_avg: np.ndarr
 
 
 def load_gan_torch_file(path: pathlib.Path) -> LoadedGenerator:
-    from cdiff_jax.convert.state_dict_io import _read_torch_zip
-
     return generator_from_torch_object(_read_torch_zip(path), path)
 
 
