@@ -7,6 +7,7 @@ or kill during a save never leaves a half-written checkpoint where a good one is
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -16,7 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from cdiff_jax.config import SystemConfig
+from cdiff_jax.config import StyleGAN2Config, SystemConfig
+from cdiff_jax.nn.stylegan2 import Generator
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system
 
 CONFIG_FILE = "config.json"
@@ -116,3 +118,33 @@ def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
     nnx.replace_by_pure_dict(state, params)
     nnx.update(system, state)
     return system
+
+
+# --- StyleGAN2 generators: config.json (StyleGAN2Config) beside params/ (weights and buffers) -----
+
+
+def save_generator(directory: str | os.PathLike, generator: Generator, *, overwrite: bool = False) -> pathlib.Path:
+    """Write a StyleGAN2 `Generator`'s config and whole state (w_avg and constant noise included) atomically."""
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} exists; choose a new output path or pass overwrite")
+    with atomic_directory(directory) as tmp:
+        tmp.mkdir()
+        (tmp / CONFIG_FILE).write_text(generator.cfg.to_json())
+        save_tree(tmp / PARAMS_DIR, nnx.to_pure_dict(nnx.state(generator)))
+    return directory
+
+
+def load_generator(directory: str | os.PathLike) -> Generator:
+    """Rebuild a StyleGAN2 `Generator` from a directory written by `save_generator`."""
+    directory = pathlib.Path(directory).absolute()
+    config_file = directory / CONFIG_FILE
+    if not config_file.is_file() or not (directory / PARAMS_DIR).is_dir() or "z_dim" not in json.loads(
+            config_file.read_text()):
+        raise NotACheckpointError(
+            f"{directory} is not a StyleGAN2 generator checkpoint (expected {CONFIG_FILE} of a StyleGAN2Config and "
+            f"{PARAMS_DIR}/); convert a .pkl or .pt with `python -m cdiff_jax.convert SRC DST`")
+    cfg = StyleGAN2Config.from_json(config_file.read_text())
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Generator(cfg, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, load_arrays(directory / PARAMS_DIR, nnx.to_pure_dict(state)))
+    return nnx.merge(graphdef, state)

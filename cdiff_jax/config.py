@@ -230,3 +230,58 @@ def load_config(spec: str):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGAN2Config:
+    """StyleGAN2 generator (config-f, 'skip' architecture), in the terms of stylegan2-ada-pytorch's
+    `Generator` constructor, so a network pickle's recorded kwargs translate field for field.
+
+    `mapping_layer_features` / `embed_features` of None mean w_dim, as in the official code. The
+    resample filter is the FIR kernel of every x2 upsampling (outer product of itself, normalised).
+    """
+
+    z_dim: int = 512
+    c_dim: int = 0
+    w_dim: int = 512
+    img_resolution: int = 1024
+    img_channels: int = 3
+    mapping_layers: int = 8
+    mapping_lr_multiplier: float = 0.01
+    mapping_layer_features: int | None = None
+    embed_features: int | None = None
+    w_avg_beta: float = 0.995
+    channel_base: int = 32768
+    channel_max: int = 512
+    conv_clamp: float | None = None
+    architecture: str = "skip"
+    resample_filter: tuple[int, ...] = (1, 3, 3, 1)
+
+    def __post_init__(self):
+        log2 = self.img_resolution.bit_length() - 1
+        if self.img_resolution < 4 or self.img_resolution != 2**log2:
+            raise ValueError(f"StyleGAN2Config: img_resolution {self.img_resolution} must be a power of two >= 4")
+        if self.architecture != "skip":
+            raise ValueError(f"StyleGAN2Config: architecture {self.architecture!r} is not implemented; only 'skip' "
+                             "(config-f, every released StyleGAN2/ADA generator) is")
+        if self.mapping_layers < 1:
+            raise ValueError("StyleGAN2Config: mapping_layers must be at least 1")
+
+    @property
+    def block_resolutions(self) -> tuple[int, ...]:
+        return tuple(2**i for i in range(2, self.img_resolution.bit_length()))
+
+    def channels(self, resolution: int) -> int:
+        return min(self.channel_base // resolution, self.channel_max)
+
+    @property
+    def num_ws(self) -> int:
+        """W+ rows: one per conv layer, plus the last block's toRGB (earlier toRGBs share the next conv0's row)."""
+        return 2 * len(self.block_resolutions)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StyleGAN2Config:
+        return _from_dict(cls, json.loads(text))

@@ -22,7 +22,8 @@ def main(argv=None) -> int:
         description="Convert an official Collaborative Diffusion checkpoint (.ckpt or .safetensors) "
         "into a cdiff_jax checkpoint directory (config.json + orbax params/).",
     )
-    parser.add_argument("src", help="official checkpoint: {256,512}_{vae,mask,text,codiff_mask_text}.ckpt or .safetensors")
+    parser.add_argument("src", help="official checkpoint: {256,512}_{vae,mask,text,codiff_mask_text}.ckpt or .safetensors; "
+                        "or a StyleGAN2 generator: NVIDIA .pkl, rosinality / pSp / e4e .pt")
     parser.add_argument("dst", help="output directory (written atomically)")
     parser.add_argument(
         "--config",
@@ -31,6 +32,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
+    if pathlib.Path(args.src).suffix.lower() in GAN_SUFFIXES:
+        return _convert_gan(args)
     try:
         config = resolve_config(args.config) if args.config else None
         report = convert_checkpoint(args.src, args.dst, config, overwrite=args.overwrite)
@@ -38,6 +41,26 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(report.summary())
+    print(f"wrote {args.dst}")
+    return 0
+
+
+GAN_SUFFIXES = (".pkl", ".pt", ".pth")
+
+
+def _convert_gan(args) -> int:
+    """StyleGAN2 generators: NVIDIA network pickles, rosinality / pSp / e4e .pt files."""
+    from cdiff_jax.convert.stylegan2 import convert_generator
+
+    if args.config:
+        print("error: --config does not apply to GAN files; their architecture is read from the file", file=sys.stderr)
+        return 1
+    try:
+        loaded = convert_generator(args.src, args.dst, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"StyleGAN2 generator ({loaded.source_format}): {loaded.generator.cfg}")
     print(f"wrote {args.dst}")
     return 0
 
