@@ -285,3 +285,35 @@ class StyleGAN2Config:
     @classmethod
     def from_json(cls, text: str) -> StyleGAN2Config:
         return _from_dict(cls, json.loads(text))
+
+
+class DDGIHeadsConfig:
+    """DDGI's two trained networks: M maps the UNet's middle block to W+ codes, T (AbSMNet) modulates them.
+
+    The paper publishes neither network's layer counts or widths; every field here is ours. Feature
+    shapes are (size, channels) of square NHWC maps: `middle` is h_t, `levels` the tapped decoder layers
+    (f_t and a_t), largest last or in any order. M follows pSp's map2style heads (one per W+ entry,
+    log2(size) stride-2 3x3 convs then a linear layer) with the ReLU of the paper's figure.
+    """
+
+    num_ws: int  # W+ entries of the GAN: 2 * log2(resolution) - 2
+    w_dim: int
+    middle: tuple[int, int]  # (size, channels) of h_t
+    levels: tuple[tuple[int, int], ...]  # (size, channels) of each tapped decoder layer
+    mapping_channels: int = 512  # width of each map2style head's convolutions
+    modulation_channels: int = 256  # width of AbSMNet's convolutions
+    attention_gating: bool = True  # False: the local stream is F and the global F-bar (the ablation)
+
+    def __post_init__(self):
+        sizes = [self.middle[0]] + [size for size, _ in self.levels]
+        if not self.levels:
+            raise ValueError("DDGIHeadsConfig: AbSMNet needs at least one tapped decoder level")
+        if any(size < 1 or size & (size - 1) for size in sizes):
+            raise ValueError(f"DDGIHeadsConfig: feature sizes must be powers of two, got {sizes}")
+        if self.num_ws < 1 or self.w_dim < 1:
+            raise ValueError(f"DDGIHeadsConfig: num_ws and w_dim must be positive, got {self.num_ws}, {self.w_dim}")
+
+    @property
+    def modulation_size(self) -> int:
+        """The resolution AbSMNet works at: the largest tapped level."""
+        return max(size for size, _ in self.levels)
