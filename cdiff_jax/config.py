@@ -287,6 +287,7 @@ class StyleGAN2Config:
         return _from_dict(cls, json.loads(text))
 
 
+@dataclasses.dataclass(frozen=True)
 class DDGIHeadsConfig:
     """DDGI's two trained networks: M maps the UNet's middle block to W+ codes, T (AbSMNet) modulates them.
 

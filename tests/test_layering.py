@@ -20,6 +20,7 @@ LAYERS = [
     ("system", ("system", "checkpoint", "latents")),
     ("diffusion", ("diffusion",)),
     ("sampling", ("sampling", "requests")),
+    ("ddgi", ("ddgi",)),  # DDGI's heads and what they read from the frozen system
     ("train", ("train",)),
     ("editing", ("editing",)),
     ("evaluation", ("evaluation",)),
