@@ -15,7 +15,7 @@ from flax import nnx
 
 from cdiff_jax.config import StyleGAN2Config
 from cdiff_jax.nn import stylegan2 as sg
-from cdiff_jax.nn.layers import NHWC
+from cdiff_jax.nn.kernels import NHWC
 from timing import best_time
 
 SHAPES = [  # (side, in channels, out channels): config-f / paper256 3x3 layers

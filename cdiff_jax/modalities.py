@@ -20,7 +20,7 @@ from cdiff_jax.data.scribbles import scribbles_to_tokens
 from cdiff_jax.nn.mask_encoder import MaskEncoder
 from cdiff_jax.nn.scribble_encoder import ScribbleEncoder
 from cdiff_jax.nn.text_encoder import TextEncoder
-from cdiff_jax.text.tokenizer import CLS_ID, SEP_ID, TokenizedCaptions, caption_tokenizer
+from cdiff_jax.text.tokenizer import CLS_ID, PAD_ID, SEP_ID, TokenizedCaptions, caption_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ModalityKind:
     null: Callable[[Any], np.ndarray]  # encoder config -> the batch-of-one condition that says nothing
     official_name: str | None  # its name in the official collaborative checkpoint's keys; None: there is none
     spatial: bool  # a layout condition: the released re-weighting decays its weight with the timestep
+    content: Callable[[Any], Any]  # a batch of conditions -> [B, tokens] bool: the tokens that carry content
 
 
 def tokenize_captions(captions: Sequence[str | bytes], cfg: TextEncoderConfig) -> TokenizedCaptions:
@@ -58,6 +59,7 @@ KINDS: dict[str, ModalityKind] = {
         null=_null_tokens,
         official_name="text",
         spatial=False,
+        content=lambda ids: (ids != PAD_ID) & (ids != CLS_ID) & (ids != SEP_ID),  # words, not markers or padding
     ),
     "mask": ModalityKind(
         config=MaskEncoderConfig,
@@ -68,6 +70,7 @@ KINDS: dict[str, ModalityKind] = {
         null=lambda cfg: np.zeros((1, cfg.num_classes, cfg.mask_size**2), np.float32),  # no class anywhere
         official_name="seg_mask",
         spatial=True,
+        content=lambda one_hot: one_hot.sum(axis=-1) > 0,  # the classes the mask shows
     ),
     "scribble": ModalityKind(
         config=ScribbleEncoderConfig,
@@ -78,6 +81,7 @@ KINDS: dict[str, ModalityKind] = {
         null=lambda cfg: np.zeros((1, len(cfg.stroke_widths), cfg.scribble_size**2), np.float32),  # no stroke
         official_name=None,
         spatial=True,
+        content=lambda strokes: strokes.sum(axis=-1) > 0,  # stroke widths with something drawn
     ),
 }
 

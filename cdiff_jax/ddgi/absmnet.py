@@ -20,16 +20,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import DDGIHeadsConfig
-from cdiff_jax.nn.layers import conv
+from cdiff_jax.nn.kernels import kernel_forms
+from cdiff_jax.nn.layers import conv, linear
 
 
-def content_attention(probabilities: jax.Array, content: jax.Array, size: int) -> jax.Array:
-    """A: [B, size*size, tokens] probabilities and a [B, tokens] content mask -> [B, size, size, 1].
+def content_attention(probabilities: jax.Array, content: jax.Array) -> jax.Array:
+    """A: [B, s*s, tokens] probabilities and a [B, tokens] content mask -> [B, s, s, 1].
 
     A batch row without content tokens (an empty caption) attends nowhere: its A is zero.
     """
     masked = jnp.where(content[:, None, :], probabilities, -jnp.inf)
     strongest = jnp.where(content.any(axis=-1)[:, None], masked.max(axis=-1), 0.0)
+    size = math.isqrt(probabilities.shape[1])
     return strongest.reshape(-1, size, size, 1)
 
 
@@ -42,21 +44,24 @@ def _resize(x: jax.Array, size: int) -> jax.Array:
 class AbSMNet(nnx.Module):
     def __init__(self, cfg: DDGIHeadsConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
+        forms = kernel_forms()
         channels = 2 * sum(c for _, c in cfg.levels)
         widths = [channels] + [cfg.modulation_channels] * int(math.log2(cfg.modulation_size))
         self.convs = nnx.List(
-            [conv(a, b, 3, stride=2, padding=1, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
-        zeros = nnx.initializers.zeros
-        self.gamma = nnx.Linear(widths[-1], cfg.num_ws * cfg.w_dim, kernel_init=zeros, rngs=rngs)
-        self.beta = nnx.Linear(widths[-1], cfg.num_ws * cfg.w_dim, kernel_init=zeros, rngs=rngs)
+            [conv(a, b, 3, stride=2, padding=1, forms=forms, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        # Zero-initialised: gamma 1 and beta 0, so that w = w^m at the start.
+        self.gamma = linear(widths[-1], cfg.num_ws * cfg.w_dim, zero_init=True, forms=forms, rngs=rngs)
+        self.beta = linear(widths[-1], cfg.num_ws * cfg.w_dim, zero_init=True, forms=forms, rngs=rngs)
 
     def streams(self, features, attention, content) -> jax.Array:
         """The local and global streams of every layer, [B, S, S, 2 * sum(C_l)] at the largest level S."""
         size = self.cfg.modulation_size
         local, global_ = [], []
         for f, a in zip(features, attention, strict=True):
+            # The attention map has its transformer's resolution, which is f's or half of it (a block
+            # that ends its level upsamples after attending).
             if self.cfg.attention_gating:
-                gate = content_attention(a, content, f.shape[1])
+                gate = content_attention(a, content)
             else:
                 gate = jnp.ones(f.shape[:3] + (1,), f.dtype)
             local.append(_resize(f, size) * _resize(gate, size))

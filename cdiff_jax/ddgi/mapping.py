@@ -16,17 +16,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import DDGIHeadsConfig
-from cdiff_jax.nn.layers import conv
+from cdiff_jax.nn.kernels import kernel_forms
+from cdiff_jax.nn.layers import conv, linear
 
 
 class StyleHead(nnx.Module):
     """map2style: [B, s, s, C] -> [B, w_dim]."""
 
     def __init__(self, size: int, in_channels: int, channels: int, w_dim: int, *, rngs: nnx.Rngs):
+        forms = kernel_forms()
         widths = [in_channels] + [channels] * int(math.log2(size))
         self.convs = nnx.List(
-            [conv(a, b, 3, stride=2, padding=1, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
-        self.out = nnx.Linear(widths[-1], w_dim, kernel_init=nnx.initializers.zeros, rngs=rngs)
+            [conv(a, b, 3, stride=2, padding=1, forms=forms, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.out = linear(widths[-1], w_dim, zero_init=True, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for layer in self.convs:

@@ -44,9 +44,10 @@ def conv(
                     conv_general_dilated=conv_function(forms), precision=forms.precision, rngs=rngs, **extra)
 
 
-def linear(in_features: int, out_features: int, *, use_bias: bool = True, forms: KernelForms,
-           rngs: nnx.Rngs) -> nnx.Linear:
-    """A dense layer whose product runs at the forms' precision."""
-    return nnx.Linear(in_features, out_features, use_bias=use_bias, precision=forms.precision, rngs=rngs)
+def linear(in_features: int, out_features: int, *, use_bias: bool = True, zero_init: bool = False,
+           forms: KernelForms, rngs: nnx.Rngs) -> nnx.Linear:
+    """A dense layer whose product runs at the forms' precision; `zero_init` starts it at output 0 (plus bias)."""
+    extra = {"kernel_init": zeros} if zero_init else {}
+    return nnx.Linear(in_features, out_features, use_bias=use_bias, precision=forms.precision, rngs=rngs, **extra)
 
 

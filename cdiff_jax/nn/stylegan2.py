@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from cdiff_jax.config import StyleGAN2Config
-from cdiff_jax.nn.layers import NHWC, conv_general_dilated
+from cdiff_jax.nn.kernels import NHWC, conv_function, kernel_forms
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
@@ -93,21 +93,23 @@ def upsample_skip(img: jax.Array, taps: Sequence[int]) -> jax.Array:
 
 
 def modulated_conv(x: jax.Array, weight: jax.Array, styles: jax.Array, *, demodulate: bool,
-                   up_taps: Sequence[int] | None = None) -> jax.Array:
+                   up_taps: Sequence[int] | None = None, convolve=jax.lax.conv_general_dilated,
+                   precision=None) -> jax.Array:
     """Convolution with weights scaled per sample by `styles` over input channels (and, with
     `demodulate`, renormalised per output channel), computed as scale - convolve - rescale.
 
     x [B, H, W, I], weight [k, k, I, O] (HWIO), styles [B, I]. With `up_taps` the convolution is
     transposed with stride 2 (the zero-dilated input correlated with the flipped kernel) and then
-    FIR-filtered, which doubles the resolution as the official up-convolution does.
+    FIR-filtered, which doubles the resolution as the official up-convolution does. `convolve` computes
+    the stride-1 convolution (a form of `cdiff_jax.nn.kernels`).
     """
     k = weight.shape[0]
     x = x * styles[:, None, None, :].astype(x.dtype)
     if up_taps is None:
-        x = conv_general_dilated(x, weight, (1, 1), ((k // 2, k // 2),) * 2, dimension_numbers=NHWC)
+        x = convolve(x, weight, (1, 1), ((k // 2, k // 2),) * 2, dimension_numbers=NHWC, precision=precision)
     else:
         x = jax.lax.conv_general_dilated(x, weight[::-1, ::-1], (1, 1), ((k - 1, k - 1),) * 2, lhs_dilation=(2, 2),
-                                         dimension_numbers=NHWC)
+                                         dimension_numbers=NHWC, precision=precision)
         n = len(up_taps)  # the official padding arithmetic (conv2d_resample) for padding k // 2
         x = upfirdn(x, up_taps, (k // 2 + (n + 1) // 2 - (k - 1), k // 2 + (n - 2) // 2 - (k - 2)))
     if demodulate:
@@ -168,9 +170,13 @@ class SynthesisLayer(nnx.Module):
         self.noise_const = Buffer(jax.random.normal(rngs.params(), (resolution, resolution)))
         self.up_taps = cfg.resample_filter if up else None
         self.clamp = cfg.conv_clamp
+        forms = kernel_forms()  # decided at construction: part of the graphdef, like every layer's
+        self.convolve = conv_function(forms)
+        self.precision = forms.precision
 
     def __call__(self, x: jax.Array, w: jax.Array, noise: jax.Array | None) -> jax.Array:
-        x = modulated_conv(x, self.weight[...], self.affine(w), demodulate=True, up_taps=self.up_taps)
+        x = modulated_conv(x, self.weight[...], self.affine(w), demodulate=True, up_taps=self.up_taps,
+                           convolve=self.convolve, precision=self.precision)
         if noise is not None:
             x = x + noise[..., None] * self.noise_strength[...]
         return lrelu(x + self.bias[...], self.clamp)

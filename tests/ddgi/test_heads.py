@@ -40,9 +40,9 @@ def test_codes_start_at_the_average_code_and_have_the_gan_shape():
 
 def test_content_attention_takes_the_strongest_content_token_per_pixel():
     probabilities = jnp.array([[[0.7, 0.1, 0.2], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.0, 0.0, 1.0]]])
-    gate = content_attention(probabilities, jnp.array([[False, True, True]]), 2)
+    gate = content_attention(probabilities, jnp.array([[False, True, True]]))
     np.testing.assert_allclose(gate[0, ..., 0], [[0.2, 0.6], [0.4, 1.0]])
-    empty = content_attention(probabilities, jnp.zeros((1, 3), bool), 2)
+    empty = content_attention(probabilities, jnp.zeros((1, 3), bool))
     np.testing.assert_array_equal(empty, 0.0)
 
 
