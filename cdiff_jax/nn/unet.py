@@ -179,7 +179,9 @@ class UNetBlock(nnx.Module):
     def __call__(self, x: jax.Array, emb: jax.Array, context: jax.Array) -> jax.Array:
         return self.forward(x, emb, context, tap=False)[0]
 
-    def forward(self, x: jax.Array, emb: jax.Array, context: jax.Array, tap: bool) -> tuple[jax.Array, jax.Array | None]:
+    def forward(
+        self, x: jax.Array, emb: jax.Array, context: jax.Array, tap: bool
+    ) -> tuple[jax.Array, jax.Array | None]:
         """The output and, if `tap` and the block has a transformer, its cross-attention probabilities."""
         probabilities = None
         if self.res is not None:
