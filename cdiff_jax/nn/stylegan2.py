@@ -131,16 +131,17 @@ class EqualizedLinear(nnx.Module):
 
 
 class MappingNetwork(nnx.Module):
-    """z [B, z_dim] (+ c [B, c_dim]) -> w [B, w_dim]; `w_avg` is the truncation centre."""
+    """z [B, z_dim] (+ c [B, c_dim]) -> w [B, w_dim]; `w_avg` is the truncation centre (a
+    discriminator's label mapping has none)."""
 
-    def __init__(self, cfg: StyleGAN2Config, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: StyleGAN2Config, *, rngs: nnx.Rngs, with_w_avg: bool = True):
         embed = (cfg.embed_features or cfg.w_dim) if cfg.c_dim else 0
         hidden = cfg.mapping_layer_features or cfg.w_dim
         self.embed = EqualizedLinear(cfg.c_dim, embed, rngs=rngs) if cfg.c_dim else None
         widths = [cfg.z_dim + embed] + [hidden] * (cfg.mapping_layers - 1) + [cfg.w_dim]
         self.layers = nnx.List([EqualizedLinear(a, b, lr_multiplier=cfg.mapping_lr_multiplier, rngs=rngs)
                                 for a, b in zip(widths[:-1], widths[1:])])
-        self.w_avg = Buffer(jnp.zeros((cfg.w_dim,), jnp.float32))
+        self.w_avg = Buffer(jnp.zeros((cfg.w_dim,), jnp.float32)) if with_w_avg else None
 
     def inputs(self, z: jax.Array, c: jax.Array | None) -> jax.Array:
         """The input of the first FC layer: normalised z, then the normalised label embedding."""
