@@ -5,7 +5,8 @@ constructor kwargs), rosinality `.pt` files (`{'g_ema', 'latent_avg'}`, convert_
 and pSp / e4e checkpoints (the same generator under `decoder.` in `state_dict`, `latent_avg` at the
 top); rosinality's architecture is read off the tensor shapes. Strict: every tensor of our model is
 filled with the right shape and every source tensor is used or checked (FIR filter buffers must
-equal the configured filter); anything else fails with the full list.
+equal the configured filter); anything else fails with the full list. The discriminator of an
+NVIDIA snapshot converts the same way (`load_nvidia_discriminator`), for training.
 
 Layouts: ours are HWIO convolutions, [in, out] dense weights, a [4, 4, C] constant. Both sources
 compute the up-convolution as a true transposed convolution of the stored kernel, as we do, so
@@ -42,14 +43,14 @@ class GANConversionError(ValueError):
     pass
 
 
-Path = tuple  # a leaf's path in our state: ('synthesis', 'blocks', 0, 'conv1', 'weight')
+LeafPath = tuple  # a leaf's path in our state: ('synthesis', 'blocks', 0, 'conv1', 'weight')
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """Where one source tensor goes: our leaf and the layout change, or a filter it must equal."""
 
-    path: Path | None
+    path: LeafPath | None
     transform: Callable = lambda a: a
     expected: np.ndarray | None = None  # for FIR filter buffers, which we derive from the config
 
@@ -162,7 +163,7 @@ def rosinality_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
     up = Entry(None, expected=fir_filter(cfg.resample_filter, 4.0))
     noise_index = 0
 
-    def styled_conv(src: str, dst: Path, up_conv: bool) -> dict[str, Entry]:
+    def styled_conv(src: str, dst: LeafPath, up_conv: bool) -> dict[str, Entry]:
         nonlocal noise_index
         out = {f"{src}.conv.weight": Entry((*dst, "weight"), lambda a: _conv(a[0])),
                f"{src}.conv.modulation.weight": Entry((*dst, "affine", "weight"), _fc),
@@ -175,7 +176,7 @@ def rosinality_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
         noise_index += 1
         return out
 
-    def to_rgb(src: str, dst: Path) -> dict[str, Entry]:
+    def to_rgb(src: str, dst: LeafPath) -> dict[str, Entry]:
         return {f"{src}.conv.weight": Entry((*dst, "weight"), lambda a: a[0, :, :, 0, 0].T),
                 f"{src}.conv.modulation.weight": Entry((*dst, "affine", "weight"), _fc),
                 f"{src}.conv.modulation.bias": Entry((*dst, "affine", "bias")),
@@ -248,7 +249,7 @@ def nvidia_discriminator_key_map(cfg: StyleGAN2DiscriminatorConfig) -> dict[str,
 # --- strict application -------------------------------------------------------------------------
 
 
-def _leaves(tree, prefix=()) -> dict[Path, object]:
+def _leaves(tree, prefix=()) -> dict[LeafPath, object]:
     out = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):

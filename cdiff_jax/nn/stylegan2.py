@@ -60,13 +60,13 @@ def _upfirdn_axis(x: jax.Array, taps: Sequence[int], axis: int, up: int, pad: tu
                   gain: float) -> jax.Array:
     """One axis of upfirdn2d: zero insertion by `up`, padding, convolution with the normalised
     `taps` (scaled to sum `gain`), written per output phase as sums of shifted slices of x: no multiply
-    touches an inserted zero, and XLA compiles slices and adds far faster than a dilated conv."""
+    touches an inserted zero, which on XLA:CPU runs several times faster than a depthwise convolution
+    over the dilated input."""
     g = np.asarray(taps, np.float64)[::-1]
     g = g / g.sum() * gain
     n = x.shape[axis]
     length = n * up + pad[0] + pad[1] - len(g) + 1
-    assert length % up == 0, "output length must be a multiple of the upsampling factor"
-    out = length // up
+    out = length // up  # every caller's padding makes length a multiple of up
     phases = [[(g[j], (a + j - pad[0]) // up) for j in range(len(g)) if (a + j - pad[0]) % up == 0]
               for a in range(up)]
     shifts = [s for phase in phases for _, s in phase]
@@ -277,6 +277,8 @@ class SynthesisNetwork(nnx.Module):
 
 
 class Generator(nnx.Module):
+    """mapping (z, c -> w) and synthesis (W+ -> image); sample through the pure functions below."""
+
     def __init__(self, cfg: StyleGAN2Config, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.mapping = MappingNetwork(cfg, rngs=rngs)
