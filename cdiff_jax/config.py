@@ -288,6 +288,57 @@ class StyleGAN2Config:
 
 
 @dataclasses.dataclass(frozen=True)
+class StyleGAN2DiscriminatorConfig:
+    """StyleGAN2 discriminator ('resnet' architecture), in the terms of stylegan2-ada-pytorch's
+    `Discriminator` constructor. `cmap_dim` None means the 4x4 block's width (conditional only)."""
+
+    c_dim: int = 0
+    img_resolution: int = 1024
+    img_channels: int = 3
+    channel_base: int = 32768
+    channel_max: int = 512
+    conv_clamp: float | None = None
+    cmap_dim: int | None = None
+    mbstd_group_size: int = 4
+    mbstd_num_channels: int = 1
+    mapping_layers: int = 8
+    mapping_lr_multiplier: float = 0.01
+    architecture: str = "resnet"
+    resample_filter: tuple[int, ...] = (1, 3, 3, 1)
+
+    def __post_init__(self):
+        log2 = self.img_resolution.bit_length() - 1
+        if self.img_resolution < 8 or self.img_resolution != 2**log2:
+            raise ValueError(f"StyleGAN2DiscriminatorConfig: img_resolution {self.img_resolution} must be a power "
+                             "of two >= 8")
+        if self.architecture != "resnet":
+            raise ValueError(f"StyleGAN2DiscriminatorConfig: architecture {self.architecture!r} is not implemented; "
+                             "only 'resnet' (config-f, every released StyleGAN2/ADA discriminator) is")
+
+    @property
+    def block_resolutions(self) -> tuple[int, ...]:
+        """From the image resolution down to 8; the epilogue runs at 4."""
+        return tuple(2**i for i in range(self.img_resolution.bit_length() - 1, 2, -1))
+
+    def channels(self, resolution: int) -> int:
+        return min(self.channel_base // resolution, self.channel_max)
+
+    @property
+    def projection_dim(self) -> int:
+        """Width of the label embedding the output is projected on (0: unconditional)."""
+        if not self.c_dim:
+            return 0
+        return self.channels(4) if self.cmap_dim is None else self.cmap_dim
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StyleGAN2DiscriminatorConfig:
+        return _from_dict(cls, json.loads(text))
+
+
+@dataclasses.dataclass(frozen=True)
 class DDGIHeadsConfig:
     """DDGI's two trained networks: M maps the UNet's middle block to W+ codes, T (AbSMNet) modulates them.
 

@@ -5,7 +5,8 @@ constructor kwargs), rosinality `.pt` files (`{'g_ema', 'latent_avg'}`, convert_
 and pSp / e4e checkpoints (the same generator under `decoder.` in `state_dict`, `latent_avg` at the
 top); rosinality's architecture is read off the tensor shapes. Strict: every tensor of our model is
 filled with the right shape and every source tensor is used or checked (FIR filter buffers must
-equal the configured filter); anything else fails with the full list.
+equal the configured filter); anything else fails with the full list. The discriminator of an
+NVIDIA snapshot converts the same way (`load_nvidia_discriminator`), for training.
 
 Layouts: ours are HWIO convolutions, [in, out] dense weights, a [4, 4, C] constant. Both sources
 compute the up-convolution as a true transposed convolution of the stored kernel, as we do, so
@@ -24,8 +25,9 @@ import numpy as np
 from flax import nnx
 
 from cdiff_jax.checkpoint import save_generator
-from cdiff_jax.config import StyleGAN2Config
+from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig
 from cdiff_jax.nn.stylegan2 import Generator, fir_filter
+from cdiff_jax.nn.stylegan2_discriminator import Discriminator
 from cdiff_jax.weights.network_pickle import read_network_pickle
 from cdiff_jax.weights.state_dict_io import _read_torch_zip
 
@@ -41,14 +43,14 @@ class GANConversionError(ValueError):
     pass
 
 
-Path = tuple  # a leaf's path in our state: ('synthesis', 'blocks', 0, 'conv1', 'weight')
+LeafPath = tuple  # a leaf's path in our state: ('synthesis', 'blocks', 0, 'conv1', 'weight')
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """Where one source tensor goes: our leaf and the layout change, or a filter it must equal."""
 
-    path: Path | None
+    path: LeafPath | None
     transform: Callable = lambda a: a
     expected: np.ndarray | None = None  # for FIR filter buffers, which we derive from the config
 
@@ -161,7 +163,7 @@ def rosinality_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
     up = Entry(None, expected=fir_filter(cfg.resample_filter, 4.0))
     noise_index = 0
 
-    def styled_conv(src: str, dst: Path, up_conv: bool) -> dict[str, Entry]:
+    def styled_conv(src: str, dst: LeafPath, up_conv: bool) -> dict[str, Entry]:
         nonlocal noise_index
         out = {f"{src}.conv.weight": Entry((*dst, "weight"), lambda a: _conv(a[0])),
                f"{src}.conv.modulation.weight": Entry((*dst, "affine", "weight"), _fc),
@@ -174,7 +176,7 @@ def rosinality_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
         noise_index += 1
         return out
 
-    def to_rgb(src: str, dst: Path) -> dict[str, Entry]:
+    def to_rgb(src: str, dst: LeafPath) -> dict[str, Entry]:
         return {f"{src}.conv.weight": Entry((*dst, "weight"), lambda a: a[0, :, :, 0, 0].T),
                 f"{src}.conv.modulation.weight": Entry((*dst, "affine", "weight"), _fc),
                 f"{src}.conv.modulation.bias": Entry((*dst, "affine", "bias")),
@@ -193,10 +195,61 @@ def rosinality_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
     return entries
 
 
+def discriminator_config_from_init_kwargs(kwargs: Mapping) -> StyleGAN2DiscriminatorConfig:
+    """StyleGAN2DiscriminatorConfig from `Discriminator.init_kwargs` as the persistence module records them."""
+    kwargs = dict(kwargs)
+    fields = {k: kwargs.pop(k) for k in ("c_dim", "img_resolution", "img_channels", "channel_base", "channel_max",
+                                         "conv_clamp", "cmap_dim", "architecture") if k in kwargs}
+    groups = {"block_kwargs": {"resample_filter": "resample_filter"},
+              "mapping_kwargs": {"num_layers": "mapping_layers", "lr_multiplier": "mapping_lr_multiplier"},
+              "epilogue_kwargs": {"mbstd_group_size": "mbstd_group_size", "mbstd_num_channels": "mbstd_num_channels"}}
+    unknown = []
+    for group, names in groups.items():
+        for key, value in dict(kwargs.pop(group, None) or {}).items():
+            if key in names:
+                fields[names[key]] = tuple(value) if isinstance(value, list) else value
+            elif not (key in _REQUIRED and value == _REQUIRED[key] or key in _IGNORED_KWARGS):
+                unknown.append(f"{group}.{key}={value!r}")
+    unknown += [f"{k}={v!r}" for k, v in kwargs.items() if k not in _IGNORED_KWARGS]
+    if unknown:
+        raise GANConversionError(f"discriminator kwargs not supported by our StyleGAN2 discriminator: "
+                                 f"{', '.join(unknown)}")
+    try:
+        return StyleGAN2DiscriminatorConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise GANConversionError(f"discriminator kwargs {fields}: {err}") from None
+
+
+def nvidia_discriminator_key_map(cfg: StyleGAN2DiscriminatorConfig) -> dict[str, Entry]:
+    """stylegan2-ada-pytorch `Discriminator.state_dict()` keys -> our leaves."""
+    filt = Entry(None, expected=fir_filter(cfg.resample_filter, 1.0))
+    entries = {}
+    for b, res in enumerate(cfg.block_resolutions):
+        src, dst = f"b{res}", ("blocks", b)
+        entries[f"{src}.resample_filter"] = filt
+        for name in ("fromrgb", "conv0", "conv1", "skip") if b == 0 else ("conv0", "conv1", "skip"):
+            entries[f"{src}.{name}.weight"] = Entry((*dst, name, "weight"), _conv)
+            entries[f"{src}.{name}.resample_filter"] = filt
+            if name != "skip":
+                entries[f"{src}.{name}.bias"] = Entry((*dst, name, "bias"))
+    entries |= {"b4.conv.weight": Entry(("epilogue", "conv", "weight"), _conv),
+                "b4.conv.bias": Entry(("epilogue", "conv", "bias")), "b4.conv.resample_filter": filt}
+    for name in ("fc", "out"):
+        entries[f"b4.{name}.weight"] = Entry(("epilogue", name, "weight"), _fc)
+        entries[f"b4.{name}.bias"] = Entry(("epilogue", name, "bias"))
+    if cfg.c_dim:
+        entries["mapping.embed.weight"] = Entry(("mapping", "embed", "weight"), _fc)
+        entries["mapping.embed.bias"] = Entry(("mapping", "embed", "bias"))
+        for i in range(cfg.mapping_layers):
+            entries[f"mapping.fc{i}.weight"] = Entry(("mapping", "layers", i, "weight"), _fc)
+            entries[f"mapping.fc{i}.bias"] = Entry(("mapping", "layers", i, "bias"))
+    return entries
+
+
 # --- strict application -------------------------------------------------------------------------
 
 
-def _leaves(tree, prefix=()) -> dict[Path, object]:
+def _leaves(tree, prefix=()) -> dict[LeafPath, object]:
     out = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
@@ -206,14 +259,16 @@ def _leaves(tree, prefix=()) -> dict[Path, object]:
     return out
 
 
-def abstract_generator(cfg: StyleGAN2Config) -> Generator:
-    """The module tree with shape-only leaves: no memory, no random draws."""
-    return nnx.eval_shape(lambda: Generator(cfg, rngs=nnx.Rngs(0)))
+def abstract_network(cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig) -> Generator | Discriminator:
+    """The generator or discriminator of `cfg` with shape-only leaves: no memory, no random draws."""
+    network = Generator if isinstance(cfg, StyleGAN2Config) else Discriminator
+    return nnx.eval_shape(lambda: network(cfg, rngs=nnx.Rngs(0)))
 
 
-def check_key_map(entries: Mapping[str, Entry], shapes: Mapping[str, tuple], cfg: StyleGAN2Config) -> None:
+def check_key_map(entries: Mapping[str, Entry], shapes: Mapping[str, tuple],
+                  cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig) -> None:
     """Raise unless the source keys and our leaves correspond one to one with matching shapes."""
-    ours = {p: tuple(v.shape) for p, v in _leaves(nnx.to_pure_dict(nnx.state(abstract_generator(cfg)))).items()}
+    ours = {p: tuple(v.shape) for p, v in _leaves(nnx.to_pure_dict(nnx.state(abstract_network(cfg)))).items()}
     targets = {e.path for e in entries.values() if e.path is not None}
     problems = [f"missing in source: {k}" for k in entries if k not in shapes]
     problems += [f"unexpected in source: {k} {list(shapes[k])}" for k in shapes if k not in entries]
@@ -232,9 +287,9 @@ def check_key_map(entries: Mapping[str, Entry], shapes: Mapping[str, tuple], cfg
         raise GANConversionError(f"{len(problems)} key problem(s): " + "; ".join(problems))
 
 
-def generator_from_state_dict(tensors: Mapping[str, np.ndarray], cfg: StyleGAN2Config,
-                              entries: Mapping[str, Entry]) -> Generator:
-    """Our Generator with every leaf taken from `tensors` through `entries` (see the key maps)."""
+def network_from_state_dict(tensors: Mapping[str, np.ndarray], cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig,
+                            entries: Mapping[str, Entry]) -> Generator | Discriminator:
+    """Our generator or discriminator with every leaf taken from `tensors` through `entries` (the key maps)."""
     check_key_map(entries, {k: np.shape(v) for k, v in tensors.items()}, cfg)
     bad = [k for k, e in entries.items()
            if e.path is None and not np.allclose(tensors[k], e.expected, rtol=0, atol=1e-6)]
@@ -242,7 +297,7 @@ def generator_from_state_dict(tensors: Mapping[str, np.ndarray], cfg: StyleGAN2C
         raise GANConversionError(f"FIR filter buffers differ from resample_filter {cfg.resample_filter}: {bad}")
     values = {e.path: np.asarray(e.transform(np.asarray(tensors[k])), np.float32)
               for k, e in entries.items() if e.path is not None}
-    graphdef, state = nnx.split(abstract_generator(cfg))
+    graphdef, state = nnx.split(abstract_network(cfg))
     pure = nnx.to_pure_dict(state)
     for path, value in values.items():
         node = pure
@@ -273,14 +328,26 @@ def load_nvidia_pickle(path: pathlib.Path) -> LoadedGenerator:
         raise GANConversionError(f"{path}: G_ema is a persistent {g.class_name!r} (positional args {list(g.init_args)}); "
                                  "only stylegan2-ada-pytorch's Generator, built from keyword arguments, is supported")
     cfg = config_from_init_kwargs(g.init_kwargs)
-    return LoadedGenerator(generator_from_state_dict(g.state_dict(), cfg, nvidia_key_map(cfg)), "nvidia-pickle")
+    return LoadedGenerator(network_from_state_dict(g.state_dict(), cfg, nvidia_key_map(cfg)), "nvidia-pickle")
+
+
+def load_nvidia_discriminator(path) -> Discriminator:
+    """The discriminator `D` of a stylegan2-ada-pytorch snapshot (for training, e.g. fine-tuning)."""
+    snapshot = read_network_pickle(path)
+    d = snapshot.get("D") if isinstance(snapshot, Mapping) else None
+    if d is None or d.class_name != "Discriminator" or d.init_args:
+        have = sorted(map(str, snapshot)) if isinstance(snapshot, Mapping) else type(snapshot).__name__
+        raise GANConversionError(f"{path}: no stylegan2-ada-pytorch 'D' (Discriminator) in the network pickle "
+                                 f"(it has {have})")
+    cfg = discriminator_config_from_init_kwargs(d.init_kwargs)
+    return network_from_state_dict(d.state_dict(), cfg, nvidia_discriminator_key_map(cfg))
 
 
 def rosinality_generator(tensors: Mapping[str, np.ndarray], latent_avg: np.ndarray) -> Generator:
     """A rosinality generator state dict plus its checkpoint's latent_avg -> our Generator."""
     tensors = {**tensors, "latent_avg": latent_avg}
     cfg = config_from_rosinality_shapes({k: np.shape(v) for k, v in tensors.items()})
-    return generator_from_state_dict(tensors, cfg, rosinality_key_map(cfg))
+    return network_from_state_dict(tensors, cfg, rosinality_key_map(cfg))
 
 
 def load_gan_torch_file(path: pathlib.Path) -> LoadedGenerator:

@@ -17,7 +17,7 @@ from flax import nnx
 from cdiff_jax.config import StyleGAN2Config
 from cdiff_jax.convert.stylegan2 import (
     config_from_init_kwargs,
-    generator_from_state_dict,
+    network_from_state_dict,
     load_gan_file,
     nvidia_key_map,
 )
@@ -51,7 +51,7 @@ def nvidia(fixtures_root):
     config = json.loads((folder / "config.json").read_text())
     cfg = config_from_init_kwargs(config["G"]["init_kwargs"])
     tensors = safetensors.numpy.load_file(folder / "g_ema.safetensors")
-    return Reference(folder, generator_from_state_dict(tensors, cfg, nvidia_key_map(cfg)))
+    return Reference(folder, network_from_state_dict(tensors, cfg, nvidia_key_map(cfg)))
 
 
 @pytest.fixture(scope="module")

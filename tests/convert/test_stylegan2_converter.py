@@ -42,7 +42,7 @@ def nvidia_reference(nvidia_folder):
     config = json.loads((nvidia_folder / "config.json").read_text())
     cfg = cv.config_from_init_kwargs(config["G"]["init_kwargs"])
     tensors = safetensors.numpy.load_file(nvidia_folder / "g_ema.safetensors")
-    return cv.generator_from_state_dict(tensors, cfg, cv.nvidia_key_map(cfg))
+    return cv.network_from_state_dict(tensors, cfg, cv.nvidia_key_map(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_strict_key_map_lists_every_problem(nvidia_folder, nvidia_reference):
     broken[misshaped] = broken[misshaped][:, :, :2]
     broken["synthesis.b8.extra"] = np.zeros(3, np.float32)
     with pytest.raises(cv.GANConversionError) as err:
-        cv.generator_from_state_dict(broken, cfg, cv.nvidia_key_map(cfg))
+        cv.network_from_state_dict(broken, cfg, cv.nvidia_key_map(cfg))
     message = str(err.value)
     assert "\n" not in message
     for part in (f"missing in source: {dropped}", "unexpected in source: synthesis.b8.extra",
@@ -114,7 +114,7 @@ def test_filter_buffers_must_match_the_config(nvidia_folder, nvidia_reference):
     key = f"synthesis.b{cfg.block_resolutions[1]}.resample_filter"
     tensors[key] = np.full_like(tensors[key], 1 / tensors[key].size)
     with pytest.raises(cv.GANConversionError, match=key.replace(".", r"\.")):
-        cv.generator_from_state_dict(tensors, cfg, cv.nvidia_key_map(cfg))
+        cv.network_from_state_dict(tensors, cfg, cv.nvidia_key_map(cfg))
 
 
 # --- rosinality / pSp / e4e ----------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_real_size_parameter_count(fixtures_root):
     nvidia, _ = _real_manifests(fixtures_root)
     name, manifest = nvidia[-1]
     cfg = cv.config_from_init_kwargs(manifest["G_init_kwargs"])
-    ours = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(cv.abstract_generator(cfg))))
+    ours = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(cv.abstract_network(cfg))))
     official = sum(int(np.prod(shape)) for key, shape, _ in manifest["G_ema"] if not key.endswith("resample_filter"))
     assert ours == official, name
 
