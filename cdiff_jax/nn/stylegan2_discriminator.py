@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig
-from cdiff_jax.nn.layers import NHWC
+from cdiff_jax.nn.kernels import NHWC
 from cdiff_jax.nn.stylegan2 import EqualizedLinear, MappingNetwork, lrelu, upfirdn
 
 MBSTD_EPS = 1e-8
