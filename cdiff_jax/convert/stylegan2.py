@@ -29,7 +29,7 @@ from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig
 from cdiff_jax.nn.stylegan2 import Generator, fir_filter
 from cdiff_jax.nn.stylegan2_discriminator import Discriminator
 from cdiff_jax.weights.network_pickle import read_network_pickle
-from cdiff_jax.weights.state_dict_io import _read_torch_zip
+from cdiff_jax.weights.state_dict_io import read_torch_object
 
 NVIDIA_GENERATOR = "Generator"  # the persistent class name of training.networks.Generator
 PICKLE_SUFFIX = ".pkl"
@@ -351,7 +351,7 @@ def rosinality_generator(tensors: Mapping[str, np.ndarray], latent_avg: np.ndarr
 
 
 def load_gan_torch_file(path: pathlib.Path) -> LoadedGenerator:
-    return generator_from_torch_object(_read_torch_zip(path), path)
+    return generator_from_torch_object(read_torch_object(path), path)
 
 
 def generator_from_torch_object(top, path) -> LoadedGenerator:

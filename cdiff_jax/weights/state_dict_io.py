@@ -176,8 +176,9 @@ def _check_member_sizes(archive: zipfile.ZipFile, path: pathlib.Path) -> None:
             )
 
 
-def _read_torch_zip(path: pathlib.Path):
-    """Unpickle a ``torch.save`` zip archive; returns the pickled top-level object."""
+def read_torch_object(path: pathlib.Path):
+    """Unpickle a ``torch.save`` zip archive through the restricted unpickler; returns the pickled top-level
+    object (tensors as numpy arrays), for files whose layout is not one flat state dict (GAN checkpoints)."""
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_MAGIC))
     if not head:
@@ -271,7 +272,7 @@ def read_state_dict(path) -> LoadedCheckpoint:
             raise CheckpointReadError(f"{path}: the safetensors file holds no tensors; nothing to convert")
         return LoadedCheckpoint(tensors=dict(tensors), extras={}, source_format="safetensors")
     if suffix in TORCH_SUFFIXES:
-        tensors, extras = _split_state_dict(path, _read_torch_zip(path))
+        tensors, extras = _split_state_dict(path, read_torch_object(path))
         return LoadedCheckpoint(tensors=tensors, extras=extras, source_format="ckpt")
     raise CheckpointReadError(
         f"{path}: unsupported file extension {path.suffix!r}; supported are "
@@ -288,7 +289,7 @@ def read_tensor(path) -> np.ndarray:
     path = pathlib.Path(path)
     if not path.is_file():
         raise CheckpointReadError(f"{path}: no such file; check the tensor file path")
-    top = _read_torch_zip(path)
+    top = read_torch_object(path)
     if not isinstance(top, np.ndarray):
         raise CheckpointReadError(
             f"{path}: the file holds a {type(top).__name__}, not a single tensor; save it with torch.save(tensor, path)"
