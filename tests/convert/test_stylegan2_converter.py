@@ -17,7 +17,7 @@ from flax import nnx
 from cdiff_jax.checkpoint import load_generator
 from cdiff_jax.convert import stylegan2 as cv
 from cdiff_jax.convert.__main__ import main as convert_main
-from cdiff_jax.weights.state_dict_io import _read_torch_zip
+from cdiff_jax.weights.state_dict_io import read_torch_object
 
 
 def leaves(generator):
@@ -133,7 +133,7 @@ def test_rosinality_architecture_from_shapes(fixtures_root, rosinality_reference
 
 def test_psp_checkpoint_layout(rosinality_pt, rosinality_reference):
     """pSp / e4e: the same generator under 'decoder.' in 'state_dict', latent_avg at the top level."""
-    top = _read_torch_zip(rosinality_pt)
+    top = read_torch_object(rosinality_pt)
     psp = {"state_dict": {**{f"decoder.{k}": v for k, v in top["g_ema"].items()},
                           "encoder.input_layer.0.weight": np.zeros((4, 3, 3, 3), np.float32)},
            "latent_avg": top["latent_avg"], "opts": {"output_size": 64}}
@@ -148,7 +148,7 @@ def test_unrecognised_torch_checkpoint_names_the_supported_ones():
 
 
 def test_unsupported_channel_table_fails(rosinality_pt):
-    g_ema = dict(_read_torch_zip(rosinality_pt)["g_ema"])
+    g_ema = dict(read_torch_object(rosinality_pt)["g_ema"])
     shapes = {k: v.shape for k, v in g_ema.items()}
     shapes["input.input"] = (1, 3 * shapes["input.input"][1], 4, 4)
     with pytest.raises(cv.GANConversionError, match="channel table is not supported"):
