@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cdiff_jax.conditions import null_condition
 from cdiff_jax.config import load_config
 from cdiff_jax.data.masks import resize_label_map
 from cdiff_jax.data.pipeline import make_loader
@@ -90,12 +89,10 @@ def test_collab_stage_trains_and_three_modalities_sample(batches):
     conditions = {name: jnp.asarray(batches[0][kind_entry(kind).batch_key][0]) for name, kind in kinds.items()}
     rule = rule_for_mode("released", kinds, 2.0, cfg.schedule.timesteps)
     assert rule.decayed == ("mask", "scribble")
-    settings = SamplerSettings(steps=2, reweighting=rule, guided=("scribble",), record=True)
+    settings = SamplerSettings(steps=2, reweighting=rule, record=True)
     x_T = jax.random.normal(jax.random.key(1), (BATCH, cfg.latent_size, cfg.latent_size, 3))
     graphdef, state = nnx.split(system)
-    result = sample(graphdef, state, conditions, x_T, jax.random.key(2), settings,
-                    guidance_scales={"scribble": jnp.float32(2.0)},
-                    null_conditions={"scribble": jnp.asarray(null_condition(cfg.modalities["scribble"]))})
+    result = sample(graphdef, state, conditions, x_T, jax.random.key(2), settings)
     weights = np.asarray(result.trajectory.weights)
     assert weights.shape == (2, 3, BATCH, cfg.latent_size, cfg.latent_size, 1)
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
