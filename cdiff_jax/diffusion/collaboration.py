@@ -2,10 +2,10 @@
 
 Training (and the plain mode) uses a softmax across modalities. The released samplers add a
 hand-set prior on top, `Reweighting`: the weight of the spatial modalities (the mask, and any
-kind the table `cdiff_jax.modalities` marks spatial) is decayed with the timestep, the other modalities take what is left, then the spatial weight
-is multiplied by `scale` and all are renormalised. It is an explicit argument here; the
-reference set it by mutating the model inside its sampler. `EqualWeights` is the fixed
-baseline without influence maps.
+kind the table `cdiff_jax.modalities` marks spatial) is decayed with the timestep, the other
+modalities take what is left, then the spatial weight is multiplied by `scale` and all are
+renormalised. It is an explicit argument here; the reference set it by mutating the model
+inside its sampler. `EqualWeights` is the fixed baseline without influence maps.
 """
 
 from __future__ import annotations
