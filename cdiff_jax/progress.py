@@ -2,7 +2,7 @@
 
 The library reports through the `logging` module (logger "cdiff_jax") and never prints; the
 command-line entry points call `configure_logging` and print only their final results. The
-interactive commands (sampling, editing, evaluation, dataset building) show a tqdm bar on stderr;
+interactive commands (sampling, editing, evaluation, dataset building) show a tqdm bar on a terminal;
 training, whose output usually goes to a log file, writes one `ProgressLine` per interval instead.
 On a multi-host run only process 0 shows either, so N hosts do not print N copies.
 """
@@ -49,11 +49,11 @@ def is_lead() -> bool:
 
 
 def bar(total, desc: str, unit: str = "step") -> tqdm:
-    """A progress bar on stderr, silent on processes other than the lead one. `total` is a count,
-    None (unknown yet), or an iterable to wrap."""
+    """A progress bar on stderr when it is a terminal (a log file gets no redrawn lines), on the lead
+    process only. `total` is a count, None (unknown yet), or an iterable to wrap."""
     iterable, total = (None, total) if total is None or isinstance(total, int) else (total, None)
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True,
-                disable=not is_lead())
+                disable=None if is_lead() else True)  # None: off unless stderr is a terminal
 
 
 class SamplingBar:

@@ -44,7 +44,13 @@ def test_progress_line_is_silent_off_the_lead_process(monkeypatch):
     assert out.getvalue() == ""
 
 
-def test_sampling_bar_names_compiling_steps_then_decoding(capsys):
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_sampling_bar_names_compiling_steps_then_decoding(monkeypatch):
+    monkeypatch.setattr(P.sys, "stderr", Terminal())
     with SamplingBar("sampling") as reporter:
         assert "compiling" in reporter._bar.desc
         for done in range(1, 5):
@@ -52,4 +58,13 @@ def test_sampling_bar_names_compiling_steps_then_decoding(capsys):
             if done < 4:
                 assert reporter._bar.desc == "sampling: steps" and reporter._bar.n == done
         assert reporter._bar.desc == "sampling: decoding" and reporter._bar.total == 4
-    assert "4/4" in capsys.readouterr().err
+        reporter(1, 4)  # a second sampling call restarts the count
+        assert reporter._bar.n == 1 and reporter._bar.desc == "sampling: steps"
+    assert "4/4" in P.sys.stderr.getvalue()
+
+
+def test_bars_stay_off_when_stderr_is_not_a_terminal(monkeypatch):
+    monkeypatch.setattr(P.sys, "stderr", io.StringIO())
+    with P.bar(3, "quiet") as progress:
+        progress.update(3)
+    assert P.sys.stderr.getvalue() == ""

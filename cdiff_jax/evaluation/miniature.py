@@ -52,6 +52,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1]
 DEMO_JUDGES = PACKAGE / "evaluation" / "judges_toy"
 # The demo dataset: `python -m cdiff_jax.data.toy_faces data/toy_faces --count 10000 --seed 0`, last 1000 held out.
 DATASET_SEED, DATASET_SIZE, TEST_SIZE = 0, 10_000, 1000
+# The starting noise comes from key(seed); each batch's step noise from key(seed + 1) folded with the index
+# of the batch's first example, a stream apart from the starting noise's, different for every batch.
+STEP_NOISE_SEED_OFFSET = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +97,8 @@ def generate(system, examples: list[dict], method: Method, *, steps: int, batch:
             conditions[name] = (cond.encode_captions([e["caption"] for e in chunk], m.encoder).ids if m.kind == "text"
                                 else cond.encode_masks([e["labels"] for e in chunk], m.encoder))
         x_T = noise[start:start + len(chunk)]
-        result = sample(graphdef, state, conditions, x_T, jax.random.fold_in(jax.random.key(seed + 1), start), settings)
+        step_key = jax.random.fold_in(jax.random.key(seed + STEP_NOISE_SEED_OFFSET), start)
+        result = sample(graphdef, state, conditions, x_T, step_key, settings)
         out.append(viz.to_uint8(np.asarray(result.images)))
     return np.concatenate(out)
 

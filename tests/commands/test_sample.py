@@ -38,7 +38,7 @@ def test_demo_writes_pictures_and_settings_deterministically(tmp_path, capsys):
     assert run("--out", tmp_path / "a", "--steps", "4", "--batch", "2", "--save-influence", "--save-trajectory") == 0
     assert run("--out", tmp_path / "b", "--steps", "4", "--batch", "2") == 0
     captured = capsys.readouterr()
-    assert "shipped demo models" in captured.err and "4/4" in captured.err and "wrote 2 samples" in captured.out
+    assert "shipped demo models" in captured.err and "wrote 2 samples" in captured.out
     a = tmp_path / "a"
     for name in ("grid.png", "overlay_grid.png", "mask.png", "influence_mask.png", "influence_text.png",
                  "x_t.png", "pred_x0.png", "images/000.png", "images/001.png"):
@@ -128,7 +128,7 @@ def _assert_refused(code, stderr, case, out, root, before):
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and CASES[case][2] in errors[0], stderr[-2000:]
     assert "Traceback" not in stderr
-    assert len(stderr.strip().split("\n")) <= 3, stderr  # a progress bar redraws its one line with \r
+    assert len(stderr.strip().splitlines()) <= 3, stderr
     assert not out.exists()
     assert sorted(str(p) for p in root.rglob("*")) == before  # nothing changed, no temporary folder left
 

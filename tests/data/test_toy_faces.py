@@ -1,6 +1,8 @@
 """Procedural toy faces: determinism, complementary modalities, captions, and the dataset files."""
 
+import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -214,7 +216,11 @@ def test_cli_writes_dataset_and_preview(tmp_path, capsys):
         assert img.width > 4 * 2 * T.IMAGE_SIZE and img.height > 2 * T.IMAGE_SIZE
 
 
-def test_progress_bar_counts_the_faces(tmp_path, capsys):
+def test_progress_bar_counts_the_faces(tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
     T.write_dataset(tmp_path, 8)
-    err = capsys.readouterr().err
-    assert "toy faces: 100%" in err and "8/8" in err
+    assert "toy faces: 100%" in sys.stderr.getvalue() and "8/8" in sys.stderr.getvalue()

@@ -249,7 +249,7 @@ def test_autoencoder_stage_with_lpips_and_discriminator(data_dir, tmp_path):
     exported = load_system(tmp_path / "vae/system")
     # The exported latents are centred and scaled: the printed normalisation is the one in the config, and
     # an expert stage that takes this autoencoder adopts both.
-    printed = result.stdout.split("latent normalisation for this autoencoder: scale_factor ")[1].split(" (")[0]
+    printed = result.stderr.split("latent normalisation for this autoencoder: scale_factor ")[1].split(" (")[0]
     scale, shift = printed.split(", latent_shift ")
     ae_cfg = exported.cfg.autoencoder
     assert ae_cfg.scale_factor == pytest.approx(float(scale), rel=1e-5) and float(scale) != 0.5
