@@ -3,13 +3,14 @@
     python bench/edit_iterations.py                            # the released 256 text expert
     python bench/edit_iterations.py --system demo_faces.py:text --chunk 10 --rolled
 
-Each stage runs `--chunk` iterations per device call, as one lax.scan, unrolled (the default
-on CPU) and, with --rolled, also as a rolled loop; one iteration per call (no loop at all) is
-the baseline. Compile time is reported apart from the steady-state time per iteration.
+Each stage runs `--chunk` iterations per device call, unrolled (the CPU loop policy) and, with
+--rolled, also as a rolled loop (the accelerator loop policy); one iteration per call (no loop at
+all) is the baseline. Compile time is reported apart from the steady-state time per iteration.
 """
 
 import argparse
 import dataclasses
+import os
 import platform
 import time
 
@@ -21,6 +22,7 @@ from cdiff_jax import conditions as cond
 from cdiff_jax.config import load_config
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.editing.imagic import ImagicSettings, finetune_expert, optimise_embedding
+from cdiff_jax.optimization import POLICY_ENV
 from cdiff_jax.system import init_system
 from timing import matmul_flops_per_second, peak_rss_gb
 
@@ -64,13 +66,14 @@ def main():
     print(f"{args.system} {args.modality} expert: {n_params / 1e6:.1f} M parameters, latent {z0.shape[1:]}, "
           f"context {context.shape[1:]}")
     print(f"matmul baseline: {flops / 1e9:.0f} GFLOP/s")
-    variants = [("1 per call (no loop)", ImagicSettings(chunk=1, unroll=True)),
-                (f"{args.chunk} per call, unrolled scan", ImagicSettings(chunk=args.chunk, unroll=True))]
+    variants = [("1 per call (no loop)", ImagicSettings(chunk=1), "cpu"),
+                (f"{args.chunk} per call, unrolled scan", ImagicSettings(chunk=args.chunk), "cpu")]
     if args.rolled:
-        variants.append((f"{args.chunk} per call, rolled scan", ImagicSettings(chunk=args.chunk, unroll=False)))
+        variants.append((f"{args.chunk} per call, rolled scan", ImagicSettings(chunk=args.chunk), "accelerator"))
     for stage, run in (("A (embedding)", optimise_embedding), ("B (fine-tune)", finetune_expert)):
         baseline = None
-        for name, settings in variants:
+        for name, settings, policy in variants:
+            os.environ[POLICY_ENV] = policy
             first, per_iteration = time_stage(run, expert, schedule, z0, context, settings, args.calls)
             baseline = baseline or per_iteration
             print(f"stage {stage}, {name}: {per_iteration:.3f} s/iteration ({per_iteration / baseline:.2f}x), "

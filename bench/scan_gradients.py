@@ -4,8 +4,8 @@
 
 The demo autoencoder's training gradient (batch 8, 64x64) is timed three ways: as the whole
 program, as the body of a one-step `lax.scan`, and as a branch of `lax.cond`. This is why the
-training steps run a single step unscanned (cdiff_jax/train/step.py `scan_steps`) and why the
-autoencoder stage picks its program by step on the host instead of a `lax.cond`.
+CPU loop policy (cdiff_jax/optimization.py) copies every step into the program instead of a rolled
+scan and has the autoencoder stage pick its program by step on the host instead of a `lax.cond`.
 """
 
 import platform

@@ -22,8 +22,9 @@ from flax import nnx
 from cdiff_jax.config import load_config
 from cdiff_jax.diffusion.denoiser import encode_conditions
 from cdiff_jax.diffusion.schedule import make_schedule
+from cdiff_jax.optimization import adam, loop_policy
 from cdiff_jax.system import init_system
-from cdiff_jax.train.step import (StepSettings, _train_steps, adamw, init_train_state, trainable_filter,
+from cdiff_jax.train.step import (StepSettings, _train_steps, init_train_state, trainable_filter,
                                   trainable_prefixes)
 from timing import best_time, matmul_flops_per_second, peak_rss_gb
 
@@ -40,7 +41,7 @@ def main():
     cfg = system.cfg
     prefixes = trainable_prefixes(args.stage, cfg, None if args.stage == "collab" else "text")
     graphdef, params, frozen = nnx.split(system, trainable_filter(prefixes), ...)
-    tx = adamw(6.4e-5)
+    tx = adam(6.4e-5, weight_decay=0.01)
     state = init_train_state(params, tx)
     schedule = make_schedule(cfg.schedule)
     b, res = args.batch, cfg.autoencoder.resolution
@@ -52,7 +53,8 @@ def main():
     }
     key = jax.random.key(0)
     start = time.perf_counter()
-    compiled = _train_steps.lower(graphdef, frozen, state, batches, schedule, key, tx, StepSettings()).compile()
+    compiled = _train_steps.lower(graphdef, frozen, state, batches, schedule, key, tx, StepSettings(),
+                                  loop_policy()).compile()
     compile_s = time.perf_counter() - start
     flops = compiled.cost_analysis()["flops"]
     times = []

@@ -4,7 +4,9 @@ Both stages minimise the expert's own training loss on one fixed latent of the i
 mean((eps(q_sample(z0, t, n), t, c) - n)^2) with fresh t ~ U{0..T-1} and n ~ N(0, I) every
 iteration, with Adam (torch's defaults): stage A over the context `c` with the expert frozen,
 stage B over the expert's parameters with the optimised context fixed. Iteration i draws its
-randomness from fold_in(key, i), so a stage run in chunks of any size gives the same result.
+randomness from fold_in(key, i), so a stage run in chunks of any size gives the same result. The
+iterations run in the package's optimisation loop (`cdiff_jax.optimization`): a non-finite loss or
+gradient stops the stage with `NonFiniteStep`, which holds the last good state.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import optax
 from flax import nnx
 
 from cdiff_jax.diffusion.schedule import Schedule, q_sample
+from cdiff_jax.optimization import LoopPolicy, NonFiniteStep, adam, first_rejected, loop_policy, run_steps
 
 STAGES = ("embedding", "finetune")
 
@@ -31,12 +34,7 @@ class ImagicSettings:
     embedding_iterations: int = 500
     finetune_lr: float = 1e-6
     finetune_iterations: int = 1000
-    # Iterations per device call, as one lax.scan. On XLA:CPU gradients inside a loop are much
-    # slower than at top level (bench/edit_iterations.py), so `unroll` copies the body `chunk`
-    # times there. Every copy adds compile time that the few percent it saves per iteration do not
-    # repay (BENCHMARKS.md), hence one per call; accelerators run rolled loops at full speed.
-    chunk: int = 1
-    unroll: bool = True
+    chunk: int | None = None  # iterations per device call; None: the loop policy's `edit_steps_per_call`
 
 
 def imagic_loss(expert: nnx.Module, schedule: Schedule, z0: jax.Array, context: jax.Array, key: jax.Array) -> jax.Array:
@@ -45,11 +43,6 @@ def imagic_loss(expert: nnx.Module, schedule: Schedule, z0: jax.Array, context: 
     t = jax.random.randint(k_t, (z0.shape[0],), 0, schedule.num_timesteps)
     noise = jax.random.normal(k_noise, z0.shape, z0.dtype)
     return jnp.mean((expert(q_sample(schedule, z0, t, noise), t, context) - noise) ** 2)
-
-
-def adam(learning_rate: float) -> optax.GradientTransformation:
-    """torch.optim.Adam's defaults, which the reference uses in both stages."""
-    return optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
 
 
 def optimise_embedding(expert: nnx.Module, schedule: Schedule, z0: jax.Array, context: jax.Array, key: jax.Array,
@@ -71,16 +64,23 @@ def finetune_expert(expert: nnx.Module, schedule: Schedule, z0: jax.Array, conte
 
 
 def _iterate(stage, graphdef, trained, fixed, learning_rate, schedule, z0, key, iterations, settings, progress):
-    """Run `iterations` Adam steps on `trained` in calls of `settings.chunk` iterations each."""
+    """Run `iterations` Adam steps (torch's defaults, as the reference) on `trained`, `chunk` per call."""
+    policy = loop_policy()
+    chunk = settings.chunk or policy.edit_steps_per_call
     trained = jax.tree.map(jnp.copy, trained)  # the calls donate it; the caller keeps its own
     opt_state = adam(learning_rate).init(trained)
     losses = []
     done = 0
     while done < iterations:
-        count = min(settings.chunk, iterations - done)
-        trained, opt_state, chunk_losses = _adam_iterations(graphdef, trained, fixed, opt_state, schedule, z0, key,
-                                                            jnp.int32(done), stage=stage, learning_rate=learning_rate,
-                                                            count=count, unroll=settings.unroll)
+        count = min(chunk, iterations - done)
+        trained, opt_state, chunk_losses, applied = _adam_iterations(
+            graphdef, trained, fixed, opt_state, schedule, z0, key, jnp.int32(done), stage=stage,
+            learning_rate=learning_rate, count=count, policy=policy)
+        rejected = first_rejected(applied)
+        if rejected is not None:
+            bad = done + rejected + 1
+            raise NonFiniteStep(f"Imagic stage {stage!r}: non-finite loss or gradient at iteration {bad}; "
+                                "check the image's latent and the learning rate", bad, trained)
         losses.append(np.asarray(chunk_losses))
         done += count
         if progress is not None:
@@ -88,10 +88,10 @@ def _iterate(stage, graphdef, trained, fixed, learning_rate, schedule, z0, key, 
     return trained, np.concatenate(losses) if losses else np.zeros((0,), np.float32)
 
 
-@jax.jit(static_argnames=("graphdef", "stage", "learning_rate", "count", "unroll"),
+@jax.jit(static_argnames=("graphdef", "stage", "learning_rate", "count", "policy"),
          donate_argnames=("trained", "opt_state"))
 def _adam_iterations(graphdef, trained, fixed, opt_state, schedule, z0, key, start, *, stage, learning_rate, count,
-                     unroll):
+                     policy: LoopPolicy):
     tx = adam(learning_rate)  # built here, not passed: an optax object is a new static argument every time
     def loss_fn(variable, iteration_key):
         if stage == "embedding":  # the variable is the context, `fixed` the expert's parameters
@@ -102,10 +102,7 @@ def _adam_iterations(graphdef, trained, fixed, opt_state, schedule, z0, key, sta
         variable, opt_state = carry
         loss, grads = jax.value_and_grad(loss_fn)(variable, jax.random.fold_in(key, start + i))
         updates, opt_state = tx.update(grads, opt_state, variable)
-        return (optax.apply_updates(variable, updates), opt_state), loss
+        return (optax.apply_updates(variable, updates), opt_state), loss, (loss, optax.tree.norm(grads))
 
-    # unroll=0 copies every iteration, a single one included; 1 or True on a length-1 scan would still
-    # lower to a one-trip while loop, the slow path (37 s against 4.7 s per iteration at the 256 size).
-    (trained, opt_state), losses = jax.lax.scan(one_iteration, (trained, opt_state), jnp.arange(count),
-                                                unroll=0 if unroll else 1)
-    return trained, opt_state, losses
+    (trained, opt_state), losses, applied = run_steps(one_iteration, (trained, opt_state), jnp.arange(count), policy)
+    return trained, opt_state, losses, applied

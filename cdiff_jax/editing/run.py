@@ -135,7 +135,7 @@ def validate(request: EditRequest, sweep: SweepRequest):
             raise UsageError(f"--{stage}-iterations must not be negative")
         if not math.isfinite(getattr(request.imagic, f"{stage}_lr")):
             raise UsageError(f"--{stage}-lr must be a finite number")
-    if request.imagic.chunk < 1:
+    if request.imagic.chunk is not None and request.imagic.chunk < 1:
         raise UsageError("--chunk must be at least 1")
     image = requests.image(request.image, requests.size_multiple(cfg, request.targets))
     return cfg, jnp.asarray(image), conditions
@@ -147,7 +147,7 @@ def edit_identity(request: EditRequest, cfg) -> dict:
                for name, target in request.targets.items()}
     return {"checkpoint": str(pathlib.Path(request.checkpoint).resolve()), "image_sha256": _sha256(request.image),
             "targets": targets, "seed": request.seed,
-            "imagic": {k: v for k, v in dataclasses.asdict(request.imagic).items() if k not in ("chunk", "unroll")}}
+            "imagic": {k: v for k, v in dataclasses.asdict(request.imagic).items() if k != "chunk"}}
 
 
 def _sha256(path) -> str:
@@ -270,7 +270,8 @@ def main(argv=None) -> int:
     p.add_argument("--embedding-lr", type=float, default=defaults.embedding_lr)
     p.add_argument("--finetune-iterations", type=int, default=defaults.finetune_iterations, help="stage B")
     p.add_argument("--finetune-lr", type=float, default=defaults.finetune_lr)
-    p.add_argument("--chunk", type=int, default=defaults.chunk, help="iterations per compiled call")
+    p.add_argument("--chunk", type=int, default=defaults.chunk,
+                   help="iterations per compiled call (default: the backend's loop policy)")
     p.add_argument("--alphas", action="append", help=f"interpolation weights (default {DEFAULT_ALPHAS})")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps of the sweep")
     p.add_argument("--eta", type=float, default=1.0)

@@ -35,6 +35,7 @@ from cdiff_jax.data.celeba_multimodal import CAPTIONS_JSON
 from cdiff_jax.data.masks import CLASS_NAMES, NUM_CLASSES, load_label_map
 from cdiff_jax.data.toy_faces import AGE_DECADES, ATTRIBUTES_JSON, BEARD_LENGTHS, IMAGE_SIZE
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
+from cdiff_jax.optimization import LoopPolicy, NonFiniteStep, adam, first_rejected, loop_policy, run_steps
 from cdiff_jax.progress import bar, configure_logging, log
 
 # Trained on the 10,000-face toy set (seed 0; the last 1000 held out), shipped as package data.
@@ -42,10 +43,6 @@ TOY_JUDGES_DIR = pathlib.Path(__file__).with_name("judges_toy")
 JUDGES_JSON = "judges.json"
 PARSER_DIR = "parser"
 CLASSIFIER_DIR = "classifier"
-# Optimizer steps per compiled call. The scan is unrolled: XLA:CPU runs convolution gradients inside a
-# rolled loop 40-90x slower than the same ops unrolled (measured on 64x64 batches), and compile time
-# grows with the unrolled length, so the calls stay short.
-STEPS_PER_CALL = 10
 EVAL_CHUNK = 250  # held-out images per compiled evaluation call
 # The parser's loss weighs each class by frequency**-0.5 (in the training label maps): eyes, brows and lips
 # cover under 1% of the pixels each, and unweighted they are learned last (measured at 800 steps without
@@ -337,8 +334,8 @@ def _losses(judges: Judges, batch: dict, weights: jax.Array) -> dict[str, jax.Ar
     }
 
 
-@jax.jit(static_argnames=("graphdef", "tx"), donate_argnames=("state", "opt_state"))
-def _train_steps(graphdef, state, opt_state, batches, weights, tx):
+@jax.jit(static_argnames=("graphdef", "tx", "policy"), donate_argnames=("state", "opt_state"))
+def _train_steps(graphdef, state, opt_state, batches, weights, tx, policy: LoopPolicy):
     """One Adam step per leading entry of `batches`. The parameters of the two judges are disjoint, so
     minimising the sum of their losses with one Adam is training each on its own."""
 
@@ -348,12 +345,12 @@ def _train_steps(graphdef, state, opt_state, batches, weights, tx):
 
     def one_step(carry, batch):
         state, opt_state = carry
-        grads, losses = jax.grad(total, has_aux=True)(state, batch)
+        (loss, losses), grads = jax.value_and_grad(total, has_aux=True)(state, batch)
         updates, opt_state = tx.update(grads, opt_state, state)
-        return (optax.apply_updates(state, updates), opt_state), losses
+        return (optax.apply_updates(state, updates), opt_state), losses, (loss, optax.tree.norm(grads))
 
-    (state, opt_state), losses = jax.lax.scan(one_step, (state, opt_state), batches, unroll=True)
-    return state, opt_state, losses
+    (state, opt_state), losses, applied = run_steps(one_step, (state, opt_state), batches, policy)
+    return state, opt_state, losses, applied
 
 
 def _batch_order(n: int, steps: int, batch: int, seed: int) -> np.ndarray:
@@ -364,15 +361,20 @@ def _batch_order(n: int, steps: int, batch: int, seed: int) -> np.ndarray:
 
 
 def fit(judges: Judges, data: ToyFaces, *, steps: int, batch: int, seed: int = 0, learning_rate: float = 3e-3,
-        steps_per_call: int = STEPS_PER_CALL, progress: bool = True) -> tuple[Judges, dict[str, np.ndarray]]:
+        steps_per_call: int | None = None, progress: bool = True) -> tuple[Judges, dict[str, np.ndarray]]:
     """Train both judges in place for `steps` Adam steps (warmup, then cosine decay) on randomly
-    mirrored examples; returns them and the per-step losses {"parser", "beard", "age"}, float [steps]."""
+    mirrored examples; returns them and the per-step losses {"parser", "beard", "age"}, float [steps].
+
+    `steps_per_call` defaults to the loop policy's. A non-finite loss or gradient raises `NonFiniteStep`
+    with the judges left at the last good state."""
     for name, value in (("steps", steps), ("batch", batch)):
         if type(value) is not int or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps=max(1, min(100, steps // 10)),
                                                   decay_steps=steps, end_value=learning_rate * 0.02)
-    tx = optax.adam(schedule)
+    tx = adam(schedule)
+    policy = loop_policy()
+    steps_per_call = steps_per_call or policy.judge_steps_per_call
     graphdef, state = nnx.split(judges)
     opt_state = tx.init(state)
     order = _batch_order(len(data), steps, batch, seed)
@@ -383,7 +385,13 @@ def fit(judges: Judges, data: ToyFaces, *, steps: int, batch: int, seed: int = 0
     for start in range(0, steps, steps_per_call):
         chunk = mirror(data.take(order[start:start + steps_per_call]), flips[start:start + steps_per_call])
         batches = {"images": chunk.images, "labels": chunk.labels, "beard": chunk.beard, "age": chunk.age}
-        state, opt_state, losses = _train_steps(graphdef, state, opt_state, batches, weights, tx)
+        state, opt_state, losses, applied = _train_steps(graphdef, state, opt_state, batches, weights, tx, policy)
+        rejected = first_rejected(applied)
+        if rejected is not None:
+            nnx.update(judges, state)
+            raise NonFiniteStep(f"non-finite judge loss or gradient at step {start + rejected + 1}; the judges hold "
+                                "the last good parameters (check the data and the learning rate)",
+                                start + rejected + 1, state)
         history.append(jax.device_get(losses))
         if line:
             done = start + len(chunk.images)

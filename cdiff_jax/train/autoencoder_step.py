@@ -1,4 +1,4 @@
-"""The autoencoder stage's compiled step: LDM's `LPIPSWithDiscriminator` objective, one `lax.scan`.
+"""The autoencoder stage's training step: LDM's `LPIPSWithDiscriminator` objective.
 
 Each optimizer step is the reference's pair of updates on one batch:
 1. autoencoder: sum|x - x_rec| / B (+ perceptual_weight * LPIPS per pixel, when LPIPS is given)
@@ -8,9 +8,10 @@ Each optimizer step is the reference's pair of updates on one batch:
 2. discriminator: hinge loss on the inputs and a fresh reconstruction by the updated autoencoder.
 Both use Adam with betas (0.5, 0.9). Before `disc_start` the discriminator's terms are exactly
 zero in the reference; here they are left out of the compiled program (the host picks the program
-by step: `lax.cond` around gradients measured ~100x slower on XLA:CPU), and the discriminator's
-Adam still counts the step, as torch's does. LDM's learnable `loss.logvar` is never given to an optimizer
-there, so it stays 0 and is left out.
+by step: `lax.cond` around gradients is far off XLA:CPU's fast path), and the discriminator's Adam
+still counts the step, as torch's does. LDM's learnable `loss.logvar` is never given to an optimizer
+there, so it stays 0 and is left out. The pair is one step of the package's optimisation loop
+(`cdiff_jax.optimization`): a non-finite loss or gradient of either network leaves both unchanged.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import optax
 from flax import nnx, struct
 
 from cdiff_jax.nn.autoencoder import posterior_sample
-from cdiff_jax.train.step import scan_steps
+from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
 
 ADAPTIVE_WEIGHT_EPS = 1e-4
 ADAPTIVE_WEIGHT_MAX = 1e4
+ADAM_BETAS = (0.5, 0.9)  # LDM's autoencoder and discriminator optimizers: torch.optim.Adam with these betas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +40,6 @@ class AutoencoderObjective:
     disc_start: int = 50_001
     disc_weight: float = 0.5
     disc_factor: float = 1.0
-
-
-def adam(learning_rate: float) -> optax.GradientTransformation:
-    """torch.optim.Adam with LDM's autoencoder betas (0.5, 0.9), for both networks."""
-    return optax.adam(learning_rate, b1=0.5, b2=0.9, eps=1e-8)
 
 
 @struct.dataclass
@@ -94,22 +91,26 @@ def autoencoder_train_steps(graphdef, frozen, state, batches, key, tx, disc_grap
     it fixed; a call that crosses `disc_start` runs as two.
     """
     images = batches["image"]
+    policy = loop_policy()
+    run = lambda state, images, adversarial: _autoencoder_train_steps(  # noqa: E731
+        graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips, objective, adversarial, policy)
     step = int(state.step)
     split = objective.disc_start - step
     if 0 < split < images.shape[0]:
-        state, before = _autoencoder_train_steps(graphdef, frozen, state, images[:split], key, tx, disc_graphdef,
-                                                 disc_tx, lpips, objective, False)
-        state, after = _autoencoder_train_steps(graphdef, frozen, state, images[split:], key, tx, disc_graphdef,
-                                                disc_tx, lpips, objective, True)
+        state, before = run(state, images[:split], False)
+        if not bool(before.finite.all()):  # the guard rejected a step: the rest of the call is not applied
+            rest = images.shape[0] - split
+            return state, jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros((rest, *a.shape[1:]), a.dtype)]),
+                                       before)
+        state, after = run(state, images[split:], True)
         return state, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), before, after)
-    return _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips,
-                                    objective, step >= objective.disc_start)
+    return run(state, images, step >= objective.disc_start)
 
 
-@jax.jit(static_argnames=("graphdef", "tx", "disc_graphdef", "disc_tx", "objective", "adversarial"),
+@jax.jit(static_argnames=("graphdef", "tx", "disc_graphdef", "disc_tx", "objective", "adversarial", "policy"),
          donate_argnames=("state",))
 def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips, objective,
-                             adversarial):
+                             adversarial: bool, policy: LoopPolicy):
     def discriminate(disc_params, x):
         return nnx.merge(disc_graphdef, disc_params)(x)
 
@@ -165,17 +166,14 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
         disc_params = optax.apply_updates(state.disc_params, d_updates)
 
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(d_loss) & jnp.isfinite(optax.tree.norm(d_grads))
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = AutoencoderTrainState(
-            step=state.step + finite.astype(jnp.int32), params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state), disc_params=keep(disc_params, state.disc_params),
-            disc_opt_state=keep(disc_opt_state, state.disc_opt_state))
+        new_state = AutoencoderTrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                                          disc_params=disc_params, disc_opt_state=disc_opt_state)
         terms = {"rec_loss": jnp.mean(rec), "kl_loss": kl, "g_loss": g_loss, "d_weight": d_weight,
                  "disc_loss": d_loss, "logits_real": logits_real, "logits_fake": logits_fake}
-        return new_state, AutoencoderMetrics(loss=loss, grad_norm=grad_norm, finite=finite, terms=terms)
+        return new_state, (loss, grad_norm, terms), (loss, grad_norm, d_loss, optax.tree.norm(d_grads))
 
-    return scan_steps(one_step, state, images)
+    state, (loss, grad_norm, terms), applied = run_steps(one_step, state, images, policy)
+    return state, AutoencoderMetrics(loss=loss, grad_norm=grad_norm, finite=applied, terms=terms)
 
 
 def reconstruction_loss(system, x, key, lpips, perceptual_weight) -> jax.Array:

@@ -1,9 +1,8 @@
-"""The compiled training step: several optimizer steps per device call, one `lax.scan`.
+"""The diffusion stages' training step: the eps loss's gradient, AdamW and LDM's EMA, run by the
+package's optimisation loop (`cdiff_jax.optimization`), several steps per device call.
 
 Which parameters train is decided by the stage (a path filter); the step itself only sees a
-`trainable` state that gets gradients and a `frozen` state that does not. A non-finite loss
-or gradient leaves the parameters unchanged and is reported, so the host can stop with the
-last good state intact.
+`trainable` state that gets gradients and a `frozen` state that does not.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from flax import nnx, struct
 
 from cdiff_jax.config import SystemConfig
 from cdiff_jax.diffusion.schedule import Schedule
+from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
 from cdiff_jax.train.objectives import diffusion_loss
 
 STAGES = ("collab", "expert", "autoencoder")
@@ -43,14 +43,6 @@ def trainable_filter(prefixes: tuple[tuple[str, ...], ...]) -> Callable:
         return isinstance(value, nnx.Param) and any(tuple(path[: len(p)]) == p for p in prefixes)
 
     return is_trainable
-
-
-def adamw(learning_rate: float, weight_decay: float = 0.01) -> optax.GradientTransformation:
-    """torch.optim.AdamW's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01), as the reference.
-
-    optax's own adamw default weight decay is 1e-4, hence the explicit value.
-    """
-    return optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
 
 
 @struct.dataclass
@@ -107,13 +99,14 @@ def train_steps(
     """Run one optimizer step per leading entry of `batches` ([k, B, ...] arrays).
 
     The randomness of step n is fold_in(key, n), so a run resumed at step n draws exactly
-    what an uninterrupted run would have.
+    what an uninterrupted run would have. A step with a non-finite loss or gradient, and every
+    step after it in the call, leaves the state unchanged and reports `finite` False.
     """
-    return _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings)
+    return _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings, loop_policy())
 
 
-@jax.jit(static_argnames=("graphdef", "tx", "settings"), donate_argnames=("state",))
-def _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings):
+@jax.jit(static_argnames=("graphdef", "tx", "settings", "policy"), donate_argnames=("state",))
+def _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings, policy: LoopPolicy):
     def loss_fn(params, batch, step_key):
         system = nnx.merge(graphdef, params, frozen)
         return diffusion_loss(system, schedule, batch, step_key, settings.condition_dropout)
@@ -121,29 +114,14 @@ def _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings):
     def one_step(state: TrainState, batch):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, jax.random.fold_in(key, state.step))
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        step = state.step + finite.astype(jnp.int32)
-        params = keep(params, state.params)
+        step = state.step + 1
         ema = state.ema
         if ema is not None:
-            ema = keep(ema_update(ema, params, settings.ema_decay, step), ema)
-        new_state = TrainState(step=step, params=params, opt_state=keep(opt_state, state.opt_state), ema=ema)
-        return new_state, StepMetrics(loss=loss, grad_norm=grad_norm, finite=finite)
+            ema = ema_update(ema, params, settings.ema_decay, step)
+        new_state = TrainState(step=step, params=params, opt_state=opt_state, ema=ema)
+        return new_state, (loss, grad_norm), (loss, grad_norm)
 
-    return scan_steps(one_step, state, batches)
-
-
-def scan_steps(one_step: Callable, state, batches):
-    """`lax.scan` of `one_step` over the leading axis of `batches`; a single step runs unscanned.
-
-    XLA:CPU runs convolution gradients inside a loop or conditional about 100x slower than the
-    same gradients at top level (bench/scan_gradients.py), so one step per call is the fast path on
-    CPU; accelerators lose nothing either way and gain from many steps per call.
-    """
-    if jax.tree.leaves(batches)[0].shape[0] == 1:
-        state, metrics = one_step(state, jax.tree.map(lambda b: b[0], batches))
-        return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(one_step, state, batches)
+    state, (loss, grad_norm), applied = run_steps(one_step, state, batches, policy)
+    return state, StepMetrics(loss=loss, grad_norm=grad_norm, finite=applied)

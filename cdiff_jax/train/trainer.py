@@ -29,6 +29,7 @@ from cdiff_jax.progress import ProgressLine, log
 from cdiff_jax.data.celeba_multimodal import data_sources
 from cdiff_jax.data.pipeline import ToModelInputs, make_loader, restore_iterator_state, save_iterator_state
 from cdiff_jax.diffusion.schedule import make_schedule
+from cdiff_jax.optimization import adam
 from cdiff_jax.parallel import data_mesh, global_batch, param_sharding, replicate
 from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.nn.autoencoder import posterior_sample
@@ -40,7 +41,7 @@ from cdiff_jax.train.checkpoints import TrainCheckpoints
 from cdiff_jax.train.config import TrainConfig
 from cdiff_jax.train.metrics import MetricsWriter
 from cdiff_jax.train.objectives import BATCH_KEYS, diffusion_loss
-from cdiff_jax.train.step import StepSettings, adamw, init_train_state, train_steps, trainable_filter, trainable_prefixes
+from cdiff_jax.train.step import StepSettings, init_train_state, train_steps, trainable_filter, trainable_prefixes
 from cdiff_jax import viz
 
 
@@ -227,7 +228,7 @@ def stage_step(cfg: TrainConfig, graphdef, params, frozen, mesh) -> Stage:
         disc = PatchDiscriminator(DiscriminatorConfig(filters=cfg.disc_filters, layers=cfg.disc_layers),
                                   rngs=nnx.Rngs(cfg.seed + 1))
         disc_graphdef, disc_params = nnx.split(disc)
-        tx = disc_tx = autoencoder_step.adam(cfg.learning_rate)
+        tx = disc_tx = adam(cfg.learning_rate, betas=autoencoder_step.ADAM_BETAS)
         objective = autoencoder_step.AutoencoderObjective(kl_weight=cfg.kl_weight, perceptual_weight=cfg.perceptual_weight,
                                          disc_start=cfg.disc_start, disc_weight=cfg.disc_weight)
         return Stage(
@@ -237,7 +238,7 @@ def stage_step(cfg: TrainConfig, graphdef, params, frozen, mesh) -> Stage:
             evaluate=lambda p, batch, k: _eval_reconstruction(graphdef, p, frozen, batch, k, lpips, cfg.perceptual_weight),
             write_samples=lambda p, source, path: write_reconstructions(cfg, nnx.merge(graphdef, p, frozen), source, path),
         )
-    tx = adamw(cfg.learning_rate, cfg.weight_decay)
+    tx = adam(cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = replicate(make_schedule(nnx.merge(graphdef, params, frozen).cfg.schedule), mesh)
     settings = StepSettings(condition_dropout=cfg.condition_dropout, ema_decay=cfg.ema_decay)
     return Stage(

@@ -11,8 +11,8 @@ from flax import nnx
 from cdiff_jax.config import load_config
 from conftest import with_random_zero_layers
 from cdiff_jax.diffusion.schedule import make_schedule
-from cdiff_jax.editing.imagic import (ImagicSettings, _adam_iterations, adam, finetune_expert, imagic_loss,
-                                     optimise_embedding)
+from cdiff_jax.editing.imagic import ImagicSettings, _adam_iterations, finetune_expert, imagic_loss, optimise_embedding
+from cdiff_jax.optimization import ACCELERATOR, CPU, POLICY_ENV, NonFiniteStep, adam
 from cdiff_jax.system import init_system
 
 
@@ -40,15 +40,16 @@ def test_first_embedding_step_is_adam_on_the_loss_gradient(setup):
     np.testing.assert_allclose(optimised, context - 1e-3 * g / (jnp.abs(g) + 1e-8), atol=1e-6)
 
 
-@pytest.mark.parametrize("chunks", [(3, True), (7, False)])
-def test_chunking_does_not_change_the_result(setup, chunks):
+@pytest.mark.parametrize("chunks", [(3, "cpu"), (7, "accelerator")])
+def test_chunking_does_not_change_the_result(setup, chunks, monkeypatch):
     expert, schedule, z0, context = setup
     key = jax.random.key(3)
     one_call, losses_one = optimise_embedding(expert, schedule, z0, context, key,
                                               ImagicSettings(embedding_iterations=7, chunk=7))
-    chunk, unroll = chunks
+    chunk, policy = chunks  # the accelerator policy's rolled scan, on this backend
+    monkeypatch.setenv(POLICY_ENV, policy)
     chunked, losses = optimise_embedding(expert, schedule, z0, context, key,
-                                         ImagicSettings(embedding_iterations=7, chunk=chunk, unroll=unroll))
+                                         ImagicSettings(embedding_iterations=7, chunk=chunk))
     np.testing.assert_allclose(losses, losses_one, rtol=1e-5)
     np.testing.assert_allclose(chunked, one_call, atol=1e-6)
 
@@ -72,6 +73,19 @@ def test_stage_b_fits_the_expert_for_a_fixed_context(setup):
     assert mean_loss(nnx.merge(graphdef, tuned), schedule, z0, context) < mean_loss(expert, schedule, z0, context)
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), nnx.state(expert), tuned)
     assert all(jax.tree.leaves(changed))
+
+
+@pytest.mark.parametrize("stage", ["embedding", "finetune"])
+def test_a_non_finite_loss_stops_the_stage_with_the_last_good_state(setup, stage):
+    expert, schedule, z0, context = setup
+    bad = z0.at[0, 0, 0, 0].set(jnp.nan)
+    settings = ImagicSettings(embedding_iterations=2, finetune_iterations=2, chunk=2)
+    run = optimise_embedding if stage == "embedding" else finetune_expert
+    with pytest.raises(NonFiniteStep, match=f"stage '{stage}': non-finite loss or gradient at iteration 1;") as caught:
+        run(expert, schedule, bad, context, jax.random.key(6), settings)
+    assert caught.value.step == 1
+    unchanged = context if stage == "embedding" else nnx.state(expert)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, unchanged), caught.value.state)
 
 
 def region_end(text: str, open_brace: int) -> int:
@@ -102,10 +116,11 @@ def test_an_unrolled_chunk_compiles_without_a_loop_even_for_one_iteration(setup,
     expert, schedule, z0, context = setup
     graphdef, params = nnx.split(expert)
 
-    def lowered(unroll):
+    def lowered(policy):
         return _adam_iterations.lower(graphdef, context, params, adam(1e-3).init(context), schedule, z0,
                                       jax.random.key(0), jnp.int32(0), stage="embedding", learning_rate=1e-3,
-                                      count=count, unroll=unroll).as_text()
+                                      count=count, policy=policy).as_text()
 
-    assert loops_with_convolutions(lowered(True)) == 0
-    assert loops_with_convolutions(lowered(False)) == 1
+    assert CPU.unroll and not ACCELERATOR.unroll
+    assert loops_with_convolutions(lowered(CPU)) == 0
+    assert loops_with_convolutions(lowered(ACCELERATOR)) == 1

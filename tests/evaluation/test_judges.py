@@ -12,6 +12,7 @@ from cdiff_jax.data import toy_faces
 from cdiff_jax.data.celeba_multimodal import CAPTIONS_JSON
 from cdiff_jax.data.masks import NUM_CLASSES
 from cdiff_jax.evaluation import judges as J
+from cdiff_jax.optimization import NonFiniteStep
 
 STEPS, BATCH, TEST_SIZE = 20, 8, 8
 
@@ -113,6 +114,18 @@ def test_training_lowers_every_loss(dataset):
         assert values[-5:].mean() < 0.7 * values[:5].mean(), (name, values)
     after = np.asarray(J.parse(judges, J.from_uint8(few.images)))
     assert (after == few.labels).mean() > (before == few.labels).mean() + 0.1
+
+
+def test_a_non_finite_loss_stops_training_with_the_last_good_judges(dataset):
+    few = J.load_toy_faces(dataset).take(slice(0, BATCH))
+    bad = J.ToyFaces(np.where(np.arange(BATCH)[:, None, None, None] == 0, np.nan, few.images.astype(np.float32)),
+                     few.labels, few.beard, few.age)  # every batch holds the NaN image
+    judges = J.Judges(J.JudgesConfig(), rngs=nnx.Rngs(1))
+    before = jax.tree.map(np.asarray, nnx.state(judges))
+    with pytest.raises(NonFiniteStep, match="non-finite judge loss or gradient at step 1;") as caught:
+        J.fit(judges, bad, steps=2, batch=BATCH, progress=False)
+    assert caught.value.step == 1
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(judges)))
 
 
 def test_directory_holds_configs_metrics_settings_and_small_weights(trained, dataset):

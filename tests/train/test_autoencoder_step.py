@@ -10,9 +10,10 @@ from flax import nnx
 from cdiff_jax.config import load_config
 from cdiff_jax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from cdiff_jax.system import init_system
+from cdiff_jax.optimization import adam
 from cdiff_jax.train.autoencoder_step import (
+    ADAM_BETAS,
     AutoencoderObjective,
-    adam,
     autoencoder_train_steps,
     init_autoencoder_state,
 )
@@ -105,10 +106,21 @@ def test_matches_ldm_objective_with_the_discriminator_on(parts):
 
 def test_before_disc_start_only_the_autoencoder_learns(parts):
     state, metrics = our_step(parts, AutoencoderObjective(perceptual_weight=0.0, disc_start=5), jax.random.key(3),
-                              adam(1e-3))
+                              adam(1e-3, betas=ADAM_BETAS))
     for ours, before in zip(jax.tree.leaves(state.disc_params), jax.tree.leaves(parts[4])):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(before))
     assert all(float(metrics.terms[k][0]) == 0 for k in ("g_loss", "d_weight", "disc_loss"))
     assert int(state.disc_opt_state[0].count) == 1  # torch's Adam counts the zero-gradient step too
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(parts[1]))]
     assert all(changed)
+
+
+def test_a_non_finite_loss_leaves_both_networks_unchanged(parts):
+    graphdef, params, frozen, disc_graphdef, disc_params, images = parts
+    bad = (*parts[:5], images.at[0, 0, 0, 0, 0].set(jnp.nan))
+    state, metrics = our_step(bad, AutoencoderObjective(perceptual_weight=0.0, disc_start=0), jax.random.key(3),
+                              adam(1e-3, betas=ADAM_BETAS))
+    assert not bool(metrics.finite[0]) and int(state.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), state.params)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, disc_params), state.disc_params)
+
