@@ -31,13 +31,18 @@ class NotACheckpointError(ValueError):
 
 def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *, overwrite: bool = False) -> pathlib.Path:
     """Write the system's config and parameters atomically to `directory`."""
+    return _save_config_and_state(directory, system.cfg.to_json(), nnx.state(system, nnx.Param), overwrite)
+
+
+def _save_config_and_state(directory, config_json: str, state: nnx.State, overwrite: bool) -> pathlib.Path:
+    """config.json beside params/, written into a temporary directory and renamed into place."""
     directory = pathlib.Path(directory).absolute()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; choose a new output path or pass overwrite")
     with atomic_directory(directory) as tmp:
         tmp.mkdir()
-        (tmp / CONFIG_FILE).write_text(system.cfg.to_json())
-        save_tree(tmp / PARAMS_DIR, nnx.to_pure_dict(nnx.state(system, nnx.Param)))
+        (tmp / CONFIG_FILE).write_text(config_json)
+        save_tree(tmp / PARAMS_DIR, nnx.to_pure_dict(state))
     return directory
 
 
@@ -125,14 +130,7 @@ def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
 
 def save_generator(directory: str | os.PathLike, generator: Generator, *, overwrite: bool = False) -> pathlib.Path:
     """Write a StyleGAN2 `Generator`'s config and whole state (w_avg and constant noise included) atomically."""
-    directory = pathlib.Path(directory).absolute()
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory} exists; choose a new output path or pass overwrite")
-    with atomic_directory(directory) as tmp:
-        tmp.mkdir()
-        (tmp / CONFIG_FILE).write_text(generator.cfg.to_json())
-        save_tree(tmp / PARAMS_DIR, nnx.to_pure_dict(nnx.state(generator)))
-    return directory
+    return _save_config_and_state(directory, generator.cfg.to_json(), nnx.state(generator), overwrite)
 
 
 def load_generator(directory: str | os.PathLike) -> Generator:

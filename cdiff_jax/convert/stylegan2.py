@@ -124,16 +124,22 @@ def config_from_rosinality_shapes(shapes: Mapping[str, tuple], *, lr_multiplier:
 # --- key maps ---------------------------------------------------------------------------------
 
 
-def nvidia_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
-    """stylegan2-ada-pytorch `Generator.state_dict()` keys -> our leaves."""
-    taps = cfg.resample_filter
-    entries = {"mapping.w_avg": Entry(("mapping", "w_avg"))}
+def _nvidia_mapping_entries(cfg) -> dict[str, Entry]:
+    """The label embedding (if conditional) and FC layers of an NVIDIA mapping network."""
+    entries = {}
     if cfg.c_dim:
         entries["mapping.embed.weight"] = Entry(("mapping", "embed", "weight"), _fc)
         entries["mapping.embed.bias"] = Entry(("mapping", "embed", "bias"))
     for i in range(cfg.mapping_layers):
         entries[f"mapping.fc{i}.weight"] = Entry(("mapping", "layers", i, "weight"), _fc)
         entries[f"mapping.fc{i}.bias"] = Entry(("mapping", "layers", i, "bias"))
+    return entries
+
+
+def nvidia_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
+    """stylegan2-ada-pytorch `Generator.state_dict()` keys -> our leaves."""
+    taps = cfg.resample_filter
+    entries = {"mapping.w_avg": Entry(("mapping", "w_avg")), **_nvidia_mapping_entries(cfg)}
     filt = Entry(None, expected=fir_filter(taps, 1.0))
     for b, res in enumerate(cfg.block_resolutions):
         src, dst = f"synthesis.b{res}", ("synthesis", "blocks", b)
@@ -237,12 +243,8 @@ def nvidia_discriminator_key_map(cfg: StyleGAN2DiscriminatorConfig) -> dict[str,
     for name in ("fc", "out"):
         entries[f"b4.{name}.weight"] = Entry(("epilogue", name, "weight"), _fc)
         entries[f"b4.{name}.bias"] = Entry(("epilogue", name, "bias"))
-    if cfg.c_dim:
-        entries["mapping.embed.weight"] = Entry(("mapping", "embed", "weight"), _fc)
-        entries["mapping.embed.bias"] = Entry(("mapping", "embed", "bias"))
-        for i in range(cfg.mapping_layers):
-            entries[f"mapping.fc{i}.weight"] = Entry(("mapping", "layers", i, "weight"), _fc)
-            entries[f"mapping.fc{i}.bias"] = Entry(("mapping", "layers", i, "bias"))
+    if cfg.c_dim:  # the conditional discriminator maps its label with a mapping network of its own
+        entries.update(_nvidia_mapping_entries(cfg))
     return entries
 
 
