@@ -46,13 +46,6 @@ def test_guidance_one_scale_or_named_pairs():
             R.guidance(bad, ["text"])
 
 
-def test_latent_shape_of_the_config_or_of_an_image():
-    cfg = load_config("tiny_system.py")
-    f, c = cfg.autoencoder.downsample_factor, cfg.autoencoder.embed_dim
-    assert R.latent_shape(cfg) == (cfg.latent_size, cfg.latent_size, c)
-    assert R.latent_shape(cfg, 8 * f, 4 * f) == (8, 4, c)
-
-
 def test_output_folder_refuses_what_is_not_ours(tmp_path):
     assert R.output_folder(tmp_path / "new" / "deeper", is_ours=lambda p: False) == tmp_path / "new" / "deeper"
     assert not (tmp_path / "new").exists()
