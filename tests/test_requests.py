@@ -5,7 +5,6 @@ import math
 import pytest
 
 from cdiff_jax import requests as R
-from cdiff_jax.config import load_config
 from cdiff_jax.requests import UsageError
 
 
