@@ -16,9 +16,10 @@ from cdiff_jax.data.toy_faces import example_seed, make_example
 from cdiff_jax.diffusion.collaboration import rule_for_mode
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.modalities import kind_entry
+from cdiff_jax.optimization import adam
 from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.system import init_system
-from cdiff_jax.train.step import adamw, init_train_state, train_steps, trainable_filter, trainable_prefixes
+from cdiff_jax.train.step import init_train_state, train_steps, trainable_filter, trainable_prefixes
 
 TINY = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny_system.py"
 BATCH = 2
@@ -44,7 +45,7 @@ def _train(system, stage, modality, batches):
     graphdef, params, frozen = nnx.split(system, trainable_filter(trainable_prefixes(stage, cfg, modality)), ...)
     before = jax.tree.map(lambda x: np.array(x, copy=True), params)  # train_steps donates the state
     # Adam without weight decay moves a parameter only where its gradient is non-zero.
-    tx, schedule = adamw(1e-3, weight_decay=0.0), make_schedule(cfg.schedule)
+    tx, schedule = adam(1e-3, weight_decay=0.0), make_schedule(cfg.schedule)
     state = init_train_state(params, tx)
     losses = []
     for batch in batches:
