@@ -4,7 +4,7 @@
 
 Every module is parsed with `ast`, never imported, and every `import` counts, also those inside
 functions (a lazy import is still a dependency; it only hides a cycle). `--root` reads another
-checkout (e.g. `git worktree add /tmp/old COMMIT`) against the layer table of this one, which lives
+checkout (e.g. `git worktree add ../old COMMIT`) against the layer table of this one, which lives
 in tests/test_layering.py: that test asserts what this script prints.
 """
 
