@@ -73,11 +73,12 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def run_steps(step: Callable, carry, batches, policy: LoopPolicy):
+def run_steps(step: Callable, carry, batches, policy: LoopPolicy, healthy=True):
     """Apply `step` once per leading entry of `batches`; returns (carry, metrics [k, ...], applied [k] bool).
 
     `applied[i]` is False from the first step whose `watched` values are not all finite on: those steps
-    leave the carry as it was, so `carry` is the state after the last good step.
+    leave the carry as it was, so `carry` is the state after the last good step. A caller that runs two
+    loops in one program passes the first one's last `applied` as `healthy`, so the guard spans both.
     """
 
     def guarded(state, batch):
@@ -89,7 +90,7 @@ def run_steps(step: Callable, carry, batches, policy: LoopPolicy):
 
     # unroll=0 copies every step, a single one included; 1 (or True) on a length-1 scan still lowers to a
     # one-trip while loop, the slow path on CPU.
-    (carry, _), (metrics, applied) = jax.lax.scan(guarded, (carry, jnp.bool_(True)), batches,
+    (carry, _), (metrics, applied) = jax.lax.scan(guarded, (carry, jnp.asarray(healthy, jnp.bool_)), batches,
                                                   unroll=0 if policy.unroll else 1)
     return carry, metrics, applied
 

@@ -23,6 +23,7 @@ from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.diffusion.ddim import ddim_coefficients, ddim_step
 from cdiff_jax.diffusion.denoiser import Guidance, encode_conditions, predict
 from cdiff_jax.diffusion.schedule import alphas_cumprod
+from cdiff_jax.noise import normal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,7 @@ def _sample_program(reporter, graphdef, state, conditions, contexts, x_T, key, s
     def step(x, inputs):
         i, t, a_t, a_prev, sigma, s1m, noise = inputs
         if step_noise is None:
-            noise = jax.random.normal(noise, x.shape, x.dtype)
+            noise = normal(noise, x.shape, x.dtype)
         p = predict(system, x, jnp.full((batch,), t), contexts, settings.reweighting, guidance)
         x_prev, pred_x0 = ddim_step(x, p.eps, a_t, a_prev, sigma, s1m, noise)
         if reporter is not None:

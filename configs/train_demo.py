@@ -10,6 +10,10 @@ The exact commands that produced cdiff_jax/demo_models/ (from the repository roo
     python train.py --config configs/train_demo.py:expert_mask --workdir runs/demo/expert_mask
     python train.py --config configs/train_demo.py:collab --workdir runs/demo/collab
 
+DDGI's toy StyleGAN2 (configs/toy_gan.py) trains on its own, on endless fresh toy faces (no dataset to write):
+
+    python train.py --config configs/train_demo.py:gan --workdir runs/demo/gan
+
 Each stage starts from the systems the earlier ones exported (`init_from`), so run them in order (the two
 experts need only the autoencoder). The evaluation's judges came from the same dataset:
 
@@ -19,14 +23,16 @@ experts need only the autoencoder). The evaluation's judges came from the same d
 from cdiff_jax.train.config import TrainConfig
 
 RUNS = "runs/demo"
+GAN_BATCH = 32
+GAN_STEPS = 3125  # 100k images
 # Fewer steps left artefacts in the autoencoder and a text expert that ignored its caption; both experts
 # train equally long so that neither wins the weighting by training length (docs/research_log.md,
 # "Measurement history moved from the code").
-STEPS = {"autoencoder": 4000, "expert_text": 4000, "expert_mask": 4000, "collab": 500}
+STEPS = {"autoencoder": 4000, "expert_text": 4000, "expert_mask": 4000, "collab": 500, "gan": GAN_STEPS}
 
 
 def get_config(arg: str = "collab") -> TrainConfig:
-    """`arg`: autoencoder, expert_text, expert_mask or collab."""
+    """`arg`: autoencoder, expert_text, expert_mask, collab or gan."""
     common = dict(data_dir="data/toy_tfds", resolution=64, test_size=1000, log_every=25, checkpoint_every=250,
                   keep_checkpoints=2, val_batches=4, sample_count=8, sample_steps=50)
     autoencoder = ("autoencoder", f"{RUNS}/autoencoder/system")
@@ -47,4 +53,11 @@ def get_config(arg: str = "collab") -> TrainConfig:
                            init_from=(autoencoder,
                                       ("modalities.text", f"{RUNS}/expert_text/system"),
                                       ("modalities.mask", f"{RUNS}/expert_mask/system")), **common)
-    raise ValueError(f"unknown demo stage {arg!r}; expected autoencoder, expert_text, expert_mask or collab")
+    if arg == "gan":
+        # stylegan2-ada-pytorch's "auto" settings for 64x64 at batch 32 (lr 0.0025, gamma 0.0256, ema 10 kimg with
+        # ramp-up); one worker process renders the faces while the other core trains.
+        return TrainConfig(stage="gan", system="toy_gan.py", data_dir="fresh-toy-faces:1000", resolution=64,
+                           global_batch=GAN_BATCH, base_learning_rate=0.0025 / GAN_BATCH, steps=STEPS["gan"],
+                           steps_per_call=1, data_workers=1, log_every=25, checkpoint_every=250, keep_checkpoints=2,
+                           val_every=0, sample_every=250, sample_count=16)
+    raise ValueError(f"unknown demo stage {arg!r}; expected autoencoder, expert_text, expert_mask, collab or gan")

@@ -1,9 +1,21 @@
 """Shared test fixtures: the reference fixture root and a relative-error helper."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
-import jax
+# One XLA compilation cache for the whole run, set before JAX is imported: the two workers and every
+# subprocess a test starts (train.py, sample.py, ...) compile many of the same programs, and each is then
+# compiled once (BENCHMARKS.md, "Test suite"). The run's own directory, removed at exit; a
+# JAX_COMPILATION_CACHE_DIR set by the caller is used as it is and kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cdiff_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import jax  # noqa: E402 -- after the cache settings above
 import numpy as np
 import pytest
 from flax import nnx
@@ -11,6 +23,7 @@ from flax import nnx
 from cdiff_jax.nn.lpips import LPIPS_VGG_CONV_INDICES, SCALE, SHIFT, TAPPED_WIDTHS, VGG16_LAYOUT
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+pytest_plugins = ("trainer_runs",)  # the trainer modules' tiny dataset fixture (`data_dir`)
 
 
 def reference_root() -> pathlib.Path:

@@ -34,6 +34,7 @@ from cdiff_jax.parallel import data_mesh, replicate, shard_batch
 from cdiff_jax.progress import SamplingBar, configure_logging, log
 from cdiff_jax.requests import UsageError
 from cdiff_jax.sampling import NonFiniteSamples, SamplerSettings, require_finite, sample
+from cdiff_jax.noise import normal
 
 SETTINGS_FILE = "settings.json"  # also what marks a folder as a previous run's, which may be replaced
 
@@ -121,7 +122,7 @@ def run(request: SampleRequest) -> float:
     conditions = {n: np.repeat(c, request.batch, axis=0) for n, c in request.conditions.items()}
     nulls = {n: cond.null_condition(cfg.modalities[n]) for n in request.guidance}
     key, init_key = jax.random.split(jax.random.key(request.seed))
-    x_T = jax.random.normal(init_key, (request.batch,) + latents.latent_shape(cfg))
+    x_T = normal(init_key, (request.batch,) + latents.latent_shape(cfg))
     graphdef, state = nnx.split(system)
     if request.batch % jax.device_count() == 0 and jax.device_count() > 1:
         mesh = data_mesh()

@@ -64,8 +64,6 @@ class GlobalBatchSampler:
 
     @functools.lru_cache(maxsize=2)
     def _order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_records)
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
 
     def __getitem__(self, index: int) -> grain.RecordMetadata:
@@ -74,7 +72,8 @@ class GlobalBatchSampler:
         step, offset = divmod(index, self.local_batch)
         position = step * self.global_batch + self.process_index * self.local_batch + offset
         epoch, within = divmod(position, self.per_epoch)
-        return grain.RecordMetadata(index=index, record_key=int(self._order(epoch)[within]))
+        record = int(self._order(epoch)[within]) if self.shuffle else within  # no arange over an endless source
+        return grain.RecordMetadata(index=index, record_key=record)
 
 
 def make_loader(

@@ -659,6 +659,24 @@ def example_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+class FreshToyFaces:
+    """An endless grain data source of toy-face images rendered on demand: record i is example i of the
+    dataset with `seed`, so a GAN's discriminator never sees a face twice and cannot memorise a finite set.
+    Read it unshuffled (`make_loader(..., shuffle=False)`): the records are already independent draws."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": make_example(example_seed(self.seed, int(index)))["image"]}
+
+    def __repr__(self) -> str:  # grain compares it with the one saved in an iterator state
+        return f"FreshToyFaces(seed={self.seed})"
+
+
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:
     """Temp file in the same folder + rename, so a crash never leaves a truncated file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)

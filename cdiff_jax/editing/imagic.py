@@ -22,6 +22,7 @@ from flax import nnx
 
 from cdiff_jax.diffusion.schedule import Schedule, q_sample
 from cdiff_jax.optimization import LoopPolicy, NonFiniteStep, adam, first_rejected, loop_policy, run_steps
+from cdiff_jax.noise import normal
 
 STAGES = ("embedding", "finetune")
 
@@ -41,7 +42,7 @@ def imagic_loss(expert: nnx.Module, schedule: Schedule, z0: jax.Array, context: 
     """The expert's eps loss on the latent z0 [B, h, w, c] at a random t, for the context [B, L, D]."""
     k_t, k_noise = jax.random.split(key)
     t = jax.random.randint(k_t, (z0.shape[0],), 0, schedule.num_timesteps)
-    noise = jax.random.normal(k_noise, z0.shape, z0.dtype)
+    noise = normal(k_noise, z0.shape, z0.dtype)
     return jnp.mean((expert(q_sample(schedule, z0, t, noise), t, context) - noise) ** 2)
 
 

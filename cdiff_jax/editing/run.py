@@ -43,6 +43,7 @@ from cdiff_jax.editing.sweep import alpha_sweep
 from cdiff_jax.progress import SamplingBar, bar, configure_logging, log
 from cdiff_jax.requests import UsageError
 from cdiff_jax.sampling import NonFiniteSamples, SamplerSettings, require_finite
+from cdiff_jax.noise import normal
 
 # The collaborative editing script's sweep.
 DEFAULT_ALPHAS = "0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1,1.125,1.25,1.375,1.5,1.625,1.75,1.875,2,2.5"
@@ -87,7 +88,7 @@ def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> 
     autoencoder = nnx.split(system.autoencoder)
     latent = latents.latent_shape(cfg, *image.shape[1:3])
     # The reference edits a posterior sample of the image's latent, drawn once.
-    z0 = latents.encode_latent(*autoencoder, image, jax.random.normal(jax.random.fold_in(key, POSTERIOR_STREAM),
+    z0 = latents.encode_latent(*autoencoder, image, normal(jax.random.fold_in(key, POSTERIOR_STREAM),
                                                                       (1,) + latent, image.dtype))
     viz.save_png(out / "input.png", viz.to_uint8(np.asarray(image[0])))
     viz.save_png(out / "reconstruction.png", viz.to_uint8(np.asarray(latents.decode_latent(*autoencoder, z0)[0])))
@@ -104,7 +105,7 @@ def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> 
 
     settings = SamplerSettings(steps=sweep.steps, eta=sweep.eta, reweighting=rule_for_mode(
         sweep.mode, list(targets), sweep.mask_scale, cfg.schedule.timesteps))
-    x_T = jax.random.normal(jax.random.fold_in(key, START_NOISE_STREAM), (sweep.batch,) + latent)
+    x_T = normal(jax.random.fold_in(key, START_NOISE_STREAM), (sweep.batch,) + latent)
     log.info("sampling %d alphas x %d ...", len(next(iter(sweep.alphas.values()))), sweep.batch)
     with SamplingBar("sweep") as progress:
         images = alpha_sweep(system, targets, optimised, {n: np.asarray(sweep.alphas[n]) for n in targets}, x_T,

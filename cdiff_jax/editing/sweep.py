@@ -15,6 +15,7 @@ from flax import nnx
 
 from cdiff_jax.diffusion.ddim import ddim_timesteps
 from cdiff_jax.sampling import SamplerSettings, sample_from_contexts
+from cdiff_jax.noise import normal
 
 
 def interpolate(target: jax.Array, optimised: jax.Array, alpha) -> jax.Array:
@@ -36,7 +37,7 @@ def alpha_sweep(system, targets: dict[str, jax.Array], optimised: dict[str, jax.
         raise ValueError(f"every modality needs the same number of alphas, got { {n: len(alphas[n]) for n in names} }")
     n = x_T.shape[0]
     steps = len(ddim_timesteps(system.cfg.schedule.timesteps, settings.steps))
-    noise = jax.random.normal(key, (steps,) + x_T.shape, x_T.dtype)
+    noise = normal(key, (steps,) + x_T.shape, x_T.dtype)
     graphdef, state = nnx.split(system)
     per_call = min(per_call, count)
     images = []

@@ -47,6 +47,7 @@ from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.latents import reconstruct
 from cdiff_jax.progress import bar, configure_logging, log
 from cdiff_jax.requests import DEMO_CHECKPOINT
+from cdiff_jax.noise import normal
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1]
 DEMO_JUDGES = PACKAGE / "evaluation" / "judges_toy"
@@ -87,7 +88,7 @@ def generate(system, examples: list[dict], method: Method, *, steps: int, batch:
     cfg = system.cfg
     settings = SamplerSettings(steps=steps, reweighting=method.rule if len(method.modalities) > 1 else None)
     size, channels = cfg.latent_size, cfg.autoencoder.embed_dim
-    noise = jax.random.normal(jax.random.key(seed), (len(examples), size, size, channels))
+    noise = normal(jax.random.key(seed), (len(examples), size, size, channels))
     out = []
     for start in range(0, len(examples), batch):
         chunk = examples[start:start + batch]

@@ -42,6 +42,7 @@ from cdiff_jax.data.toy_faces import make_example
 from cdiff_jax.evaluation.miniature import TEST_SIZE, held_out_examples
 from cdiff_jax.latents import latent_shape
 from cdiff_jax.requests import DEMO_CHECKPOINT
+from cdiff_jax.noise import normal
 
 # The noise of batch i at timestep t comes from stream i * STREAMS_PER_BATCH + t: more streams per
 # batch than timesteps, so no two (batch, timestep) pairs share one.
@@ -111,8 +112,8 @@ def measure(system, examples: list[dict], timesteps=TIMESTEPS, *, batch: int = 6
         s = nnx.merge(graphdef, state)
         posterior_key, noise_key = jax.random.split(key)
         shape = (images.shape[0],) + latent_shape(cfg)
-        z0 = s.autoencoder.encode_latent(images, jax.random.normal(posterior_key, shape))
-        noise = jax.random.normal(noise_key, shape)
+        z0 = s.autoencoder.encode_latent(images, normal(posterior_key, shape))
+        noise = normal(noise_key, shape)
         t = jnp.full((shape[0],), t)
         p = predict(s, q_sample(schedule, z0, t, noise), t, encode_conditions(s, {n: conditions[n] for n in names}))
         return p.expert_eps - noise, p.eps - noise, p.weights[0, ..., 0]

@@ -25,6 +25,7 @@ from flax import nnx
 
 from cdiff_jax.config import StyleGAN2Config
 from cdiff_jax.nn.kernels import NHWC, conv_function, kernel_forms
+from cdiff_jax.noise import normal
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
@@ -123,7 +124,7 @@ class EqualizedLinear(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, *, lr_multiplier: float = 1.0, bias_init: float = 0.0,
                  rngs: nnx.Rngs):
-        self.weight = nnx.Param(jax.random.normal(rngs.params(), (in_features, out_features)) / lr_multiplier)
+        self.weight = nnx.Param(normal(rngs.params(), (in_features, out_features)) / lr_multiplier)
         self.bias = nnx.Param(jnp.full((out_features,), bias_init, jnp.float32))
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
@@ -165,10 +166,10 @@ class SynthesisLayer(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, resolution: int, cfg: StyleGAN2Config, *,
                  up: bool, rngs: nnx.Rngs):
         self.affine = EqualizedLinear(cfg.w_dim, in_channels, bias_init=1.0, rngs=rngs)
-        self.weight = nnx.Param(jax.random.normal(rngs.params(), (3, 3, in_channels, out_channels)))
+        self.weight = nnx.Param(normal(rngs.params(), (3, 3, in_channels, out_channels)))
         self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32))
         self.noise_strength = nnx.Param(jnp.zeros((), jnp.float32))
-        self.noise_const = Buffer(jax.random.normal(rngs.params(), (resolution, resolution)))
+        self.noise_const = Buffer(normal(rngs.params(), (resolution, resolution)))
         self.up_taps = cfg.resample_filter if up else None
         self.clamp = cfg.conv_clamp
         forms = kernel_forms()  # decided at construction: part of the graphdef, like every layer's
@@ -188,7 +189,7 @@ class ToRGB(nnx.Module):
 
     def __init__(self, in_channels: int, cfg: StyleGAN2Config, *, rngs: nnx.Rngs):
         self.affine = EqualizedLinear(cfg.w_dim, in_channels, bias_init=1.0, rngs=rngs)
-        self.weight = nnx.Param(jax.random.normal(rngs.params(), (in_channels, cfg.img_channels)))
+        self.weight = nnx.Param(normal(rngs.params(), (in_channels, cfg.img_channels)))
         self.bias = nnx.Param(jnp.zeros((cfg.img_channels,), jnp.float32))
         self.weight_gain = 1.0 / math.sqrt(in_channels)
         self.clamp = cfg.conv_clamp
@@ -207,7 +208,7 @@ class SynthesisBlock(nnx.Module):
         self.resolution = resolution
         self.resample_filter = cfg.resample_filter
         if in_channels == 0:
-            self.const = nnx.Param(jax.random.normal(rngs.params(), (resolution, resolution, out_channels)))
+            self.const = nnx.Param(normal(rngs.params(), (resolution, resolution, out_channels)))
             self.conv0 = None
         else:
             self.const = None
@@ -272,7 +273,7 @@ class SynthesisNetwork(nnx.Module):
         if key is None:
             raise ValueError("noise_mode='random' needs a PRNG key (key=...)")
         keys = jax.random.split(key, len(layers))
-        return [jax.random.normal(k, (batch, *layer.noise_const.shape)) for k, layer in zip(keys, layers)]
+        return [normal(k, (batch, *layer.noise_const.shape)) for k, layer in zip(keys, layers)]
 
     def __call__(self, ws: jax.Array, noises: Sequence[jax.Array | None]) -> jax.Array:
         x = img = None

@@ -18,6 +18,7 @@ from flax import nnx
 from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig
 from cdiff_jax.nn.kernels import NHWC
 from cdiff_jax.nn.stylegan2 import EqualizedLinear, MappingNetwork, lrelu, upfirdn
+from cdiff_jax.noise import normal
 
 MBSTD_EPS = 1e-8
 
@@ -29,7 +30,7 @@ class EqualizedConv2d(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: int, *, activation: str = "lrelu",
                  bias: bool = True, down: bool = False, resample_filter: Sequence[int] = (1, 3, 3, 1),
                  conv_clamp: float | None = None, rngs: nnx.Rngs):
-        self.weight = nnx.Param(jax.random.normal(rngs.params(), (kernel, kernel, in_channels, out_channels)))
+        self.weight = nnx.Param(normal(rngs.params(), (kernel, kernel, in_channels, out_channels)))
         self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if bias else None
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel * kernel)
         self.activation = activation

@@ -25,6 +25,7 @@ from flax import nnx, struct
 
 from cdiff_jax.nn.autoencoder import posterior_sample
 from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
+from cdiff_jax.noise import normal
 
 ADAPTIVE_WEIGHT_EPS = 1e-4
 ADAPTIVE_WEIGHT_MAX = 1e4
@@ -122,7 +123,7 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
         def forward(params, noise_key):
             ae = nnx.merge(graphdef, params, frozen).autoencoder
             mean, logvar = ae.encode(x)
-            z = posterior_sample(mean, logvar, jax.random.normal(noise_key, mean.shape, mean.dtype))
+            z = posterior_sample(mean, logvar, normal(noise_key, mean.shape, mean.dtype))
             features = ae.decoder.features(ae.post_quant_conv(z))
             return ae.decoder.conv_out(features), jnp.sum(kl_divergence(mean, logvar)) / batch, features
 
@@ -179,5 +180,5 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
 def reconstruction_loss(system, x, key, lpips, perceptual_weight) -> jax.Array:
     """Validation metric, LDM's `val/rec_loss`: the mean of the per-pixel reconstruction term."""
     mean, logvar = system.autoencoder.encode(x)
-    recon = system.autoencoder.decode(posterior_sample(mean, logvar, jax.random.normal(key, mean.shape, mean.dtype)))
+    recon = system.autoencoder.decode(posterior_sample(mean, logvar, normal(key, mean.shape, mean.dtype)))
     return jnp.mean(reconstruction_terms(x, recon, lpips, perceptual_weight))

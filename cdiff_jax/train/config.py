@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
+FRESH_TOY_FACES = "fresh-toy-faces:"  # the gan stage's data_dir prefix for endless procedural toy faces
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     # What to train: "collab" (the dynamic diffusers, everything else frozen: the paper's stage),
-    # "expert" (one modality's UNet and condition encoder, the autoencoder frozen) or
-    # "autoencoder" (the KL autoencoder, with LDM's reconstruction + KL + patch-GAN objective).
+    # "expert" (one modality's UNet and condition encoder, the autoencoder frozen),
+    # "autoencoder" (the KL autoencoder, with LDM's reconstruction + KL + patch-GAN objective) or
+    # "gan" (a StyleGAN2 generator and discriminator from scratch: DDGI's frozen GAN; `system` names a
+    # config returning a StyleGAN2Config).
     stage: str = "collab"
     modality: str | None = None  # the expert stage's modality
     # The system to start from: "FILE.py:ARG" builds it from a config with fresh weights; then
@@ -19,8 +23,11 @@ class TrainConfig:
     init_from: tuple[tuple[str, str], ...] = ()
     seed: int = 0
 
-    # Data: a prepared CelebAMultiModal TFDS directory (cdiff_jax.data.celeba_multimodal).
+    # Data: a prepared CelebAMultiModal TFDS directory (cdiff_jax.data.celeba_multimodal); the gan stage also
+    # takes "fresh-toy-faces:SEED", new procedural toy faces for every batch (SEED other than the demo
+    # dataset's 0, so the held-out evaluation faces are never trained on).
     data_dir: str = "data/tfds"
+    data_workers: int = 0  # grain worker processes preparing batches beside the training process
     resolution: int = 512
     test_size: int = 3000
 
@@ -45,6 +52,12 @@ class TrainConfig:
     disc_weight: float = 0.5
     disc_filters: int = 64
     disc_layers: int = 3
+    # The gan stage (stylegan2-ada-pytorch's names and its "auto" configuration's values; lr from the above).
+    r1_gamma: float = 0.0256  # 0.0002 * resolution^2 / batch for 64x64 at batch 32
+    r1_interval: int = 16
+    style_mixing: float = 0.9
+    gan_ema_kimg: float = 10.0
+    gan_ema_rampup: float | None = 0.05
     fsdp_min_size: int | None = None  # shard parameters with at least this many elements; None: replicate
 
     # Housekeeping (in optimizer steps).

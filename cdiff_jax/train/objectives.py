@@ -16,6 +16,7 @@ from cdiff_jax.diffusion.schedule import Schedule, q_sample
 from cdiff_jax.latents import latent_shape
 from cdiff_jax.modalities import KINDS, kind_entry
 from cdiff_jax.system import LatentDiffusionSystem
+from cdiff_jax.noise import normal
 
 # Which batch field (from cdiff_jax.data.pipeline) conditions each kind of modality.
 BATCH_KEYS = {kind: entry.batch_key for kind, entry in KINDS.items()}
@@ -61,13 +62,13 @@ def diffusion_loss(
     """The training loss of a pipeline batch {"image": [-1, 1] NHWC, and each modality's batch field}."""
     k_post, k_t, k_noise, k_drop = jax.random.split(key, 4)
     images = batch["image"]
-    posterior_noise = jax.random.normal(k_post, images.shape[:1] + latent_shape(system.cfg, *images.shape[1:3]),
+    posterior_noise = normal(k_post, images.shape[:1] + latent_shape(system.cfg, *images.shape[1:3]),
                                         images.dtype)
     z0 = jax.lax.stop_gradient(system.autoencoder.encode_latent(images, posterior_noise))
     conditions = {name: batch[condition_key(batch, m.kind)] for name, m in system.cfg.modalities.items()}
     conditions = drop_conditions(system, conditions, condition_dropout, k_drop)
     t = jax.random.randint(k_t, (images.shape[0],), 0, schedule.num_timesteps)
-    noise = jax.random.normal(k_noise, z0.shape, z0.dtype)
+    noise = normal(k_noise, z0.shape, z0.dtype)
     return eps_loss(system, schedule, z0, encode_conditions(system, conditions), t, noise)[0]
 
 

@@ -1,7 +1,7 @@
 """The training loop, readable in one sitting: data -> compiled steps -> logs and checkpoints.
 
-One trainer for every stage: the stage decides which parameters are trainable and, for the
-autoencoder, the objective (`stage_step`). It resumes from the latest checkpoint in the work
+One trainer for every stage: the stage (`diffusion_stage`, `gan_stage`) decides the model, the data, which
+parameters are trainable and the objective. It resumes from the latest checkpoint in the work
 directory; on SIGTERM or SIGINT it saves and returns 128 + the signal number (143 for a preempted
 run), restoring the handlers it replaced; it stops on a non-finite loss naming the last good
 checkpoint, and at intervals writes validation loss, sample grids and checkpoints (last K plus the best).
@@ -22,10 +22,11 @@ import numpy as np
 from flax import nnx
 
 from cdiff_jax.checkpoint import load_config as load_config_of
-from cdiff_jax.checkpoint import load_system, save_system
-from cdiff_jax.config import load_config
+from cdiff_jax.checkpoint import load_system, save_generator, save_system
+from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig, load_config
 from cdiff_jax.latents import reconstruct
 from cdiff_jax.progress import ProgressLine, log
+from cdiff_jax.data import toy_faces
 from cdiff_jax.data.celeba_multimodal import data_sources
 from cdiff_jax.data.pipeline import ToModelInputs, make_loader, restore_iterator_state, save_iterator_state
 from cdiff_jax.diffusion.schedule import make_schedule
@@ -35,14 +36,17 @@ from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.nn.autoencoder import posterior_sample
 from cdiff_jax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from cdiff_jax.nn.lpips import LPIPS
+from cdiff_jax.nn.stylegan2 import Generator, generate
+from cdiff_jax.nn.stylegan2_discriminator import Discriminator
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system, init_system
-from cdiff_jax.train import autoencoder_step
+from cdiff_jax.train import autoencoder_step, gan_step
 from cdiff_jax.train.checkpoints import TrainCheckpoints
-from cdiff_jax.train.config import TrainConfig
+from cdiff_jax.train.config import FRESH_TOY_FACES, TrainConfig
 from cdiff_jax.train.metrics import MetricsWriter
 from cdiff_jax.train.objectives import BATCH_KEYS, diffusion_loss
 from cdiff_jax.train.step import StepSettings, init_train_state, train_steps, trainable_filter, trainable_prefixes
 from cdiff_jax import viz
+from cdiff_jax.noise import normal
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,6 +82,13 @@ def build_system(cfg: TrainConfig) -> LatentDiffusionSystem:
             raise ValueError(f"init_from {directory}: it has no parameters under {prefix!r}")
     nnx.update(system, state)
     return system
+
+
+def _mean_where_run(values) -> float:
+    """The mean over the steps that computed a term (nan marks a step that did not, e.g. no R1 that step)."""
+    values = np.asarray(values, np.float64)
+    run = values[~np.isnan(values)]
+    return float(run.mean()) if run.size else float("nan")
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -129,16 +140,10 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     if cfg.global_batch % jax.device_count():
         raise ValueError(f"global_batch {cfg.global_batch} must be divisible by the {jax.device_count()} devices")
 
-    system = build_system(cfg)
-    prefixes = trainable_prefixes(cfg.stage, system.cfg, cfg.modality)
-    graphdef, params, frozen = nnx.split(system, trainable_filter(prefixes), ...)
     mesh = data_mesh()
-    frozen = jax.device_put(frozen, param_sharding(frozen, mesh, cfg.fsdp_min_size))
-    stage = stage_step(cfg, graphdef, params, frozen, mesh)
-    state = jax.device_put(stage.state, param_sharding(stage.state, mesh, cfg.fsdp_min_size))
-
-    sources = data_sources(cfg.data_dir, resolution=cfg.resolution, test_size=cfg.test_size)
-    batches = iter(make_loader(sources["train"], global_batch=cfg.global_batch, seed=cfg.seed))
+    stage = gan_stage(cfg, mesh) if cfg.stage == "gan" else diffusion_stage(cfg, mesh)
+    state = stage.state
+    batches = iter(stage.loader)
 
     checkpoints = TrainCheckpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints)
     latest = checkpoints.latest_step()
@@ -173,16 +178,16 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
             losses = np.asarray(metrics.loss)
             progress.update(step, {"loss": float(losses.mean())}, examples_per_step=cfg.global_batch)
             if _crossed(before, step, cfg.log_every) or step == cfg.steps:
-                terms = {name: float(np.mean(v)) for name, v in getattr(metrics, "terms", {}).items()}
+                terms = {name: _mean_where_run(v) for name, v in getattr(metrics, "terms", {}).items()}
                 writer.write(step, {"loss": float(losses.mean()), "grad_norm": float(np.mean(metrics.grad_norm)),
                                     "learning_rate": cfg.learning_rate, **terms})
             val_loss = None
-            if _crossed(before, step, cfg.val_every):
-                val_loss = validation_loss(cfg, functools.partial(stage.evaluate, state.export_params), sources["test"],
-                                           mesh)
+            if stage.evaluate is not None and _crossed(before, step, cfg.val_every):
+                val_loss = validation_loss(cfg, functools.partial(stage.evaluate, state.export_params),
+                                           stage.test_source, mesh)
                 val_writer.write(step, {"loss": val_loss})
             if _crossed(before, step, cfg.sample_every):
-                stage.write_samples(state.export_params, sources["test"], workdir / "samples" / f"{step:07d}.png")
+                stage.write_samples(state.export_params, workdir / "samples" / f"{step:07d}.png")
             # Validated states are always saved, so the best one by validation loss can be kept.
             if _crossed(before, step, cfg.checkpoint_every) or val_loss is not None or step == cfg.steps:
                 checkpoints.save(step, state, save_iterator_state(batches), val_loss)
@@ -193,26 +198,35 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
                     log.info("stopped by signal %d at step %d; saved %s", stop.signum, step, checkpoints.path(step))
                 return 128 + stop.signum  # the shell's status for a process ended by that signal
     if jax.process_count() == 1:
-        trained = nnx.merge(graphdef, state.export_params, frozen)
-        if cfg.stage == "autoencoder":
-            trained = with_latent_normalisation(trained, sources["test"], cfg, mesh)
-        save_system(workdir / "system", trained, overwrite=True)
-        log.info("trained system written to %s (use it with sample.py --checkpoint)", workdir / "system")
+        stage.export(state.export_params, workdir)
     return 0
 
 
 @dataclasses.dataclass
 class Stage:
-    """What differs between stages: the initial train state, the compiled steps, validation and pictures."""
+    """What differs between stages: the initial train state, the data, the compiled steps, validation,
+    pictures and what the finished run exports."""
 
     state: object
+    loader: object  # the grain loader of training batches
     run: Callable  # (state, batches [k, B, ...]) -> (state, metrics)
-    evaluate: Callable  # (trainable params, batch, key) -> scalar validation loss
-    write_samples: Callable  # (trainable params, test source, png path) -> None
+    write_samples: Callable  # (exported params, png path) -> None
+    export: Callable  # (exported params, workdir) -> None
+    evaluate: Callable | None = None  # (exported params, batch, key) -> scalar validation loss
+    test_source: object = None  # what `evaluate` reads
 
 
-def stage_step(cfg: TrainConfig, graphdef, params, frozen, mesh) -> Stage:
+def diffusion_stage(cfg: TrainConfig, mesh) -> Stage:
+    """The collab, expert and autoencoder stages: a latent diffusion system, part of it trainable."""
+    system = build_system(cfg)
+    prefixes = trainable_prefixes(cfg.stage, system.cfg, cfg.modality)
+    graphdef, params, frozen = nnx.split(system, trainable_filter(prefixes), ...)
+    frozen = jax.device_put(frozen, param_sharding(frozen, mesh, cfg.fsdp_min_size))
+    sources = data_sources(cfg.data_dir, resolution=cfg.resolution, test_size=cfg.test_size)
+    loader = make_loader(sources["train"], global_batch=cfg.global_batch, seed=cfg.seed, worker_count=cfg.data_workers)
+    test = sources["test"]
     key = jax.random.key(cfg.seed)
+    export = functools.partial(_export_system, cfg, graphdef, frozen, test, mesh)
     if cfg.stage == "autoencoder":
         if cfg.ema_decay:
             raise ValueError("the autoencoder stage keeps no parameter average (LDM's does not); set ema_decay=0")
@@ -231,22 +245,111 @@ def stage_step(cfg: TrainConfig, graphdef, params, frozen, mesh) -> Stage:
         tx = disc_tx = adam(cfg.learning_rate, betas=autoencoder_step.ADAM_BETAS)
         objective = autoencoder_step.AutoencoderObjective(kl_weight=cfg.kl_weight, perceptual_weight=cfg.perceptual_weight,
                                          disc_start=cfg.disc_start, disc_weight=cfg.disc_weight)
+        state = autoencoder_step.init_autoencoder_state(params, tx, disc_params, disc_tx)
         return Stage(
-            state=autoencoder_step.init_autoencoder_state(params, tx, disc_params, disc_tx),
+            state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
+            loader=loader,
             run=lambda state, batches: autoencoder_step.autoencoder_train_steps(
                 graphdef, frozen, state, batches, key, tx, disc_graphdef, disc_tx, lpips, objective),
+            write_samples=lambda p, path: write_reconstructions(cfg, nnx.merge(graphdef, p, frozen), test, path),
+            export=export,
             evaluate=lambda p, batch, k: _eval_reconstruction(graphdef, p, frozen, batch, k, lpips, cfg.perceptual_weight),
-            write_samples=lambda p, source, path: write_reconstructions(cfg, nnx.merge(graphdef, p, frozen), source, path),
+            test_source=test,
         )
     tx = adam(cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = replicate(make_schedule(nnx.merge(graphdef, params, frozen).cfg.schedule), mesh)
     settings = StepSettings(condition_dropout=cfg.condition_dropout, ema_decay=cfg.ema_decay)
+    state = init_train_state(params, tx, ema=cfg.ema_decay > 0)
     return Stage(
-        state=init_train_state(params, tx, ema=cfg.ema_decay > 0),
+        state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
+        loader=loader,
         run=lambda state, batches: train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings),
+        write_samples=lambda p, path: write_samples(cfg, graphdef, p, frozen, test, path),
+        export=export,
         evaluate=lambda p, batch, k: _eval_loss(graphdef, p, frozen, batch, schedule, k),
-        write_samples=lambda p, source, path: write_samples(cfg, graphdef, p, frozen, source, path),
+        test_source=test,
     )
+
+
+def gan_stage(cfg: TrainConfig, mesh) -> Stage:
+    """The gan stage: a StyleGAN2 generator (`cfg.system` names its config) and a resnet discriminator of the
+    same widths, trained from scratch; exports G_ema to WORKDIR/generator."""
+    g_cfg = load_config(cfg.system)
+    if not isinstance(g_cfg, StyleGAN2Config):
+        raise ValueError(f"the gan stage trains a StyleGAN2 generator: system {cfg.system!r} gives a "
+                         f"{type(g_cfg).__name__}; name a config returning a StyleGAN2Config (e.g. toy_gan.py)")
+    if cfg.resolution != g_cfg.img_resolution:
+        raise ValueError(f"the generator makes {g_cfg.img_resolution}x{g_cfg.img_resolution} images but the data "
+                         f"resolution is {cfg.resolution}; set resolution={g_cfg.img_resolution} or change the generator")
+    if cfg.r1_interval % cfg.steps_per_call:
+        raise ValueError(f"steps_per_call {cfg.steps_per_call} must divide r1_interval {cfg.r1_interval} (an R1 "
+                         "iteration is the first of a call)")
+    group = min(4, cfg.global_batch)
+    if cfg.global_batch % group:
+        raise ValueError(f"global_batch {cfg.global_batch} must be a multiple of the discriminator's minibatch-stddev "
+                         f"group of {group}")
+    images = gan_images(cfg)
+    d_cfg = StyleGAN2DiscriminatorConfig(img_resolution=g_cfg.img_resolution, img_channels=g_cfg.img_channels,
+                                         channel_base=g_cfg.channel_base, channel_max=g_cfg.channel_max,
+                                         mbstd_group_size=group)
+    g_graphdef, g_params, g_buffers = _init_jitted(lambda: Generator(g_cfg, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
+    d_graphdef, d_params = _init_jitted(lambda: Discriminator(d_cfg, rngs=nnx.Rngs(cfg.seed + 1)))
+    g_tx, d_tx = gan_step.optimizers(cfg.learning_rate, cfg.r1_interval)
+    state = gan_step.init_gan_state(g_params, g_buffers, d_params, g_tx, d_tx)
+    objective = gan_step.GANObjective(batch=cfg.global_batch, r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval,
+                                      style_mixing=cfg.style_mixing, ema_kimg=cfg.gan_ema_kimg,
+                                      ema_rampup=cfg.gan_ema_rampup, w_avg_beta=g_cfg.w_avg_beta)
+    key = jax.random.key(cfg.seed)
+
+    def run(state, batches):
+        with_r1 = int(state.step) % cfg.r1_interval == 0
+        return gan_step.gan_train_steps(g_graphdef, d_graphdef, state, batches, key, g_tx, d_tx, objective, with_r1)
+
+    def write_gan_samples(exported, path):
+        images = generate(g_graphdef, nnx.merge_state(*exported),
+                          normal(jax.random.key(cfg.seed), (cfg.sample_count, g_cfg.z_dim)))
+        if jax.process_index() == 0:
+            viz.save_png(path, viz.grid(viz.to_uint8(np.asarray(images))))
+
+    def export(exported, workdir):
+        save_generator(workdir / "generator", nnx.merge(g_graphdef, *exported), overwrite=True)
+        log.info("trained generator (G_ema) written to %s", workdir / "generator")
+
+    return Stage(state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
+                 loader=make_loader(images, global_batch=cfg.global_batch, seed=cfg.seed,
+                                    shuffle=not cfg.data_dir.startswith(FRESH_TOY_FACES),
+                                    worker_count=cfg.data_workers),
+                 run=run, write_samples=write_gan_samples, export=export)
+
+
+def gan_images(cfg: TrainConfig):
+    """The gan stage's training images: endless fresh toy faces, or a prepared dataset's train split."""
+    if not cfg.data_dir.startswith(FRESH_TOY_FACES):
+        return data_sources(cfg.data_dir, resolution=cfg.resolution, test_size=cfg.test_size)["train"]
+    seed = cfg.data_dir.removeprefix(FRESH_TOY_FACES)
+    if not seed.isdigit() or int(seed) == 0:
+        raise ValueError(f"data_dir {cfg.data_dir!r}: write {FRESH_TOY_FACES}SEED with a SEED other than 0 (the demo "
+                         "dataset's, whose held-out faces the evaluation uses)")
+    if cfg.resolution != toy_faces.IMAGE_SIZE:
+        raise ValueError(f"toy faces are {toy_faces.IMAGE_SIZE}x{toy_faces.IMAGE_SIZE}; set resolution="
+                         f"{toy_faces.IMAGE_SIZE}")
+    return toy_faces.FreshToyFaces(int(seed))
+
+
+def _init_jitted(make, *filters):
+    """(graphdef, *states) of the module `make()` builds, initialised in one compiled program (eager NNX
+    initialisation of a many-layer network dispatches every random draw on its own)."""
+    graphdef = nnx.split(nnx.eval_shape(make))[0]
+    states = jax.jit(lambda: nnx.split(make(), *filters, ...)[1:] if filters else (nnx.split(make())[1],))()
+    return (graphdef, *states)
+
+
+def _export_system(cfg, graphdef, frozen, test, mesh, params, workdir: pathlib.Path) -> None:
+    trained = nnx.merge(graphdef, params, frozen)
+    if cfg.stage == "autoencoder":
+        trained = with_latent_normalisation(trained, test, cfg, mesh)
+    save_system(workdir / "system", trained, overwrite=True)
+    log.info("trained system written to %s (use it with sample.py --checkpoint)", workdir / "system")
 
 
 def validation_batches(cfg, source, mesh):
@@ -302,7 +405,7 @@ def with_latent_normalisation(system: LatentDiffusionSystem, source, cfg: TrainC
 def _posterior_sample(graphdef, state, images, key):
     autoencoder = nnx.merge(graphdef, state)
     mean, logvar = autoencoder.encode(images)
-    return posterior_sample(mean, logvar, jax.random.normal(key, mean.shape, mean.dtype))
+    return posterior_sample(mean, logvar, normal(key, mean.shape, mean.dtype))
 
 
 def _with_latent_normalisation(system: LatentDiffusionSystem, scale: float,
@@ -331,7 +434,7 @@ def write_samples(cfg, graphdef, params, frozen, source, path: pathlib.Path) -> 
     examples = [ToModelInputs().map(source[i]) for i in range(cfg.sample_count)]
     conditions = {name: np.stack([e[BATCH_KEYS[m.kind]] for e in examples]) for name, m in system.cfg.modalities.items()}
     size, channels = system.cfg.latent_size, system.cfg.autoencoder.embed_dim
-    x_T = jax.random.normal(jax.random.key(cfg.seed), (cfg.sample_count, size, size, channels))
+    x_T = normal(jax.random.key(cfg.seed), (cfg.sample_count, size, size, channels))
     g, state = nnx.split(system)
     result = sample(g, state, conditions, x_T, jax.random.key(cfg.seed + 1), SamplerSettings(steps=cfg.sample_steps))
     if jax.process_index() == 0:

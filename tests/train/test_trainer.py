@@ -1,67 +1,27 @@
-"""train.py end to end on a tiny dataset: outputs, exact resume after SIGKILL, SIGTERM, devices and hosts."""
+"""train.py end to end on a tiny dataset: outputs, stages, failures and signal handlers (resume and devices: the
+test_trainer_resume and test_trainer_devices modules)."""
 
 import dataclasses
 import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 import safetensors.numpy
 from flax import nnx
-from PIL import Image
 
 from conftest import REPO, lpips_state_dict
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.config import load_config
-from cdiff_jax.data.celeba_multimodal import build_dataset
-from cdiff_jax.data.masks import save_label_png
 from cdiff_jax.system import init_system
 from cdiff_jax.train import trainer
 from cdiff_jax.train.trainer import build_system
-
-EXAMPLES = 18
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    rng = np.random.default_rng(0)
-    for sub in ("image", "mask", "text"):
-        (root / "manual" / sub).mkdir(parents=True)
-    captions = {}
-    for i in range(EXAMPLES):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "manual/image" / f"{i}.png")
-        save_label_png(root / "manual/mask" / f"{i}.png", rng.integers(0, 19, (32, 32)).astype(np.uint8))
-        captions[f"{i}.png"] = {"Beard_and_Age": f"This man has beard of length {i}. He is in his thirties."}
-    (root / "manual/text/captions.json").write_text(json.dumps(captions))
-    build_dataset(root / "manual", root / "tfds", resolution=32, test_size=2)
-    return root / "tfds"
-
-
-def train_cmd(workdir, data_dir, *sets, config="configs/train_tiny.py"):
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / config), "--workdir", str(workdir),
-           "--set", f"data_dir={data_dir}"]
-    for s in sets:
-        cmd += ["--set", s]
-    return cmd
-
-
-def run_train(workdir, data_dir, *sets, env=None, config="configs/train_tiny.py"):
-    result = subprocess.run(train_cmd(workdir, data_dir, *sets, config=config), capture_output=True, text=True,
-                            env=env, cwd=REPO)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
-
-
-def trained_params(workdir):
-    return jax.tree.map(np.asarray, nnx.state(load_system(workdir / "system"), nnx.Param))
+from trainer_runs import run_train, train_cmd
 
 
 def test_a_run_writes_logs_checkpoints_samples_and_a_usable_system(data_dir, tmp_path):
@@ -86,46 +46,6 @@ def test_a_run_writes_logs_checkpoints_samples_and_a_usable_system(data_dir, tmp
     assert (tmp_path / "s/grid.png").is_file()
 
 
-def _wait_for_checkpoint(workdir, step, process, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (workdir / "checkpoints" / str(step) / "commit_success.txt").exists():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"training ended before checkpoint {step}: {process.stdout.read()[-2000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint {step} within {timeout}s")
-
-
-SLOW = ("steps=40", "checkpoint_every=4", "val_every=0", "sample_every=0")
-
-
-def test_sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit(data_dir, tmp_path):
-    run_train(tmp_path / "straight", data_dir, *SLOW)
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(train_cmd(killed, data_dir, *SLOW), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, cwd=REPO)
-    _wait_for_checkpoint(killed, 8, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert not (killed / "system").exists(), "the run finished before it was killed"
-    resumed = run_train(killed, data_dir, *SLOW)
-    assert "resumed from" in resumed.stderr
-    jax.tree.map(np.testing.assert_array_equal, trained_params(tmp_path / "straight"), trained_params(killed))
-
-
-def test_sigterm_saves_and_exits_with_the_preempted_status(data_dir, tmp_path):
-    workdir = tmp_path / "term"
-    process = subprocess.Popen(train_cmd(workdir, data_dir, *SLOW, "steps=100000"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    _wait_for_checkpoint(workdir, 4, process)
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, out[-2000:]
-    assert "stopped by signal" in out
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps[-1] >= 4 and (workdir / "checkpoints" / str(steps[-1]) / "commit_success.txt").exists()
 
 
 def test_signal_handlers_are_restored_when_training_raises_or_stops(data_dir, tmp_path, monkeypatch):
@@ -138,20 +58,20 @@ def test_signal_handlers_are_restored_when_training_raises_or_stops(data_dir, tm
 
     before = {signum: signal.signal(signum, ours) for signum in trainer.STOP_SIGNALS}
     try:
-        real_stage_step, during = trainer.stage_step, []
+        real_diffusion_stage, during = trainer.diffusion_stage, []
 
         def failing(state, batches):
             during.append(signal.getsignal(signal.SIGINT))
             raise RuntimeError("a step failed")
 
-        monkeypatch.setattr(trainer, "stage_step", lambda *a: dataclasses.replace(real_stage_step(*a), run=failing))
+        monkeypatch.setattr(trainer, "diffusion_stage", lambda *a: dataclasses.replace(real_diffusion_stage(*a), run=failing))
         with pytest.raises(RuntimeError, match="a step failed"):
             trainer.train(cfg, tmp_path / "raised")
         assert during and during[0] is not ours  # the trainer's own handler while it trained
         assert all(signal.getsignal(s) is ours for s in trainer.STOP_SIGNALS)
 
         def preempted(*a):
-            stage = real_stage_step(*a)
+            stage = real_diffusion_stage(*a)
 
             def run(state, batches):
                 os.kill(os.getpid(), signal.SIGTERM)  # handled by the trainer: saved at this step, then 143
@@ -159,7 +79,7 @@ def test_signal_handlers_are_restored_when_training_raises_or_stops(data_dir, tm
 
             return dataclasses.replace(stage, run=run)
 
-        monkeypatch.setattr(trainer, "stage_step", preempted)
+        monkeypatch.setattr(trainer, "diffusion_stage", preempted)
         assert trainer.train(cfg, tmp_path / "stopped") == 128 + signal.SIGTERM
         assert (tmp_path / "stopped/checkpoints" / str(cfg.steps_per_call)).is_dir()
         assert all(signal.getsignal(s) is ours for s in trainer.STOP_SIGNALS)
@@ -168,40 +88,6 @@ def test_signal_handlers_are_restored_when_training_raises_or_stops(data_dir, tm
             signal.signal(signum, handler)
 
 
-def _devices_env(count):
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
-
-
-FAST = ("val_every=0", "sample_every=0", "checkpoint_every=100")
-
-
-def test_eight_devices_train_like_one(data_dir, tmp_path):
-    run_train(tmp_path / "one", data_dir, *FAST, env=_devices_env(1))
-    run_train(tmp_path / "eight", data_dir, *FAST, "fsdp_min_size=4096", env=_devices_env(8))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                 trained_params(tmp_path / "one"), trained_params(tmp_path / "eight"))
-
-
-def test_two_processes_of_four_devices_train_like_one_process(data_dir, tmp_path):
-    workdir = tmp_path / "multi"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**_devices_env(4), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-    processes = [
-        subprocess.Popen(train_cmd(workdir, data_dir, *FAST, "steps=4") + [
-            "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    assert all(p.returncode == 0 for p in processes), "\n".join(o[-2000:] for o in outputs)
-    run_train(tmp_path / "single", data_dir, *FAST, "steps=4", env=_devices_env(8))
-    single = json.loads(pathlib.Path(tmp_path / "single/train/metrics.jsonl").read_text().splitlines()[-1])
-    multi = json.loads(pathlib.Path(workdir / "train/metrics.jsonl").read_text().splitlines()[-1])
-    assert multi["step"] == single["step"] == 4
-    np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-5)
-    np.testing.assert_allclose(multi["grad_norm"], single["grad_norm"], rtol=1e-4)
 
 
 def test_expert_stage_trains_one_expert_and_its_encoder_only(data_dir, tmp_path):

@@ -1,0 +1,49 @@
+"""train.py across devices and processes: eight simulated devices, and two processes of four, train like one."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+
+import jax
+import numpy as np
+
+from conftest import REPO
+from trainer_runs import run_train, train_cmd, trained_params
+
+
+def _devices_env(count):
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
+
+
+FAST = ("val_every=0", "sample_every=0", "checkpoint_every=100")
+
+
+def test_eight_devices_train_like_one(data_dir, tmp_path):
+    run_train(tmp_path / "one", data_dir, *FAST, env=_devices_env(1))
+    run_train(tmp_path / "eight", data_dir, *FAST, "fsdp_min_size=4096", env=_devices_env(8))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+                 trained_params(tmp_path / "one"), trained_params(tmp_path / "eight"))
+
+
+def test_two_processes_of_four_devices_train_like_one_process(data_dir, tmp_path):
+    workdir = tmp_path / "multi"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**_devices_env(4), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+    processes = [
+        subprocess.Popen(train_cmd(workdir, data_dir, *FAST, "steps=4") + [
+            "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), "\n".join(o[-2000:] for o in outputs)
+    run_train(tmp_path / "single", data_dir, *FAST, "steps=4", env=_devices_env(8))
+    single = json.loads(pathlib.Path(tmp_path / "single/train/metrics.jsonl").read_text().splitlines()[-1])
+    multi = json.loads(pathlib.Path(workdir / "train/metrics.jsonl").read_text().splitlines()[-1])
+    assert multi["step"] == single["step"] == 4
+    np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(multi["grad_norm"], single["grad_norm"], rtol=1e-4)
