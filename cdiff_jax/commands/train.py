@@ -1,4 +1,5 @@
-"""Train any part of the system: the dynamic diffusers (`collab`, the paper's stage), an expert or the autoencoder.
+"""Train any part of the system: the dynamic diffusers (`collab`, the paper's stage), an expert, the autoencoder, or
+DDGI's StyleGAN2 (`gan`).
 
     cdiff train --config configs/train_collab.py:512 --workdir runs/collab_512
     cdiff train --config configs/train_collab.py:512 --workdir runs/collab_512 --set steps=200000
