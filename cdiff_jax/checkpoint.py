@@ -31,10 +31,10 @@ class NotACheckpointError(ValueError):
 
 def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *, overwrite: bool = False) -> pathlib.Path:
     """Write the system's config and parameters atomically to `directory`."""
-    return _save_config_and_state(directory, system.cfg.to_json(), nnx.state(system, nnx.Param), overwrite)
+    return save_config_and_state(directory, system.cfg.to_json(), nnx.state(system, nnx.Param), overwrite)
 
 
-def _save_config_and_state(directory, config_json: str, state: nnx.State, overwrite: bool) -> pathlib.Path:
+def save_config_and_state(directory, config_json: str, state: nnx.State, overwrite: bool) -> pathlib.Path:
     """config.json beside params/, written into a temporary directory and renamed into place."""
     directory = pathlib.Path(directory).absolute()
     if directory.exists() and not overwrite:
@@ -130,7 +130,7 @@ def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
 
 def save_generator(directory: str | os.PathLike, generator: Generator, *, overwrite: bool = False) -> pathlib.Path:
     """Write a StyleGAN2 `Generator`'s config and whole state (w_avg and constant noise included) atomically."""
-    return _save_config_and_state(directory, generator.cfg.to_json(), nnx.state(generator), overwrite)
+    return save_config_and_state(directory, generator.cfg.to_json(), nnx.state(generator), overwrite)
 
 
 def load_generator(directory: str | os.PathLike) -> Generator:

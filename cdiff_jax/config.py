@@ -365,6 +365,15 @@ class DDGIHeadsConfig:
         if self.num_ws < 1 or self.w_dim < 1:
             raise ValueError(f"DDGIHeadsConfig: num_ws and w_dim must be positive, got {self.num_ws}, {self.w_dim}")
 
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> DDGIHeadsConfig:
+        raw = json.loads(text)
+        raw["levels"] = [tuple(level) for level in raw["levels"]]
+        return _from_dict(cls, raw)
+
     @property
     def modulation_size(self) -> int:
         """The resolution AbSMNet works at: the largest tapped level."""

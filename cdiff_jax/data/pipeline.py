@@ -88,9 +88,11 @@ def make_loader(
     worker_count: int = 0,
     worker_buffer_size: int = 1,
     read_options: grain.ReadOptions | None = None,
+    inputs: grain.transforms.Map | None = None,
 ) -> grain.DataLoader:
     """A grain ``DataLoader`` yielding this process's part of each global batch of model inputs.
 
+    ``inputs`` turns a record into model inputs (default `ToModelInputs`).
     ``process_index``/``process_count`` default to this JAX process among all of them; with one
     process the batches are whole global batches. ``num_epochs=None`` repeats forever.
     Iterators support ``get_state()`` / ``set_state()``.
@@ -111,7 +113,7 @@ def make_loader(
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
-        operations=[ToModelInputs(), grain.transforms.Batch(sampler.local_batch, drop_remainder=True)],
+        operations=[inputs or ToModelInputs(), grain.transforms.Batch(sampler.local_batch, drop_remainder=True)],
         worker_count=worker_count,
         worker_buffer_size=worker_buffer_size,
         shard_options=grain.sharding.NoSharding(),

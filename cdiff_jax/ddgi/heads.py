@@ -7,9 +7,13 @@ network here; the GAN's w_avg is an argument, not a copy, so M always starts fro
 
 from __future__ import annotations
 
+import os
+import pathlib
+
 import jax
 from flax import nnx, struct
 
+from cdiff_jax.checkpoint import CONFIG_FILE, PARAMS_DIR, NotACheckpointError, load_arrays, save_config_and_state
 from cdiff_jax.config import DDGIHeadsConfig
 from cdiff_jax.ddgi.absmnet import AbSMNet
 from cdiff_jax.ddgi.mapping import MappingNetwork
@@ -36,3 +40,21 @@ class DDGIHeads(nnx.Module):
         """W+ codes from h_t [B, s, s, C], the tapped layers' f_t and a_t, the content-token mask [B, tokens]."""
         gamma, beta = self.modulation(features, attention, content)
         return WPlusCodes(mapped=self.mapping(middle, w_avg), gamma=gamma, beta=beta)
+
+
+def save_heads(directory: str | os.PathLike, heads: DDGIHeads, *, overwrite: bool = False) -> pathlib.Path:
+    """Write the heads' config and parameters atomically (as every checkpoint directory here)."""
+    return save_config_and_state(directory, heads.cfg.to_json(), nnx.state(heads), overwrite)
+
+
+def load_heads(directory: str | os.PathLike) -> DDGIHeads:
+    """Rebuild `DDGIHeads` from a directory written by `save_heads` (a DDGI stage's WORKDIR/heads)."""
+    directory = pathlib.Path(directory).absolute()
+    config_file = directory / CONFIG_FILE
+    if not config_file.is_file() or not (directory / PARAMS_DIR).is_dir() or '"num_ws"' not in config_file.read_text():
+        raise NotACheckpointError(f"{directory} holds no DDGI heads (expected {CONFIG_FILE} of a DDGIHeadsConfig and "
+                                  f"{PARAMS_DIR}/): train them with the ddgi_mapping stage")
+    cfg = DDGIHeadsConfig.from_json(config_file.read_text())
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: DDGIHeads(cfg, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, load_arrays(directory / PARAMS_DIR, nnx.to_pure_dict(state)))
+    return nnx.merge(graphdef, state)

@@ -58,6 +58,19 @@ class TrainConfig:
     style_mixing: float = 0.9
     gan_ema_kimg: float = 10.0
     gan_ema_rampup: float | None = 0.05
+    # The DDGI stages, "ddgi_mapping" (M against the ground truth) then "ddgi_modulation" (T, M frozen, against
+    # I^d_0 and the ground truth): `system` is our diffusion checkpoint directory (frozen), `gan` a generator
+    # checkpoint (frozen), `data_dir` a trajectory cache (cdiff_jax.ddgi.trajectories); the modulation stage
+    # starts from the mapping stage's heads, init_from=(("heads", "RUN/heads"),). Widths and loss weights are
+    # ours (cdiff_jax/train/ddgi_step.py).
+    gan: str | None = None
+    ddgi_experts: tuple[str, ...] = ("text", "mask")
+    ddgi_mapping_channels: int = 512
+    ddgi_modulation_channels: int = 256
+    ddgi_attention_gating: bool = True
+    ddgi_l2_weight: float = 1.0
+    ddgi_perceptual_weight: float = 0.8
+    ddgi_ground_truth_weight: float = 1.0
     fsdp_min_size: int | None = None  # shard parameters with at least this many elements; None: replicate
 
     # Housekeeping (in optimizer steps).

@@ -1,6 +1,6 @@
 """The training loop, readable in one sitting: data -> compiled steps -> logs and checkpoints.
 
-One trainer for every stage: the stage (`diffusion_stage`, `gan_stage`) decides the model, the data, which
+One trainer for every stage: the stage (`diffusion_stage`, `gan_stage`, `ddgi_stage`) decides the model, the data, which
 parameters are trainable and the objective. It resumes from the latest checkpoint in the work
 directory; on SIGTERM or SIGINT it saves and returns 128 + the signal number (143 for a preempted
 run), restoring the handlers it replaced; it stops on a non-finite loss naming the last good
@@ -18,17 +18,21 @@ import threading
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from cdiff_jax.checkpoint import load_config as load_config_of
-from cdiff_jax.checkpoint import load_system, save_generator, save_system
+from cdiff_jax.checkpoint import load_generator, load_system, save_generator, save_system
 from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig, load_config
 from cdiff_jax.latents import reconstruct
 from cdiff_jax.progress import ProgressLine, log
 from cdiff_jax.data import toy_faces
 from cdiff_jax.data.celeba_multimodal import data_sources
 from cdiff_jax.data.pipeline import ToModelInputs, make_loader, restore_iterator_state, save_iterator_state
+from cdiff_jax.ddgi.features import heads_config
+from cdiff_jax.ddgi.heads import DDGIHeads, load_heads, save_heads
+from cdiff_jax.ddgi.trajectories import DDGIInputs, TrajectoryCache
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.optimization import adam
 from cdiff_jax.parallel import data_mesh, global_batch, param_sharding, replicate
@@ -42,6 +46,7 @@ from cdiff_jax.system import LatentDiffusionSystem, abstract_system, init_system
 from cdiff_jax.train import autoencoder_step, gan_step
 from cdiff_jax.train.checkpoints import TrainCheckpoints
 from cdiff_jax.train.config import FRESH_TOY_FACES, TrainConfig
+from cdiff_jax.train.ddgi_step import DDGI_STAGES, DDGIObjective, ddgi_images, ddgi_train_steps
 from cdiff_jax.train.metrics import MetricsWriter
 from cdiff_jax.train.objectives import BATCH_KEYS, diffusion_loss
 from cdiff_jax.train.step import StepSettings, init_train_state, train_steps, trainable_filter, trainable_prefixes
@@ -141,7 +146,12 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         raise ValueError(f"global_batch {cfg.global_batch} must be divisible by the {jax.device_count()} devices")
 
     mesh = data_mesh()
-    stage = gan_stage(cfg, mesh) if cfg.stage == "gan" else diffusion_stage(cfg, mesh)
+    if cfg.stage == "gan":
+        stage = gan_stage(cfg, mesh)
+    elif cfg.stage in DDGI_STAGES:
+        stage = ddgi_stage(cfg, mesh)
+    else:
+        stage = diffusion_stage(cfg, mesh)
     state = stage.state
     batches = iter(stage.loader)
 
@@ -320,6 +330,74 @@ def gan_stage(cfg: TrainConfig, mesh) -> Stage:
                                     shuffle=not cfg.data_dir.startswith(FRESH_TOY_FACES),
                                     worker_count=cfg.data_workers),
                  run=run, write_samples=write_gan_samples, export=export)
+
+
+def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
+    """DDGI's mapping or modulation stage: heads trained on a trajectory cache, the diffusion system and the
+    GAN frozen; exports WORKDIR/heads."""
+    if not cfg.gan:
+        raise ValueError(f"the {cfg.stage} stage needs the frozen GAN: set gan=DIR (a generator checkpoint: "
+                         "`cdiff convert G.pkl DIR`, or a gan stage's WORKDIR/generator)")
+    cache = TrajectoryCache(cfg.data_dir)
+    system, generator = load_system(cfg.system), load_generator(cfg.gan)
+    size = cache[0]["image"].shape[0]
+    if len({size, generator.cfg.img_resolution, system.cfg.autoencoder.resolution}) > 1:
+        raise ValueError(f"resolutions differ: the GAN makes {generator.cfg.img_resolution}x"
+                         f"{generator.cfg.img_resolution} images, the trajectory cache holds {size}x{size} and the "
+                         f"diffusion system decodes {system.cfg.autoencoder.resolution}: use a GAN of the data's size")
+    heads_source = dict(cfg.init_from).get("heads")
+    if cfg.stage == "ddgi_modulation":
+        if heads_source is None:
+            raise ValueError('the ddgi_modulation stage starts from trained M: set init_from=(("heads", "RUN/heads"),) '
+                             "with RUN a finished ddgi_mapping run")
+        heads = load_heads(heads_source)
+    else:
+        heads = DDGIHeads(heads_config(system.cfg, generator.cfg, cfg.ddgi_experts,
+                                       mapping_channels=cfg.ddgi_mapping_channels,
+                                       modulation_channels=cfg.ddgi_modulation_channels,
+                                       attention_gating=cfg.ddgi_attention_gating), rngs=nnx.Rngs(cfg.seed))
+    if (heads.cfg.num_ws, heads.cfg.w_dim) != (generator.cfg.num_ws, generator.cfg.w_dim):
+        raise ValueError(f"the heads make W+ codes of {heads.cfg.num_ws} x {heads.cfg.w_dim} but the GAN takes "
+                         f"{generator.cfg.num_ws} x {generator.cfg.w_dim}: train heads for this GAN")
+    trained = DDGI_STAGES[cfg.stage][0]
+    graphdef, params, frozen_heads = nnx.split(
+        heads, lambda path, value: isinstance(value, nnx.Param) and path[0] == trained, ...)
+    frozen = replicate((nnx.split(system), nnx.split(generator)), mesh)
+    objective = DDGIObjective(cfg.stage, cfg.ddgi_experts, cfg.ddgi_l2_weight, cfg.ddgi_perceptual_weight,
+                              cfg.ddgi_ground_truth_weight)
+    tx = adam(cfg.learning_rate)
+    timesteps = replicate(jnp.asarray(cache.timesteps), mesh)
+    key = jax.random.key(cfg.seed)
+    state = init_train_state(params, tx)
+
+    def write_ddgi_samples(params, path):
+        records = [DDGIInputs().map(cache[i]) for i in range(min(cfg.sample_count, len(cache)))]
+        batch = {name: np.stack([r[name] for r in records]) for name in records[0]}
+        last = jnp.full((len(records),), len(cache.timesteps) - 1)
+        images = _render_ddgi(graphdef, params, frozen_heads, frozen, batch, last, timesteps, objective)
+        if jax.process_index() == 0:
+            rows = np.stack([viz.to_uint8(batch["image"]), viz.to_uint8(batch["diffusion_image"]),
+                             viz.to_uint8(np.asarray(images))], axis=1)
+            viz.save_png(path, viz.grid(rows.reshape((-1,) + rows.shape[2:]), cols=3,
+                                        col_labels=["ground truth", "diffusion I_0", f"DDGI at step {cache.kept[-1]}"]))
+
+    def export(params, workdir):
+        save_heads(workdir / "heads", nnx.merge(graphdef, params, frozen_heads), overwrite=True)
+        log.info("DDGI heads written to %s", workdir / "heads")
+
+    return Stage(state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
+                 loader=make_loader(cache, global_batch=cfg.global_batch, seed=cfg.seed, worker_count=cfg.data_workers,
+                                    inputs=DDGIInputs()),
+                 run=lambda state, batches: ddgi_train_steps(graphdef, frozen_heads, state, batches, frozen, timesteps,
+                                                             key, tx, objective),
+                 write_samples=write_ddgi_samples, export=export)
+
+
+@jax.jit(static_argnames=("graphdef", "objective"))
+def _render_ddgi(graphdef, params, frozen_heads, frozen, batch, k, timesteps, objective):
+    (system_graphdef, system_state), (gan_graphdef, gan_state) = frozen
+    return ddgi_images(nnx.merge(graphdef, params, frozen_heads), nnx.merge(system_graphdef, system_state),
+                       nnx.merge(gan_graphdef, gan_state), batch, k, timesteps, objective)
 
 
 def gan_images(cfg: TrainConfig):
