@@ -7,15 +7,21 @@ the ground-truth image, and the conditions as the dataset gives them (captions, 
 parsed again when read, so the cache stays small. A cache is a directory of .npy arrays and a JSON
 header, written under a temporary name and renamed when complete; `TrajectoryCache` reads it as a
 grain data source.
+
+    python -m cdiff_jax.ddgi.trajectories SYSTEM_DIR DATA_DIR OUT_DIR --count 2000 [--resolution 64 --test-size 1000]
+
+samples the first COUNT training examples of a prepared dataset (cdiff_jax.data.celeba_multimodal).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 
@@ -162,3 +168,41 @@ class DDGIInputs(grain.transforms.Map):
         inputs["x_t"] = np.asarray(record["x_t"], np.float32)
         inputs["diffusion_image"] = np.asarray(record["diffusion_image"], np.float32) / 127.5 - 1.0
         return inputs
+
+
+def main(argv=None) -> int:
+    from cdiff_jax.checkpoint import load_system
+    from cdiff_jax.data.celeba_multimodal import data_sources
+    from cdiff_jax.progress import configure_logging
+
+    p = argparse.ArgumentParser(description="Sample DDGI's trajectory cache from a prepared dataset.")
+    p.add_argument("system", help="our diffusion checkpoint directory (e.g. cdiff_jax/demo_models/collab)")
+    p.add_argument("data_dir", help="a prepared CelebAMultiModal TFDS directory")
+    p.add_argument("out_dir", help="the cache directory to write (must not exist)")
+    p.add_argument("--count", type=int, required=True, help="training examples to sample, from the first")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=TrajectorySettings.steps)
+    p.add_argument("--batch", type=int, default=TrajectorySettings.batch)
+    p.add_argument("--seed", type=int, default=TrajectorySettings.seed)
+    args = p.parse_args(argv)
+    configure_logging()
+    try:
+        if pathlib.Path(args.out_dir).exists():
+            raise FileExistsError(f"{args.out_dir} exists; choose a new directory for the trajectory cache")
+        kept = tuple(sorted({1, *range(args.steps // 10, args.steps + 1, max(1, args.steps // 10))} - {0}))
+        settings = TrajectorySettings(steps=args.steps, kept=kept, seed=args.seed, batch=args.batch)
+        train = data_sources(args.data_dir, resolution=args.resolution, test_size=args.test_size)["train"]
+        if not 1 <= args.count <= len(train):
+            raise ValueError(f"--count {args.count}: the training split has {len(train)} examples")
+        examples = [train[i] for i in range(args.count)]
+        build_cache(load_system(args.system), examples, args.out_dir, settings)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

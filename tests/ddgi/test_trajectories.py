@@ -73,3 +73,10 @@ def test_bad_settings_and_examples_fail_in_one_line(system, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a DDGI trajectory cache"):
         TrajectoryCache(tmp_path)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_command_refuses_a_missing_dataset_in_one_line(tmp_path, capsys):
+    from cdiff_jax.ddgi.trajectories import main
+
+    assert main([str(tmp_path / "system"), str(tmp_path / "no_data"), str(tmp_path / "out"), "--count", "2"]) == 2
+    assert "no prepared celeba_multimodal" in capsys.readouterr().err and not (tmp_path / "out").exists()
