@@ -4,6 +4,7 @@
     python sample.py --checkpoint checkpoints/512_codiff --text "He is in his forties."   # text expert alone
     python sample.py                       # the shipped demo models (64x64 toy faces), example mask and caption
     python sample.py edit --image face.png --text "..." --mask edited.png --out runs/edit   # see --help
+    python sample.py gan --checkpoint checkpoints/stylegan2_ffhq --truncation 0.7           # see --help
 
 Convert released weights first with `python -m cdiff_jax.convert SRC DST`. Everything a run
 writes goes into --out: one PNG per sample, a grid, the mask overlay, on request the influence
@@ -179,6 +180,10 @@ def main(argv=None) -> int:
         from cdiff_jax.editing.run import main as edit_main
 
         return edit_main(argv[1:])
+    if argv[:1] == ["gan"]:  # a StyleGAN2 generator (DDGI's GAN)
+        from cdiff_jax.commands.sample_gan import main as gan_main
+
+        return gan_main(argv[1:])
     args = parse_args(argv)
     try:
         request = validate(args)
