@@ -355,6 +355,7 @@ class DDGIHeadsConfig:
     mapping_channels: int = 512  # width of each map2style head's convolutions
     modulation_channels: int = 256  # width of AbSMNet's convolutions
     attention_gating: bool = True  # False: the local stream is F and the global F-bar (the ablation)
+    experts: tuple[str, ...] = ()  # the modalities whose UNets are read, in the order their maps are concatenated
 
     def __post_init__(self):
         sizes = [self.middle[0]] + [size for size, _ in self.levels]

@@ -82,5 +82,6 @@ def heads_config(system_cfg: SystemConfig, gan_cfg: StyleGAN2Config, experts: tu
         num_ws=gan_cfg.num_ws, w_dim=gan_cfg.w_dim,
         middle=(shapes.middle.shape[1], shapes.middle.shape[-1]),
         levels=tuple((f.shape[1], f.shape[-1]) for f in shapes.decoder),
+        experts=tuple(experts),
         **choices,
     )

@@ -363,8 +363,8 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
     graphdef, params, frozen_heads = nnx.split(
         heads, lambda path, value: isinstance(value, nnx.Param) and path[0] == trained, ...)
     frozen = replicate((nnx.split(system), nnx.split(generator)), mesh)
-    objective = DDGIObjective(cfg.stage, cfg.ddgi_experts, cfg.ddgi_l2_weight, cfg.ddgi_perceptual_weight,
-                              cfg.ddgi_ground_truth_weight)
+    objective = DDGIObjective(cfg.stage, heads.cfg.experts or cfg.ddgi_experts, cfg.ddgi_l2_weight,
+                              cfg.ddgi_perceptual_weight, cfg.ddgi_ground_truth_weight)
     tx = adam(cfg.learning_rate)
     timesteps = replicate(jnp.asarray(cache.timesteps), mesh)
     key = jax.random.key(cfg.seed)

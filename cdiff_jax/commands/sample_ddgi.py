@@ -1,0 +1,105 @@
+"""DDGI: faces from a mask and a caption through a StyleGAN2, read from the diffusion system at one step.
+
+    python sample.py ddgi --gan runs/demo/gan/generator --heads runs/demo/ddgi/modulation/heads \\
+        --mask mask.png --text "This man has a long beard. He is in his sixties." --at-step 50
+
+--checkpoint is the diffusion system the heads were trained on (default: the shipped demo models). --out gets
+the GAN images (images/), the diffusion model's own samples I^d_0 (diffusion/), a grid of both, the W+ codes
+(ws.npy) and settings.json; it is written beside --out and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+import numpy as np
+
+from cdiff_jax import requests, viz
+from cdiff_jax.checkpoint import NotACheckpointError, atomic_directory, load_generator, load_system
+from cdiff_jax.ddgi.features import heads_config
+from cdiff_jax.ddgi.generate import ddgi_sample
+from cdiff_jax.ddgi.heads import load_heads
+from cdiff_jax.latents import latent_shape
+from cdiff_jax.noise import normal
+from cdiff_jax.requests import UsageError
+from cdiff_jax.sampling import SamplerSettings
+
+SETTINGS_FILE = "settings.json"
+
+
+def parse_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="sample.py ddgi", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="the diffusion system the heads read (default: the shipped demo models)")
+    p.add_argument("--gan", required=True, help="the generator checkpoint the heads were trained for")
+    p.add_argument("--heads", required=True, help="trained DDGI heads (a ddgi stage's WORKDIR/heads)")
+    p.add_argument("--mask", help="face-parsing mask PNG (default with the demo models: the example mask)")
+    p.add_argument("--text", help="caption (default with the demo models: the example caption)")
+    p.add_argument("--at-step", type=int, help="the sampler step DDGI reads, 1..--steps (default the last)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--batch", type=int, default=4, help=f"samples, 1..{requests.MAX_BATCH} (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/ddgi", help="output folder (default outputs/ddgi)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        out = requests.output_folder(args.out, lambda path: (path / SETTINGS_FILE).is_file())
+        requests.batch(args.batch)
+        checkpoint = args.checkpoint or str(requests.DEMO_CHECKPOINT)
+        wanted = {name: value for name, value in (("mask", args.mask), ("text", args.text)) if value is not None}
+        if args.checkpoint is None:
+            wanted = {"mask": args.mask or str(requests.DEMO_MASK), "text": args.text or requests.DEMO_CAPTION}
+        cfg = requests.checkpoint_config(checkpoint)
+        requests.steps(args.steps, cfg.schedule.timesteps)
+        at_step = args.steps if args.at_step is None else args.at_step
+        if not 1 <= at_step <= args.steps:
+            raise UsageError(f"--at-step {at_step}: give 1..{args.steps}, the step of the {args.steps}-step sampler "
+                             "whose x_t DDGI reads (1 is pure noise)")
+        conditions, _ = requests.conditions(cfg, wanted)
+        generator, heads = load_generator(args.gan), load_heads(args.heads)
+        if generator.cfg.img_resolution != cfg.autoencoder.resolution:
+            raise UsageError(f"--gan makes {generator.cfg.img_resolution}x{generator.cfg.img_resolution} images but "
+                             f"the diffusion system {cfg.autoencoder.resolution}x{cfg.autoencoder.resolution}")
+        if (heads.cfg.num_ws, heads.cfg.w_dim) != (generator.cfg.num_ws, generator.cfg.w_dim):
+            raise UsageError(f"--heads make W+ codes of {heads.cfg.num_ws} x {heads.cfg.w_dim} but --gan takes "
+                             f"{generator.cfg.num_ws} x {generator.cfg.w_dim}: give the GAN the heads were trained for")
+        experts = heads.cfg.experts
+        if sorted(experts) != sorted(conditions):
+            raise UsageError(f"the heads read the {' and '.join(experts)} experts: give "
+                             f"{', '.join('--' + name for name in experts)}")
+        expected = heads_config(cfg, generator.cfg, experts)
+        if (expected.middle, expected.levels) != (heads.cfg.middle, heads.cfg.levels):
+            raise UsageError(f"--heads were trained on another diffusion system (features {heads.cfg.levels}, "
+                             f"this one gives {expected.levels}); give its --checkpoint")
+    except (UsageError, NotACheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    system = load_system(checkpoint)
+    conditions = {name: np.repeat(c, args.batch, axis=0) for name, c in conditions.items()}
+    key, init_key = jax.random.split(jax.random.key(args.seed))
+    x_T = normal(init_key, (args.batch,) + latent_shape(cfg))
+    start = time.perf_counter()
+    result = ddgi_sample(system, heads, generator, conditions, x_T, key, SamplerSettings(steps=args.steps), at_step,
+                         experts)
+    gan_images, diffusion = viz.to_uint8(np.asarray(result.images)), viz.to_uint8(np.asarray(result.diffusion_images))
+    seconds = time.perf_counter() - start
+    with atomic_directory(out) as tmp:
+        tmp.mkdir()
+        for i, (gan_image, diffusion_image) in enumerate(zip(gan_images, diffusion)):
+            viz.save_png(tmp / "images" / f"{i:03d}.png", gan_image)
+            viz.save_png(tmp / "diffusion" / f"{i:03d}.png", diffusion_image)
+        viz.save_png(tmp / "grid.png", viz.grid(np.stack([diffusion, gan_images], axis=1).reshape(
+            (-1,) + gan_images.shape[1:]), cols=2, col_labels=["diffusion I_0", f"DDGI at step {at_step}"]))
+        np.save(tmp / "ws.npy", np.asarray(result.ws))
+        (tmp / SETTINGS_FILE).write_text(json.dumps({
+            "checkpoint": checkpoint, "gan": args.gan, "heads": args.heads, **wanted, "at_step": at_step,
+            "steps": args.steps, "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 2)}, indent=2))
+    print(f"wrote {args.batch} DDGI samples to {out} ({seconds:.1f}s including compilation)")
+    return 0

@@ -1,0 +1,63 @@
+"""`sample.py ddgi` on a tiny system, GAN and fresh heads: its outputs, the identity start, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import REPO
+from flax import nnx
+
+from cdiff_jax.checkpoint import save_generator, save_system
+from cdiff_jax.commands.sample import main
+from cdiff_jax.config import StyleGAN2Config, load_config
+from cdiff_jax.ddgi.features import heads_config
+from cdiff_jax.ddgi.heads import DDGIHeads, save_heads
+from cdiff_jax.nn.stylegan2 import Generator
+from cdiff_jax.system import init_system
+
+GAN = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
+MASK = str(REPO / "cdiff_jax/data/examples/face_mask.png")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddgi")
+    system = init_system(load_config("tiny_system.py"), seed=0)
+    save_system(root / "system", system)
+    generator = Generator(GAN, rngs=nnx.Rngs(0))
+    generator.mapping.w_avg.set_value(np.full(8, 0.25, np.float32))
+    save_generator(root / "gan", generator)
+    save_generator(root / "gan16", Generator(StyleGAN2Config(**{**GAN.__dict__, "img_resolution": 16}),
+                                             rngs=nnx.Rngs(0)))
+    heads = DDGIHeads(heads_config(system.cfg, GAN, ("text", "mask"), mapping_channels=8, modulation_channels=8),
+                      rngs=nnx.Rngs(0))
+    save_heads(root / "heads", heads)
+    return root
+
+
+def args(root, out, *extra):
+    return ["ddgi", "--checkpoint", str(root / "system"), "--gan", str(root / "gan"), "--heads", str(root / "heads"),
+            "--mask", MASK, "--text", "a man", "--steps", "4", "--batch", "2", "--out", str(out), *extra]
+
+
+def test_fresh_heads_give_the_gan_s_average_code_beside_the_diffusion_image(world, tmp_path):
+    out = tmp_path / "out"
+    assert main(args(world, out, "--at-step", "2")) == 0
+    np.testing.assert_array_equal(np.load(out / "ws.npy"), np.full((2, GAN.num_ws, GAN.w_dim), 0.25, np.float32))
+    assert {p.name for p in (out / "images").iterdir()} == {"000.png", "001.png"}
+    assert {p.name for p in (out / "diffusion").iterdir()} == {"000.png", "001.png"}
+    assert json.loads((out / "settings.json").read_text())["at_step"] == 2 and (out / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--at-step", "5"), "--at-step 5: give 1..4"),
+    (("--at-step", "0"), "--at-step 0: give 1..4"),
+    (("--gan", "GAN16"), "makes 16x16 images but the diffusion system 32x32"),
+    (("--heads", "/nonexistent"), "holds no DDGI heads"),
+])
+def test_bad_input_fails_in_one_line_and_writes_nothing(world, tmp_path, capsys, extra, message):
+    extra = tuple(str(world / "gan16") if e == "GAN16" else e for e in extra)
+    assert main(args(world, tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
