@@ -106,7 +106,8 @@ def generate_for_training(generator, key: jax.Array, batch: int, style_mixing: f
     cfg = generator.cfg
     k_normal, k_mix = jax.random.split(key)
     layers = generator.synthesis.noise_layers
-    z, z_mix, *noise = normals(k_normal, [(batch, cfg.z_dim)] * 2 + [(batch, *l.noise_const.shape) for l in layers])
+    shapes = [(batch, cfg.z_dim)] * 2 + [(batch, *layer.noise_const.shape) for layer in layers]
+    z, z_mix, *noise = normals(k_normal, shapes)
     ws, w_mean = mixed_ws(generator.mapping, k_mix, z, z_mix, cfg.num_ws, style_mixing)
     return generator.synthesis(ws, noise), w_mean
 

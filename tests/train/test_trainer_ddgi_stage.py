@@ -56,7 +56,8 @@ def test_mapping_then_modulation(world, tmp_path):
     modulated = load_heads(tmp_path / "modulation/heads")
     for path, value in params_of(mapped, "mapping").items():
         np.testing.assert_array_equal(params_of(modulated, "mapping")[path], value)
-    changed = [np.abs(v - params_of(fresh, "modulation")[p]).max() for p, v in params_of(modulated, "modulation").items()]
+    start = params_of(fresh, "modulation")
+    changed = [np.abs(v - start[p]).max() for p, v in params_of(modulated, "modulation").items()]
     assert max(changed) > 0
 
 
