@@ -319,7 +319,7 @@ def gan_stage(cfg: TrainConfig, mesh) -> Stage:
         images = generate(g_graphdef, nnx.merge_state(*exported),
                           normal(jax.random.key(cfg.seed), (cfg.sample_count, g_cfg.z_dim)))
         if jax.process_index() == 0:
-            viz.save_png(path, viz.grid(viz.to_uint8(np.asarray(images))))
+            viz.save_png(path, viz.grid(viz.to_uint8(np.asarray(images)), cols=int(np.ceil(np.sqrt(len(images))))))
 
     def export(exported, workdir):
         save_generator(workdir / "generator", nnx.merge(g_graphdef, *exported), overwrite=True)
