@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from cdiff_jax import viz
 from cdiff_jax.data.pipeline import ToModelInputs
 from cdiff_jax.modalities import kind_entry
 from cdiff_jax.noise import normal
@@ -55,10 +56,6 @@ class TrajectorySettings:
         bad = [k for k in self.kept if not 1 <= k <= self.steps]
         if not self.kept or bad:
             raise ValueError(f"TrajectorySettings: kept steps {bad or '()'} must lie in 1..{self.steps}")
-
-
-def to_uint8(images) -> np.ndarray:
-    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def build_cache(system: LatentDiffusionSystem, examples: Sequence[dict], directory: str | os.PathLike,
@@ -90,7 +87,7 @@ def build_cache(system: LatentDiffusionSystem, examples: Sequence[dict], directo
                         jax.random.fold_in(jax.random.key(settings.seed + 1), start), sampler)
         trajectory = result.trajectory
         parts["x_t"].append(np.asarray(trajectory.x_t)[kept].swapaxes(0, 1))
-        parts["diffusion_image"].append(to_uint8(result.images))
+        parts["diffusion_image"].append(viz.to_uint8(result.images))
         parts["image"].append(np.stack([e["image"] for e in chunk]))
         timesteps = np.asarray(trajectory.timesteps)[kept]
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))

@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from cdiff_jax.config import load_config
-from cdiff_jax.ddgi.trajectories import TrajectoryCache, TrajectorySettings, build_cache, parse_conditions, to_uint8
+from cdiff_jax.ddgi.trajectories import TrajectoryCache, TrajectorySettings, build_cache, parse_conditions
+from cdiff_jax.viz import to_uint8
 from cdiff_jax.noise import normal
 from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.system import init_system
