@@ -6,7 +6,7 @@ Diffusion's rule), and the learned dynamic diffusers with the plain softmax and 
 re-weighting. The judges score every image:
 
 * mask accuracy: pixel accuracy of the face parser's map of the image against the conditioning map
-  (the paper's face-parsing score);
+  (the paper's face-parsing score), and the mean intersection over union of the classes (DDGI's mIoU);
 * attribute accuracy: the classifier's beard length and age decade against the caption's (standing
   in for the paper's CLIP score), with their mean;
 * Frechet distance between the classifier's features of the generated and the real held-out faces
@@ -38,16 +38,16 @@ from flax import nnx
 from cdiff_jax import conditions as cond
 from cdiff_jax import viz
 from cdiff_jax.checkpoint import load_system
-from cdiff_jax.data.masks import colorize
+from cdiff_jax.data.masks import NUM_CLASSES, colorize
 from cdiff_jax.data.toy_faces import example_seed, make_example
 from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
-from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.latents import reconstruct
+from cdiff_jax.noise import normal
 from cdiff_jax.progress import bar, configure_logging, log
 from cdiff_jax.requests import DEMO_CHECKPOINT
-from cdiff_jax.noise import normal
+from cdiff_jax.sampling import SamplerSettings, sample
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1]
 DEMO_JUDGES = PACKAGE / "evaluation" / "judges_toy"
@@ -81,27 +81,53 @@ def held_out_examples(count: int, first: int = DATASET_SIZE - TEST_SIZE, seed: i
     return [{**make_example(s), "seed": s} for s in seeds]
 
 
+def example_conditions(cfg, modalities, examples: list[dict]) -> dict:
+    """The encoded conditions of `modalities` for a batch of toy examples (captions and label maps)."""
+    conditions = {}
+    for name in modalities:
+        m = cfg.modalities[name]
+        conditions[name] = (cond.encode_captions([e["caption"] for e in examples], m.encoder).ids if m.kind == "text"
+                            else cond.encode_masks([e["labels"] for e in examples], m.encoder))
+    return conditions
+
+
+def starting_noise(cfg, count: int, seed: int) -> jax.Array:
+    """x_T of the first `count` examples: example i starts from the same noise in every method and table."""
+    return normal(jax.random.key(seed), (count, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim))
+
+
+def step_noise_key(seed: int, start: int) -> jax.Array:
+    """The sampler's key for the batch that begins at example `start`."""
+    return jax.random.fold_in(jax.random.key(seed + STEP_NOISE_SEED_OFFSET), start)
+
+
 def generate(system, examples: list[dict], method: Method, *, steps: int, batch: int, seed: int) -> np.ndarray:
     """uint8 images [N, 64, 64, 3] of `method` for the examples; example i starts from the same noise
     in every method."""
     graphdef, state = nnx.split(system)
     cfg = system.cfg
     settings = SamplerSettings(steps=steps, reweighting=method.rule if len(method.modalities) > 1 else None)
-    size, channels = cfg.latent_size, cfg.autoencoder.embed_dim
-    noise = normal(jax.random.key(seed), (len(examples), size, size, channels))
+    noise = starting_noise(cfg, len(examples), seed)
     out = []
     for start in range(0, len(examples), batch):
         chunk = examples[start:start + batch]
-        conditions = {}
-        for name in method.modalities:
-            m = cfg.modalities[name]
-            conditions[name] = (cond.encode_captions([e["caption"] for e in chunk], m.encoder).ids if m.kind == "text"
-                                else cond.encode_masks([e["labels"] for e in chunk], m.encoder))
         x_T = noise[start:start + len(chunk)]
-        step_key = jax.random.fold_in(jax.random.key(seed + STEP_NOISE_SEED_OFFSET), start)
-        result = sample(graphdef, state, conditions, x_T, step_key, settings)
+        result = sample(graphdef, state, example_conditions(cfg, method.modalities, chunk), x_T,
+                        step_noise_key(seed, start), settings)
         out.append(viz.to_uint8(np.asarray(result.images)))
     return np.concatenate(out)
+
+
+def mean_iou(parsed: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present in either map set of |parsed & label| / |parsed | label|, each class's
+    pixels pooled over all images (so a class that is rare in every face still counts once)."""
+    ious = []
+    for c in range(NUM_CLASSES):
+        p, t = parsed == c, labels == c
+        union = np.count_nonzero(p | t)
+        if union:
+            ious.append(np.count_nonzero(p & t) / union)
+    return float(np.mean(ious))
 
 
 def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:
@@ -113,7 +139,8 @@ def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:
     beard_right = (beard == [e["attributes"]["beard"] for e in examples]).astype(float)
     age_right = (age == [e["attributes"]["age"] for e in examples]).astype(float)
     attributes_right = (beard_right + age_right) / 2
-    row = {"mask_accuracy": float(np.mean(parsed == labels)), "beard_accuracy": float(np.mean(beard_right)),
+    row = {"mask_accuracy": float(np.mean(parsed == labels)), "mask_miou": mean_iou(parsed, labels),
+           "beard_accuracy": float(np.mean(beard_right)),
            "age_accuracy": float(np.mean(age_right)), "attribute_accuracy": float(np.mean(attributes_right)),
            # per example, for the spread of the means above
            "per_example_mask_accuracy": np.mean(parsed == labels, axis=(1, 2)).tolist(),
@@ -187,13 +214,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("checkpoint", "judges", "count", "steps", "seed")}
     viz.save_png(out / "grid.png", picture(held_out_examples(min(8, args.count)), images))
-    _write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
-    _write_text(out / "results.md", table(results) + "\n")
+    write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
+    write_text(out / "results.md", table(results) + "\n")
     print(table(results))
     return 0
 
 
-def _write_text(path: pathlib.Path, text: str) -> None:
+def write_text(path: pathlib.Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)

@@ -35,14 +35,14 @@ from flax import nnx
 from cdiff_jax import conditions as cond
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.data.masks import CLASS_NAMES
+from cdiff_jax.data.toy_faces import make_example
 from cdiff_jax.diffusion.denoiser import encode_conditions, predict
 from cdiff_jax.diffusion.schedule import make_schedule, q_sample
 from cdiff_jax.evaluation import judges as J
-from cdiff_jax.data.toy_faces import make_example
 from cdiff_jax.evaluation.miniature import TEST_SIZE, held_out_examples
 from cdiff_jax.latents import latent_shape
-from cdiff_jax.requests import DEMO_CHECKPOINT
 from cdiff_jax.noise import normal
+from cdiff_jax.requests import DEMO_CHECKPOINT
 
 # The noise of batch i at timestep t comes from stream i * STREAMS_PER_BATCH + t: more streams per
 # batch than timesteps, so no two (batch, timestep) pairs share one.

@@ -1,0 +1,252 @@
+"""DDGI on the toy world: does the GAN's face keep what the diffusion sample shows, and look more real?
+
+The held-out (label map, caption) pairs of the miniature evaluation are sampled once by the collaborative
+system with the released re-weighting (the same noise as there, so the I^d_0 row equals the miniature
+table's "collaborative (released)" row); the trajectory is recorded, and each DDGI variant reads it at its
+step, maps the UNet features to a W+ code and renders it with the GAN. Rows:
+
+* real images, and the GAN's W+ inversion of each (codes optimised against the real face with the DDGI
+  training term: the best any head could do with this GAN);
+* I^d_0, the diffusion system's own decoded sample;
+* DDGI with M only (the mapping stage's heads) and with M + T (the modulation stage's), read at the
+  last step and at steps 1 and 10 of 50; optionally heads trained without attention gating.
+
+Columns: the judges' mask accuracy and mIoU against the input map, beard and age accuracy, the Frechet
+distance to the real held-out faces, SSIM and mean squared error to the ground truth, and seconds per image
+(the sampler's steps up to the step read, the heads and G; the sampler's time is prorated per step).
+
+    python -m cdiff_jax.evaluation.ddgi_toy --gan runs/demo/gan/generator \\
+        --mapping-heads runs/demo/ddgi/mapping/heads --heads runs/demo/ddgi/modulation/heads --out outputs/ddgi_eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from cdiff_jax import viz
+from cdiff_jax.checkpoint import NotACheckpointError, load_generator, load_system
+from cdiff_jax.data.masks import colorize
+from cdiff_jax.ddgi.features import read_features
+from cdiff_jax.ddgi.heads import load_heads
+from cdiff_jax.evaluation import judges as J
+from cdiff_jax.evaluation import miniature as M
+from cdiff_jax.evaluation.frechet import gaussian_statistics
+from cdiff_jax.evaluation.ssim import ssim
+from cdiff_jax.optimization import loop_policy, run_steps
+from cdiff_jax.progress import bar, configure_logging, log
+from cdiff_jax.requests import DEMO_CHECKPOINT
+from cdiff_jax.sampling import SamplerSettings, sample
+from cdiff_jax.train.ddgi_step import perceptual_distance
+
+PERCEPTUAL_WEIGHT = 0.8  # the inversion's term is the DDGI training term (L2 1.0 + 0.8 x perceptual)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectories:
+    diffusion_images: np.ndarray  # I^d_0 uint8 [N, R, R, 3]
+    x_t: np.ndarray  # the input of every sampler step [N, steps, h, w, c]
+    timesteps: np.ndarray  # [steps]
+    seconds_per_image: float  # the whole sampler, decoding included, compilation excluded
+
+
+def sample_trajectories(system, examples: list[dict], *, steps: int, batch: int, seed: int) -> Trajectories:
+    """The collaborative system's released-rule samples of the examples, with every step's x_t."""
+    graphdef, state = nnx.split(system)
+    settings = SamplerSettings(steps=steps, record=True)
+    noise = M.starting_noise(system.cfg, len(examples), seed)
+    images, x_t, timesteps, seconds = [], [], None, 0.0
+    for start in bar(range(0, len(examples), batch), "sampling", unit="batch"):
+        chunk = examples[start:start + batch]
+        args = (graphdef, state, M.example_conditions(system.cfg, ("mask", "text"), chunk),
+                noise[start:start + len(chunk)], M.step_noise_key(seed, start), settings)
+        if start == 0:
+            jax.block_until_ready(sample(*args))  # compile outside the timing
+        began = time.perf_counter()
+        result = jax.block_until_ready(sample(*args))
+        seconds += time.perf_counter() - began
+        images.append(viz.to_uint8(np.asarray(result.images)))
+        x_t.append(np.asarray(result.trajectory.x_t).swapaxes(0, 1))
+        timesteps = np.asarray(result.trajectory.timesteps)
+    return Trajectories(np.concatenate(images), np.concatenate(x_t), timesteps, seconds / len(examples))
+
+
+@jax.jit(static_argnames=("system_graphdef", "heads_graphdef", "gan_graphdef", "experts"))
+def _render(system_graphdef, system_state, heads_graphdef, heads_state, gan_graphdef, gan_state, x_t, t,
+            conditions, experts):
+    system, generator = nnx.merge(system_graphdef, system_state), nnx.merge(gan_graphdef, gan_state)
+    features = read_features(system, x_t, jnp.full((x_t.shape[0],), t), conditions, experts)
+    codes = nnx.merge(heads_graphdef, heads_state)(features.middle, features.decoder, features.attention,
+                                                   features.content, generator.mapping.w_avg[...])
+    return generator.synthesis(codes.w, generator.synthesis.noises(x_t.shape[0], "const", None, None))
+
+
+def render(system, heads, generator, examples: list[dict], trajectories: Trajectories, at_step: int,
+           batch: int) -> tuple[np.ndarray, float]:
+    """DDGI's uint8 images of the examples read at sampler step `at_step` (1-based), and the seconds per
+    image of the heads and G (compilation excluded)."""
+    parts = (*nnx.split(system), *nnx.split(heads), *nnx.split(generator))
+    experts = heads.cfg.experts
+    t = trajectories.timesteps[at_step - 1]
+    out, seconds = [], 0.0
+    for start in range(0, len(examples), batch):
+        chunk = examples[start:start + batch]
+        args = (*parts, trajectories.x_t[start:start + len(chunk), at_step - 1], t,
+                M.example_conditions(system.cfg, experts, chunk), experts)
+        if start == 0:
+            jax.block_until_ready(_render(*args))
+        began = time.perf_counter()
+        images = jax.block_until_ready(_render(*args))
+        seconds += time.perf_counter() - began
+        out.append(viz.to_uint8(np.asarray(images)))
+    return np.concatenate(out), seconds / len(examples)
+
+
+def invert(generator, autoencoder, targets: np.ndarray, *, steps: int, learning_rate: float = 0.05,
+           batch: int = 50) -> tuple[np.ndarray, float]:
+    """uint8 G(w) of W+ codes optimised (Adam, from w_avg) against each uint8 target, and seconds per image."""
+    policy = loop_policy()
+    tx = optax.adam(learning_rate)
+    gan_graphdef, gan_state = nnx.split(generator)
+    ae_graphdef, ae_state = nnx.split(autoencoder)
+    per_call = policy.edit_steps_per_call
+
+    @jax.jit
+    def optimise(ws, opt_state, target):
+        gen, ae = nnx.merge(gan_graphdef, gan_state), nnx.merge(ae_graphdef, ae_state)
+        noises = gen.synthesis.noises(target.shape[0], "const", None, None)
+
+        def loss_fn(w):
+            image = gen.synthesis(w, noises)
+            return jnp.mean(jnp.square(image - target)) + PERCEPTUAL_WEIGHT * perceptual_distance(ae, image, target)
+
+        def step(carry, _):
+            w, opt = carry
+            loss, grad = jax.value_and_grad(loss_fn)(w)
+            updates, opt = tx.update(grad, opt, w)
+            return (optax.apply_updates(w, updates), opt), loss, (loss, grad)
+
+        (ws, opt_state), _, _ = run_steps(step, (ws, opt_state), jnp.arange(per_call), policy)
+        return ws, opt_state, gen.synthesis(ws, noises)
+
+    cfg = generator.cfg
+    out, began = [], time.perf_counter()
+    for start in bar(range(0, len(targets), batch), "inverting", unit="batch"):
+        target = J.from_uint8(targets[start:start + batch])
+        ws = jnp.broadcast_to(generator.mapping.w_avg[...], (target.shape[0], cfg.num_ws, cfg.w_dim))
+        opt_state = tx.init(ws)
+        for _ in range(-(-steps // per_call)):
+            ws, opt_state, images = optimise(ws, opt_state, target)
+        out.append(viz.to_uint8(np.asarray(images)))
+    return np.concatenate(out), (time.perf_counter() - began) / len(targets)
+
+
+def fidelity(images: np.ndarray, real: np.ndarray) -> dict:
+    """SSIM and mean squared error (images in [-1, 1]) to the ground-truth faces."""
+    x, y = J.from_uint8(images), J.from_uint8(real)
+    return {"ssim": float(jnp.mean(ssim(x, y))), "l2": float(jnp.mean(jnp.square(x - y)))}
+
+
+def run(gan_dir, mapping_heads_dir, heads_dir, *, checkpoint=DEMO_CHECKPOINT, judges_dir=M.DEMO_JUDGES,
+        ungated_heads_dir=None, count: int = 200, steps: int = 50, inversion_steps: int = 300,
+        batch: int = 50, seed: int = 0) -> tuple[dict, dict]:
+    """(results per row, uint8 images per row)."""
+    system, generator = load_system(checkpoint), load_generator(gan_dir)
+    heads = {"M": load_heads(mapping_heads_dir), "M + T": load_heads(heads_dir)}
+    if ungated_heads_dir is not None:
+        heads["M + T, no attention gating"] = load_heads(ungated_heads_dir)
+    judges = J.load_judges(judges_dir)
+    examples = M.held_out_examples(count)
+    real = np.stack([e["image"] for e in examples])
+    real_stats = gaussian_statistics(np.asarray(J.features(judges, J.from_uint8(real))))
+    images, seconds = {"real images": real}, {"real images": None}
+    log.info("W+ inversion of the real faces (%d steps)", inversion_steps)
+    images["GAN W+ inversion (ceiling)"], seconds["GAN W+ inversion (ceiling)"] = invert(
+        generator, system.autoencoder, real, steps=inversion_steps, batch=batch)
+    trajectories = sample_trajectories(system, examples, steps=steps, batch=batch, seed=seed)
+    images["diffusion I^d_0"] = trajectories.diffusion_images
+    seconds["diffusion I^d_0"] = trajectories.seconds_per_image
+    per_step = trajectories.seconds_per_image / steps  # decoding included: an upper bound per step
+    for name, step_heads in heads.items():
+        for at_step in sorted({1, 10, steps}) if name == "M + T" else (steps,):
+            row = f"DDGI {name}, step {at_step}/{steps}"
+            images[row], head_seconds = render(system, step_heads, generator, examples, trajectories, at_step, batch)
+            seconds[row] = per_step * at_step + head_seconds
+    results = {}
+    for row, row_images in images.items():
+        results[row] = M.score(judges, row_images, examples, None if row == "real images" else real_stats)
+        results[row].update(fidelity(row_images, real), seconds_per_image=seconds[row])
+    return results, images
+
+
+def table(results: dict) -> str:
+    """The results as a Markdown table."""
+    lines = ["| row | mask accuracy | mIoU | beard accuracy | age accuracy | Frechet distance | SSIM | L2 | s/image |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        frechet = f"{r['frechet']:.2f}" if "frechet" in r else "-"
+        secs = f"{r['seconds_per_image']:.4f}" if r["seconds_per_image"] is not None else "-"
+        lines.append(f"| {name} | {r['mask_accuracy']:.3f} | {r['mask_miou']:.3f} | {r['beard_accuracy']:.3f} | "
+                     f"{r['age_accuracy']:.3f} | {frechet} | {r['ssim']:.3f} | {r['l2']:.4f} | {secs} |")
+    return "\n".join(lines)
+
+
+def picture(examples: list[dict], images: dict, rows: int = 8) -> np.ndarray:
+    """Rows of mask | each row's image."""
+    rows = min(rows, len(examples))
+    columns = [np.stack([colorize(e["labels"]) for e in examples[:rows]])] + [im[:rows] for im in images.values()]
+    labels = ["mask"] + [name.replace("DDGI ", "").replace(" (ceiling)", "") for name in images]
+    return viz.grid(np.stack(columns, axis=1), col_labels=labels)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="collaborative system (default: the demo)")
+    p.add_argument("--gan", required=True, help="the generator the heads drive")
+    p.add_argument("--mapping-heads", required=True, help="the ddgi_mapping stage's heads (M only)")
+    p.add_argument("--heads", required=True, help="the ddgi_modulation stage's heads (M + T)")
+    p.add_argument("--ungated-heads", help="modulation heads trained with ddgi_attention_gating=False")
+    p.add_argument("--judges", default=str(M.DEMO_JUDGES), help="judges directory (default: the shipped ones)")
+    p.add_argument("--count", type=int, default=200, help="held-out (mask, caption) pairs")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--inversion-steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/ddgi_eval")
+    args = p.parse_args(argv)
+    configure_logging()
+    if not 1 <= args.count <= M.TEST_SIZE:
+        p.error(f"--count must be in 1..{M.TEST_SIZE} (the held-out split)")
+    if args.steps < 10 or args.inversion_steps < 1:
+        p.error("--steps must be at least 10 (rows read steps 1, 10 and the last) and --inversion-steps at least 1")
+    try:
+        results, images = run(args.gan, args.mapping_heads, args.heads, checkpoint=args.checkpoint,
+                              judges_dir=args.judges, ungated_heads_dir=args.ungated_heads, count=args.count,
+                              steps=args.steps, inversion_steps=args.inversion_steps, batch=args.batch,
+                              seed=args.seed)
+    except (FileNotFoundError, NotACheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: getattr(args, k) for k in ("checkpoint", "gan", "mapping_heads", "heads", "ungated_heads",
+                                              "judges", "count", "steps", "inversion_steps", "seed")}
+    viz.save_png(out / "grid.png", picture(M.held_out_examples(min(8, args.count)), images))
+    M.write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
+    M.write_text(out / "results.md", table(results) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
