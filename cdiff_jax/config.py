@@ -229,7 +229,13 @@ def load_config(spec: str):
     module_spec = importlib.util.spec_from_file_location(f"_cdiff_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    try:
+        return module.get_config(arg) if arg else module.get_config()
+    except (KeyError, ValueError, TypeError) as err:
+        usage = (module.get_config.__doc__ or "").strip().splitlines()
+        hint = f" ({usage[0]})" if usage else ""
+        reason = f"unknown name {err.args[0]!r}" if isinstance(err, KeyError) and err.args else err
+        raise ValueError(f"config {spec!r}: {reason}{hint}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from cdiff_jax import conditions as cond
 from cdiff_jax.checkpoint import NotACheckpointError, load_config
 from cdiff_jax.config import ModalityConfig, SystemConfig
+from cdiff_jax.data.images import open_image
 from cdiff_jax.diffusion.collaboration import MODES
 from cdiff_jax.diffusion.ddim import ddim_timesteps
 
@@ -153,13 +154,10 @@ def image(path, multiple: int) -> np.ndarray:
     """The face at `path` as float32 [1, H, W, 3] in [-1, 1], unresized like the reference; H and W
     must be multiples of `multiple` (see `size_multiple`)."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise UsageError(f"--image {path}: no such file")
     try:
-        with Image.open(path) as img:
-            pixels = np.asarray(img.convert("RGB"), np.float32)
-    except (UnidentifiedImageError, OSError) as err:
-        raise UsageError(f"--image {path} is not a readable image ({err})") from None
+        pixels = np.asarray(open_image(path, f"--image {path}", "RGB"), np.float32)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
     h, w = pixels.shape[:2]
     if h % multiple or w % multiple:
         raise UsageError(f"--image {path} is {w}x{h}; this model needs sides that are multiples of {multiple} "
@@ -169,7 +167,7 @@ def image(path, multiple: int) -> np.ndarray:
 
 def output_folder(path, is_ours: Callable[[pathlib.Path], bool]) -> pathlib.Path:
     """`path` as an output folder: absent, empty, or one `is_ours` recognises (a previous run's, which
-    may be replaced), and inside a folder we may write to. Creates nothing."""
+    may be replaced), and inside a folder we can create folders in. Leaves nothing behind."""
     path = pathlib.Path(path).absolute()
     if path.exists():
         if not path.is_dir():
@@ -181,4 +179,9 @@ def output_folder(path, is_ours: Callable[[pathlib.Path], bool]) -> pathlib.Path
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"--out {path}: {parent} is not a folder we may write to; choose another --out")
+    try:  # what permissions do not tell: a read-only or full file system, a virtual one (/proc)
+        tempfile.TemporaryDirectory(prefix=".cdiff-probe-", dir=parent).cleanup()
+    except OSError as err:
+        raise UsageError(f"--out {path}: cannot create a folder in {parent} ({err.strerror}); "
+                         "choose another --out") from None
     return path

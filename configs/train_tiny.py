@@ -7,8 +7,13 @@
 
 from cdiff_jax.train.config import TrainConfig
 
+STAGES = ("collab", "autoencoder", "expert_text", "expert_mask", "expert_scribble")
+
 
 def get_config(arg: str = "collab") -> TrainConfig:
+    """`arg`: collab, autoencoder, expert_text, expert_mask or expert_scribble."""
+    if arg not in STAGES:
+        raise ValueError(f"unknown stage {arg!r}")
     common = dict(resolution=32, test_size=2, global_batch=8, base_learning_rate=1e-4, steps=6,
                   log_every=1, checkpoint_every=2, val_every=3, val_batches=1, sample_every=6, sample_count=2,
                   sample_steps=2)

@@ -4,7 +4,9 @@ import atexit
 import os
 import pathlib
 import shutil
+import struct
 import tempfile
+import zlib
 
 # One XLA compilation cache for the whole run, set before JAX is imported: the two workers and every
 # subprocess a test starts (train.py, sample.py, ...) compile many of the same programs, and each is then
@@ -155,3 +157,12 @@ def with_random_zero_layers(module, seed: int = 11):
     nnx.update(module, jax.tree.map(
         lambda p: p if np.any(np.asarray(p)) else 0.05 * jax.random.normal(next(keys), p.shape), state))
     return module
+
+
+def png_header_only(path, width: int, height: int) -> None:
+    """A PNG of a few bytes that declares width x height pixels (grayscale) and holds almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))

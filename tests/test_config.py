@@ -1,5 +1,6 @@
 """Configs: JSON round trip, the released configs, and official YAML translation."""
 
+import numpy as np
 import pytest
 
 from conftest import reference_config
@@ -24,7 +25,8 @@ def test_official_yaml_translation(fixtures_root):
     cfg = reference_config(fixtures_root, "codiff")
     assert list(cfg.modalities) == ["mask", "text"]
     assert cfg.modalities["mask"].diffuser.out_channels == 1
-    assert cfg.latent_size == 8
+    x_T = np.load(fixtures_root / "collab_ddim" / "ddim_eta0.npz")["x_T"]  # [B, C, h, w] of the reference run
+    assert cfg.latent_size == x_T.shape[-1] and cfg.autoencoder.embed_dim == x_T.shape[1]
 
 
 def test_unet_heads_must_be_given_once():

@@ -13,7 +13,7 @@ import sys
 
 LAYERS = [
     # name         module prefixes under cdiff_jax (a prefix covers its sub-modules)
-    ("foundation", ("", "config", "weights", "text", "data.masks", "data.scribbles", "parallel", "progress", "noise",
+    ("foundation", ("", "config", "weights", "text", "data.images", "data.masks", "data.scribbles", "parallel", "progress", "noise",
                     "optimization")),
     ("data", ("data", "viz")),
     ("nn", ("nn",)),

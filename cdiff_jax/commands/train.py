@@ -3,10 +3,11 @@ DDGI's StyleGAN2 (`gan`).
 
     cdiff train --config configs/train_collab.py:512 --workdir runs/collab_512
     cdiff train --config configs/train_collab.py:512 --workdir runs/collab_512 --set steps=200000
-    cdiff train --config configs/train_tiny.py --workdir runs/tiny      # minutes on a CPU
+    cdiff train --config configs/train_demo.py:gan --workdir runs/demo/gan     # no dataset needed
 
 (`python train.py ...` in a checkout is the same command.) The data directory must hold the prepared
-TFDS dataset (`python -m cdiff_jax.data.celeba_multimodal MANUAL_DIR DATA_DIR` builds it). A run resumes
+TFDS dataset (`python -m cdiff_jax.data.celeba_multimodal MANUAL_DIR DATA_DIR --resolution R --test-size N`
+builds it; configs/train_demo.py's docstring has the commands for the toy faces). A run resumes
 from the latest checkpoint in --workdir; SIGTERM or Ctrl-C saves and exits with status 128 + the signal (143
 after SIGTERM, as a preempted job: run the same command again to resume). On a TPU pod slice run the same
 command on every host with --distributed (see README).
@@ -66,7 +67,11 @@ def main(argv=None) -> int:
         unknown = sorted(set(overrides) - fields)
         if unknown:
             raise ValueError(f"--set: unknown config fields {unknown}")
-        return train(cfg.replace(**overrides), args.workdir)
+        try:
+            cfg = cfg.replace(**overrides)
+        except ValueError as err:
+            raise ValueError(f"--set {err}") from None
+        return train(cfg, args.workdir)
     except TrainingDiverged as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return 1

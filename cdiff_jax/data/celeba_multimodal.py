@@ -29,8 +29,9 @@ import sys
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from cdiff_jax.data.images import open_image
 from cdiff_jax.weights.state_dict_io import read_tensor
 from cdiff_jax.data.masks import MASK_SIZE, NUM_CLASSES, load_label_map, resize_label_map
 from cdiff_jax.data.scribbles import SCRIBBLE_SIZE, load_strokes, resize_strokes, scribble_from_labels
@@ -107,11 +108,7 @@ def _find_file(folder: pathlib.Path, stem: str, suffixes: tuple[str, ...], what:
 
 def _load_image(path: pathlib.Path, resolution: int) -> Image.Image:
     """RGB PIL image at ``resolution``; resized (bicubic) only when the stored size differs."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path} ({e})") from e
+    img = open_image(path, f"image {path}", "RGB")
     if img.width != img.height:
         raise ValueError(f"image {path} is {img.width}x{img.height}, expected a square image")
     if img.size != (resolution, resolution):
@@ -274,7 +271,9 @@ def data_sources(data_dir, *, resolution: int = DEFAULT_RESOLUTION, test_size: i
     builder = CelebAMultiModal(data_dir=os.fspath(data_dir), resolution=resolution, test_size=test_size)
     if not builder.is_prepared():
         raise FileNotFoundError(
-            f"no prepared {builder.name}/{builder.builder_config.name} under {data_dir}; run build_dataset first"
+            f"no prepared {builder.name}/{builder.builder_config.name} under {data_dir}; build it with `python -m "
+            f"cdiff_jax.data.celeba_multimodal MANUAL_DIR {data_dir} --resolution {resolution} --test-size "
+            f"{test_size}` (or set data_dir to where it was built)"
         )
     return builder.as_data_source()
 

@@ -15,7 +15,9 @@ import tempfile
 from typing import Iterable, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from cdiff_jax.data.images import UnreadableImage, open_image
 
 CLASS_NAMES = (
     "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
@@ -105,14 +107,11 @@ def load_label_map(source: LabelSource) -> np.ndarray:
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"mask source must be a path, PIL image or numpy array, got {type(source).__name__}")
     path = pathlib.Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file not found: {path}; pass the path of an existing mask PNG")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return _image_to_labels(img, f"mask {path}")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read mask {path} as an image ({e}); {_HELP}") from e
+        img = open_image(path, f"mask {path}")
+    except UnreadableImage as e:
+        raise ValueError(f"{e}; {_HELP}") from None
+    return _image_to_labels(img, f"mask {path}")
 
 
 def resize_label_map(labels: np.ndarray, size: int = MASK_SIZE) -> np.ndarray:

@@ -14,7 +14,9 @@ import pathlib
 from typing import Iterable, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from cdiff_jax.data.images import UnreadableImage, open_image
 
 SCRIBBLE_SIZE = 64  # the stored side length: the toy faces' resolution, twice the default token map
 
@@ -47,13 +49,10 @@ def load_strokes(source: ScribbleSource) -> np.ndarray:
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
         what = f"scribble {path}"
-        if not path.is_file():
-            raise FileNotFoundError(f"scribble file not found: {path}; pass the path of an existing PNG")
         try:
-            with Image.open(path) as img:
-                source = img.convert("L")
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read {what} as an image ({e}); {_HELP}") from e
+            source = open_image(path, what, "L")
+        except ValueError as e:
+            raise ValueError(f"{e}; {_HELP}") from None
     elif not isinstance(source, (np.ndarray, Image.Image)):
         raise TypeError(f"scribble source must be a path, PIL image or numpy array, got {type(source).__name__}")
     values = np.asarray(source.convert("L") if isinstance(source, Image.Image) else source)

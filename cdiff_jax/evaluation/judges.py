@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from PIL import Image
 
 from cdiff_jax import checkpoint
 from cdiff_jax.data.celeba_multimodal import CAPTIONS_JSON
+from cdiff_jax.data.images import open_image
 from cdiff_jax.data.masks import CLASS_NAMES, NUM_CLASSES, load_label_map
 from cdiff_jax.data.toy_faces import AGE_DECADES, ATTRIBUTES_JSON, BEARD_LENGTHS, IMAGE_SIZE
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
@@ -271,8 +271,7 @@ def load_toy_faces(data_dir: str | os.PathLike) -> ToyFaces:
     images = np.empty((len(names), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     labels = np.empty((len(names), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     for i, name in enumerate(names):
-        with Image.open(root / "image" / name) as img:
-            image = np.asarray(img.convert("RGB"))
+        image = np.asarray(open_image(root / "image" / name, f"toy face {root / 'image' / name}", "RGB"))
         label_map = load_label_map(root / "mask" / name)
         if image.shape != images.shape[1:] or label_map.shape != labels.shape[1:]:
             raise ValueError(f"{root}: example {name} has image {image.shape} and mask {label_map.shape}; "

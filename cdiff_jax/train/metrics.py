@@ -199,6 +199,23 @@ def read_event_scalars(path: str | os.PathLike) -> dict[str, list[tuple[int, flo
 
 # ---- the writer ----
 
+def _drop_rows_after(run_dir: pathlib.Path, step: int) -> None:
+    """Rewrite metrics.jsonl and metrics.csv (atomically) without the rows of steps after `step`."""
+    for name in (JSONL_NAME, CSV_NAME):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        lines = path.read_text().splitlines(keepends=True)
+        if name == JSONL_NAME:
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        else:
+            kept = lines[:1] + [line for line in lines[1:] if line.strip() and int(line.split(",", 1)[0]) <= step]
+        if len(kept) != len(lines):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
+
+
 def _csv_header(path: pathlib.Path) -> list[str] | None:
     if not path.exists() or path.stat().st_size == 0:
         return None
@@ -221,11 +238,15 @@ class MetricsWriter:
     metrics their own run directory or include them from the first write on. Keys missing from a
     write are left empty. metrics.jsonl has no such restriction.
 
+    A run resumed from step S passes `resume_step=S`: rows of later steps in metrics.jsonl and metrics.csv
+    (written after that checkpoint by a run that was killed) are dropped, so no step appears twice there.
+
     Only one process of a multi-host run should log: with `enabled=False` (the trainer passes
     `jax.process_index() == 0`) nothing is created or written.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True, flush_seconds: float = 10.0):
+    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True, flush_seconds: float = 10.0,
+                 resume_step: int | None = None):
         self.enabled = enabled
         self._flush_seconds = flush_seconds
         self._files = []
@@ -233,6 +254,8 @@ class MetricsWriter:
             return
         run_dir = pathlib.Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            _drop_rows_after(run_dir, resume_step)
         self.event_path = run_dir / f"{EVENT_PREFIX}{int(time.time())}.{socket.gethostname()}"
         self._events = open(self.event_path, "ab")
         if self._events.tell() == 0:

@@ -14,6 +14,7 @@ import functools
 import pathlib
 import contextlib
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 
@@ -140,10 +141,13 @@ class _StopRequest:
 def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     """Train (or resume) the run in `workdir`; returns 0 when done, or 128 + the signal number
     when a SIGTERM/SIGINT stopped it after saving (143: preempted; rerun the same command to resume)."""
-    workdir = pathlib.Path(workdir)
+    workdir = check_workdir(workdir)
     lead = jax.process_index() == 0
     if cfg.global_batch % jax.device_count():
         raise ValueError(f"global_batch {cfg.global_batch} must be divisible by the {jax.device_count()} devices")
+    if cfg.stage not in ("gan", *DDGI_STAGES) and cfg.val_every and cfg.test_size < jax.device_count():
+        raise ValueError(f"test_size {cfg.test_size} is smaller than the {jax.device_count()} devices validation "
+                         "shards over; build the dataset with a larger test split or set val_every=0")
 
     mesh = data_mesh()
     if cfg.stage == "gan":
@@ -163,8 +167,8 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         if lead:
             log.info("resumed from %s", checkpoints.path(latest))
 
-    writer = MetricsWriter(workdir / "train", enabled=lead)
-    val_writer = MetricsWriter(workdir / "val", enabled=lead)
+    writer = MetricsWriter(workdir / "train", enabled=lead, resume_step=latest)
+    val_writer = MetricsWriter(workdir / "val", enabled=lead, resume_step=latest)
     progress = ProgressLine(cfg.steps)
     stop = _StopRequest()
     step = int(state.step)
@@ -173,6 +177,8 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         cleanup.callback(writer.close)
         cleanup.callback(checkpoints.close)
         cleanup.enter_context(stop.listening())
+        if lead and step < cfg.steps:
+            log.info("compiling the training step (the first call; a minute or more on a CPU)")
         while step < cfg.steps:
             k = min(cfg.steps_per_call, cfg.steps - step)
             local = [next(batches) for _ in range(k)]
@@ -210,6 +216,22 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     if jax.process_count() == 1:
         stage.export(state.export_params, workdir)
     return 0
+
+
+def check_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
+    """`workdir` as a run directory we can write in (absent, or a folder), checked before any work."""
+    workdir = pathlib.Path(workdir).absolute()
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir {workdir} is a file; give a folder for the run")
+    existing = workdir
+    while not existing.exists():
+        existing = existing.parent
+    try:  # permissions alone do not tell (read-only or full file systems, /proc)
+        tempfile.TemporaryDirectory(prefix=".cdiff-probe-", dir=existing).cleanup()
+    except OSError as err:
+        raise ValueError(f"--workdir {workdir}: cannot create folders in {existing} ({err.strerror}); "
+                         "choose another --workdir") from None
+    return workdir
 
 
 @dataclasses.dataclass

@@ -1,6 +1,10 @@
 """`cdiff train` (cdiff_jax/commands/train.py): argument handling before any work; end to end in tests/train."""
 
+import subprocess
+import sys
+
 import pytest
+from conftest import REPO
 
 from cdiff_jax.commands.train import main, parse_overrides
 
@@ -24,3 +28,45 @@ def test_missing_config_is_one_line_error(tmp_path, capsys):
     code = main(["--config", "no_such_config.py", "--workdir", str(tmp_path / "run")])
     assert code == 2
     assert "no_such_config.py" in capsys.readouterr().err
+
+
+BAD = {  # --config / --set / --workdir -> what the one line must say
+    "mistyped_stage": (["--config", "configs/train_tiny.py:expert_txt"], "unknown stage 'expert_txt'"),
+    "steps_not_a_number": (["--set", "steps=abc"], "--set steps='abc': expected an integer"),
+    "batch_zero": (["--set", "global_batch=0"], "global_batch=0: must be >= 1"),
+    "steps_per_call_zero": (["--set", "steps_per_call=0"], "steps_per_call=0: must be >= 1"),
+    "negative_steps": (["--set", "steps=-3"], "steps=-3: must be >= 1"),
+    "dropout_above_one": (["--set", "condition_dropout=1.5"], "condition_dropout=1.5: must be in [0, 1]"),
+    "experts_not_a_tuple": (["--set", "ddgi_experts=text"], "expected a tuple of strings"),
+    "workdir_is_a_file": (["--workdir", "{tmp}/a_file"], "is a file"),
+    "workdir_cannot_be_created": (["--workdir", "/proc/cdiff_run"], "cannot create folders in /proc"),
+    "no_dataset": (["--set", "data_dir={tmp}/nowhere"], "python -m cdiff_jax.data.celeba_multimodal"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_settings_fail_in_one_line_before_any_work(tmp_path, capsys, case):
+    (tmp_path / "a_file").write_text("not a folder")
+    argv = {"--config": "configs/train_tiny.py", "--workdir": str(tmp_path / "run")}
+    extra, message = BAD[case]
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    for flag in ("--config", "--workdir"):
+        if flag in extra:
+            argv[flag] = extra.pop(extra.index(flag) + 1)
+            extra.remove(flag)
+    before = sorted(tmp_path.iterdir())
+    code = main([item for pair in argv.items() for item in pair] + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert sorted(tmp_path.iterdir()) == before  # no run folder, no probe left behind
+
+
+def test_bad_settings_through_the_script(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "configs/train_tiny.py:expert_txt",
+                             "--workdir", str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO,
+                            timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: config 'configs/train_tiny.py:expert_txt': unknown stage 'expert_txt' (`arg`: collab, autoencoder, "
+        "expert_text, expert_mask or expert_scribble.)"]
+    assert not (tmp_path / "run").exists()

@@ -170,3 +170,12 @@ def test_disabled_writer_writes_nothing(tmp_path):
         writer.write(1, {"loss": 1.0})
         writer.flush()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_writer_drops_the_rows_a_killed_run_wrote_after_its_checkpoint(tmp_path):
+    _write_run(tmp_path, STEPS)  # steps 1..3 logged, the run killed after a checkpoint at step 1
+    with MetricsWriter(tmp_path, resume_step=1) as writer:
+        writer.write(2, {"loss": 0.5, "lr": 1e-3})
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert [r[0] for r in csv.reader(f)] == ["step", "1", "2"]
