@@ -7,11 +7,12 @@ or kill during a save never leaves a half-written checkpoint where a good one is
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pathlib
 import shutil
+import sys
 import uuid
+from collections.abc import Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,7 +27,47 @@ PARAMS_DIR = "params"
 
 
 class NotACheckpointError(ValueError):
-    pass
+    """The directory is not one of our checkpoints (of the kind asked for), or it is damaged."""
+
+
+def read_config(directory: pathlib.Path, parse: Callable[[str], object]):
+    """`parse` of DIRECTORY/config.json; a file that does not parse (bad JSON, a missing or unknown key, a
+    value of the wrong type) is one line naming the file and the problem."""
+    config_file = directory / CONFIG_FILE
+    try:
+        return parse(config_file.read_text())
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        problem = f"missing key {err.args[0]!r}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise NotACheckpointError(f"{config_file} is damaged or from another version ({problem}); convert or save "
+                                  "the checkpoint again") from None
+
+
+def _silence_closed_loop_callbacks() -> None:
+    """When a restore fails, orbax closes its event loop while tensorstore's other reads are still in flight; each
+    of them then reports "Event loop is closed" as an unraisable exception, which Python prints as a traceback
+    (hundreds, around our one line). Drop exactly those; any other unraisable exception reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
+
+
+def read_params(directory: pathlib.Path, like):
+    """`load_arrays` of DIRECTORY/params; a missing, truncated or mismatched file is one line naming the checkpoint
+    (orbax and tensorstore raise many kinds of errors, each with pages of context)."""
+    _silence_closed_loop_callbacks()
+    try:
+        return load_arrays(directory / PARAMS_DIR, like)
+    except Exception as err:  # noqa: BLE001 -- every failure of a damaged directory becomes the same one line
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise NotACheckpointError(f"checkpoint {directory} is damaged: its {PARAMS_DIR}/ cannot be read as this "
+                                  f"config's parameters ({first[:200]}); convert or save it again") from None
 
 
 def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *, overwrite: bool = False) -> pathlib.Path:
@@ -110,7 +151,7 @@ def load_config(directory: str | os.PathLike) -> SystemConfig:
             f"{directory} is not a cdiff_jax checkpoint (expected {CONFIG_FILE} and {PARAMS_DIR}/); "
             "convert official weights with `python -m cdiff_jax.convert SRC DST`"
         )
-    return SystemConfig.from_json(config_file.read_text())
+    return read_config(directory, SystemConfig.from_json)
 
 
 def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
@@ -118,7 +159,7 @@ def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
     directory = pathlib.Path(directory).absolute()
     cfg = load_config(directory)
     system = abstract_system(cfg)
-    params = load_arrays(directory / PARAMS_DIR, nnx.to_pure_dict(nnx.state(system, nnx.Param)))
+    params = read_params(directory, nnx.to_pure_dict(nnx.state(system, nnx.Param)))
     state = nnx.state(system, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(system, state)
@@ -137,12 +178,12 @@ def load_generator(directory: str | os.PathLike) -> Generator:
     """Rebuild a StyleGAN2 `Generator` from a directory written by `save_generator`."""
     directory = pathlib.Path(directory).absolute()
     config_file = directory / CONFIG_FILE
-    if not config_file.is_file() or not (directory / PARAMS_DIR).is_dir() or "z_dim" not in json.loads(
-            config_file.read_text()):
+    if not config_file.is_file() or not (directory / PARAMS_DIR).is_dir() or '"z_dim"' not in config_file.read_text(
+            errors="replace"):
         raise NotACheckpointError(
             f"{directory} is not a StyleGAN2 generator checkpoint (expected {CONFIG_FILE} of a StyleGAN2Config and "
             f"{PARAMS_DIR}/); convert a .pkl or .pt with `python -m cdiff_jax.convert SRC DST`")
-    cfg = StyleGAN2Config.from_json(config_file.read_text())
+    cfg = read_config(directory, StyleGAN2Config.from_json)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Generator(cfg, rngs=nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, load_arrays(directory / PARAMS_DIR, nnx.to_pure_dict(state)))
+    nnx.replace_by_pure_dict(state, read_params(directory, nnx.to_pure_dict(state)))
     return nnx.merge(graphdef, state)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from typing import Any
 
 
@@ -173,30 +176,92 @@ class SystemConfig:
 
     @classmethod
     def from_json(cls, text: str) -> SystemConfig:
-        raw = json.loads(text)
-        modalities = {name: _modality_from_dict(m) for name, m in raw["modalities"].items()}
-        return cls(
-            autoencoder=_from_dict(AutoencoderConfig, raw["autoencoder"]),
-            modalities=modalities,
-            schedule=_from_dict(ScheduleConfig, raw["schedule"]),
-            latent_size=raw["latent_size"],
-        )
+        def modalities(raw):
+            if not isinstance(raw, dict):
+                raise ValueError("modalities: expected an object of named modalities")
+            return {name: _modality_from_dict(m) for name, m in raw.items()}
+
+        return _from_dict(cls, json.loads(text), autoencoder=lambda raw: _from_dict(AutoencoderConfig, raw),
+                          modalities=modalities, schedule=lambda raw: _from_dict(ScheduleConfig, raw))
 
 
-def _from_dict(cls, raw: dict[str, Any]):
-    """Build a flat config dataclass, turning JSON lists back into tuples."""
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+def _from_dict(cls, raw: dict[str, Any], **parsers):
+    """Build a config dataclass from JSON (lists back into tuples; `parsers` build the nested fields):
+    unknown or missing keys and values of the wrong type are a ValueError naming them, never a config
+    that breaks later."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cls.__name__}: expected an object of fields, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
+    missing = sorted(name for name, f in fields.items() if name not in raw and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"{cls.__name__}: missing field(s) {missing}")
+    config = cls(**{k: parsers[k](v) if k in parsers else _tuples(v) for k, v in raw.items()})
+    check_field_types(config)
+    return config
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def check_field_types(config) -> None:
+    """ValueError naming the first field of a config dataclass whose value does not have its annotated type."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if not has_type(value, hints[field.name]):
+            raise ValueError(f"{field.name}={value!r}: expected {type_name(hints[field.name])}")
+
+
+def has_type(value, hint) -> bool:
+    """isinstance for the annotations configs use: int, float (finite), str, bool, dataclasses, X | None,
+    tuple[X, ...], tuple[X, Y] and dict[str, X]."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(has_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(has_type(v, a) for v, a in zip(value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(has_type(k, args[0]) and has_type(v, args[1]) for k, v in value.items())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is Any:
+        return True
+    return isinstance(value, hint)
+
+
+def type_name(hint) -> str:
+    """What `has_type` asks for, in words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(type_name(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a tuple whose entries are each {type_name(args[0])}"
+        return f"a tuple of {len(args)} ({', '.join(type_name(a) for a in args)})"
+    if origin is dict:
+        return f"a mapping of names to {type_name(args[1])}"
+    names = {type(None): "None", int: "an integer", float: "a finite number", str: "a string", bool: "True or False"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _modality_from_dict(raw: dict[str, Any]) -> ModalityConfig:
-    encoder_cls = encoder_config_class(raw["kind"])
-    diffuser = raw.get("diffuser")
-    return ModalityConfig(
-        kind=raw["kind"],
-        encoder=_from_dict(encoder_cls, raw["encoder"]),
-        expert=_from_dict(UNetConfig, raw["expert"]),
-        diffuser=_from_dict(UNetConfig, diffuser) if diffuser else None,
-    )
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    return _from_dict(ModalityConfig, raw, encoder=lambda r: _from_dict(encoder_config_class(kind), r),
+                      expert=lambda r: _from_dict(UNetConfig, r),
+                      diffuser=lambda r: _from_dict(UNetConfig, r) if r else None)
 
 
 def load_config(spec: str):
@@ -377,9 +442,7 @@ class DDGIHeadsConfig:
 
     @classmethod
     def from_json(cls, text: str) -> DDGIHeadsConfig:
-        raw = json.loads(text)
-        raw["levels"] = [tuple(level) for level in raw["levels"]]
-        return _from_dict(cls, raw)
+        return _from_dict(cls, json.loads(text))
 
     @property
     def modulation_size(self) -> int:

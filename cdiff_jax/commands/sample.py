@@ -29,7 +29,7 @@ from flax import nnx
 
 from cdiff_jax import conditions as cond
 from cdiff_jax import latents, requests, viz
-from cdiff_jax.checkpoint import atomic_directory, load_system
+from cdiff_jax.checkpoint import NotACheckpointError, atomic_directory, load_system
 from cdiff_jax.data.masks import colorize, load_label_map
 from cdiff_jax.diffusion.collaboration import MODES, rule_for_mode
 from cdiff_jax.parallel import data_mesh, replicate, shard_batch
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
                     request.conditions[name].shape[-1])
     try:
         seconds = run(request)
-    except NonFiniteSamples as err:
+    except (NonFiniteSamples, NotACheckpointError) as err:  # broken weights, found when they are read
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {request.batch} samples to {request.out} ({seconds:.1f}s including compilation)")

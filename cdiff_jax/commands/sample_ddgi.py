@@ -81,7 +81,11 @@ def main(argv=None) -> int:
     except (UsageError, NotACheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    system = load_system(checkpoint)
+    try:
+        system = load_system(checkpoint)
+    except NotACheckpointError as err:  # damaged weights, found when they are read
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     conditions = {name: np.repeat(c, args.batch, axis=0) for name, c in conditions.items()}
     key, init_key = jax.random.split(jax.random.key(args.seed))
     x_T = normal(init_key, (args.batch,) + latent_shape(cfg))

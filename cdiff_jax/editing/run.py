@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from cdiff_jax import latents, requests, viz
-from cdiff_jax.checkpoint import load_arrays, load_system, save_arrays
+from cdiff_jax.checkpoint import NotACheckpointError, load_arrays, load_system, save_arrays
 from cdiff_jax.diffusion.collaboration import MODES, rule_for_mode
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.editing.imagic import ImagicSettings, finetune_expert, optimise_embedding
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except NonFiniteSamples as err:
+    except (NonFiniteSamples, NotACheckpointError) as err:  # broken weights, found when they are read
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote the sweep over alpha ({', '.join(targets)}) to {directory / 'sweep.png'}")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
+
+from cdiff_jax.config import check_field_types
 
 STAGES = ("collab", "expert", "autoencoder", "gan", "ddgi_mapping", "ddgi_modulation")
 FRESH_TOY_FACES = "fresh-toy-faces:"  # the gan stage's data_dir prefix for endless procedural toy faces
@@ -89,11 +88,7 @@ class TrainConfig:
 
     def __post_init__(self):
         """Every field's type and range, so a typo in a config or a --set fails here, before any work."""
-        hints = typing.get_type_hints(TrainConfig)
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not _has_type(value, hints[field.name]):
-                raise ValueError(f"{field.name}={value!r}: expected {_type_name(hints[field.name])}")
+        check_field_types(self)
         if self.stage not in STAGES:
             raise ValueError(f"stage={self.stage!r}: expected one of {', '.join(STAGES)}")
         for name, test, wanted in _RANGES:
@@ -109,48 +104,17 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-_RANGES = (  # field, test, what the test asks for
+_RANGES = (  # field, test, what the test asks for (the *_every intervals: 0 is never)
     *((name, lambda v: v >= 1, ">= 1") for name in (
-        "resolution", "global_batch", "steps", "steps_per_call", "log_every", "checkpoint_every", "keep_checkpoints",
-        "val_batches", "sample_count", "sample_steps", "r1_interval", "disc_filters", "disc_layers",
-        "ddgi_mapping_channels", "ddgi_modulation_channels", "fsdp_min_size")),
+        "resolution", "global_batch", "steps", "steps_per_call", "keep_checkpoints", "val_batches", "sample_count",
+        "sample_steps", "r1_interval", "disc_filters", "disc_layers", "ddgi_mapping_channels",
+        "ddgi_modulation_channels", "fsdp_min_size")),
     *((name, lambda v: v >= 0, ">= 0") for name in (
-        "data_workers", "test_size", "val_every", "sample_every", "disc_start", "weight_decay", "kl_weight",
-        "perceptual_weight", "disc_weight", "r1_gamma", "gan_ema_kimg", "gan_ema_rampup", "ddgi_l2_weight",
-        "ddgi_perceptual_weight", "ddgi_ground_truth_weight")),
+        "data_workers", "test_size", "log_every", "checkpoint_every", "val_every", "sample_every", "disc_start",
+        "weight_decay", "kl_weight", "perceptual_weight", "disc_weight", "r1_gamma", "gan_ema_kimg", "gan_ema_rampup",
+        "ddgi_l2_weight", "ddgi_perceptual_weight", "ddgi_ground_truth_weight")),
     ("base_learning_rate", lambda v: v > 0, "> 0"),
     ("condition_dropout", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("style_mixing", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
 )
-
-
-def _has_type(value, hint) -> bool:
-    """isinstance for the annotations TrainConfig uses (int, float, str, bool, X | None, tuple[...])."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        return any(_has_type(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if origin is tuple:
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_has_type(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _type_name(hint) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(_type_name(a) for a in args)
-    if origin is tuple:
-        return ("a tuple of strings, e.g. ('text', 'mask')" if args == (str, Ellipsis)
-                else "a tuple of (prefix, checkpoint) pairs, e.g. (('autoencoder', 'ckpt/256_text'),)")
-    names = {type(None): "None", int: "an integer", float: "a finite number", str: "a string", bool: "True or False"}
-    return names.get(hint, str(hint))

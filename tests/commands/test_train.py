@@ -37,7 +37,7 @@ BAD = {  # --config / --set / --workdir -> what the one line must say
     "steps_per_call_zero": (["--set", "steps_per_call=0"], "steps_per_call=0: must be >= 1"),
     "negative_steps": (["--set", "steps=-3"], "steps=-3: must be >= 1"),
     "dropout_above_one": (["--set", "condition_dropout=1.5"], "condition_dropout=1.5: must be in [0, 1]"),
-    "experts_not_a_tuple": (["--set", "ddgi_experts=text"], "expected a tuple of strings"),
+    "experts_not_a_tuple": (["--set", "ddgi_experts=text"], "expected a tuple whose entries are each a string"),
     "workdir_is_a_file": (["--workdir", "{tmp}/a_file"], "is a file"),
     "workdir_cannot_be_created": (["--workdir", "/proc/cdiff_run"], "cannot create folders in /proc"),
     "no_dataset": (["--set", "data_dir={tmp}/nowhere"], "python -m cdiff_jax.data.celeba_multimodal"),
