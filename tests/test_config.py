@@ -1,8 +1,8 @@
 """Configs: JSON round trip, the released configs, and official YAML translation."""
 
 import pytest
-
 from conftest import reference_config
+
 from cdiff_jax.config import SystemConfig, UNetConfig, load_config
 
 

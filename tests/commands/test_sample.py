@@ -8,10 +8,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, assemble_state_dict, reference_config
 from flax import nnx
 from PIL import Image
 
-from conftest import REPO, assemble_state_dict, reference_config
 from cdiff_jax.checkpoint import save_system
 from cdiff_jax.commands.sample import main
 from cdiff_jax.config import load_config
