@@ -11,9 +11,9 @@ competes with everything else for memory bandwidth.
 """
 
 import jax
+from timing import best_time
 
 from cdiff_jax.nn.kernels import KernelForms, attention, kernel_forms
-from timing import best_time
 
 ROUNDS = 3
 SHAPES = [  # (batch, queries, keys, heads, head width, where)
@@ -54,7 +54,8 @@ def main():
                 best[name] = min(best[name], best_time(fn, q, k, v, heads))
         ours = best["ours"]
         print(f"{where} (batch {batch}): " + ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in best.items())
-              + f": ours {best['dot_product_attention'] / ours:.2f}x and {best['scale on the scores'] / ours:.2f}x faster")
+              + f": ours {best['dot_product_attention'] / ours:.2f}x and "
+              f"{best['scale on the scores'] / ours:.2f}x faster")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ skipped where its shifted copies of the input would not fit comfortably in memor
 """
 
 import jax
+from timing import best_time
 
 from cdiff_jax.nn.kernels import NHWC, KernelForms, conv_form, conv_function, kernel_forms
-from timing import best_time
 
 SHAPES = [  # (side, in channels, out channels, kernel)
     # the expert's res-block and skip convolutions

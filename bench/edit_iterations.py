@@ -17,6 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from timing import matmul_flops_per_second, peak_rss_gb
 
 from cdiff_jax import conditions as cond
 from cdiff_jax.config import load_config
@@ -24,7 +25,6 @@ from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.editing.imagic import ImagicSettings, finetune_expert, optimise_embedding
 from cdiff_jax.optimization import POLICY_ENV
 from cdiff_jax.system import init_system
-from timing import matmul_flops_per_second, peak_rss_gb
 
 CAPTION = "This man has beard of medium length. He is in his thirties."
 
@@ -62,7 +62,8 @@ def main():
     expert = modality.expert
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(expert, nnx.Param)))
     flops = matmul_flops_per_second()
-    print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} CPU device(s), jax {jax.__version__}")
+    print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} CPU device(s), "
+          f"jax {jax.__version__}")
     print(f"{args.system} {args.modality} expert: {n_params / 1e6:.1f} M parameters, latent {z0.shape[1:]}, "
           f"context {context.shape[1:]}")
     print(f"matmul baseline: {flops / 1e9:.0f} GFLOP/s")

@@ -7,13 +7,14 @@ calls in the same jitted program, timed in the same run.
 """
 
 import argparse
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from timing import best_time
 
 from cdiff_jax.config import load_config
 from cdiff_jax.nn.unet import UNet
-from timing import best_time
 
 
 def main():

@@ -12,12 +12,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+from timing import matmul_flops_per_second
 
 from cdiff_jax.config import load_config
 from cdiff_jax.data.toy_faces import FreshToyFaces
 from cdiff_jax.train import trainer
 from cdiff_jax.train.config import TrainConfig
-from timing import matmul_flops_per_second
 
 DEMO = "configs/train_demo.py:gan"
 

@@ -61,7 +61,8 @@ def import_graph(root: pathlib.Path = REPO) -> dict[str, set[str]]:
         targets = set()
         for name in imported_names(tree, module, path.name == "__init__.py"):
             parts = name.split(".")
-            known = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules), None)
+            known = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules),
+                         None)
             # `from cdiff_jax.nn import lpips` names that module, `from cdiff_jax.config import X` config.
             if known is not None and known != module:
                 targets.add(known)

@@ -33,9 +33,9 @@ def main():
     sys.path.insert(0, args.source)
 
     import torch
-    from omegaconf import OmegaConf
     from ldm.modules.diffusionmodules.model import Decoder
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from omegaconf import OmegaConf
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

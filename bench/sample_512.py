@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from timing import best_time, matmul_flops_per_second, peak_rss_gb
 
 from cdiff_jax.config import load_config
 from cdiff_jax.diffusion.collaboration import Reweighting
 from cdiff_jax.diffusion.denoiser import encode_conditions, predict
 from cdiff_jax.sampling import SamplerSettings, _sample_program
 from cdiff_jax.system import init_system
-from timing import best_time, matmul_flops_per_second, peak_rss_gb
 
 
 def main():
@@ -128,8 +128,9 @@ def main():
             totals[steps] = time.perf_counter() - start
         in_loop = (totals[2 * n] - totals[n]) / n
         print(f"loop: batch {b}: step alone {alone_s:.3f} s (mean of {n}), in the loop {in_loop:.3f} s "
-              f"(samples of {n} and {2 * n} steps: {totals[n]:.1f} s, {totals[2 * n]:.1f} s) = {in_loop / alone_s:.2f}x "
-              f"alone; the rest of a sample (encode, decode) {totals[n] - n * in_loop:.1f} s, peak RSS {peak_rss_gb():.2f} GB")
+              f"(samples of {n} and {2 * n} steps: {totals[n]:.1f} s, {totals[2 * n]:.1f} s) = "
+              f"{in_loop / alone_s:.2f}x alone; the rest of a sample (encode, decode) {totals[n] - n * in_loop:.1f} s, "
+              f"peak RSS {peak_rss_gb():.2f} GB")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ import argparse
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from timing import best_time
 
 from cdiff_jax.config import StyleGAN2Config
 from cdiff_jax.nn import stylegan2 as sg
 from cdiff_jax.nn.kernels import NHWC
-from timing import best_time
 
 SHAPES = [  # (side, in channels, out channels): config-f / paper256 3x3 layers
     (8, 512, 512), (32, 512, 512), (64, 512, 512), (128, 256, 256), (256, 128, 128),

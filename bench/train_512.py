@@ -18,15 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from timing import best_time, matmul_flops_per_second, peak_rss_gb
 
 from cdiff_jax.config import load_config
 from cdiff_jax.diffusion.denoiser import encode_conditions
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.optimization import adam, loop_policy
 from cdiff_jax.system import init_system
-from cdiff_jax.train.step import (StepSettings, _train_steps, init_train_state, trainable_filter,
-                                  trainable_prefixes)
-from timing import best_time, matmul_flops_per_second, peak_rss_gb
+from cdiff_jax.train.step import StepSettings, _train_steps, init_train_state, trainable_filter, trainable_prefixes
 
 
 def main():

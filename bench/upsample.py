@@ -12,9 +12,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from timing import best_time
 
 from cdiff_jax.nn.kernels import kernel_forms, upsample_conv3x3
-from timing import best_time
 
 SHAPES = [  # (input side, channels, where)
     (256, 256, "autoencoder, to 512x512"),

@@ -70,7 +70,8 @@ def read_params(directory: pathlib.Path, like):
                                   f"config's parameters ({first[:200]}); convert or save it again") from None
 
 
-def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *, overwrite: bool = False) -> pathlib.Path:
+def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *,
+                overwrite: bool = False) -> pathlib.Path:
     """Write the system's config and parameters atomically to `directory`."""
     return save_config_and_state(directory, system.cfg.to_json(), nnx.state(system, nnx.Param), overwrite)
 

@@ -1,5 +1,5 @@
-"""Images <-> latents outside the sampler, and the latent shape of an image: the autoencoder's passes as jitted pure functions of its
-`(graphdef, state)` (nnx.split), so one compiled program serves any weights of the same shapes.
+"""Images <-> latents outside the sampler, and the latent shape of an image: the autoencoder's passes as jitted pure
+functions of its `(graphdef, state)` (nnx.split), so one compiled program serves any weights of the same shapes.
 
 For pictures and measurements around sampling: trajectories decoded step by step, an edited face's
 latent, reconstructions as the ceiling of what any sampler can show.

@@ -3,7 +3,8 @@
 Convert the released uni-modal checkpoints first, then:
 
     python train.py --config configs/train_collab.py:512 --workdir runs/collab_512 \
-        --set data_dir=data/tfds --set "init_from=(('autoencoder','ckpt/512_text'),('modalities.text','ckpt/512_text'),('modalities.mask','ckpt/512_mask'))"
+        --set data_dir=data/tfds --set "init_from=(('autoencoder','ckpt/512_text'),('modalities.text','ckpt/512_text'),
+            ('modalities.mask','ckpt/512_mask'))"
 
 Reference hyperparameters: AdamW (0.9, 0.999, eps 1e-8, weight decay 0.01), lr 2e-6 x global
 batch (6.4e-5 at the reference's 4 GPUs x 8), fp32, no schedule, no EMA.

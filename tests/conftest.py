@@ -138,7 +138,8 @@ def lpips_state_dict(rng) -> dict[str, np.ndarray]:
             continue
         index = LPIPS_VGG_CONV_INDICES[conv]
         s = next(i for i, end in enumerate(slice_ends, 1) if index < end)
-        tensors[f"{LPIPS_PREFIX}net.slice{s}.{index}.weight"] = rng.normal(0, (2 / (9 * width)) ** 0.5, (spec, width, 3, 3))
+        tensors[f"{LPIPS_PREFIX}net.slice{s}.{index}.weight"] = rng.normal(0, (2 / (9 * width)) ** 0.5,
+                                                                           (spec, width, 3, 3))
         tensors[f"{LPIPS_PREFIX}net.slice{s}.{index}.bias"] = rng.normal(0, 0.1, (spec,))
         width, conv = spec, conv + 1
     for k, w in enumerate(TAPPED_WIDTHS):

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import reference_config
+
 from cdiff_jax.config import SystemConfig, UNetConfig, load_config
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cdiff_jax.config import ENCODER_CONFIGS, ModalityConfig, SystemConfig, UNetConfig, load_config
 from cdiff_jax.conditions import encode_inputs, null_condition
+from cdiff_jax.config import ENCODER_CONFIGS, ModalityConfig, SystemConfig, UNetConfig, load_config
 from cdiff_jax.convert.keymap import checkpoint_prefixes
 from cdiff_jax.diffusion.collaboration import Reweighting, rule_for_mode
 from cdiff_jax.modalities import KINDS, ModalityKind, kind_entry, spatial_names

@@ -2,8 +2,6 @@
 
 import io
 
-import pytest
-
 from cdiff_jax import progress as P
 from cdiff_jax.progress import ProgressLine, SamplingBar, format_eta
 

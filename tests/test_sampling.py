@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO, assert_close_rel, nhwc, reference_system
 from flax import nnx
 
-from conftest import REPO, assert_close_rel, nhwc, reference_system
 from cdiff_jax.diffusion.collaboration import EqualWeights
 from cdiff_jax.diffusion.ddim import ddim_coefficients, ddim_step
 from cdiff_jax.diffusion.denoiser import Guidance, encode_conditions, predict
@@ -45,10 +45,12 @@ def test_collaborative_ddim_matches_reference(fixtures_root):
         steps, eta = int(io["ddim_steps"]), float(io["eta"])
         coeffs = ddim_coefficients(alphas_cumprod(system.cfg.schedule), steps, eta)
         np.testing.assert_array_equal(coeffs.timesteps, io["timesteps"])
-        for ours, ref in [("a_t", "a_t"), ("a_prev", "a_prev"), ("sigma", "sigma_t"), ("sqrt_one_minus_a_t", "sqrt_one_minus_a_t")]:
+        for ours, ref in [("a_t", "a_t"), ("a_prev", "a_prev"), ("sigma", "sigma_t"),
+                          ("sqrt_one_minus_a_t", "sqrt_one_minus_a_t")]:
             assert_close_rel(getattr(coeffs, ours), io[ref], tol=1e-6, name=f"{run.name} {ref}")
         result = sample(graphdef, state, _conditions(io), nhwc(io["x_T"]), jax.random.key(0),
-                        SamplerSettings(steps=steps, eta=eta, record=True), step_noise=jnp.asarray(steps_nhwc(io["step_noise"])))
+                        SamplerSettings(steps=steps, eta=eta, record=True),
+                        step_noise=jnp.asarray(steps_nhwc(io["step_noise"])))
         tr = result.trajectory
         checks = {"x_t_in": tr.x_t, "eps_combined": tr.eps, "pred_x0": tr.pred_x0,
                   "influence_seg_mask": tr.weights[:, 0], "influence_text": tr.weights[:, 1],
@@ -127,7 +129,8 @@ def test_uni_modal_sampling_is_the_same_loop_with_one_expert(fixtures_root):
     x = x_T
     for i in range(4):
         eps = system.modalities["text"].expert(x, jnp.full((2,), coeffs.timesteps[i]), context)
-        x, _ = ddim_step(x, eps, coeffs.a_t[i], coeffs.a_prev[i], coeffs.sigma[i], coeffs.sqrt_one_minus_a_t[i], noise[i])
+        x, _ = ddim_step(x, eps, coeffs.a_t[i], coeffs.a_prev[i], coeffs.sigma[i], coeffs.sqrt_one_minus_a_t[i],
+                         noise[i])
     assert_close_rel(result.latents, x, tol=1e-5, name="uni-modal z_0")
 
 
@@ -156,8 +159,9 @@ def test_classifier_free_guidance_per_modality(fixtures_root):
     scale_one = Guidance(scales={"mask": 1.0, "text": 1.0}, null_contexts={"mask": null_b, "text": contexts["text"]})
     assert_close_rel(predict(system, x, t, contexts, guidance=scale_one).eps, plain.eps, tol=1e-6)
     g = 3.0
-    guided = predict(system, x, t, contexts, guidance=Guidance(scales={"mask": g, "text": 1.0},
-                                                               null_contexts={"mask": null_b, "text": contexts["text"]}))
+    guided = predict(system, x, t, contexts,
+                     guidance=Guidance(scales={"mask": g, "text": 1.0},
+                                       null_contexts={"mask": null_b, "text": contexts["text"]}))
     e_null = system.modalities["mask"].expert(x, t, null_b)
     expected = e_null + g * (plain.expert_eps[0] - e_null)
     assert_close_rel(guided.expert_eps[0], expected, tol=1e-5)

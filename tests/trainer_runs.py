@@ -8,10 +8,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import REPO
 from flax import nnx
 from PIL import Image
 
-from conftest import REPO
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.data.celeba_multimodal import build_dataset
 from cdiff_jax.data.masks import save_label_png

@@ -16,7 +16,8 @@ from cdiff_jax import __version__
 COMMANDS = {
     "sample": ("cdiff_jax.commands.sample:main", "sample faces from a mask, a caption or both"),
     "edit": ("cdiff_jax.editing.run:main", "edit a real face by caption, mask or both (Imagic + collaboration)"),
-    "train": ("cdiff_jax.commands.train:main", "train the autoencoder, an expert, the dynamic diffusers or a StyleGAN2"),
+    "train": ("cdiff_jax.commands.train:main",
+              "train the autoencoder, an expert, the dynamic diffusers or a StyleGAN2"),
     "convert": ("cdiff_jax.convert.__main__:main", "convert an official checkpoint into a cdiff_jax checkpoint"),
     "evaluate": (None, "evaluate on the toy faces (default: the miniature evaluation); see `cdiff evaluate --help`"),
 }

@@ -32,11 +32,11 @@ from cdiff_jax import latents, requests, viz
 from cdiff_jax.checkpoint import NotACheckpointError, atomic_directory, load_system
 from cdiff_jax.data.masks import colorize, load_label_map
 from cdiff_jax.diffusion.collaboration import MODES, rule_for_mode
+from cdiff_jax.noise import normal
 from cdiff_jax.parallel import data_mesh, replicate, shard_batch
 from cdiff_jax.progress import SamplingBar, configure_logging, log
 from cdiff_jax.requests import UsageError
 from cdiff_jax.sampling import NonFiniteSamples, SamplerSettings, require_finite, sample
-from cdiff_jax.noise import normal
 
 SETTINGS_FILE = "settings.json"  # also what marks a folder as a previous run's, which may be replaced
 

@@ -22,8 +22,8 @@ def main(argv=None) -> int:
         description="Convert an official Collaborative Diffusion checkpoint (.ckpt or .safetensors) "
         "into a cdiff_jax checkpoint directory (config.json + orbax params/).",
     )
-    parser.add_argument("src", help="official checkpoint: {256,512}_{vae,mask,text,codiff_mask_text}.ckpt or .safetensors; "
-                        "or a StyleGAN2 generator: NVIDIA .pkl, rosinality / pSp / e4e .pt")
+    parser.add_argument("src", help="official checkpoint: {256,512}_{vae,mask,text,codiff_mask_text}.ckpt or "
+                        ".safetensors; or a StyleGAN2 generator: NVIDIA .pkl, rosinality / pSp / e4e .pt")
     parser.add_argument("dst", help="output directory (written atomically)")
     parser.add_argument(
         "--config",

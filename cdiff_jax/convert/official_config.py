@@ -46,7 +46,8 @@ def load_official_yaml(path: str | pathlib.Path) -> SystemConfig:
     if target == _TARGETS["ldm"]:
         return _latent_diffusion(params)
     if target == _TARGETS["codiff"]:
-        mask = _latent_diffusion(_read_model_section(_find_referenced(path, params["seg_mask_ldm_config_path"]))["params"])
+        mask = _latent_diffusion(
+            _read_model_section(_find_referenced(path, params["seg_mask_ldm_config_path"]))["params"])
         text = _latent_diffusion(_read_model_section(_find_referenced(path, params["text_ldm_config_path"]))["params"])
         predictor = params["compose_unet_config"]["params"]["confidence_map_predictor_config"]["params"]
         diffuser = _unet(predictor)
@@ -63,7 +64,8 @@ def load_official_yaml(path: str | pathlib.Path) -> SystemConfig:
             schedule=_schedule(params),
             latent_size=params.get("image_size", text.latent_size),
         )
-    raise OfficialConfigError(f"{path}: unsupported model target {target!r}; expected one of {sorted(_TARGETS.values())}")
+    raise OfficialConfigError(f"{path}: unsupported model target {target!r}; "
+                              f"expected one of {sorted(_TARGETS.values())}")
 
 
 def _read_model_section(path: pathlib.Path) -> dict[str, Any]:

@@ -327,7 +327,8 @@ def load_nvidia_pickle(path: pathlib.Path) -> LoadedGenerator:
                                  "expected a stylegan2-ada-pytorch snapshot")
     g = snapshot["G_ema"]
     if g.class_name != NVIDIA_GENERATOR or g.init_args:
-        raise GANConversionError(f"{path}: G_ema is a persistent {g.class_name!r} (positional args {list(g.init_args)}); "
+        raise GANConversionError(f"{path}: G_ema is a persistent {g.class_name!r} "
+                                 f"(positional args {list(g.init_args)}); "
                                  "only stylegan2-ada-pytorch's Generator, built from keyword arguments, is supported")
     cfg = config_from_init_kwargs(g.init_kwargs)
     return LoadedGenerator(network_from_state_dict(g.state_dict(), cfg, nvidia_key_map(cfg)), "nvidia-pickle")

@@ -32,10 +32,10 @@ from etils import epath
 from PIL import Image
 
 from cdiff_jax.data.images import open_image
-from cdiff_jax.weights.state_dict_io import read_tensor
 from cdiff_jax.data.masks import MASK_SIZE, NUM_CLASSES, load_label_map, resize_label_map
 from cdiff_jax.data.scribbles import SCRIBBLE_SIZE, load_strokes, resize_strokes, scribble_from_labels
 from cdiff_jax.progress import configure_logging
+from cdiff_jax.weights.state_dict_io import read_tensor
 
 log = logging.getLogger(__name__)
 

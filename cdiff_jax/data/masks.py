@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-from typing import Iterable, Union
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image
@@ -34,7 +34,7 @@ PALETTE = np.array(
 )
 PALETTE.flags.writeable = False
 
-LabelSource = Union[str, os.PathLike, np.ndarray, Image.Image]
+LabelSource = str | os.PathLike | np.ndarray | Image.Image
 
 _HELP = ("use a label PNG whose pixel values are class ids 0..18 (palette or grayscale) "
          "or an RGB mask painted in the CelebAMask-HQ colours (cdiff_jax.data.masks.PALETTE)")
@@ -130,7 +130,7 @@ def one_hot_mask(labels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.eye(NUM_CLASSES, dtype=np.float32)[labels.reshape(-1)].T)
 
 
-def masks_to_onehot(masks: Union[np.ndarray, Iterable[LabelSource]], size: int = MASK_SIZE) -> np.ndarray:
+def masks_to_onehot(masks: np.ndarray | Iterable[LabelSource], size: int = MASK_SIZE) -> np.ndarray:
     """Batch of label maps (array [B, H, W] or list of paths/arrays/images) -> float32 [B, 19, size*size]."""
     items = list(masks)
     if not items:
@@ -143,7 +143,7 @@ def colorize(labels: np.ndarray) -> np.ndarray:
     return PALETTE[_check_labels(labels)]
 
 
-def save_label_png(path: Union[str, os.PathLike], labels: np.ndarray) -> pathlib.Path:
+def save_label_png(path: str | os.PathLike, labels: np.ndarray) -> pathlib.Path:
     """Write a palette PNG (index = class id, palette = PALETTE), atomically via a temp file + rename.
 
     This is the format the reference reads, and it also views correctly in any image viewer.

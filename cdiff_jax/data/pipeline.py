@@ -9,7 +9,8 @@ exactly the batches it would have seen.
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -62,7 +63,8 @@ class GlobalBatchSampler:
                 f"seed={self.seed}, shuffle={self.shuffle}, process_index={self.process_index}, "
                 f"local_batch={self.local_batch}, max_index={self.max_index})")
 
-    @functools.lru_cache(maxsize=2)
+    # The sampler lives as long as its loader; the cache keeps at most two epochs' permutations.
+    @functools.lru_cache(maxsize=2)  # noqa: B019
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
 

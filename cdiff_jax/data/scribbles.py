@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterable, Union
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image
 
-from cdiff_jax.data.images import UnreadableImage, open_image
+from cdiff_jax.data.images import open_image
 
 SCRIBBLE_SIZE = 64  # the stored side length: the toy faces' resolution, twice the default token map
 
-ScribbleSource = Union[str, os.PathLike, np.ndarray, Image.Image]
+ScribbleSource = str | os.PathLike | np.ndarray | Image.Image
 
 _HELP = "draw white lines (>= 128) on a black background, as a grayscale or RGB PNG"
 

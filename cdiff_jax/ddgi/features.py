@@ -71,8 +71,9 @@ def heads_config(system_cfg: SystemConfig, gan_cfg: StyleGAN2Config, experts: tu
     graphdef, state = nnx.split(abstract_system(system_cfg))
     size = system_cfg.latent_size
     x = jax.ShapeDtypeStruct((1, size, size, system_cfg.autoencoder.embed_dim), jnp.float32)
-    conditions = {name: jnp.asarray(kind_entry(system_cfg.modalities[name].kind).null(system_cfg.modalities[name].encoder))
-                  for name in experts}
+    conditions = {
+        name: jnp.asarray(kind_entry(system_cfg.modalities[name].kind).null(system_cfg.modalities[name].encoder))
+        for name in experts}
 
     def read(state, x):
         return read_features(nnx.merge(graphdef, state), x, jnp.zeros((1,), jnp.int32), conditions, experts, up_blocks)

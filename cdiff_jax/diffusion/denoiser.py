@@ -48,7 +48,8 @@ def predict(
     names = tuple(contexts)
     expert_eps = jnp.stack([_expert_eps(system, n, x, t, contexts[n], guidance) for n in names])
     if len(names) == 1:
-        return Prediction(eps=expert_eps[0], expert_eps=expert_eps, logits=None, weights=jnp.ones_like(expert_eps[..., :1]))
+        return Prediction(eps=expert_eps[0], expert_eps=expert_eps, logits=None,
+                          weights=jnp.ones_like(expert_eps[..., :1]))
     if isinstance(reweighting, EqualWeights):
         weights = jnp.full_like(expert_eps[..., :1], 1.0 / len(names))
         return Prediction(eps=combine(expert_eps, weights), expert_eps=expert_eps, logits=None, weights=weights)

@@ -6,9 +6,9 @@ explicit argument instead of living on a model object.
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from cdiff_jax.config import ScheduleConfig

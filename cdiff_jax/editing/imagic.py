@@ -21,8 +21,8 @@ import optax
 from flax import nnx
 
 from cdiff_jax.diffusion.schedule import Schedule, q_sample
-from cdiff_jax.optimization import LoopPolicy, NonFiniteStep, adam, first_rejected, loop_policy, run_steps
 from cdiff_jax.noise import normal
+from cdiff_jax.optimization import LoopPolicy, NonFiniteStep, adam, first_rejected, loop_policy, run_steps
 
 STAGES = ("embedding", "finetune")
 

@@ -40,10 +40,10 @@ from cdiff_jax.diffusion.collaboration import MODES, rule_for_mode
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.editing.imagic import ImagicSettings, finetune_expert, optimise_embedding
 from cdiff_jax.editing.sweep import alpha_sweep
+from cdiff_jax.noise import normal
 from cdiff_jax.progress import SamplingBar, bar, configure_logging, log
 from cdiff_jax.requests import UsageError
 from cdiff_jax.sampling import NonFiniteSamples, SamplerSettings, require_finite
-from cdiff_jax.noise import normal
 
 # The collaborative editing script's sweep.
 DEFAULT_ALPHAS = "0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1,1.125,1.25,1.375,1.5,1.625,1.75,1.875,2,2.5"

@@ -14,8 +14,8 @@ import numpy as np
 from flax import nnx
 
 from cdiff_jax.diffusion.ddim import ddim_timesteps
-from cdiff_jax.sampling import SamplerSettings, sample_from_contexts
 from cdiff_jax.noise import normal
+from cdiff_jax.sampling import SamplerSettings, sample_from_contexts
 
 
 def interpolate(target: jax.Array, optimised: jax.Array, alpha) -> jax.Array:

@@ -264,7 +264,7 @@ class SynthesisNetwork(nnx.Module):
         if noise is not None:
             if len(noise) != len(layers):
                 raise ValueError(f"noise: got {len(noise)} arrays, the generator has {len(layers)} noise layers "
-                                 f"(resolutions {[l.noise_const.shape[0] for l in layers]})")
+                                 f"(resolutions {[layer.noise_const.shape[0] for layer in layers]})")
             return list(noise)
         if noise_mode == "none":
             return [None] * len(layers)

@@ -24,8 +24,8 @@ import optax
 from flax import nnx, struct
 
 from cdiff_jax.nn.autoencoder import posterior_sample
-from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
 from cdiff_jax.noise import normal
+from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
 
 ADAPTIVE_WEIGHT_EPS = 1e-4
 ADAPTIVE_WEIGHT_MAX = 1e4

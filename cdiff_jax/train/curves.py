@@ -3,7 +3,8 @@
     python -m cdiff_jax.train.curves runs/demo/autoencoder runs/demo/expert_text --out curves.png
 
 One panel per run: the training loss per logged step (grey; the reconstruction term for the
-autoencoder) with its running mean (blue) and the validation loss (orange dots), on a log scale when the values span more than a factor of ten.
+autoencoder) with its running mean (blue) and the validation loss (orange dots), on a log scale
+when the values span more than a factor of ten.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from cdiff_jax.optimization import LoopPolicy, adam, loop_policy, run_steps
 from cdiff_jax.noise import normals
+from cdiff_jax.optimization import LoopPolicy, adam, loop_policy, run_steps
 
 ADAM_BETAS = (0.0, 0.99)
 

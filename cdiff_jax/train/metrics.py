@@ -16,7 +16,7 @@ import pathlib
 import socket
 import struct
 import time
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 FILE_VERSION = "brain.Event:2"
 JSONL_NAME = "metrics.jsonl"

@@ -15,8 +15,8 @@ from cdiff_jax.diffusion.denoiser import encode_conditions, predict
 from cdiff_jax.diffusion.schedule import Schedule, q_sample
 from cdiff_jax.latents import latent_shape
 from cdiff_jax.modalities import KINDS, kind_entry
-from cdiff_jax.system import LatentDiffusionSystem
 from cdiff_jax.noise import normal
+from cdiff_jax.system import LatentDiffusionSystem
 
 # Which batch field (from cdiff_jax.data.pipeline) conditions each kind of modality.
 BATCH_KEYS = {kind: entry.batch_key for kind, entry in KINDS.items()}

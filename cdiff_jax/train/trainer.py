@@ -9,10 +9,10 @@ checkpoint, and at intervals writes validation loss, sample grids and checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import pathlib
-import contextlib
 import signal
 import tempfile
 import threading
@@ -23,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cdiff_jax import viz
 from cdiff_jax.checkpoint import load_config as load_config_of
 from cdiff_jax.checkpoint import load_generator, load_system, save_generator, save_system
 from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig, load_config
-from cdiff_jax.latents import reconstruct
-from cdiff_jax.progress import ProgressLine, log
 from cdiff_jax.data import toy_faces
 from cdiff_jax.data.celeba_multimodal import data_sources
 from cdiff_jax.data.pipeline import ToModelInputs, make_loader, restore_iterator_state, save_iterator_state
@@ -35,14 +34,17 @@ from cdiff_jax.ddgi.features import heads_config
 from cdiff_jax.ddgi.heads import DDGIHeads, load_heads, save_heads
 from cdiff_jax.ddgi.trajectories import DDGIInputs, TrajectoryCache
 from cdiff_jax.diffusion.schedule import make_schedule
-from cdiff_jax.optimization import adam
-from cdiff_jax.parallel import data_mesh, global_batch, param_sharding, replicate
-from cdiff_jax.sampling import SamplerSettings, sample
+from cdiff_jax.latents import reconstruct
 from cdiff_jax.nn.autoencoder import posterior_sample
 from cdiff_jax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from cdiff_jax.nn.lpips import LPIPS
 from cdiff_jax.nn.stylegan2 import Generator, generate
 from cdiff_jax.nn.stylegan2_discriminator import Discriminator
+from cdiff_jax.noise import normal
+from cdiff_jax.optimization import adam
+from cdiff_jax.parallel import data_mesh, global_batch, param_sharding, replicate
+from cdiff_jax.progress import ProgressLine, log
+from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system, init_system
 from cdiff_jax.train import autoencoder_step, gan_step
 from cdiff_jax.train.checkpoints import TrainCheckpoints
@@ -51,8 +53,6 @@ from cdiff_jax.train.ddgi_step import DDGI_STAGES, DDGIObjective, ddgi_images, d
 from cdiff_jax.train.metrics import MetricsWriter
 from cdiff_jax.train.objectives import BATCH_KEYS, diffusion_loss
 from cdiff_jax.train.step import StepSettings, init_train_state, train_steps, trainable_filter, trainable_prefixes
-from cdiff_jax import viz
-from cdiff_jax.noise import normal
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,7 +81,8 @@ def build_system(cfg: TrainConfig) -> LatentDiffusionSystem:
             if path[: len(parts)] != parts:
                 continue
             if path not in flat or flat[path].shape != value.shape:
-                raise ValueError(f"init_from {directory}: {'.'.join(map(str, path))} does not fit the system being trained")
+                raise ValueError(f"init_from {directory}: {'.'.join(map(str, path))} "
+                                 "does not fit the system being trained")
             flat[path].set_value(value.get_value())
             copied += 1
         if not copied:
@@ -275,8 +276,9 @@ def diffusion_stage(cfg: TrainConfig, mesh) -> Stage:
                                   rngs=nnx.Rngs(cfg.seed + 1))
         disc_graphdef, disc_params = nnx.split(disc)
         tx = disc_tx = adam(cfg.learning_rate, betas=autoencoder_step.ADAM_BETAS)
-        objective = autoencoder_step.AutoencoderObjective(kl_weight=cfg.kl_weight, perceptual_weight=cfg.perceptual_weight,
-                                         disc_start=cfg.disc_start, disc_weight=cfg.disc_weight)
+        objective = autoencoder_step.AutoencoderObjective(kl_weight=cfg.kl_weight,
+                                                          perceptual_weight=cfg.perceptual_weight,
+                                                          disc_start=cfg.disc_start, disc_weight=cfg.disc_weight)
         state = autoencoder_step.init_autoencoder_state(params, tx, disc_params, disc_tx)
         return Stage(
             state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
@@ -285,7 +287,8 @@ def diffusion_stage(cfg: TrainConfig, mesh) -> Stage:
                 graphdef, frozen, state, batches, key, tx, disc_graphdef, disc_tx, lpips, objective),
             write_samples=lambda p, path: write_reconstructions(cfg, nnx.merge(graphdef, p, frozen), test, path),
             export=export,
-            evaluate=lambda p, batch, k: _eval_reconstruction(graphdef, p, frozen, batch, k, lpips, cfg.perceptual_weight),
+            evaluate=lambda p, batch, k: _eval_reconstruction(graphdef, p, frozen, batch, k, lpips,
+                                                              cfg.perceptual_weight),
             test_source=test,
         )
     tx = adam(cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -312,7 +315,8 @@ def gan_stage(cfg: TrainConfig, mesh) -> Stage:
                          f"{type(g_cfg).__name__}; name a config returning a StyleGAN2Config (e.g. toy_gan.py)")
     if cfg.resolution != g_cfg.img_resolution:
         raise ValueError(f"the generator makes {g_cfg.img_resolution}x{g_cfg.img_resolution} images but the data "
-                         f"resolution is {cfg.resolution}; set resolution={g_cfg.img_resolution} or change the generator")
+                         f"resolution is {cfg.resolution}; set resolution={g_cfg.img_resolution} "
+                         "or change the generator")
     if cfg.r1_interval % cfg.steps_per_call:
         raise ValueError(f"steps_per_call {cfg.steps_per_call} must divide r1_interval {cfg.r1_interval} (an R1 "
                          "iteration is the first of a call)")
@@ -532,7 +536,8 @@ def write_samples(cfg, graphdef, params, frozen, source, path: pathlib.Path) -> 
     """A grid sampled from the first test conditions (every process computes, the first writes)."""
     system = nnx.merge(graphdef, params, frozen)
     examples = [ToModelInputs().map(source[i]) for i in range(cfg.sample_count)]
-    conditions = {name: np.stack([e[BATCH_KEYS[m.kind]] for e in examples]) for name, m in system.cfg.modalities.items()}
+    conditions = {name: np.stack([e[BATCH_KEYS[m.kind]] for e in examples])
+                  for name, m in system.cfg.modalities.items()}
     size, channels = system.cfg.latent_size, system.cfg.autoencoder.embed_dim
     x_T = normal(jax.random.key(cfg.seed), (cfg.sample_count, size, size, channels))
     g, state = nnx.split(system)

@@ -8,10 +8,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, assemble_state_dict, png_header_only, reference_config
 from flax import nnx
 from PIL import Image
 
-from conftest import REPO, assemble_state_dict, png_header_only, reference_config
 from cdiff_jax.checkpoint import save_system
 from cdiff_jax.commands.sample import main
 from cdiff_jax.config import load_config
@@ -156,5 +156,6 @@ def test_edit_is_a_subcommand_of_the_same_script(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "sample.py"), "edit", "--image", str(tmp_path / "none.png"),
                              "--text", "a man", "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: --image {tmp_path / 'none.png'}: no such file")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"error: --image {tmp_path / 'none.png'}: no such file")
     assert not (tmp_path / "out").exists()

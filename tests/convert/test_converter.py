@@ -7,10 +7,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import assemble_state_dict, reference_config
 from flax import nnx
 from safetensors.numpy import save_file
 
-from conftest import assemble_state_dict, reference_config
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.config import load_config
 from cdiff_jax.convert import keymap

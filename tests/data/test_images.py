@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import png_header_only
+from PIL import Image
 
 from cdiff_jax.data.images import MAX_PIXELS, UnreadableImage, open_image
 

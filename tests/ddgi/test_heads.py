@@ -98,7 +98,8 @@ def test_a_few_adam_steps_fit_m_and_then_t_to_a_target_code():
     assert loss_t < loss_m
     # Stage 2 leaves M untouched.
     untouched = nnx.state(nnx.merge(graphdef, after_t), nnx.PathContains("mapping"))
-    jax.tree.map(np.testing.assert_array_equal, untouched, nnx.state(nnx.merge(graphdef, after_m), nnx.PathContains("mapping")))
+    jax.tree.map(np.testing.assert_array_equal, untouched,
+                 nnx.state(nnx.merge(graphdef, after_m), nnx.PathContains("mapping")))
 
 
 @pytest.mark.parametrize("bad, match", [

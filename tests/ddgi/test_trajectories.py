@@ -7,10 +7,10 @@ from flax import nnx
 
 from cdiff_jax.config import load_config
 from cdiff_jax.ddgi.trajectories import TrajectoryCache, TrajectorySettings, build_cache, parse_conditions
-from cdiff_jax.viz import to_uint8
 from cdiff_jax.noise import normal
 from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.system import init_system
+from cdiff_jax.viz import to_uint8
 
 SETTINGS = TrajectorySettings(steps=4, kept=(1, 2, 4), seed=3, batch=2)
 

@@ -3,8 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import assert_close_rel, nhwc, reference_system
+
 from cdiff_jax.diffusion.collaboration import Reweighting, decay, influence_weights
 from cdiff_jax.diffusion.denoiser import predict
 

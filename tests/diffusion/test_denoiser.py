@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_close_rel, reference_system
 from flax import nnx
 
-from conftest import assert_close_rel, reference_system
 from cdiff_jax.config import TextEncoderConfig
 from cdiff_jax.diffusion.collaboration import EqualWeights
 from cdiff_jax.diffusion.denoiser import expert_features, predict

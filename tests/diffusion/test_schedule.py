@@ -7,11 +7,11 @@ may differ by an ulp between CPUs and builds, which can move the float32 result 
 
 import jax.numpy as jnp
 import numpy as np
-
 from conftest import assert_close_rel, nhwc, reference_config
+
 from cdiff_jax.convert.keymap import SCHEDULE_BUFFERS
-from cdiff_jax.weights.state_dict_io import read_state_dict
 from cdiff_jax.diffusion.schedule import make_schedule, q_sample, reference_buffers
+from cdiff_jax.weights.state_dict_io import read_state_dict
 
 
 def test_buffers_equal_the_reference(fixtures_root):

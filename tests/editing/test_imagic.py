@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import with_random_zero_layers
 from flax import nnx
 
 from cdiff_jax.config import load_config
-from conftest import with_random_zero_layers
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.editing.imagic import ImagicSettings, _adam_iterations, finetune_expert, imagic_loss, optimise_embedding
 from cdiff_jax.optimization import ACCELERATOR, CPU, POLICY_ENV, NonFiniteStep, adam

@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import reference_system
 from PIL import Image
 
-from conftest import reference_system
 from cdiff_jax.checkpoint import save_system
 from cdiff_jax.config import load_config
 from cdiff_jax.data.masks import save_label_png

@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from conftest import with_random_zero_layers
 from flax import nnx
 
 from cdiff_jax.config import load_config
-from conftest import with_random_zero_layers
 from cdiff_jax.editing.sweep import alpha_sweep, interpolate
 from cdiff_jax.sampling import SamplerSettings, sample_from_contexts
 from cdiff_jax.system import init_system

@@ -1,4 +1,5 @@
-"""The weighting diagnostic: its closed-form fit, its two partitions into regions, and a run on the shipped demo models."""
+"""The weighting diagnostic: its closed-form fit, its two partitions into regions, and a run on the shipped demo
+models."""
 
 import json
 

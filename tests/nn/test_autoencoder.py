@@ -5,17 +5,18 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_close_rel, nhwc, reference_system, with_forms
 from flax import nnx
 
-from conftest import assert_close_rel, nhwc, reference_system, with_forms
 from cdiff_jax.config import AutoencoderConfig
-from cdiff_jax.nn.kernels import PLAIN_FORMS, KernelForms
 from cdiff_jax.nn.autoencoder import AutoencoderKL, posterior_sample
+from cdiff_jax.nn.kernels import PLAIN_FORMS, KernelForms
 
 
 @pytest.fixture(scope="module", params=["ckpt", "safetensors"])
 def reference(fixtures_root, request):
-    return reference_system(fixtures_root, "vae", request.param).autoencoder, np.load(fixtures_root / "autoencoder/io.npz")
+    return (reference_system(fixtures_root, "vae", request.param).autoencoder,
+            np.load(fixtures_root / "autoencoder/io.npz"))
 
 
 def test_posterior_and_reconstructions(reference):
@@ -63,8 +64,8 @@ def test_a_latent_shift_centres_the_diffusion_latents_and_decoding_undoes_it(fix
     assert np.abs(np.asarray(z).mean(axis=(0, 1, 2))).max() < 1e-5 * np.abs(np.asarray(z)).max()
     assert_close_rel(shifted.encode_latent(x, noise), plain.encode_latent(x, noise) - plain.cfg.scale_factor * mean,
                      name="shifted latent")
-    assert_close_rel(shifted.decode_latent(shifted.encode_latent(x, noise)), plain.decode_latent(plain.encode_latent(x, noise)),
-                     name="decoded")
+    assert_close_rel(shifted.decode_latent(shifted.encode_latent(x, noise)),
+                     plain.decode_latent(plain.encode_latent(x, noise)), name="decoded")
 
 
 def test_a_latent_shift_needs_one_entry_per_channel():

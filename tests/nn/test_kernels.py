@@ -11,8 +11,16 @@ from flax import nnx
 
 from cdiff_jax.config import UNetConfig
 from cdiff_jax.nn import kernels
-from cdiff_jax.nn.kernels import (CPU_FORMS, PLAIN_FORMS, KernelForms, attention, forced_kernel_forms,
-                                  kernel_forms, multi_head_attention, upsample_conv3x3)
+from cdiff_jax.nn.kernels import (
+    CPU_FORMS,
+    PLAIN_FORMS,
+    KernelForms,
+    attention,
+    forced_kernel_forms,
+    kernel_forms,
+    multi_head_attention,
+    upsample_conv3x3,
+)
 from cdiff_jax.nn.unet import UNet
 
 
@@ -50,7 +58,9 @@ def _forward(graphdef, state, x, t, context):
 def test_the_forms_live_in_the_graphdef_so_jit_compiles_each_form_apart():
     """A form chosen from mutable state at trace time would reuse a program compiled for another."""
     inputs = (jnp.ones((1, 8, 8, 4)), jnp.asarray([5]), jnp.ones((1, 3, 8)))
-    build = lambda seed, forms=None: nnx.split(nnx.eval_shape(lambda: UNet(TINY, rngs=nnx.Rngs(seed), forms=forms)))
+    def build(seed, forms=None):
+        return nnx.split(nnx.eval_shape(lambda: UNet(TINY, rngs=nnx.Rngs(seed), forms=forms)))
+
     cpu, plain, again = build(0, CPU_FORMS), build(0, PLAIN_FORMS), build(1, CPU_FORMS)
     assert cpu[0] == again[0] and hash(cpu[0]) == hash(again[0])  # one compile for equal forms
     assert cpu[0] != plain[0]
@@ -88,7 +98,9 @@ def test_attention_equals_plain_softmax_attention(form, tokens, keys, heads, wid
 def test_attention_gradients_equal_those_of_plain_softmax_attention():
     rng = np.random.default_rng(1)
     q, k, v = (jnp.asarray(rng.normal(size=(1, n, 24)), jnp.float32) for n in (48, 30, 30))
-    loss = lambda attention: lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, 3)))
+    def loss(attention):
+        return lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, 3)))
+
     ours = jax.grad(loss(multi_head_attention), argnums=(0, 1, 2))(q, k, v)
     plain = jax.grad(loss(plain_attention), argnums=(0, 1, 2))(q, k, v)
     for a, b in zip(ours, plain):

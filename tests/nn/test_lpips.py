@@ -3,16 +3,18 @@
 import numpy as np
 import pytest
 import safetensors.numpy
-
 from conftest import LPIPS_PREFIX as PREFIX
 from conftest import lpips_state_dict
+
 from cdiff_jax.nn.lpips import LPIPS, LPIPS_VGG_CONV_INDICES, SCALE, SHIFT, VGG16_LAYOUT
 from cdiff_jax.weights.state_dict_io import CheckpointReadError
+
 
 def _conv3x3(x, w, b):
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     h, wd = x.shape[2:]
-    out = sum(np.einsum("bchw,oc->bohw", xp[:, :, i:i + h, j:j + wd], w[:, :, i, j]) for i in range(3) for j in range(3))
+    out = sum(np.einsum("bchw,oc->bohw", xp[:, :, i:i + h, j:j + wd], w[:, :, i, j])
+              for i in range(3) for j in range(3))
     return out + b[None, :, None, None]
 
 

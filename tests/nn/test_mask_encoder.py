@@ -2,8 +2,8 @@
 
 import jax.numpy as jnp
 import numpy as np
-
 from conftest import assert_close_rel, reference_system
+
 from cdiff_jax.data.masks import masks_to_onehot
 
 

@@ -17,8 +17,8 @@ from flax import nnx
 from cdiff_jax.config import StyleGAN2Config
 from cdiff_jax.convert.stylegan2 import (
     config_from_init_kwargs,
-    network_from_state_dict,
     load_gan_file,
+    network_from_state_dict,
     nvidia_key_map,
 )
 from cdiff_jax.nn import stylegan2 as sg
@@ -173,7 +173,8 @@ def test_nvidia_wplus_inputs(nvidia):
     assert_close_rel(ws2, io["ws2"], name="ws2")
     ws_mix = ws.at[:, io["mix_layers"]].set(ws2[:, io["mix_layers"]])
     t = jnp.asarray(io["interp_t"])[:, None, None]
-    perlayer = jnp.stack([nvidia.ws(io["z_perlayer"][:, l], c)[:, 0] for l in range(io["z_perlayer"].shape[1])], 1)
+    perlayer = jnp.stack([nvidia.ws(io["z_perlayer"][:, layer], c)[:, 0]
+                          for layer in range(io["z_perlayer"].shape[1])], 1)
     cases = {"mix": ws_mix, "interp": ws + t * (ws2 - ws),
              "wplus_offsets": nvidia.generator.mapping.w_avg[...] + io["wplus_offsets"], "wplus_perlayer": perlayer}
     for name, codes in cases.items():
@@ -236,7 +237,8 @@ def test_rosinality_images(rosinality):
     mixed = jnp.concatenate([ws[:, :cut], ws2[:, cut:]], axis=1)
     assert_close_rel(mixed, io["latent_mix"], name="latent_mix")
     assert_close_rel(rosinality.generator.mapping.w_avg[...] + io["wplus_offsets"], io["wplus"], name="wplus")
-    cases = {"img_const": jnp.asarray(io["latent"]), "img_w": ws, "img_mix": mixed, "img_wplus": jnp.asarray(io["wplus"])}
+    cases = {"img_const": jnp.asarray(io["latent"]), "img_w": ws, "img_mix": mixed,
+             "img_wplus": jnp.asarray(io["wplus"])}
     for key in [k for k in io if re.fullmatch(r"img_trunc[\d.]+", k)]:
         psi = key[len("img_trunc"):]
         truncated = rosinality.ws(io["z"], truncation_psi=float(psi))

@@ -3,8 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import assert_close_rel, reference_system
+
 from cdiff_jax.text.tokenizer import caption_tokenizer
 
 

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_close_rel, nhwc, reference_system, with_forms
 from flax import nnx
 
-from conftest import assert_close_rel, nhwc, reference_system, with_forms
 from cdiff_jax.config import UNetConfig
 from cdiff_jax.nn.kernels import CPU_FORMS, PLAIN_FORMS, KernelForms, kernel_forms
 from cdiff_jax.nn.unet import UNet, timestep_embedding

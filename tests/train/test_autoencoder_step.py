@@ -9,8 +9,8 @@ from flax import nnx
 
 from cdiff_jax.config import load_config
 from cdiff_jax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
-from cdiff_jax.system import init_system
 from cdiff_jax.optimization import adam
+from cdiff_jax.system import init_system
 from cdiff_jax.train.autoencoder_step import (
     ADAM_BETAS,
     AutoencoderObjective,
@@ -28,7 +28,8 @@ COMPARE_TX = optax.sgd(1.0)
 def parts():
     system = init_system(load_config("tiny_system.py:text"), seed=0)
     graphdef, params, frozen = nnx.split(system, trainable_filter(trainable_prefixes("autoencoder", system.cfg)), ...)
-    disc_graphdef, disc_params = nnx.split(PatchDiscriminator(DiscriminatorConfig(filters=8, layers=2), rngs=nnx.Rngs(1)))
+    disc_graphdef, disc_params = nnx.split(PatchDiscriminator(DiscriminatorConfig(filters=8, layers=2),
+                                                              rngs=nnx.Rngs(1)))
     images = jax.random.uniform(jax.random.key(2), (1, 3, 32, 32, 3), minval=-1, maxval=1)
     return graphdef, params, frozen, disc_graphdef, disc_params, images
 
@@ -101,7 +102,8 @@ def test_matches_ldm_objective_with_the_discriminator_on(parts):
     noise = 1e-7 * max(np.abs(ref).max() for _, ref in steps)
     for ours_step, ref_step in steps:
         assert np.abs(ours_step - ref_step).max() <= 1e-4 * np.abs(ref_step).max() + noise
-    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(disc_params), jax.tree.leaves(parts[4]))) > 1e-3
+    assert max(float(jnp.abs(a - b).max())
+               for a, b in zip(jax.tree.leaves(disc_params), jax.tree.leaves(parts[4]))) > 1e-3
 
 
 def test_before_disc_start_only_the_autoencoder_learns(parts):

@@ -14,7 +14,8 @@ def _write(path, records):
 
 
 def test_one_panel_per_run_with_the_reconstruction_term_for_autoencoders(tmp_path):
-    _write(tmp_path / "vae/train/metrics.jsonl", [{"step": s, "loss": 1000.0 + s, "rec_loss": 1.0 / s} for s in range(1, 30)])
+    _write(tmp_path / "vae/train/metrics.jsonl",
+           [{"step": s, "loss": 1000.0 + s, "rec_loss": 1.0 / s} for s in range(1, 30)])
     _write(tmp_path / "vae/val/metrics.jsonl", [{"step": 20, "loss": 0.06}])
     _write(tmp_path / "expert/train/metrics.jsonl", [{"step": s, "loss": 0.5 - s / 100} for s in range(1, 30)])
     steps, values = curves.read_metrics(tmp_path / "vae/train/metrics.jsonl", "rec_loss")

@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import assert_close_rel, nhwc, reference_config, reference_system
 from flax import nnx
 
-from conftest import assert_close_rel, nhwc, reference_config, reference_system
 from cdiff_jax.convert import keymap
 from cdiff_jax.diffusion.schedule import make_schedule
-from cdiff_jax.train.objectives import eps_loss
 from cdiff_jax.optimization import adam
+from cdiff_jax.train.objectives import eps_loss
 from cdiff_jax.train.step import StepSettings, init_train_state, train_steps, trainable_filter, trainable_prefixes
 
 
@@ -86,7 +86,8 @@ def test_scan_of_k_steps_equals_k_calls(fixtures_root):
     state = init_train_state(copy(params), tx)
     losses = []
     for i in range(3):
-        state, m = train_steps(graphdef, frozen, state, jax.tree.map(lambda x: x[i : i + 1], batches), schedule, key, tx)
+        state, m = train_steps(graphdef, frozen, state, jax.tree.map(lambda x: x[i : i + 1], batches), schedule, key,
+                               tx)
         losses.append(float(m.loss[0]))
     assert int(together.step) == 3 and bool(metrics.finite.all())
     np.testing.assert_allclose(metrics.loss, losses, rtol=1e-6)

@@ -13,15 +13,15 @@ import jax
 import numpy as np
 import pytest
 import safetensors.numpy
-from flax import nnx
-
 from conftest import REPO, lpips_state_dict
+from flax import nnx
+from trainer_runs import run_train, train_cmd
+
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.config import load_config
 from cdiff_jax.system import init_system
 from cdiff_jax.train import trainer
 from cdiff_jax.train.trainer import build_system
-from trainer_runs import run_train, train_cmd
 
 
 def test_a_run_writes_logs_checkpoints_samples_and_a_usable_system(data_dir, tmp_path):
@@ -64,7 +64,8 @@ def test_signal_handlers_are_restored_when_training_raises_or_stops(data_dir, tm
             during.append(signal.getsignal(signal.SIGINT))
             raise RuntimeError("a step failed")
 
-        monkeypatch.setattr(trainer, "diffusion_stage", lambda *a: dataclasses.replace(real_diffusion_stage(*a), run=failing))
+        monkeypatch.setattr(trainer, "diffusion_stage",
+                            lambda *a: dataclasses.replace(real_diffusion_stage(*a), run=failing))
         with pytest.raises(RuntimeError, match="a step failed"):
             trainer.train(cfg, tmp_path / "raised")
         assert during and during[0] is not ours  # the trainer's own handler while it trained

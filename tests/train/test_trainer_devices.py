@@ -8,7 +8,6 @@ import subprocess
 
 import jax
 import numpy as np
-
 from conftest import REPO
 from trainer_runs import run_train, train_cmd, trained_params
 

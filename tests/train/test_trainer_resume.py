@@ -6,7 +6,6 @@ import time
 
 import jax
 import numpy as np
-
 from conftest import REPO
 from trainer_runs import run_train, train_cmd, trained_params
 

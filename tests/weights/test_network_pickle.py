@@ -154,7 +154,8 @@ def _parameter(legacy: bytes, size: int) -> bytes:
 def _persistent(meta_without_state: dict, state_body: bytes) -> bytes:
     """_reconstruct_persistent_obj(meta), with meta's `state` given as opcodes."""
     items = b"".join(_body(k) + _body(v) for k, v in meta_without_state.items())
-    return _call("torch_utils.persistence", "_reconstruct_persistent_obj", b"}(" + items + _body("state") + state_body + b"u")
+    return _call("torch_utils.persistence", "_reconstruct_persistent_obj",
+                 b"}(" + items + _body("state") + state_body + b"u")
 
 
 def _write(tmp_path, data: bytes):

@@ -16,9 +16,9 @@ from cdiff_jax.weights.state_dict_io import (
     CheckpointReadError,
     LoadedCheckpoint,
     UnsafeCheckpointError,
-    rebuild_tensor,
     read_state_dict,
     read_tensor,
+    rebuild_tensor,
 )
 
 # --- A minimal writer of torch.save-style archives, so layouts torch would produce can be tested without it.
