@@ -96,8 +96,8 @@ def build_cache(system: LatentDiffusionSystem, examples: Sequence[dict], directo
             np.save(tmp / f"{name}.npy", np.concatenate(values))
         conditions = {}
         for name, field in fields.items():
-            values = [e[field] for e in examples]
-            if isinstance(values[0], str):
+            values = [e[field].decode() if isinstance(e[field], bytes) else e[field] for e in examples]
+            if isinstance(values[0], str):  # captions (TFDS gives bytes) go into the header as text
                 conditions[name] = {"field": field, "values": values}
             else:
                 np.save(tmp / f"condition_{name}.npy", np.stack(values))
@@ -149,7 +149,11 @@ class TrajectoryCache:
     def __getitem__(self, index: int) -> dict:
         record = {name: np.asarray(values[index]) for name, values in self.arrays.items()}
         for field, values in self.conditions.values():
-            record[field] = values[index] if isinstance(values, list) else np.asarray(values[index])
+            if isinstance(values, list):
+                record[field] = values[index]
+            else:  # a cache written before captions went into the header stored them as bytes
+                value = np.asarray(values[index])
+                record[field] = value.item().decode() if value.dtype.kind == "S" else value
         return record
 
     def __repr__(self) -> str:
