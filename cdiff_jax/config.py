@@ -297,8 +297,8 @@ def load_config(spec: str):
     try:
         return module.get_config(arg) if arg else module.get_config()
     except (KeyError, ValueError, TypeError) as err:
-        usage = (module.get_config.__doc__ or "").strip().splitlines()
-        hint = f" ({usage[0]})" if usage else ""
+        usage = " ".join((module.get_config.__doc__ or "").strip().split("\n\n")[0].split())  # its first paragraph
+        hint = f" ({usage})" if usage else ""
         reason = f"unknown name {err.args[0]!r}" if isinstance(err, KeyError) and err.args else err
         raise ValueError(f"config {spec!r}: {reason}{hint}") from None
 

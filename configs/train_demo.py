@@ -17,9 +17,12 @@ DDGI's toy StyleGAN2 (configs/toy_gan.py) trains on its own, on endless fresh to
 DDGI on the demo system and the toy GAN: sample the trajectory cache once, then the two stages in order:
 
     python -m cdiff_jax.ddgi.trajectories cdiff_jax/demo_models/collab data/toy_tfds runs/demo/ddgi/trajectories \
-        --count 2000
+        --count 1024
     python train.py --config configs/train_demo.py:ddgi_mapping --workdir runs/demo/ddgi/mapping
     python train.py --config configs/train_demo.py:ddgi_modulation --workdir runs/demo/ddgi/modulation
+    python train.py --config configs/train_demo.py:ddgi_modulation_ungated --workdir runs/demo/ddgi/modulation_ungated
+    python -m cdiff_jax.evaluation.ddgi_toy --gan runs/demo/gan/generator --mapping-heads runs/demo/ddgi/mapping/heads \
+        --heads runs/demo/ddgi/modulation/heads --ungated-heads runs/demo/ddgi/modulation_ungated/heads
 
 Each stage starts from the systems the earlier ones exported (`init_from`), so run them in order (the two
 experts need only the autoencoder). The evaluation's judges came from the same dataset:
@@ -35,11 +38,14 @@ GAN_STEPS = 3125  # 100k images
 # Fewer steps left artefacts in the autoencoder and a text expert that ignored its caption; both experts
 # train equally long so that neither wins the weighting by training length (docs/research_log.md,
 # "Measurement history moved from the code").
-STEPS = {"autoencoder": 4000, "expert_text": 4000, "expert_mask": 4000, "collab": 500, "gan": GAN_STEPS}
+STEPS = {"autoencoder": 4000, "expert_text": 4000, "expert_mask": 4000, "collab": 500, "gan": GAN_STEPS,
+         # sized to a working session on 2 cores (BENCHMARKS.md, "DDGI training"), not to convergence
+         "ddgi_mapping": 1200, "ddgi_modulation": 600}
 
 
 def get_config(arg: str = "collab") -> TrainConfig:
-    """`arg`: autoencoder, expert_text, expert_mask, collab, gan, ddgi_mapping or ddgi_modulation."""
+    """`arg`: autoencoder, expert_text, expert_mask, collab, gan, ddgi_mapping, ddgi_modulation or
+    ddgi_modulation_ungated (the attention-gating ablation)."""
     common = dict(data_dir="data/toy_tfds", resolution=64, test_size=1000, log_every=25, checkpoint_every=250,
                   keep_checkpoints=2, val_batches=4, sample_count=8, sample_steps=50)
     autoencoder = ("autoencoder", f"{RUNS}/autoencoder/system")
@@ -67,13 +73,14 @@ def get_config(arg: str = "collab") -> TrainConfig:
                            global_batch=GAN_BATCH, base_learning_rate=0.0025 / GAN_BATCH, steps=STEPS["gan"],
                            steps_per_call=1, data_workers=1, log_every=25, checkpoint_every=250, keep_checkpoints=2,
                            val_every=0, sample_every=250, sample_count=16)
-    if arg in ("ddgi_mapping", "ddgi_modulation"):
-        # Step counts and widths are first choices, not yet measured on the toy world.
-        start = () if arg == "ddgi_mapping" else (("heads", f"{RUNS}/ddgi/mapping/heads"),)
-        return TrainConfig(stage=arg, system="cdiff_jax/demo_models/collab", gan=f"{RUNS}/gan/generator",
+    if arg in ("ddgi_mapping", "ddgi_modulation", "ddgi_modulation_ungated"):
+        # Widths and the learning rate are first choices, not tuned on the toy world.
+        stage = arg.removesuffix("_ungated")
+        start = () if stage == "ddgi_mapping" else (("heads", f"{RUNS}/ddgi/mapping/heads"),)
+        return TrainConfig(stage=stage, system="cdiff_jax/demo_models/collab", gan=f"{RUNS}/gan/generator",
                            data_dir=f"{RUNS}/ddgi/trajectories", resolution=64, global_batch=16,
-                           base_learning_rate=1e-4 / 16, steps=2000 if arg == "ddgi_mapping" else 1000, init_from=start,
-                           ddgi_mapping_channels=128, ddgi_modulation_channels=64, log_every=25,
-                           checkpoint_every=250, keep_checkpoints=2, val_every=0, sample_every=250, sample_count=8)
-    raise ValueError(f"unknown demo stage {arg!r}; expected autoencoder, expert_text, expert_mask, collab, gan, "
-                     "ddgi_mapping or ddgi_modulation")
+                           base_learning_rate=1e-4 / 16, steps=STEPS[stage], init_from=start,
+                           ddgi_mapping_channels=128, ddgi_modulation_channels=64,
+                           ddgi_attention_gating=not arg.endswith("_ungated"), log_every=25, checkpoint_every=200,
+                           keep_checkpoints=2, val_every=0, sample_every=200, sample_count=8)
+    raise ValueError(f"unknown demo stage {arg!r}")
