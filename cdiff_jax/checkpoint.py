@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable
 
@@ -76,11 +77,30 @@ def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *,
     return save_config_and_state(directory, system.cfg.to_json(), nnx.state(system, nnx.Param), overwrite)
 
 
+def check_destination(directory: str | os.PathLike, overwrite: bool) -> pathlib.Path:
+    """Where a checkpoint may be written: a new path, or with `overwrite` one of our checkpoint directories
+    (config.json and params/, nothing else), never another folder or a file; checked before any work."""
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() or directory.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{directory} exists; choose a new output path or replace it with --overwrite")
+        if not directory.is_dir() or {p.name for p in directory.iterdir()} != {CONFIG_FILE, PARAMS_DIR}:
+            raise FileExistsError(f"{directory} exists and is not a cdiff_jax checkpoint (config.json and params/ "
+                                  "only); --overwrite replaces only those: choose a new output path")
+    existing = directory.parent
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        tempfile.TemporaryDirectory(prefix=".cdiff-probe-", dir=existing).cleanup()
+    except OSError as err:
+        raise FileExistsError(f"cannot write {directory}: cannot create folders in {existing} ({err.strerror}); "
+                              "choose another output path") from None
+    return directory
+
+
 def save_config_and_state(directory, config_json: str, state: nnx.State, overwrite: bool) -> pathlib.Path:
     """config.json beside params/, written into a temporary directory and renamed into place."""
-    directory = pathlib.Path(directory).absolute()
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory} exists; choose a new output path or pass overwrite")
+    directory = check_destination(directory, overwrite)
     with atomic_directory(directory) as tmp:
         tmp.mkdir()
         (tmp / CONFIG_FILE).write_text(config_json)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cdiff_jax.checkpoint import save_system
+from cdiff_jax.checkpoint import check_destination, save_system
 from cdiff_jax.config import SystemConfig, load_config
 from cdiff_jax.convert import keymap
 from cdiff_jax.diffusion.schedule import reference_buffers
@@ -54,7 +54,7 @@ def detect_checkpoint_type(keys) -> str:
         return "vae"
     raise ConversionError(
         "cannot tell the checkpoint type from its keys: expected an official autoencoder, mask, text or "
-        "collaborative checkpoint (see shared spec), or pass --config"
+        "collaborative checkpoint; for another one pass --config with the architecture it was trained with"
     )
 
 
@@ -164,9 +164,11 @@ def convert_checkpoint(
 
     Without `config`, the released config matching the detected type and resolution is used.
     """
+    check_destination(dst, overwrite)
     loaded = read_state_dict(src)
-    checkpoint_type = detect_checkpoint_type(loaded.tensors)
-    cfg = config if config is not None else released_config_for(checkpoint_type, loaded.tensors)
-    system, report = system_from_state_dict(loaded.tensors, cfg, checkpoint_type)
+    if config is None:  # a given config says the type; the strict key map then checks the file against it
+        checkpoint_type = detect_checkpoint_type(loaded.tensors)
+        config = released_config_for(checkpoint_type, loaded.tensors)
+    system, report = system_from_state_dict(loaded.tensors, config, expected_type(config))
     save_system(dst, system, overwrite=overwrite)
     return report

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cdiff_jax.checkpoint import save_generator
+from cdiff_jax.checkpoint import check_destination, save_generator
 from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig
 from cdiff_jax.nn.stylegan2 import Generator, fir_filter
 from cdiff_jax.nn.stylegan2_discriminator import Discriminator
@@ -383,9 +383,7 @@ def load_gan_file(src) -> LoadedGenerator:
 
 def convert_generator(src, dst, *, overwrite: bool = False) -> LoadedGenerator:
     """Convert a released StyleGAN2 generator file into our checkpoint directory (config.json + params/)."""
-    dst = pathlib.Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} exists; choose a new output path or pass overwrite")
+    dst = check_destination(dst, overwrite)
     loaded = load_gan_file(src)
     save_generator(dst, loaded.generator, overwrite=overwrite)
     return loaded

@@ -128,3 +128,42 @@ def test_cli_bad_inputs_are_one_line_errors_and_write_nothing(fixtures_root, tmp
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert not dst.exists()
+
+
+def _one_line_refusal(result):
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+def test_overwrite_replaces_only_our_checkpoints(fixtures_root, tmp_path):
+    """Pointed at the source's own folder, --overwrite refuses: the .ckpt and the unrelated file stay."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    src = folder / "model.ckpt"
+    src.write_bytes((fixtures_root / "autoencoder/model.ckpt").read_bytes())
+    (folder / "notes.txt").write_text("mine")
+    config = ["--config", str(fixtures_root / "autoencoder/config.yaml")]
+    assert "not a cdiff_jax checkpoint" in _one_line_refusal(_convert_cli(src, folder, *config, "--overwrite"))
+    assert sorted(p.name for p in folder.iterdir()) == ["model.ckpt", "notes.txt"]
+    # a file as the destination: refused, nothing hidden left beside it
+    (tmp_path / "a_file").write_text("x")
+    assert "not a cdiff_jax checkpoint" in _one_line_refusal(_convert_cli(src, tmp_path / "a_file", *config,
+                                                                           "--overwrite"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "weights"]
+    # our own checkpoint is replaced whole
+    assert _convert_cli(src, tmp_path / "ours", *config).returncode == 0
+    assert _convert_cli(src, tmp_path / "ours", *config).returncode == 1  # exists, no --overwrite
+    assert _convert_cli(src, tmp_path / "ours", *config, "--overwrite").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "ours", "weights"]
+
+
+def test_a_given_config_skips_type_detection(fixtures_root, tmp_path):
+    """Keys the detector does not know: without --config the type is unknown; with it, the strict key map
+    says exactly which keys differ (here every one, under a foreign prefix)."""
+    tensors = {f"ema.{k}": v for k, v in assemble_state_dict(fixtures_root, "vae", "safetensors").items()}
+    src = tmp_path / "renamed.safetensors"
+    save_file(tensors, str(src))
+    assert "cannot tell the checkpoint type" in _convert_cli(src, tmp_path / "a").stderr
+    result = _convert_cli(src, tmp_path / "b", "--config", fixtures_root / "autoencoder/config.yaml")
+    assert result.returncode == 1 and "cannot tell" not in result.stderr and "unexpected: ema." in result.stderr
