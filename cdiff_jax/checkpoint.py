@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 
@@ -116,10 +118,15 @@ def save_arrays(directory: str | os.PathLike, tree) -> pathlib.Path:
     return directory
 
 
+STALE_SECONDS = 600  # a temporary sibling untouched this long was left by a killed process, not a running one
+
+
 @contextlib.contextmanager
 def atomic_directory(directory: pathlib.Path):
-    """Yield a temporary sibling path to fill; it replaces `directory` only if the block succeeds."""
+    """Yield a temporary sibling path to fill; it replaces `directory` only if the block succeeds.
+    Temporaries of ours that a killed process left beside `directory` are removed first."""
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
@@ -151,6 +158,16 @@ def load_arrays(directory: str | os.PathLike, like):
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(pathlib.Path(directory).absolute(), target)
+
+
+def _remove_stale_siblings(directory: pathlib.Path) -> None:
+    """Delete `.NAME.tmp-XXXXXXXX` and `.NAME.old-XXXXXXXX` beside `directory` (our names, see below) that have
+    not been touched for STALE_SECONDS."""
+    pattern = re.compile(rf"\.{re.escape(directory.name)}\.(tmp|old)-[0-9a-f]{{8}}")
+    now = time.time()
+    for sibling in directory.parent.iterdir():
+        if pattern.fullmatch(sibling.name) and sibling.is_dir() and now - sibling.stat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _replace_dir(new: pathlib.Path, target: pathlib.Path) -> None:

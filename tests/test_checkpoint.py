@@ -1,9 +1,11 @@
 """Checkpoint directories: round trip, atomic replacement, and one-line errors for foreign or damaged folders."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -135,3 +137,15 @@ def test_a_damaged_checkpoint_through_sample_py_is_one_line(saved, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "is damaged" in errors[0] and len(result.stderr.strip().splitlines()) <= 3
     assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_save_s_leftovers_are_removed_by_the_next_save_and_nothing_else_is(tmp_path):
+    stale, fresh = tmp_path / ".ckpt.tmp-0123abcd", tmp_path / ".ckpt.old-89abcdef"
+    foreign = [tmp_path / ".ckpt.tmp-notours", tmp_path / ".other.tmp-0123abcd", tmp_path / "ckpt.tmp-0123abcd"]
+    for folder in (stale, fresh, *foreign):
+        folder.mkdir()
+    old = time.time() - 2 * checkpoint.STALE_SECONDS
+    for folder in (stale, *foreign):
+        os.utime(folder, (old, old))
+    save_system(tmp_path / "ckpt", init_system(TINY, seed=0))
+    assert not stale.exists() and fresh.exists() and all(f.exists() for f in foreign)
