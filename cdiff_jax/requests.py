@@ -20,8 +20,11 @@ from cdiff_jax import conditions as cond
 from cdiff_jax.checkpoint import NotACheckpointError, load_config
 from cdiff_jax.config import ModalityConfig, SystemConfig
 from cdiff_jax.data.images import open_image
+from cdiff_jax.data.masks import load_label_map
 from cdiff_jax.diffusion.collaboration import MODES
 from cdiff_jax.diffusion.ddim import ddim_timesteps
+from cdiff_jax.progress import log
+from cdiff_jax.text.tokenizer import caption_tokenizer
 
 PACKAGE = pathlib.Path(__file__).resolve().parent
 # Shipped inside the package (setup.py's package_data), so the defaults work from an installed copy.
@@ -108,7 +111,13 @@ def caption(value: str, modality: ModalityConfig):
     """The caption's token ids [1, L] (and whether it was truncated)."""
     if not value.strip():
         raise UsageError("--text is empty; give a caption or leave out --text")
-    return cond.encode_captions([value], modality.encoder)
+    tokens = cond.encode_captions([value], modality.encoder)
+    tokenizer = caption_tokenizer(modality.encoder.max_len)
+    unknown, *special = tokenizer.convert_tokens_to_ids(["[UNK]", "[CLS]", "[SEP]", "[PAD]"])
+    words = [i for i in tokens.ids[0].tolist() if i not in special]
+    if all(i == unknown for i in words):
+        raise UsageError(f"--text {value!r} has no word the text encoder knows; write the caption in English words")
+    return tokens
 
 
 def mask(path, modality: ModalityConfig) -> np.ndarray:
@@ -116,6 +125,10 @@ def mask(path, modality: ModalityConfig) -> np.ndarray:
     if not pathlib.Path(path).is_file():
         raise UsageError(f"--mask {path}: no such file")
     try:
+        height, width = load_label_map(path).shape
+        if height != width:
+            log.warning("note: --mask %s is %dx%d, not square; it is resized to a square as the reference does, "
+                        "which stretches the face", path, width, height)
         return cond.encode_masks([path], modality.encoder)
     except (ValueError, OSError) as err:
         raise UsageError(f"--mask {path}: {err}") from None

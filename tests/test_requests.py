@@ -57,3 +57,16 @@ def test_output_folder_refuses_what_is_not_ours(tmp_path):
         R.output_folder(tmp_path / "full", is_ours=lambda p: False)
     with pytest.raises(UsageError, match="is a file"):
         R.output_folder(tmp_path / "full" / "x", is_ours=lambda p: True)
+
+
+def test_a_non_square_mask_is_accepted_with_a_note(tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    from cdiff_jax.config import load_config
+
+    Image.fromarray(np.ones((40, 64), np.uint8)).save(tmp_path / "wide.png")
+    modality = load_config("tiny_system.py:mask").modalities["mask"]
+    with caplog.at_level("WARNING", logger="cdiff_jax"):
+        onehot = R.mask(tmp_path / "wide.png", modality)
+    assert onehot.shape[0] == 1 and "is 64x40, not square" in caplog.text

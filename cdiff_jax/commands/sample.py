@@ -196,7 +196,9 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.checkpoint is None:
-        log.info("no --checkpoint: sampling the shipped demo models (64x64 toy faces) with an example mask and caption")
+        defaulted = [what for what, given in (("example mask", args.mask), ("example caption", args.text)) if not given]
+        log.info("no --checkpoint: sampling the shipped demo models (64x64 toy faces)%s",
+                 f" with their {' and '.join(defaulted)}" if defaulted else "")
     for name in request.truncated:
         log.warning("note: the --%s caption is longer than the text encoder's %d tokens and was truncated", name,
                     request.conditions[name].shape[-1])

@@ -94,6 +94,7 @@ CASES = {  # name: (checkpoint, arguments, what the message must name)
     "photo_as_mask": ("collab", ["--mask", "{root}/photo.png"], "--mask"),
     "mask_bomb": ("collab", ["--mask", "{root}/bomb.png"], "more pixels than any face or mask"),
     "empty_caption": ("text", ["--text", "  "], "--text is empty"),
+    "caption_without_words": ("text", ["--text", "\U0001F600 \U0001F389"], "no word the text encoder knows"),
     "not_a_checkpoint": ("{root}/foreign", TEXT, "not a cdiff_jax checkpoint"),
     "missing_modality": ("text", ["--mask", str(DEMO_MASK)], "drop --mask"),
     "no_condition": ("text", [], "give --mask, --text or both"),
