@@ -30,6 +30,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent
 # Shipped inside the package (setup.py's package_data), so the defaults work from an installed copy.
 DEMO_CHECKPOINT = PACKAGE / "demo_models" / "collab"
 DEMO_MASK = PACKAGE / "data" / "examples" / "face_mask.png"  # a held-out toy face's label map
+DEMO_GAN = PACKAGE / "demo_models" / "gan"  # the toy StyleGAN2 DDGI drives (configs/train_demo.py:gan)
+DEMO_DDGI_HEADS = PACKAGE / "demo_models" / "ddgi_heads"  # M + T trained on the demo system and the toy GAN
 DEMO_CAPTION = "This man has beard of medium length. He is in his thirties."
 # One run's samples share one compiled program and live in memory together; more images come from
 # more runs with other seeds, which cost no recompilation.

@@ -5,7 +5,7 @@
     python sample.py                       # the shipped demo models (64x64 toy faces), example mask and caption
     python sample.py edit --image face.png --text "..." --mask edited.png --out runs/edit   # see --help
     python sample.py gan --checkpoint checkpoints/stylegan2_ffhq --truncation 0.7           # see --help
-    python sample.py ddgi --gan GAN_DIR --heads HEADS_DIR --mask mask.png --text "..."      # see --help
+    python sample.py ddgi --mask mask.png --text "..."      # DDGI with the shipped toy GAN and heads; see --help
 
 Convert released weights first with `python -m cdiff_jax.convert SRC DST`. Everything a run
 writes goes into --out: one PNG per sample, a grid, the mask overlay, on request the influence

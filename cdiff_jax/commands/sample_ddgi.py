@@ -1,9 +1,11 @@
 """DDGI: faces from a mask and a caption through a StyleGAN2, read from the diffusion system at one step.
 
-    python sample.py ddgi --gan runs/demo/gan/generator --heads runs/demo/ddgi/modulation/heads \\
-        --mask mask.png --text "This man has a long beard. He is in his sixties." --at-step 50
+    python sample.py ddgi                  # the shipped demo system, toy GAN and heads, example mask and caption
+    python sample.py ddgi --mask mask.png --text "This man has a long beard. He is in his sixties." --at-step 10
+    python sample.py ddgi --checkpoint SYSTEM --gan GAN_DIR --heads HEADS_DIR --mask mask.png --text "..."
 
---checkpoint is the diffusion system the heads were trained on (default: the shipped demo models). --out gets
+--checkpoint is the diffusion system the heads were trained on (default: the shipped demo models, with the
+shipped toy GAN and heads unless --gan and --heads are given). --out gets
 the GAN images (images/), the diffusion model's own samples I^d_0 (diffusion/), a grid of both, the W+ codes
 (ws.npy) and settings.json; it is written beside --out and renamed into place when complete.
 """
@@ -35,8 +37,10 @@ def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sample.py ddgi", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="the diffusion system the heads read (default: the shipped demo models)")
-    p.add_argument("--gan", required=True, help="the generator checkpoint the heads were trained for")
-    p.add_argument("--heads", required=True, help="trained DDGI heads (a ddgi stage's WORKDIR/heads)")
+    p.add_argument("--gan", help="the generator checkpoint the heads were trained for (default with the demo "
+                   "models: the shipped toy GAN)")
+    p.add_argument("--heads", help="trained DDGI heads, a ddgi stage's WORKDIR/heads (default with the demo models: "
+                   "the shipped toy heads)")
     p.add_argument("--mask", help="face-parsing mask PNG (default with the demo models: the example mask)")
     p.add_argument("--text", help="caption (default with the demo models: the example caption)")
     p.add_argument("--at-step", type=int, help="the sampler step DDGI reads, 1..--steps (default the last)")
@@ -56,6 +60,11 @@ def main(argv=None) -> int:
         wanted = {name: value for name, value in (("mask", args.mask), ("text", args.text)) if value is not None}
         if args.checkpoint is None:
             wanted = {"mask": args.mask or str(requests.DEMO_MASK), "text": args.text or requests.DEMO_CAPTION}
+        gan = args.gan or (str(requests.DEMO_GAN) if args.checkpoint is None else None)
+        heads_dir = args.heads or (str(requests.DEMO_DDGI_HEADS) if args.checkpoint is None else None)
+        if gan is None or heads_dir is None:
+            raise UsageError("give --gan and --heads with --checkpoint: the GAN and the DDGI heads trained on that "
+                             "system's features")
         cfg = requests.checkpoint_config(checkpoint)
         requests.steps(args.steps, cfg.schedule.timesteps)
         at_step = args.steps if args.at_step is None else args.at_step
@@ -63,7 +72,7 @@ def main(argv=None) -> int:
             raise UsageError(f"--at-step {at_step}: give 1..{args.steps}, the step of the {args.steps}-step sampler "
                              "whose x_t DDGI reads (1 is pure noise)")
         conditions, _ = requests.conditions(cfg, wanted)
-        generator, heads = load_generator(args.gan), load_heads(args.heads)
+        generator, heads = load_generator(gan), load_heads(heads_dir)
         if generator.cfg.img_resolution != cfg.autoencoder.resolution:
             raise UsageError(f"--gan makes {generator.cfg.img_resolution}x{generator.cfg.img_resolution} images but "
                              f"the diffusion system {cfg.autoencoder.resolution}x{cfg.autoencoder.resolution}")
@@ -103,7 +112,7 @@ def main(argv=None) -> int:
             (-1,) + gan_images.shape[1:]), cols=2, col_labels=["diffusion I_0", f"DDGI at step {at_step}"]))
         np.save(tmp / "ws.npy", np.asarray(result.ws))
         (tmp / SETTINGS_FILE).write_text(json.dumps({
-            "checkpoint": checkpoint, "gan": args.gan, "heads": args.heads, **wanted, "at_step": at_step,
+            "checkpoint": checkpoint, "gan": gan, "heads": heads_dir, **wanted, "at_step": at_step,
             "steps": args.steps, "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 2)}, indent=2))
     print(f"wrote {args.batch} DDGI samples to {out} ({seconds:.1f}s including compilation)")
     return 0

@@ -61,3 +61,11 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(world, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_another_system_needs_its_own_gan_and_heads(world, tmp_path, capsys):
+    argv = ["ddgi", "--checkpoint", str(world / "system"), "--mask", MASK, "--text", "a man", "--out",
+            str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "give --gan and --heads with --checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
