@@ -16,7 +16,8 @@ from timing import matmul_flops_per_second
 
 from cdiff_jax.config import load_config
 from cdiff_jax.data.toy_faces import FreshToyFaces
-from cdiff_jax.train import trainer
+from cdiff_jax.parallel import data_mesh
+from cdiff_jax.train import stages
 from cdiff_jax.train.config import TrainConfig
 
 DEMO = "configs/train_demo.py:gan"
@@ -28,8 +29,8 @@ def main():
     p.add_argument("--iterations", type=int, default=6)
     args = p.parse_args()
     cfg: TrainConfig = load_config(DEMO).replace(global_batch=args.batch, data_dir="fresh-toy-faces:1000")
-    mesh = trainer.data_mesh()
-    stage = trainer.gan_stage(cfg, mesh)
+    mesh = data_mesh()
+    stage = stages.gan_stage(cfg, mesh)
     real = {"image": jnp.zeros((1, args.batch, 64, 64, 3), jnp.float32)}
     state = stage.state
     timings = {}

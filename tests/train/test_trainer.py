@@ -21,7 +21,7 @@ from cdiff_jax.checkpoint import load_system
 from cdiff_jax.config import load_config
 from cdiff_jax.system import init_system
 from cdiff_jax.train import trainer
-from cdiff_jax.train.trainer import build_system
+from cdiff_jax.train.stages import build_system
 
 
 def test_a_run_writes_logs_checkpoints_samples_and_a_usable_system(data_dir, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cdiff_jax.checkpoint import load_generator
-from cdiff_jax.train import trainer
+from cdiff_jax.train import stages, trainer
 from cdiff_jax.train.config import TrainConfig
 
 TINY_GAN = """
@@ -23,7 +23,7 @@ def tiny(tmp_path, monkeypatch):
     config.write_text(TINY_GAN)
     rng = np.random.default_rng(0)
     images = [{"image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)} for _ in range(64)]
-    monkeypatch.setattr(trainer, "gan_images", lambda cfg: images)
+    monkeypatch.setattr(stages, "gan_images", lambda cfg: images)
     return TrainConfig(stage="gan", system=str(config), data_dir="unused", resolution=8, global_batch=4,
                        base_learning_rate=0.002 / 4, steps=3, r1_interval=2, log_every=1, checkpoint_every=2,
                        val_every=0, sample_every=2, sample_count=4)
@@ -62,11 +62,11 @@ def test_bad_gan_settings_fail_in_one_line_before_training(tiny, tmp_path, chang
 def test_fresh_toy_faces_need_a_seed_of_their_own(tmp_path, data_dir, message):
     cfg = TrainConfig(stage="gan", system="toy_gan.py", data_dir=data_dir, resolution=64)
     with pytest.raises(ValueError, match=message):
-        trainer.gan_images(cfg)
+        stages.gan_images(cfg)
 
 
 def test_fresh_toy_faces_are_new_faces_at_the_training_resolution():
-    source = trainer.gan_images(TrainConfig(stage="gan", system="toy_gan.py", data_dir="fresh-toy-faces:7",
+    source = stages.gan_images(TrainConfig(stage="gan", system="toy_gan.py", data_dir="fresh-toy-faces:7",
                                             resolution=64))
     a, b = source[0]["image"], source[1]["image"]
     assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and not np.array_equal(a, b)
