@@ -127,6 +127,13 @@ class ScheduleConfig:
     linear_start: float = 0.0015
     linear_end: float = 0.0195
 
+    def __post_init__(self):
+        if not (isinstance(self.timesteps, int) and self.timesteps >= 2):
+            raise ValueError(f"ScheduleConfig: timesteps must be an integer of at least 2, got {self.timesteps!r}")
+        if not 0 < self.linear_start <= self.linear_end < 1:
+            raise ValueError(f"ScheduleConfig: needs 0 < linear_start <= linear_end < 1, got {self.linear_start!r} "
+                             f"and {self.linear_end!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModalityConfig:

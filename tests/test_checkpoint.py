@@ -74,6 +74,7 @@ def saved(tmp_path_factory):
     (lambda c: c.update(bogus=1), "unknown field(s) ['bogus']"),
     (lambda c: c["autoencoder"].update(bogus=1), "AutoencoderConfig: unknown field(s) ['bogus']"),
     (lambda c: c.update(latent_size="x"), "latent_size='x': expected an integer"),
+    (lambda c: c["schedule"].update(timesteps=-6), "timesteps must be an integer of at least 2"),
     (lambda c: c["modalities"]["mask"].update(kind="smell"), "unknown modality kind 'smell'"),
     (lambda c: c["modalities"]["mask"]["expert"].update(channel_mult=[1, "2"]), "channel_mult"),
 ])
