@@ -26,6 +26,7 @@ EVALUATIONS = {
     "miniature": ("cdiff_jax.evaluation.miniature:main", "each expert, equal weights and the learned maps, judged"),
     "weighting": ("cdiff_jax.evaluation.weighting:main", "which influence maps the training loss rewards"),
     "toy-edit": ("cdiff_jax.evaluation.toy_edit:main", "editing judged against the toy world's exact targets"),
+    "ddgi": ("cdiff_jax.evaluation.ddgi_toy:main", "DDGI's GAN images against the diffusion samples, judged"),
     "judges": ("cdiff_jax.evaluation.judges:main", "train the face parser and attribute classifier (the judges)"),
 }
 DEFAULT_EVALUATION = "miniature"

@@ -15,7 +15,7 @@ Columns: the judges' mask accuracy and mIoU against the input map, beard and age
 distance to the real held-out faces, SSIM and mean squared error to the ground truth, and seconds per image
 (the sampler's steps up to the step read, the heads and G; the sampler's time is prorated per step).
 
-    python -m cdiff_jax.evaluation.ddgi_toy --gan runs/demo/gan/generator \\
+    cdiff evaluate ddgi --gan runs/demo/gan/generator \\
         --mapping-heads runs/demo/ddgi/mapping/heads --heads runs/demo/ddgi/modulation/heads --out outputs/ddgi_eval
 """
 

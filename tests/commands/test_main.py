@@ -52,6 +52,7 @@ def test_version():
     (("evaluate", "miniature", "--help"), "usage: cdiff evaluate miniature"),
     (("evaluate", "weighting", "--help"), "usage: cdiff evaluate weighting"),
     (("evaluate", "toy-edit", "--help"), "usage: cdiff evaluate toy-edit"),
+    (("evaluate", "ddgi", "--help"), "usage: cdiff evaluate ddgi"),
     (("evaluate", "judges", "--help"), "out_dir"),
 ])
 def test_subcommand_help(args, expected):
