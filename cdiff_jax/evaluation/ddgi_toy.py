@@ -158,7 +158,7 @@ def fidelity(images: np.ndarray, real: np.ndarray) -> dict:
 
 
 def run(gan_dir, mapping_heads_dir, heads_dir, *, checkpoint=DEMO_CHECKPOINT, judges_dir=M.DEMO_JUDGES,
-        ungated_heads_dir=None, count: int = 200, steps: int = 50, inversion_steps: int = 300,
+        ungated_heads_dir=None, count: int = 200, steps: int = 50, inversion_steps: int = 200,
         batch: int = 50, seed: int = 0) -> tuple[dict, dict]:
     """(results per row, uint8 images per row)."""
     system, generator = load_system(checkpoint), load_generator(gan_dir)
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--judges", default=str(M.DEMO_JUDGES), help="judges directory (default: the shipped ones)")
     p.add_argument("--count", type=int, default=200, help="held-out (mask, caption) pairs")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--inversion-steps", type=int, default=300)
+    p.add_argument("--inversion-steps", type=int, default=200, help="Adam steps of the W+ inversion ceiling")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/ddgi_eval")
