@@ -10,7 +10,9 @@ checkpoint, and at intervals writes validation loss, sample grids and checkpoint
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import json
 import pathlib
 import signal
 import tempfile
@@ -91,6 +93,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     if cfg.stage not in ("gan", *DDGI_STAGES) and cfg.val_every and cfg.test_size < jax.device_count():
         raise ValueError(f"test_size {cfg.test_size} is smaller than the {jax.device_count()} devices validation "
                          "shards over; build the dataset with a larger test split or set val_every=0")
+    check_same_run(cfg, workdir, write=lead)
 
     mesh = data_mesh()
     if cfg.stage == "gan":
@@ -159,6 +162,37 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     if jax.process_count() == 1:
         stage.export(state.export_params, workdir)
     return 0
+
+
+RUN_CONFIG = "train_config.json"  # the settings a run started with, checked when it resumes
+# What a resumed run may change: how long it runs, what it logs and where the same data now lives, never what it
+# computes.
+RESUMABLE_CHANGES = frozenset({"data_dir", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "val_every",
+                               "val_batches", "sample_every", "sample_count", "sample_steps", "data_workers"})
+
+
+def check_same_run(cfg: TrainConfig, workdir: pathlib.Path, write: bool) -> None:
+    """Refuse to resume a run in `workdir` with settings that change what it computes (a resumed run must equal an
+    uninterrupted one); record the settings of a new run."""
+    settings = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as JSON lists, as stored
+    path = workdir / RUN_CONFIG
+    if path.is_file():
+        try:
+            started = json.loads(path.read_text())
+        except ValueError:
+            raise ValueError(f"{path} is damaged; restore it or use a new --workdir") from None
+        changed = sorted(k for k in settings.keys() | started.keys()
+                         if k not in RESUMABLE_CHANGES and settings.get(k) != started.get(k))
+        if changed:
+            first = changed[0]
+            raise ValueError(f"--workdir {workdir} holds a run started with other settings ({len(changed)} differ, "
+                             f"e.g. {first}={started.get(first)!r}, now {settings.get(first)!r}); resume it with "
+                             "its settings or use a new --workdir")
+    elif write:
+        workdir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=1))
+        tmp.replace(path)
 
 
 def check_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
