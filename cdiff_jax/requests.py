@@ -20,9 +20,9 @@ from cdiff_jax import conditions as cond
 from cdiff_jax.checkpoint import NotACheckpointError, load_config
 from cdiff_jax.config import ModalityConfig, SystemConfig
 from cdiff_jax.data.images import open_image
-from cdiff_jax.data.masks import load_label_map
 from cdiff_jax.diffusion.collaboration import MODES
 from cdiff_jax.diffusion.ddim import ddim_timesteps
+from cdiff_jax.modalities import kind_entry
 from cdiff_jax.progress import log
 from cdiff_jax.text.tokenizer import caption_tokenizer
 
@@ -122,24 +122,25 @@ def caption(value: str, modality: ModalityConfig):
     return tokens
 
 
-def mask(path, modality: ModalityConfig) -> np.ndarray:
-    """The label map's one-hot mask [1, classes, pixels]."""
+def drawing(path, modality: ModalityConfig, flag: str) -> np.ndarray:
+    """A spatial condition from an image file (a label map, a scribble), encoded as its kind's parser does it."""
     if not pathlib.Path(path).is_file():
-        raise UsageError(f"--mask {path}: no such file")
+        raise UsageError(f"--{flag} {path}: no such file")
     try:
-        height, width = load_label_map(path).shape
+        with open_image(path, f"--{flag} {path}") as img:
+            width, height = img.size
         if height != width:
-            log.warning("note: --mask %s is %dx%d, not square; it is resized to a square as the reference does, "
-                        "which stretches the face", path, width, height)
-        return cond.encode_masks([path], modality.encoder)
+            log.warning("note: --%s %s is %dx%d, not square; it is resized to a square as the reference does, "
+                        "which stretches the face", flag, path, width, height)
+        return np.asarray(kind_entry(modality.kind).parse([path], modality.encoder))
     except (ValueError, OSError) as err:
-        raise UsageError(f"--mask {path}: {err}") from None
+        raise UsageError(f"--{flag} {path}: {err}") from None
 
 
 def conditions(cfg: SystemConfig, requested: dict[str, str]) -> tuple[dict[str, np.ndarray], list[str]]:
     """Each requested modality's encoded condition (batch of one) and the names of truncated captions."""
     if not requested:
-        raise UsageError("give --mask, --text or both")
+        raise UsageError("give --mask, --text or both (and --scribble to a checkpoint with a scribble modality)")
     encoded, truncated = {}, []
     for name, value in requested.items():
         if name not in cfg.modalities:
@@ -152,7 +153,7 @@ def conditions(cfg: SystemConfig, requested: dict[str, str]) -> tuple[dict[str, 
             if tokens.truncated[0]:
                 truncated.append(name)
         else:
-            encoded[name] = mask(value, modality)
+            encoded[name] = drawing(value, modality, name)
     if len(encoded) > 1 and not all(cfg.modalities[n].diffuser for n in encoded):
         raise UsageError("two conditions need a collaborative checkpoint (with dynamic diffusers); give one of "
                          "--mask and --text, or a codiff checkpoint")

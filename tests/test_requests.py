@@ -68,5 +68,5 @@ def test_a_non_square_mask_is_accepted_with_a_note(tmp_path, caplog):
     Image.fromarray(np.ones((40, 64), np.uint8)).save(tmp_path / "wide.png")
     modality = load_config("tiny_system.py:mask").modalities["mask"]
     with caplog.at_level("WARNING", logger="cdiff_jax"):
-        onehot = R.mask(tmp_path / "wide.png", modality)
+        onehot = R.drawing(tmp_path / "wide.png", modality, "mask")
     assert onehot.shape[0] == 1 and "is 64x40, not square" in caplog.text

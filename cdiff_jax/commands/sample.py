@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="a cdiff_jax checkpoint directory (default: the shipped demo models)")
     p.add_argument("--mask", help="face-parsing mask: label PNG (ids 0..18) or RGB PNG in CelebAMask-HQ colours")
     p.add_argument("--text", help="caption, e.g. 'This man has beard of medium length. He is in his thirties.'")
+    p.add_argument("--scribble", help="strokes PNG, white on black, for a checkpoint with a scribble modality")
     p.add_argument("--batch", type=int, default=4,
                    help=f"samples per run, 1..{requests.MAX_BATCH} (default 4, as the released scripts)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
@@ -93,10 +94,12 @@ def validate(args: argparse.Namespace) -> SampleRequest:
     if demo:
         checkpoint = str(requests.DEMO_CHECKPOINT)
         wanted = {"mask": args.mask or str(requests.DEMO_MASK),
-                  "text": args.text if args.text is not None else requests.DEMO_CAPTION}
+                  "text": args.text if args.text is not None else requests.DEMO_CAPTION,
+                  **({"scribble": args.scribble} if args.scribble is not None else {})}
     else:
         checkpoint = args.checkpoint
-        wanted = {name: value for name, value in (("mask", args.mask), ("text", args.text)) if value is not None}
+        wanted = {name: value for name, value in (("mask", args.mask), ("text", args.text),
+                                                  ("scribble", args.scribble)) if value is not None}
     requests.batch(args.batch)
     requests.eta(args.eta)
     requests.mask_scale(args.mask_scale)
@@ -167,6 +170,7 @@ def write_outputs(out: pathlib.Path, system, request: SampleRequest, result, sec
                 viz.save_png(out / f"{field}.png", viz.grid(viz.to_uint8(decoded).swapaxes(0, 1), col_labels=labels))
     record = {
         "checkpoint": request.checkpoint, "mask": request.inputs.get("mask"), "text": request.inputs.get("text"),
+        "scribble": request.inputs.get("scribble"),
         "batch": request.batch, "seed": request.seed, "steps": request.settings.steps, "eta": request.settings.eta,
         "mode": request.mode, "mask_scale": request.mask_scale, "guidance": request.guidance_text,
         "devices": jax.device_count(), "seconds": round(seconds, 2),

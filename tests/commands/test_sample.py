@@ -85,6 +85,9 @@ def tiny(tmp_path_factory):
     (root / "foreign/notes.txt").write_text("not ours")
     (root / "a_file").write_text("not a folder")
     png_header_only(root / "bomb.png", 30000, 30000)
+    strokes = np.zeros((32, 32), np.uint8)
+    strokes[8:24, 15:17] = 255
+    Image.fromarray(strokes).save(root / "strokes.png")
     return root
 
 
@@ -97,6 +100,7 @@ CASES = {  # name: (checkpoint, arguments, what the message must name)
     "caption_without_words": ("text", ["--text", "\U0001F600 \U0001F389"], "no word the text encoder knows"),
     "not_a_checkpoint": ("{root}/foreign", TEXT, "not a cdiff_jax checkpoint"),
     "missing_modality": ("text", ["--mask", str(DEMO_MASK)], "drop --mask"),
+    "scribble_without_its_modality": ("collab", TEXT + ["--scribble", "{root}/strokes.png"], "drop --scribble"),
     "no_condition": ("text", [], "give --mask, --text or both"),
     "steps_zero": ("text", TEXT + ["--steps", "0"], "--steps"),
     "steps_not_dividing": ("text", TEXT + ["--steps", "3"], "--steps"),
@@ -160,3 +164,11 @@ def test_edit_is_a_subcommand_of_the_same_script(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: --image {tmp_path / 'none.png'}: no such file")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_scribble_joins_mask_and_caption_in_a_three_modality_system(tiny, tmp_path):
+    save_system(tmp_path / "three", init_system(load_config("tiny_system.py:three"), seed=0))
+    assert run("--checkpoint", tmp_path / "three", "--mask", DEMO_MASK, "--text", "a man", "--scribble",
+               tiny / "strokes.png", "--steps", "2", "--batch", "1", "--save-influence", "--out", tmp_path / "o") == 0
+    assert json.loads((tmp_path / "o/settings.json").read_text())["scribble"] == str(tiny / "strokes.png")
+    assert (tmp_path / "o/influence_scribble.png").is_file()
