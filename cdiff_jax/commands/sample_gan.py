@@ -1,6 +1,7 @@
 """Sample a StyleGAN2 generator: `python sample.py gan --checkpoint DIR [--count 8] [--seed 0] [--truncation 0.7]`.
 
-DIR is a generator checkpoint (`cdiff convert G.pkl DIR`, or a gan training run's WORKDIR/generator). --out
+DIR is a generator checkpoint (`cdiff convert G.pkl DIR`, or a gan training run's WORKDIR/generator); without
+--checkpoint, the shipped toy GAN (64x64 toy faces, DDGI's demo GAN). --out
 gets one PNG per sample, a grid, the W+ codes (ws.npy, [count, num_ws, w_dim]) and settings.json; it is
 written beside --out and renamed into place when complete.
 """
@@ -28,7 +29,8 @@ SETTINGS_FILE = "settings.json"
 def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sample.py gan", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a generator checkpoint directory")
+    p.add_argument("--checkpoint", default=str(requests.DEMO_GAN),
+                   help="a generator checkpoint directory (default: the shipped toy GAN)")
     p.add_argument("--count", type=int, default=8, help=f"samples, 1..{requests.MAX_BATCH} (default 8)")
     p.add_argument("--seed", type=int, default=0, help="z of sample i is drawn from the seed (default 0)")
     p.add_argument("--truncation", type=float, default=1.0, help="psi: 1 none, 0 the average face (default 1)")

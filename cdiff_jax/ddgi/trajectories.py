@@ -22,7 +22,7 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
+import uuid
 from collections.abc import Sequence
 
 import grain
@@ -90,7 +90,8 @@ def build_cache(system: LatentDiffusionSystem, examples: Sequence[dict], directo
         parts["diffusion_image"].append(viz.to_uint8(result.images))
         parts["image"].append(np.stack([e["image"] for e in chunk]))
         timesteps = np.asarray(trajectory.timesteps)[kept]
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()  # with the user's umask (mkdtemp's would make the finished cache private)
     try:
         for name, values in parts.items():
             np.save(tmp / f"{name}.npy", np.concatenate(values))

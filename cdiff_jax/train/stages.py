@@ -222,6 +222,11 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
             raise ValueError('the ddgi_modulation stage starts from trained M: set init_from=(("heads", "RUN/heads"),) '
                              "with RUN a finished ddgi_mapping run")
         heads = load_heads(heads_source)
+        if heads.cfg.attention_gating != cfg.ddgi_attention_gating:  # T's gating is this stage's choice, not M's
+            gated = DDGIHeads(dataclasses.replace(heads.cfg, attention_gating=cfg.ddgi_attention_gating),
+                              rngs=nnx.Rngs(cfg.seed))
+            nnx.update(gated, nnx.state(heads))
+            heads = gated
     else:
         heads = DDGIHeads(heads_config(system.cfg, generator.cfg, cfg.ddgi_experts,
                                        mapping_channels=cfg.ddgi_mapping_channels,

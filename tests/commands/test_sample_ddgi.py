@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 from flax import nnx
+from PIL import Image
 
 from cdiff_jax.checkpoint import save_generator, save_system
 from cdiff_jax.commands.sample import main
@@ -13,6 +14,7 @@ from cdiff_jax.config import StyleGAN2Config, load_config
 from cdiff_jax.ddgi.features import heads_config
 from cdiff_jax.ddgi.heads import DDGIHeads, save_heads
 from cdiff_jax.nn.stylegan2 import Generator
+from cdiff_jax.requests import DEMO_CAPTION, DEMO_DDGI_HEADS, DEMO_GAN, DEMO_MASK
 from cdiff_jax.system import init_system
 
 GAN = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
@@ -69,3 +71,13 @@ def test_another_system_needs_its_own_gan_and_heads(world, tmp_path, capsys):
     assert main(argv) == 2
     assert "give --gan and --heads with --checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_with_no_checkpoint_the_shipped_toy_gan_and_heads_are_used(tmp_path):
+    out = tmp_path / "out"
+    assert main(["ddgi", "--steps", "10", "--batch", "1", "--out", str(out)]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["gan"] == str(DEMO_GAN) and settings["heads"] == str(DEMO_DDGI_HEADS)
+    assert settings["mask"] == str(DEMO_MASK) and settings["text"] == DEMO_CAPTION
+    image = np.asarray(Image.open(out / "images" / "000.png"))
+    assert image.shape == (64, 64, 3) and image.std() > 10  # a face, not a flat image

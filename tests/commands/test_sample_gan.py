@@ -53,3 +53,10 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(checkpoint, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_without_a_checkpoint_the_shipped_toy_gan_draws_toy_faces(tmp_path):
+    out = tmp_path / "out"
+    assert main(["gan", "--count", "2", "--out", str(out)]) == 0
+    image = np.asarray(Image.open(out / "images" / "000.png"))
+    assert image.shape == (64, 64, 3) and image.std() > 10
