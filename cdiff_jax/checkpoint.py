@@ -12,7 +12,6 @@ import pathlib
 import re
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from flax import nnx
 
 from cdiff_jax.config import StyleGAN2Config, SystemConfig
 from cdiff_jax.nn.stylegan2 import Generator
+from cdiff_jax.paths import creatable_parent
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system
 
 CONFIG_FILE = "config.json"
@@ -89,14 +89,11 @@ def check_destination(directory: str | os.PathLike, overwrite: bool) -> pathlib.
         if not directory.is_dir() or {p.name for p in directory.iterdir()} != {CONFIG_FILE, PARAMS_DIR}:
             raise FileExistsError(f"{directory} exists and is not a cdiff_jax checkpoint (config.json and params/ "
                                   "only); --overwrite replaces only those: choose a new output path")
-    existing = directory.parent
-    while not existing.exists():
-        existing = existing.parent
     try:
-        tempfile.TemporaryDirectory(prefix=".cdiff-probe-", dir=existing).cleanup()
+        creatable_parent(directory)
     except OSError as err:
-        raise FileExistsError(f"cannot write {directory}: cannot create folders in {existing} ({err.strerror}); "
-                              "choose another output path") from None
+        raise FileExistsError(f"cannot write {directory}: cannot create folders in {err.filename or directory.parent} "
+                              f"({err.strerror}); choose another output path") from None
     return directory
 
 

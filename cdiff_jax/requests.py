@@ -9,9 +9,7 @@ seconds, not a compile, and both commands accept and refuse the same inputs in t
 from __future__ import annotations
 
 import math
-import os
 import pathlib
-import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +21,7 @@ from cdiff_jax.data.images import open_image
 from cdiff_jax.diffusion.collaboration import MODES
 from cdiff_jax.diffusion.ddim import ddim_timesteps
 from cdiff_jax.modalities import kind_entry
+from cdiff_jax.paths import creatable_parent
 from cdiff_jax.progress import log
 from cdiff_jax.text.tokenizer import caption_tokenizer
 
@@ -190,14 +189,9 @@ def output_folder(path, is_ours: Callable[[pathlib.Path], bool]) -> pathlib.Path
             raise UsageError(f"--out {path} is a file; give a folder path")
         if any(path.iterdir()) and not is_ours(path):
             raise UsageError(f"--out {path} holds files that are not from this command; choose a new --out")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path}: {parent} is not a folder we may write to; choose another --out")
-    try:  # what permissions do not tell: a read-only or full file system, a virtual one (/proc)
-        tempfile.TemporaryDirectory(prefix=".cdiff-probe-", dir=parent).cleanup()
+    try:
+        creatable_parent(path)
     except OSError as err:
-        raise UsageError(f"--out {path}: cannot create a folder in {parent} ({err.strerror}); "
+        raise UsageError(f"--out {path}: cannot create a folder in {err.filename or path.parent} ({err.strerror}); "
                          "choose another --out") from None
     return path

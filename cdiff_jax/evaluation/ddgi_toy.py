@@ -201,11 +201,21 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _short(row: str) -> str:
+    """A column label that fits a 64-pixel tile: "M+T@10", "ungated@50", "inversion"."""
+    fixed = {"real images": "real", "GAN W+ inversion (ceiling)": "inversion", "diffusion I^d_0": "I^d_0"}
+    if row in fixed:
+        return fixed[row]
+    heads, step = row.removeprefix("DDGI ").split(", step ")
+    name = "ungated" if "no attention gating" in heads else heads.replace(" ", "")
+    return f"{name}@{step.split('/')[0]}"
+
+
 def picture(examples: list[dict], images: dict, rows: int = 8) -> np.ndarray:
     """Rows of mask | each row's image."""
     rows = min(rows, len(examples))
     columns = [np.stack([colorize(e["labels"]) for e in examples[:rows]])] + [im[:rows] for im in images.values()]
-    labels = ["mask"] + [name.replace("DDGI ", "").replace(" (ceiling)", "") for name in images]
+    labels = ["mask"] + [_short(name) for name in images]
     return viz.grid(np.stack(columns, axis=1), col_labels=labels)
 
 

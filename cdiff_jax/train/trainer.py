@@ -15,7 +15,6 @@ import functools
 import json
 import pathlib
 import signal
-import tempfile
 import threading
 
 import jax
@@ -23,6 +22,7 @@ import numpy as np
 
 from cdiff_jax.data.pipeline import restore_iterator_state, save_iterator_state
 from cdiff_jax.parallel import data_mesh, global_batch
+from cdiff_jax.paths import creatable_parent
 from cdiff_jax.progress import ProgressLine, log
 from cdiff_jax.train.checkpoints import TrainCheckpoints
 from cdiff_jax.train.config import TrainConfig
@@ -93,7 +93,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     if cfg.stage not in ("gan", *DDGI_STAGES) and cfg.val_every and cfg.test_size < jax.device_count():
         raise ValueError(f"test_size {cfg.test_size} is smaller than the {jax.device_count()} devices validation "
                          "shards over; build the dataset with a larger test split or set val_every=0")
-    check_same_run(cfg, workdir, write=lead)
+    check_same_run(cfg, workdir)
 
     mesh = data_mesh()
     if cfg.stage == "gan":
@@ -104,6 +104,8 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         stage = diffusion_stage(cfg, mesh)
     state = stage.state
     batches = iter(stage.loader)
+    if lead:  # the data and models were found: the run folder may be made
+        record_run_settings(cfg, workdir)
 
     checkpoints = TrainCheckpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints)
     latest = checkpoints.latest_step()
@@ -171,10 +173,14 @@ RESUMABLE_CHANGES = frozenset({"data_dir", "steps", "log_every", "checkpoint_eve
                                "val_batches", "sample_every", "sample_count", "sample_steps", "data_workers"})
 
 
-def check_same_run(cfg: TrainConfig, workdir: pathlib.Path, write: bool) -> None:
+def _settings(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as JSON lists, as stored
+
+
+def check_same_run(cfg: TrainConfig, workdir: pathlib.Path) -> None:
     """Refuse to resume a run in `workdir` with settings that change what it computes (a resumed run must equal an
-    uninterrupted one); record the settings of a new run."""
-    settings = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as JSON lists, as stored
+    uninterrupted one)."""
+    settings = _settings(cfg)
     path = workdir / RUN_CONFIG
     if path.is_file():
         try:
@@ -188,10 +194,15 @@ def check_same_run(cfg: TrainConfig, workdir: pathlib.Path, write: bool) -> None
             raise ValueError(f"--workdir {workdir} holds a run started with other settings ({len(changed)} differ, "
                              f"e.g. {first}={started.get(first)!r}, now {settings.get(first)!r}); resume it with "
                              "its settings or use a new --workdir")
-    elif write:
+
+
+def record_run_settings(cfg: TrainConfig, workdir: pathlib.Path) -> None:
+    """Write the settings a new run starts with (a resumed run keeps the first record)."""
+    path = workdir / RUN_CONFIG
+    if not path.is_file():
         workdir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(settings, indent=1))
+        tmp.write_text(json.dumps(_settings(cfg), indent=1))
         tmp.replace(path)
 
 
@@ -200,13 +211,10 @@ def check_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
     workdir = pathlib.Path(workdir).absolute()
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"--workdir {workdir} is a file; give a folder for the run")
-    existing = workdir
-    while not existing.exists():
-        existing = existing.parent
-    try:  # permissions alone do not tell (read-only or full file systems, /proc)
-        tempfile.TemporaryDirectory(prefix=".cdiff-probe-", dir=existing).cleanup()
+    try:
+        creatable_parent(workdir / "probe")
     except OSError as err:
-        raise ValueError(f"--workdir {workdir}: cannot create folders in {existing} ({err.strerror}); "
+        raise ValueError(f"--workdir {workdir}: cannot create folders in {err.filename or workdir} ({err.strerror}); "
                          "choose another --workdir") from None
     return workdir
 

@@ -74,11 +74,11 @@ def test_bad_settings_through_the_script(tmp_path):
 
 def test_a_run_resumes_only_with_the_settings_it_started_with(tmp_path, capsys):
     from cdiff_jax.config import load_config
-    from cdiff_jax.train.trainer import check_same_run
+    from cdiff_jax.train.trainer import check_same_run, record_run_settings
 
     cfg = load_config("configs/train_tiny.py")
-    check_same_run(cfg, tmp_path / "run", write=True)  # a new run records its settings
-    check_same_run(cfg.replace(steps=100, sample_every=0), tmp_path / "run", write=True)  # longer, fewer pictures
+    record_run_settings(cfg, tmp_path / "run")  # a new run records its settings
+    check_same_run(cfg.replace(steps=100, sample_every=0), tmp_path / "run")  # longer, fewer pictures
     code = main(["--config", "configs/train_tiny.py", "--workdir", str(tmp_path / "run"), "--set", "global_batch=4"])
     err = capsys.readouterr().err
     assert code == 2 and "global_batch=8, now 4" in err and "new --workdir" in err and err.count("\n") == 1
