@@ -127,7 +127,7 @@ def test_loader_over_tfds_source(built):
 
 
 def test_data_sources_needs_a_prepared_dataset(tmp_path):
-    with pytest.raises(FileNotFoundError, match="build_dataset"):
+    with pytest.raises(FileNotFoundError, match="python -m cdiff_jax.data.celeba_multimodal"):
         data_sources(tmp_path, resolution=RES, test_size=TEST_SIZE)
 
 
