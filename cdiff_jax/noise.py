@@ -1,9 +1,9 @@
 """Gaussian noise drawn the way XLA:CPU compiles quickly.
 
 `jax.random.normal` of a many-axis shape compiles several times slower on XLA:CPU than the same number
-of values drawn as one flat vector (seconds per call site: BENCHMARKS.md, "Random draws"), and the values
-are the same, so every draw of the package goes through `normal`. Accelerators lose nothing: the reshape
-is free.
+of values drawn as one flat vector (seconds per call site: BENCHMARKS.md, "Random draws"), and the draw is
+the same (the same random bits; values equal up to the last bit vectorisation may change), so every draw
+of the package goes through `normal`. Accelerators lose nothing: the reshape is free.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 
 def normal(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-    """`jax.random.normal(key, shape, dtype)`, value for value."""
+    """`jax.random.normal(key, shape, dtype)`: the same bits, transformed alike."""
     shape = tuple(shape)
     return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
 

@@ -10,7 +10,15 @@ import pytest
 from flax import nnx
 
 from cdiff_jax.conditions import encode_inputs, null_condition
-from cdiff_jax.config import ENCODER_CONFIGS, ModalityConfig, SystemConfig, UNetConfig, load_config
+from cdiff_jax.config import (
+    ENCODER_CONFIGS,
+    DDGIHeadsConfig,
+    ModalityConfig,
+    StyleGAN2Config,
+    SystemConfig,
+    UNetConfig,
+    load_config,
+)
 from cdiff_jax.convert.keymap import checkpoint_prefixes
 from cdiff_jax.diffusion.collaboration import Reweighting, rule_for_mode
 from cdiff_jax.modalities import KINDS, ModalityKind, kind_entry, spatial_names
@@ -70,9 +78,13 @@ def test_unknown_kind_is_a_one_line_error_listing_kinds():
 
 def test_three_modality_json_round_trip_and_shipped_json_unchanged():
     assert SystemConfig.from_json(THREE.to_json()) == THREE
-    for path in sorted((REPO / "cdiff_jax" / "demo_models").glob("*/config.json")):
+    parsers = {"collab": SystemConfig, "gan": StyleGAN2Config, "ddgi_heads": DDGIHeadsConfig}
+    shipped = sorted((REPO / "cdiff_jax" / "demo_models").glob("*/config.json"))
+    assert sorted(path.parent.name for path in shipped) == sorted(parsers)  # a new shipped model is checked too
+    for path in shipped:
         text = path.read_text()
-        assert json.loads(SystemConfig.from_json(text).to_json()) == json.loads(text), path
+        parsed = parsers[path.parent.name].from_json(text)
+        assert json.loads(parsed.to_json()) == json.loads(text), path
 
 
 def test_spatial_kinds_are_the_decayed_ones():
