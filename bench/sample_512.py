@@ -6,14 +6,16 @@
     python bench/sample_512.py --batch 1 --steps 5 --what loop      # a step inside the loop vs alone
     python bench/sample_512.py --batch 1 --what decode              # the final latent -> 512x512 image
     python bench/sample_512.py --batch 1 --what parts               # each expert and diffuser alone
+    python bench/sample_512.py --batch 1 --what fast --sampler dpmpp --steps 15   # against 50-step DDIM
 
 Reports compile time separately from run time, the FLOPs of one collaborative step from XLA's
 cost analysis, the achieved FLOP/s against a 4096^3 float32 matmul timed in the same run (the
 baseline that makes figures comparable across noisy machines), and the process's peak RSS.
-`--what loop` isolates what a step costs inside the compiled loop: samples of S and 2S steps give
-(T(2S) - T(S)) / S, free of encoding, decoding and compilation, against the same step compiled alone,
-each timed as the mean of S calls in the same process (means on both sides, so neither gets the
-best-of advantage).
+`--what fast` times a sample of --sampler at --steps against the released 50-step DDIM in the same
+process (the ratio is the speed-up per image). `--what loop` isolates what a step costs inside the
+compiled loop: samples of S and 2S steps give (T(2S) - T(S)) / S, free of encoding, decoding and
+compilation, against the same step compiled alone, each timed as the mean of S calls in the same
+process (means on both sides, so neither gets the best-of advantage).
 Record the printed lines in BENCHMARKS.md with the command and machine.
 """
 
@@ -42,7 +44,9 @@ def main():
     p.add_argument("--config", default="released.py:512_codiff")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--what", choices=["all", "step", "sample", "loop", "decode", "parts"], default="all")
+    p.add_argument("--sampler", default="ddim", help="ddim, dpmpp or unipc (cdiff_jax.diffusion.solvers)")
+    p.add_argument("--order", type=int, help="the solver's order (default: its own)")
+    p.add_argument("--what", choices=["all", "step", "sample", "loop", "decode", "parts", "fast"], default="all")
     args = p.parse_args()
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__}, "
@@ -71,9 +75,18 @@ def main():
     t = jnp.full((b,), 501, jnp.int32)
     key = jax.random.key(0)
 
-    def compiled_sample(steps):
-        return _sample_program.lower(graphdef, state, conditions, {}, x, key, None, {}, {},
-                                     SamplerSettings(steps=steps)).compile()
+    def compiled_sample(steps, solver="ddim", order=None):
+        settings = SamplerSettings(steps=steps, solver=solver, order=order)
+        return _sample_program.lower(None, graphdef, state, conditions, {}, x, key, None, {}, {}, settings).compile()
+
+    def timed_sample(steps, solver="ddim", order=None):
+        """(seconds of one sample, seconds of compilation)."""
+        start = time.perf_counter()
+        compiled = compiled_sample(steps, solver, order)
+        compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(None, state, conditions, {}, x, key, None, {}, {}))
+        return time.perf_counter() - start, compile_s
 
     if args.what in ("all", "step"):
         start = time.perf_counter()
@@ -86,14 +99,16 @@ def main():
               f"the matmul baseline, peak RSS {peak_rss_gb():.2f} GB")
 
     if args.what in ("all", "sample"):
-        start = time.perf_counter()
-        compiled = compiled_sample(args.steps)
-        compile_s = time.perf_counter() - start
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(state, conditions, {}, x, key, None, {}, {}))
-        seconds = time.perf_counter() - start
-        print(f"sample: batch {b}, {args.steps} steps: {seconds:.1f}s ({seconds / b:.1f} s/image, "
+        seconds, compile_s = timed_sample(args.steps, args.sampler, args.order)
+        print(f"sample: {args.sampler}, batch {b}, {args.steps} steps: {seconds:.1f}s ({seconds / b:.1f} s/image, "
               f"{seconds / args.steps:.3f} s/step), compile {compile_s:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
+
+    if args.what == "fast":
+        released, released_compile = timed_sample(50)
+        fast, fast_compile = timed_sample(args.steps, args.sampler, args.order)
+        print(f"fast: batch {b}: ddim 50 steps {released / b:.1f} s/image (compile {released_compile:.1f}s), "
+              f"{args.sampler} {args.steps} steps {fast / b:.1f} s/image (compile {fast_compile:.1f}s): "
+              f"{released / fast:.2f}x faster per image, peak RSS {peak_rss_gb():.2f} GB")
 
     if args.what == "parts":
         for name in contexts:
@@ -122,10 +137,7 @@ def main():
         alone_s = (time.perf_counter() - start) / n
         totals = {}
         for steps in (n, 2 * n):
-            program = compiled_sample(steps)
-            start = time.perf_counter()
-            jax.block_until_ready(program(state, conditions, {}, x, key, None, {}, {}))
-            totals[steps] = time.perf_counter() - start
+            totals[steps], _ = timed_sample(steps)
         in_loop = (totals[2 * n] - totals[n]) / n
         print(f"loop: batch {b}: step alone {alone_s:.3f} s (mean of {n}), in the loop {in_loop:.3f} s "
               f"(samples of {n} and {2 * n} steps: {totals[n]:.1f} s, {totals[2 * n]:.1f} s) = "

@@ -1,6 +1,6 @@
 """User inputs -> validated conditions, for sampling and for editing alike.
 
-One check per kind of input (checkpoint, caption, mask, image, step count, eta, guidance, batch,
+One check per kind of input (checkpoint, caption, mask, image, sampler, step count, eta, FreeU, guidance, batch,
 output folder), each failing with a one-line `UsageError` that names the flag and the fix. The
 commands run them all before loading weights, compiling or writing anything, so a typo costs
 seconds, not a compile, and both commands accept and refuse the same inputs in the same words.
@@ -18,9 +18,10 @@ from cdiff_jax import conditions as cond
 from cdiff_jax.checkpoint import NotACheckpointError, load_config
 from cdiff_jax.config import ModalityConfig, SystemConfig
 from cdiff_jax.data.images import open_image
+from cdiff_jax.diffusion import solvers
 from cdiff_jax.diffusion.collaboration import MODES
-from cdiff_jax.diffusion.ddim import ddim_timesteps
 from cdiff_jax.modalities import kind_entry
+from cdiff_jax.nn.freeu import FreeU
 from cdiff_jax.paths import creatable_parent
 from cdiff_jax.progress import log
 from cdiff_jax.text.tokenizer import caption_tokenizer
@@ -56,10 +57,10 @@ def batch(value: int) -> int:
     return value
 
 
-def steps(value: int, timesteps: int) -> int:
-    """DDIM steps the reference's spacing can take on a `timesteps`-step schedule."""
+def steps(value: int, timesteps: int, solver: str = "ddim", spacing: str | None = None) -> int:
+    """Steps the solver's spacing can take on a `timesteps`-step schedule."""
     try:
-        ddim_timesteps(timesteps, value)
+        solvers.visited_timesteps(solver, spacing, timesteps, value)
     except ValueError as err:
         raise UsageError(f"--steps {value}: {err}") from None
     return value
@@ -69,6 +70,45 @@ def eta(value: float) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise UsageError(f"--eta {value}: give a number in [0, 1] (0 is deterministic DDIM, 1 the released scripts')")
     return value
+
+
+def freeu(text: str | None) -> FreeU | None:
+    """FreeU's factors from "b1,b2,s1,s2" (the official scripts use 1.1,1.2,1,1); None when not given."""
+    if text is None:
+        return None
+    try:
+        factors = [float(part) for part in text.split(",")]
+    except ValueError:
+        factors = []
+    if len(factors) != 4 or not all(math.isfinite(f) for f in factors):
+        raise UsageError(f"--freeu {text}: give four numbers b1,b2,s1,s2 (the official scripts': 1.1,1.2,1,1)")
+    return FreeU(*factors)
+
+
+SAMPLER_SHORTHANDS = {"dpmpp2m": ("dpmpp", 2), "dpmpp3m": ("dpmpp", 3)}
+SAMPLER_NAMES = (*solvers.SOLVERS, *SAMPLER_SHORTHANDS)
+
+
+def sampler(name: str, order: int | None, spacing: str | None, eta_value: float | None) -> dict:
+    """The SamplerSettings fields (solver, order, spacing, eta) of --sampler, --order, --spacing and --eta;
+    dpmpp2m and dpmpp3m are dpmpp of order 2 and 3, and eta (DDIM's noise) defaults to the released 1."""
+    solver, implied = SAMPLER_SHORTHANDS.get(name, (name, None))
+    if solver not in solvers.SOLVERS:
+        raise UsageError(f"--sampler {name}: expected one of: {', '.join(SAMPLER_NAMES)}")
+    if implied is not None and order not in (None, implied):
+        raise UsageError(f"--order {order}: --sampler {name} is order {implied}; give --sampler dpmpp --order {order}")
+    order = implied if implied is not None else order
+    try:
+        solvers.resolve(solver, order, None)
+    except ValueError as err:
+        raise UsageError(f"--order {order}: {err}") from None
+    if spacing is not None and spacing not in solvers.SPACINGS:
+        raise UsageError(f"--spacing {spacing}: expected one of: {', '.join(solvers.SPACINGS)}")
+    if not solvers.SOLVERS[solver].stochastic:
+        if eta_value is not None:
+            raise UsageError(f"--eta {eta_value}: only DDIM draws noise; {name} is deterministic, drop --eta")
+        return {"solver": solver, "order": order, "spacing": spacing, "eta": 0.0}
+    return {"solver": solver, "order": order, "spacing": spacing, "eta": eta(1.0 if eta_value is None else eta_value)}
 
 
 def mask_scale(value: float) -> float:

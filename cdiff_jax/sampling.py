@@ -1,9 +1,10 @@
-"""Sampling as one XLA program: encode conditions, scan every DDIM step, decode.
+"""Sampling as one XLA program: encode conditions, scan every solver step, decode.
 
-`sample` is a single `jax.jit` over `(graphdef, state)` whose loop is one `lax.scan` with x_t
-in the carry. Uni-modal sampling is the same program with one modality. Trajectories
-(x_t, pred_x0, eps, influence maps per step) are stacked only when `record=True`, which is a
-separate compilation, so the default program neither stores nor recompiles for them.
+`sample` is a single `jax.jit` over `(graphdef, state)` whose loop is one `lax.scan` with the
+solver's state (x_t, and a multistep solver's history) in the carry. Uni-modal sampling is the
+same program with one modality. Trajectories (x_t, pred_x0, eps, influence maps per step) are
+stacked only when `record=True`, which is a separate compilation, so the default program
+neither stores nor recompiles for them.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from cdiff_jax.diffusion import solvers
 from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
-from cdiff_jax.diffusion.ddim import ddim_coefficients, ddim_step
 from cdiff_jax.diffusion.denoiser import Guidance, encode_conditions, predict
 from cdiff_jax.diffusion.schedule import alphas_cumprod
+from cdiff_jax.nn.freeu import FreeU
 from cdiff_jax.noise import normal
 
 
@@ -31,10 +33,21 @@ class SamplerSettings:
     """Static settings: changing one compiles a new program."""
 
     steps: int = 50
-    eta: float = 1.0  # the released scripts sample with eta 1
+    eta: float = 1.0  # the released scripts sample with eta 1; DDIM's only (the other solvers are deterministic)
+    solver: str = "ddim"  # a name of cdiff_jax.diffusion.solvers.SOLVERS
+    order: int | None = None  # None: the solver's default
+    spacing: str | None = None  # "leading" or "linspace"; None: the solver's default
     reweighting: Reweighting | EqualWeights | None = Reweighting()  # None: the plain softmax of training
     guided: tuple[str, ...] = ()  # modalities with classifier-free guidance
+    freeu: FreeU | None = None  # FreeU on the experts (the official FreeU scripts'); None: off
     record: bool = False
+
+    def __post_init__(self):
+        solvers.resolve(self.solver, self.order, self.spacing)
+
+    def plan(self, alphas_cumprod: np.ndarray):
+        """The solver's per-step constants on the schedule `alphas_cumprod`."""
+        return solvers.make_plan(self.solver, self.order, self.spacing, alphas_cumprod, self.steps, self.eta)
 
 
 @struct.dataclass
@@ -87,8 +100,8 @@ def sample(
 ) -> SampleResult:
     """Sample latents and images for `conditions` (token ids / one-hot masks per modality).
 
-    Noise of each step comes from `key`, or from `step_noise` [S, *x_T.shape] when given
-    (to replay a reference run). Guidance scales and null conditions are needed for the
+    DDIM's noise of each step comes from `key`, or from `step_noise` [S, *x_T.shape] when given
+    (to replay a reference run); the multistep solvers draw none. Guidance scales and null conditions are needed for the
     modalities named in `settings.guided`. `on_step(done, total)` is called after every
     compiled step (e.g. a `cdiff_jax.progress.SamplingBar`); the call then waits for the result.
     """
@@ -162,27 +175,31 @@ def _sample_program(reporter, graphdef, state, conditions, contexts, x_T, key, s
     system = nnx.merge(graphdef, state)
     contexts = contexts or encode_conditions(system, conditions)
     guidance = _guidance(system, contexts, guidance_scales, null_conditions, settings.guided)
-    coeffs = ddim_coefficients(alphas_cumprod(system.cfg.schedule), settings.steps, settings.eta)
-    num_steps = coeffs.timesteps.shape[0]  # can exceed settings.steps, see ddim_timesteps
-    noise_source = jax.random.split(key, num_steps) if step_noise is None else step_noise
+    plan = settings.plan(alphas_cumprod(system.cfg.schedule))
+    num_steps = plan.timesteps.shape[0]  # DDIM's can exceed settings.steps, see ddim_timesteps
+    stochastic = solvers.SOLVERS[settings.solver].stochastic
+    noise_source = None
+    if stochastic:
+        noise_source = jax.random.split(key, num_steps) if step_noise is None else step_noise
     batch = x_T.shape[0]
 
-    def step(x, inputs):
-        i, t, a_t, a_prev, sigma, s1m, noise = inputs
-        if step_noise is None:
+    def step(state, inputs):
+        i, row, noise = inputs
+        x = solvers.current_sample(state)
+        if stochastic and step_noise is None:
             noise = normal(noise, x.shape, x.dtype)
-        p = predict(system, x, jnp.full((batch,), t), contexts, settings.reweighting, guidance)
-        x_prev, pred_x0 = ddim_step(x, p.eps, a_t, a_prev, sigma, s1m, noise)
+        p = predict(system, x, jnp.full((batch,), row.timesteps), contexts, settings.reweighting, guidance,
+                    settings.freeu)
+        state, pred_x0 = solvers.step(state, p.eps, row, noise)
         if reporter is not None:
             jax.debug.callback(_report_step, reporter, i, num_steps)
         record = None
         if settings.record:
-            record = Trajectory(t, x, pred_x0, p.eps, p.expert_eps, p.logits, p.weights)
-        return x_prev, record
+            record = Trajectory(row.timesteps, x, pred_x0, p.eps, p.expert_eps, p.logits, p.weights)
+        return state, record
 
-    xs = (jnp.arange(num_steps), coeffs.timesteps, coeffs.a_t, coeffs.a_prev, coeffs.sigma,
-          coeffs.sqrt_one_minus_a_t, noise_source)
-    z0, trajectory = jax.lax.scan(step, x_T, xs)
+    state, trajectory = jax.lax.scan(step, solvers.initial(plan, x_T), (jnp.arange(num_steps), plan, noise_source))
+    z0 = solvers.current_sample(state)
     return SampleResult(latents=z0, images=system.autoencoder.decode_latent(z0), trajectory=trajectory)
 
 

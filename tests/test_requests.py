@@ -5,6 +5,7 @@ import math
 import pytest
 
 from cdiff_jax import requests as R
+from cdiff_jax.nn.freeu import FreeU
 from cdiff_jax.requests import UsageError
 
 
@@ -35,6 +36,42 @@ def test_steps_follow_the_schedule():
     for bad in (0, 3, 1000, 5000):
         with pytest.raises(UsageError, match="--steps"):
             R.steps(bad, 1000)
+
+
+def test_steps_follow_the_solvers_spacing():
+    assert R.steps(3, 1000, "dpmpp") == 3  # not DDIM's "leading": any count below the schedule's length
+    with pytest.raises(UsageError, match="--steps 1000: steps must be in 1..999"):
+        R.steps(1000, 1000, "unipc", "linspace")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("euler", None, None, None), "--sampler euler: expected one of: ddim, dpmpp, unipc, dpmpp2m, dpmpp3m"),
+    (("ddim", 2, None, None), "--order 2: sampler 'ddim' has order(s) 1, not 2"),
+    (("dpmpp3m", 2, None, None), "--order 2: --sampler dpmpp3m is order 3; give --sampler dpmpp --order 2"),
+    (("unipc", 4, None, None), "--order 4: sampler 'unipc' has order(s) 1, 2, 3, not 4"),
+    (("dpmpp2m", None, "trailing", None), "--spacing trailing: expected one of: leading, linspace"),
+    (("unipc", None, None, 0.5), "--eta 0.5: only DDIM draws noise; unipc is deterministic, drop --eta"),
+    (("ddim", None, None, 2.0), "--eta 2.0: give a number in [0, 1]"),
+])
+def test_a_bad_sampler_is_one_line_naming_the_flag(args, message):
+    with pytest.raises(UsageError) as err:
+        R.sampler(*args)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_freeu_is_four_numbers():
+    assert R.freeu(None) is None
+    assert R.freeu("1.1,1.2,1,0.5") == FreeU(1.1, 1.2, 1.0, 0.5)
+    for bad in ("1.1,1.2,1", "a,b,c,d", "1,1,1,inf", ""):
+        with pytest.raises(UsageError, match="--freeu .*: give four numbers b1,b2,s1,s2"):
+            R.freeu(bad)
+
+
+def test_sampler_shorthands_and_defaults():
+    assert R.sampler("ddim", None, None, None) == {"solver": "ddim", "order": None, "spacing": None, "eta": 1.0}
+    assert R.sampler("dpmpp3m", None, "leading", None) == {"solver": "dpmpp", "order": 3, "spacing": "leading",
+                                                          "eta": 0.0}
+    assert R.sampler("unipc", 3, None, None)["order"] == 3
 
 
 def test_guidance_one_scale_or_named_pairs():

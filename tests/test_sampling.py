@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, assert_close_rel, nhwc, reference_system
 from flax import nnx
 
-from cdiff_jax.diffusion.collaboration import EqualWeights
+from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.diffusion.ddim import ddim_coefficients, ddim_step
 from cdiff_jax.diffusion.denoiser import Guidance, encode_conditions, predict
 from cdiff_jax.diffusion.schedule import alphas_cumprod
@@ -64,12 +64,11 @@ def test_collaborative_ddim_matches_reference(fixtures_root):
         assert_close_rel(last, nhwc(io["pred_x0_last_decoded"]), tol=1e-4, name="pred_x0_last_decoded")
 
 
-def _lowered(system, steps, conditions, x):
+def _lowered(system, settings, conditions, x):
     from cdiff_jax.sampling import _sample_program
 
     graphdef, state = nnx.split(system)
-    return _sample_program.lower(None, graphdef, state, conditions, {}, x, jax.random.key(0), None, {}, {},
-                                 SamplerSettings(steps=steps))
+    return _sample_program.lower(None, graphdef, state, conditions, {}, x, jax.random.key(0), None, {}, {}, settings)
 
 
 def _denoising_loops(stablehlo: str) -> int:
@@ -78,22 +77,59 @@ def _denoising_loops(stablehlo: str) -> int:
     return sum(f.count("stablehlo.while") for f in functions if "threefry" not in f.split("(", 1)[0])
 
 
-def test_one_loop_and_compile_cost_independent_of_steps(fixtures_root):
+@pytest.mark.parametrize("solver, order", [("ddim", None), ("unipc", 3)])  # DPM-Solver++ runs the same step
+def test_one_loop_and_compile_cost_and_memory_independent_of_steps(fixtures_root, solver, order):
     system = reference_system(fixtures_root, "codiff")
     io = np.load(_reference_runs(fixtures_root)[0])
     conditions, x = _conditions(io), nhwc(io["x_T"])
-    texts, seconds = {}, {}
+    texts, seconds, memory = {}, {}, {}
     for steps in (10, 200):
-        lowered = _lowered(system, steps, conditions, x)
+        lowered = _lowered(system, SamplerSettings(steps=steps, solver=solver, order=order), conditions, x)
         texts[steps] = lowered.as_text()
         start = time.perf_counter()
-        lowered.compile()
+        compiled = lowered.compile()
         seconds[steps] = time.perf_counter() - start
+        memory[steps] = compiled.memory_analysis().temp_size_in_bytes
     for text in texts.values():
         assert _denoising_loops(text) == 1
     ops = {s: sum(1 for line in t.splitlines() if " = " in line) for s, t in texts.items()}
     assert ops[10] == ops[200], "the program grows with the number of steps"
     assert seconds[200] < 2.5 * seconds[10] + 1.0, seconds
+    # Only the per-step constants (a few scalars and a key each) may grow; one latent is far larger.
+    assert memory[200] - memory[10] < 190 * 64 < x.size * 4 * 190, memory
+
+
+def test_a_multistep_solver_samples_the_collaborative_system_step_by_step(fixtures_root):
+    """The compiled loop is the plan's steps on the combined eps at each integer timestep, guidance included."""
+    from cdiff_jax.diffusion import solvers
+
+    system = reference_system(fixtures_root, "codiff")
+    graphdef, state = nnx.split(system)
+    io = np.load(_reference_runs(fixtures_root)[0])
+    conditions, x_T = _conditions(io), nhwc(io["x_T"])
+    contexts = encode_conditions(system, conditions)
+    null_mask = jnp.zeros_like(conditions["mask"][:1])
+    null = jnp.broadcast_to(encode_conditions(system, {"mask": null_mask})["mask"], contexts["mask"].shape)
+    guidance = Guidance(scales={"mask": jnp.float32(2.0), "text": jnp.float32(1.0)},
+                        null_contexts={"mask": null, "text": contexts["text"]})
+
+    @jax.jit
+    def by_hand(params, solver_state, row):
+        x = solvers.current_sample(solver_state)
+        eps = predict(nnx.merge(graphdef, params), x, jnp.full((x.shape[0],), row.timesteps), contexts,
+                      Reweighting(), guidance).eps
+        return solvers.step(solver_state, eps, row, None)[0]
+
+    # UniPC: its corrector reads the sample before the last step too (DPM-Solver++ runs the same step).
+    settings = SamplerSettings(steps=4, solver="unipc", reweighting=Reweighting(), guided=("mask",), record=True)
+    result = sample(graphdef, state, conditions, x_T, jax.random.key(0), settings,
+                    guidance_scales={"mask": 2.0}, null_conditions={"mask": null_mask})
+    plan = settings.plan(alphas_cumprod(system.cfg.schedule))
+    np.testing.assert_array_equal(result.trajectory.timesteps, plan.timesteps)
+    solver_state = solvers.initial(plan, x_T)
+    for i in range(4):
+        solver_state = by_hand(state, solver_state, jax.tree.map(lambda a, i=i: a[i], plan))
+    assert_close_rel(result.latents, solvers.current_sample(solver_state), tol=1e-5, name="z_0")
 
 
 def test_trajectory_only_on_request(fixtures_root):

@@ -24,6 +24,7 @@ COMMANDS = {
 # `cdiff evaluate [NAME] ...`: the evaluation programs; without a name, the miniature evaluation.
 EVALUATIONS = {
     "miniature": ("cdiff_jax.evaluation.miniature:main", "each expert, equal weights and the learned maps, judged"),
+    "samplers": ("cdiff_jax.evaluation.samplers:main", "each solver at fewer steps against 50-step DDIM, judged"),
     "weighting": ("cdiff_jax.evaluation.weighting:main", "which influence maps the training loss rewards"),
     "toy-edit": ("cdiff_jax.evaluation.toy_edit:main", "editing judged against the toy world's exact targets"),
     "ddgi": ("cdiff_jax.evaluation.ddgi_toy:main", "DDGI's GAN images against the diffusion samples, judged"),

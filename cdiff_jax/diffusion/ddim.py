@@ -1,8 +1,8 @@
 """DDIM as in the reference: pure functions over an explicit per-step coefficient table.
 
-Timesteps for S steps are arange(0, T, T // S) + 1, visited in descending order; the last
-step's alpha_prev is abar[t_0] (not 1); sigma is computed in float64 from the float32 abar
-values; pred_x0 is not clipped.
+Timesteps for S steps are arange(0, T, T // S) + 1 (or diffusers' "linspace" spacing), visited in
+descending order; the last step's alpha_prev is abar[t_0] (not 1); sigma is computed in float64 from
+the float32 abar values; pred_x0 is not clipped.
 """
 
 from __future__ import annotations
@@ -24,14 +24,19 @@ class DDIMCoefficients:
     sqrt_one_minus_a_t: jax.Array
 
 
-def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
-    """Ascending DDIM timesteps as the reference spaces them: arange(0, T, T // S) + 1.
+def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading") -> np.ndarray:
+    """Ascending DDIM timesteps. "leading" is the reference's arange(0, T, T // S) + 1; "linspace"
+    is diffusers' linspace(0, T - 1, S) rounded.
 
-    When S does not divide T this gives more than S steps (S=30: 31), as in the reference;
+    When S does not divide T "leading" gives more than S steps (S=30: 31), as in the reference;
     when the last one would be T (S=3: 1000) the reference fails and so do we, with advice.
     """
     if not 1 <= steps < num_timesteps:
         raise ValueError(f"DDIM steps must be in 1..{num_timesteps - 1}, got {steps}")
+    if spacing == "linspace":
+        return np.linspace(0, num_timesteps - 1, steps).round().astype(np.int64)
+    if spacing != "leading":
+        raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of: leading, linspace")
     timesteps = np.arange(0, num_timesteps, num_timesteps // steps, dtype=np.int64) + 1
     if timesteps[-1] >= num_timesteps:
         raise ValueError(
@@ -41,10 +46,10 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     return timesteps
 
 
-def ddim_coefficients(alphas_cumprod: np.ndarray, steps: int, eta: float) -> DDIMCoefficients:
+def ddim_coefficients(alphas_cumprod: np.ndarray, steps: int, eta: float, spacing: str = "leading") -> DDIMCoefficients:
     """Coefficients from the float32 abar table, built on the host (they are compile-time constants)."""
     abar = np.asarray(alphas_cumprod, np.float32)
-    ascending = ddim_timesteps(len(abar), steps)
+    ascending = ddim_timesteps(len(abar), steps, spacing)
     a_t = abar[ascending]
     a_prev = np.concatenate([abar[:1], abar[ascending[:-1]]])
     a_t64, a_prev64 = a_t.astype(np.float64), a_prev.astype(np.float64)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting, combine, influence_weights
+from cdiff_jax.nn.freeu import FreeU
 from cdiff_jax.nn.unet import UNetFeatures
 from cdiff_jax.system import LatentDiffusionSystem
 
@@ -37,16 +38,18 @@ def predict(
     contexts: dict[str, jax.Array],
     reweighting: Reweighting | EqualWeights | None = None,
     guidance: Guidance | None = None,
+    freeu: FreeU | None = None,
 ) -> Prediction:
     """eps of every expert named in `contexts`, combined by their dynamic diffusers' maps
     (or with equal weights, without running the diffusers).
 
     With `guidance`, each expert is classifier-free guided with its own scale:
     eps_m = eps_m(null) + g_m (eps_m(cond) - eps_m(null)), the conditional and null passes
-    batched together. The diffusers always see the real conditions.
+    batched together. The diffusers always see the real conditions. `freeu` applies FreeU to the
+    experts (never to the diffusers).
     """
     names = tuple(contexts)
-    expert_eps = jnp.stack([_expert_eps(system, n, x, t, contexts[n], guidance) for n in names])
+    expert_eps = jnp.stack([_expert_eps(system, n, x, t, contexts[n], guidance, freeu) for n in names])
     if len(names) == 1:
         return Prediction(eps=expert_eps[0], expert_eps=expert_eps, logits=None,
                           weights=jnp.ones_like(expert_eps[..., :1]))
@@ -91,12 +94,13 @@ class Guidance:
     null_contexts: dict[str, jax.Array]  # per modality, [B, tokens, ctx]
 
 
-def _expert_eps(system, name, x, t, context, guidance):
+def _expert_eps(system, name, x, t, context, guidance, freeu):
     expert = system.modalities[name].expert
     if guidance is None:
-        return expert(x, t, context)
+        return expert(x, t, context, freeu)
     both = expert(
-        jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([context, guidance.null_contexts[name]])
+        jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([context, guidance.null_contexts[name]]),
+        freeu,
     )
     cond, null = jnp.split(both, 2)
     return null + guidance.scales[name] * (cond - null)

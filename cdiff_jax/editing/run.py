@@ -71,10 +71,12 @@ class EditRequest:
 class SweepRequest:
     alphas: dict  # modality -> tuple of floats, equal lengths
     steps: int = 50
-    eta: float = 1.0
+    eta: float = 1.0  # DDIM's; 0 for the deterministic solvers
     mode: str = "released"
     mask_scale: float = 2.0
     batch: int = 1
+    solver: str = "ddim"
+    order: int | None = None
 
 
 def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> pathlib.Path:
@@ -103,8 +105,9 @@ def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> 
                          jax.random.fold_in(stage_key, STAGE_B_STREAM), request.imagic)
         nnx.update(modality.expert, tuned)
 
-    settings = SamplerSettings(steps=sweep.steps, eta=sweep.eta, reweighting=rule_for_mode(
-        sweep.mode, list(targets), sweep.mask_scale, cfg.schedule.timesteps))
+    rule = rule_for_mode(sweep.mode, list(targets), sweep.mask_scale, cfg.schedule.timesteps)
+    settings = SamplerSettings(steps=sweep.steps, eta=sweep.eta, solver=sweep.solver, order=sweep.order,
+                               reweighting=rule)
     x_T = normal(jax.random.fold_in(key, START_NOISE_STREAM), (sweep.batch,) + latent)
     log.info("sampling %d alphas x %d ...", len(next(iter(sweep.alphas.values()))), sweep.batch)
     with SamplingBar("sweep") as progress:
@@ -128,9 +131,9 @@ def validate(request: EditRequest, sweep: SweepRequest):
         raise UsageError("--alphas must be finite numbers")
     requests.mode(sweep.mode)
     requests.batch(sweep.batch)
-    requests.eta(sweep.eta)
+    requests.sampler(sweep.solver, sweep.order, None, sweep.eta if sweep.solver == "ddim" else None)
     requests.mask_scale(sweep.mask_scale)
-    requests.steps(sweep.steps, cfg.schedule.timesteps)
+    requests.steps(sweep.steps, cfg.schedule.timesteps, sweep.solver)
     for stage in ("embedding", "finetune"):
         if getattr(request.imagic, f"{stage}_iterations") < 0:
             raise UsageError(f"--{stage}-iterations must not be negative")
@@ -274,8 +277,10 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=defaults.chunk,
                    help="iterations per compiled call (default: the backend's loop policy)")
     p.add_argument("--alphas", action="append", help=f"interpolation weights (default {DEFAULT_ALPHAS})")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the sweep")
-    p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--sampler", default="ddim", help=f"the sweep's sampler: {', '.join(requests.SAMPLER_NAMES)}")
+    p.add_argument("--order", type=int, help="the solver's order (default: its own)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps of the sweep")
+    p.add_argument("--eta", type=float, help="DDIM eta (default 1.0)")
     p.add_argument("--mode", choices=MODES, default="released", help="collaboration rule (as sample.py)")
     p.add_argument("--mask-scale", type=float, default=2.0)
     p.add_argument("--batch", type=int, default=1, help="samples per alpha")
@@ -286,8 +291,9 @@ def main(argv=None) -> int:
         request = EditRequest(args.checkpoint, args.image, targets, args.seed, ImagicSettings(
             embedding_lr=args.embedding_lr, embedding_iterations=args.embedding_iterations,
             finetune_lr=args.finetune_lr, finetune_iterations=args.finetune_iterations, chunk=args.chunk))
-        sweep = SweepRequest(parse_alphas(args.alphas, list(targets)), args.steps, args.eta, args.mode,
-                             args.mask_scale, args.batch)
+        sampler = requests.sampler(args.sampler, args.order, None, args.eta)
+        sweep = SweepRequest(parse_alphas(args.alphas, list(targets)), args.steps, sampler["eta"], args.mode,
+                             args.mask_scale, args.batch, sampler["solver"], sampler["order"])
         directory = edit(request, sweep, args.out)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)

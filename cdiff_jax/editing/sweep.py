@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cdiff_jax.diffusion.ddim import ddim_timesteps
+from cdiff_jax.diffusion.solvers import visited_timesteps
 from cdiff_jax.noise import normal
 from cdiff_jax.sampling import SamplerSettings, sample_from_contexts
 
@@ -36,7 +36,7 @@ def alpha_sweep(system, targets: dict[str, jax.Array], optimised: dict[str, jax.
     if any(len(alphas[n]) != count for n in names):
         raise ValueError(f"every modality needs the same number of alphas, got { {n: len(alphas[n]) for n in names} }")
     n = x_T.shape[0]
-    steps = len(ddim_timesteps(system.cfg.schedule.timesteps, settings.steps))
+    steps = len(visited_timesteps(settings.solver, settings.spacing, system.cfg.schedule.timesteps, settings.steps))
     noise = normal(key, (steps,) + x_T.shape, x_T.dtype)
     graphdef, state = nnx.split(system)
     per_call = min(per_call, count)

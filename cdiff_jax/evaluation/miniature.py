@@ -101,12 +101,14 @@ def step_noise_key(seed: int, start: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed + STEP_NOISE_SEED_OFFSET), start)
 
 
-def generate(system, examples: list[dict], method: Method, *, steps: int, batch: int, seed: int) -> np.ndarray:
+def generate(system, examples: list[dict], method: Method, *, steps: int, batch: int, seed: int,
+             solver: str = "ddim", order: int | None = None) -> np.ndarray:
     """uint8 images [N, 64, 64, 3] of `method` for the examples; example i starts from the same noise
     in every method."""
     graphdef, state = nnx.split(system)
     cfg = system.cfg
-    settings = SamplerSettings(steps=steps, reweighting=method.rule if len(method.modalities) > 1 else None)
+    settings = SamplerSettings(steps=steps, solver=solver, order=order,
+                               reweighting=method.rule if len(method.modalities) > 1 else None)
     noise = starting_noise(cfg, len(examples), seed)
     out = []
     for start in range(0, len(examples), batch):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from cdiff_jax.config import UNetConfig
+from cdiff_jax.nn.freeu import FreeU, apply_freeu
 from cdiff_jax.nn.kernels import KernelForms, attention, attention_probabilities, kernel_forms, upsample_conv3x3
 from cdiff_jax.nn.layers import conv, group_norm, layer_norm, linear
 
@@ -252,8 +253,15 @@ class UNet(nnx.Module):
         emb = timestep_embedding(t, self.cfg.model_channels)
         return self.time_linear_2(jax.nn.silu(self.time_linear_1(emb)))
 
-    def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
-        return self._forward(x, t, context, ())[0]
+    def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array, freeu: FreeU | None = None) -> jax.Array:
+        """The output; with `freeu` (a static choice), FreeU re-weights the up path (`cdiff_jax.nn.freeu`)."""
+        return self._forward(x, t, context, (), freeu)[0]
+
+    def freeu_widths(self) -> tuple[int, int]:
+        """The backbone widths where FreeU applies (b1, s1) and (b2, s2): the second- and third-deepest
+        levels' (0, which no block has, where the UNet has fewer levels)."""
+        mult, mc = self.cfg.channel_mult, self.cfg.model_channels
+        return tuple(mc * mult[-k] if len(mult) >= k else 0 for k in (2, 3))
 
     def forward_with_intermediates(
         self, x: jax.Array, t: jax.Array, context: jax.Array
@@ -284,7 +292,7 @@ class UNet(nnx.Module):
         return out, UNetFeatures(middle=inter["middle_block"], up={n: inter[n] for n in names},
                                  cross_attention=probabilities)
 
-    def _forward(self, x, t, context, tapped: tuple[int, ...]):
+    def _forward(self, x, t, context, tapped: tuple[int, ...], freeu: FreeU | None = None):
         """(output, every block's output by name, cross-attention probabilities of the tapped up blocks)."""
         emb = self.time_embedding(t)
         inter = {"time_embed": emb}
@@ -299,7 +307,10 @@ class UNet(nnx.Module):
         inter["middle_block"] = h
         probabilities = {}
         for i, block in enumerate(self.up_blocks):
-            h, p = block.forward(jnp.concatenate([h, skips.pop()], axis=-1), emb, context, i in tapped)
+            skip = skips.pop()
+            if freeu is not None:
+                h, skip = apply_freeu(h, skip, freeu, self.freeu_widths())
+            h, p = block.forward(jnp.concatenate([h, skip], axis=-1), emb, context, i in tapped)
             inter[f"output_block_{i:02d}"] = h
             if p is not None:
                 probabilities[f"output_block_{i:02d}"] = p

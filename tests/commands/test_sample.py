@@ -56,11 +56,19 @@ def test_demo_writes_pictures_and_settings_deterministically(tmp_path, capsys):
 
 def test_collaborative_and_uni_modal_checkpoints(checkpoints, fixtures_root, tmp_path, capsys):
     assert run("--checkpoint", checkpoints / "codiff", "--mask", DEMO_MASK, "--text", "a man", "--steps", "4",
-               "--batch", "2", "--out", tmp_path / "collab", "--guidance", "mask=1.5") == 0
-    assert run("--checkpoint", checkpoints / "text", "--text", "a man in his forties", "--steps", "4",
-               "--batch", "1", "--out", tmp_path / "text") == 0
+               "--batch", "2", "--out", tmp_path / "collab", "--guidance", "mask=1.5", "--save-z") == 0
+    assert run("--checkpoint", checkpoints / "text", "--text", "a man in his forties", "--steps", "3",
+               "--sampler", "dpmpp2m", "--freeu", "1.1,1.2,1,1", "--batch", "1", "--out", tmp_path / "text") == 0
+    settings = json.loads((tmp_path / "text/settings.json").read_text())
+    assert (settings["sampler"], settings["order"], settings["steps"], settings["eta"]) == ("dpmpp", 2, 3, 0.0)
+    assert settings["freeu"] == {"b1": 1.1, "b2": 1.2, "s1": 1.0, "s2": 1.0}
     side = reference_config(fixtures_root, "codiff").autoencoder.resolution
     assert Image.open(tmp_path / "collab/images/001.png").size == (side, side)
+    cfg = reference_config(fixtures_root, "codiff")
+    z = np.load(tmp_path / "collab/latents.npy")
+    assert z.shape == (2, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim) and np.isfinite(z).all()
+    picture = np.asarray(Image.open(tmp_path / "collab/latents.png"))
+    assert picture.shape[0] > 2 * 64 and picture.shape[1] > cfg.autoencoder.embed_dim * 64
     assert (tmp_path / "text/grid.png").is_file()
 
 
@@ -107,6 +115,11 @@ CASES = {  # name: (checkpoint, arguments, what the message must name)
     "steps_beyond_schedule": ("text", TEXT + ["--steps", "5000"], "--steps"),
     "eta_above_one": ("text", TEXT + ["--eta", "1.5"], "--eta"),
     "eta_nan": ("text", TEXT + ["--eta", "nan"], "--eta"),
+    "freeu_three_numbers": ("text", TEXT + ["--freeu", "1.1,1.2,1"], "--freeu 1.1,1.2,1: give four numbers"),
+    "sampler_unknown": ("text", TEXT + ["--sampler", "euler"], "--sampler euler: expected one of"),
+    "sampler_order": ("text", TEXT + ["--sampler", "dpmpp", "--order", "5"], "--order 5"),
+    "eta_with_a_deterministic_sampler": ("text", TEXT + ["--sampler", "unipc", "--eta", "1"], "drop --eta"),
+    "sampler_steps_beyond_schedule": ("text", TEXT + ["--sampler", "dpmpp2m", "--steps", "1000"], "--steps 1000"),
     "guidance_inf": ("text", TEXT + ["--guidance", "inf"], "--guidance"),
     "guidance_unknown_modality": ("text", TEXT + ["--guidance", "mask=2"], "--guidance"),
     "guidance_not_a_number": ("text", TEXT + ["--guidance", "text=x"], "--guidance"),
@@ -122,7 +135,8 @@ CASES = {  # name: (checkpoint, arguments, what the message must name)
 }
 # Each kind of check once more through the real command line (a subprocess pays seconds of imports).
 THROUGH_THE_SCRIPT = ("photo_as_mask", "mask_bomb", "not_a_checkpoint", "steps_not_dividing", "eta_nan", "guidance_inf",
-                      "mask_scale_zero", "columns_zero", "batch_huge", "out_foreign_folder", "non_finite_samples")
+                      "sampler_unknown", "mask_scale_zero", "columns_zero", "batch_huge", "out_foreign_folder",
+                      "non_finite_samples")
 
 
 def _case_argv(root, out, case):

@@ -9,11 +9,9 @@ import pytest
 from conftest import reference_system
 from PIL import Image
 
-from cdiff_jax.checkpoint import save_system
-from cdiff_jax.config import load_config
+from cdiff_jax.checkpoint import load_config, save_system
 from cdiff_jax.data.masks import save_label_png
 from cdiff_jax.editing import run as edit_run
-from cdiff_jax.system import init_system
 
 CAPTION = "This man has a very long beard. He is in his seventies."
 FAST = ["--embedding-iterations", "4", "--finetune-iterations", "3", "--chunk", "1", "--steps", "4",
@@ -21,13 +19,16 @@ FAST = ["--embedding-iterations", "4", "--finetune-iterations", "3", "--chunk", 
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(fixtures_root, tmp_path_factory):
+    """The official architecture (converted fixture weights, any fixture layout) and inputs of its size."""
     root = tmp_path_factory.mktemp("edit_inputs")
-    save_system(root / "codiff", init_system(load_config("tiny_system.py"), seed=0))
+    system = reference_system(fixtures_root, "codiff")
+    save_system(root / "codiff", system)
+    side = system.cfg.latent_size * system.cfg.autoencoder.downsample_factor
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "face.png")
-    Image.fromarray(rng.integers(0, 256, (31, 32, 3), dtype=np.uint8)).save(root / "odd.png")
-    save_label_png(root / "mask.png", rng.integers(0, 19, (32, 32)).astype(np.uint8))
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / "face.png")
+    Image.fromarray(rng.integers(0, 256, (side - 1, side, 3), dtype=np.uint8)).save(root / "odd.png")
+    save_label_png(root / "mask.png", rng.integers(0, 19, (side, side)).astype(np.uint8))
     return root
 
 
@@ -74,12 +75,13 @@ def test_interrupted_edit_resumes_after_stage_a_with_the_same_result(inputs, fin
     real_stage_a = edit_run.optimise_embedding
 
     def counted(*args, **kwargs):
-        calls.append(args[3].shape)  # the target context: [1, 19, 16] for the mask, [1, 77, 16] for text
+        calls.append(args[3].shape)  # the target context [1, tokens, width]: tokens differ between the modalities
         return real_stage_a(*args, **kwargs)
 
     monkeypatch.setattr(edit_run, "optimise_embedding", counted)
     assert edit(inputs, tmp_path / "resumed", "--alphas", "0,1,1.5") == 0
-    assert calls == [(1, 77, 16)]  # the mask's stage A came from disk; only the text's ran
+    text_tokens = load_config(inputs / "codiff").modalities["text"].encoder.max_len
+    assert [shape[1] for shape in calls] == [text_tokens]  # the mask's stage A came from disk; only the text's ran
     assert "resuming the edit" in capsys.readouterr().err
     _, resumed = sweep_pictures(tmp_path / "resumed")
     for name, picture in whole.items():
@@ -94,11 +96,13 @@ def test_other_alphas_sample_again_without_recomputing(inputs, finished, tmp_pat
 
     monkeypatch.setattr(edit_run, "optimise_embedding", must_not_run)
     monkeypatch.setattr(edit_run, "finetune_expert", must_not_run)
-    assert edit(inputs, run, "--alphas", "text:0,2", "--alphas", "mask:1,1", "--mode", "plain") == 0
+    assert edit(inputs, run, "--alphas", "text:0,2", "--alphas", "mask:1,1", "--mode", "plain",
+                "--sampler", "dpmpp2m") == 0
     sweeps = sorted((run / "sweeps").iterdir())
     assert len(sweeps) == 2
     records = [json.loads((s / "sweep.json").read_text()) for s in sweeps]
     assert {tuple(r["alphas"]["text"]) for r in records} == {(0.0, 1.0, 1.5), (0.0, 2.0)}
+    assert {(r["solver"], r["order"], r["eta"]) for r in records} == {("ddim", None, 1.0), ("dpmpp", 2, 0.0)}
 
 
 def test_a_directory_holding_another_edit_is_refused(inputs, finished, tmp_path, capsys):
@@ -110,11 +114,12 @@ def test_a_directory_holding_another_edit_is_refused(inputs, finished, tmp_path,
 
 
 @pytest.mark.parametrize("extra, image, message", [
-    ((), "odd.png", "multiples of 2"),
+    ((), "odd.png", "needs sides that are multiples of"),
     ((), "missing.png", "no such file"),
     (("--alphas", "text:0,1"), "face.png", "alphas for mask"),
     (("--alphas", "text:0,1", "--alphas", "mask:1"), "face.png", "same, non-zero number of alphas"),
     (("--steps", "3"), "face.png", "divides 1000"),
+    (("--sampler", "unipc", "--eta", "0.5"), "face.png", "drop --eta"),
 ])
 def test_bad_input_fails_early_and_writes_nothing(inputs, tmp_path, capsys, extra, image, message):
     assert edit(inputs, tmp_path / "out", *extra, image=image) == 2
@@ -122,20 +127,10 @@ def test_bad_input_fails_early_and_writes_nothing(inputs, tmp_path, capsys, extr
     assert not (tmp_path / "out").exists()
 
 
-def test_a_converted_reference_system_edits_end_to_end(fixtures_root, tmp_path):
-    """The official architecture (converted fixture weights, any fixture layout) through the same CLI."""
-    system = reference_system(fixtures_root, "codiff")
-    save_system(tmp_path / "codiff", system)
-    side = system.cfg.latent_size * system.cfg.autoencoder.downsample_factor
-    rng = np.random.default_rng(1)
-    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(tmp_path / "face.png")
-    save_label_png(tmp_path / "mask.png", rng.integers(0, 19, (side, side)).astype(np.uint8))
-    out = tmp_path / "edit"
-    assert edit_run.main(["--checkpoint", str(tmp_path / "codiff"), "--image", str(tmp_path / "face.png"),
-                          "--text", CAPTION, "--mask", str(tmp_path / "mask.png"), "--out", str(out), *FAST,
-                          "--alphas", "0,1"]) == 0
-    _, pictures = sweep_pictures(out)
-    first, last = (pictures[name] for name in sorted(pictures))
+def test_the_sweep_runs_from_the_optimised_embedding_to_the_target(inputs, finished):
+    cfg = load_config(inputs / "codiff")
+    side = cfg.latent_size * cfg.autoencoder.downsample_factor
+    _, pictures = sweep_pictures(finished)
+    first, last = (pictures[name] for name in sorted(pictures)[:2])
     assert first.shape == last.shape == (side, side, 3)
     assert np.abs(first.astype(int) - last.astype(int)).max() > 0  # optimised and target embeddings differ
-    assert (out / "text/expert").is_dir() and (out / "mask/expert").is_dir()

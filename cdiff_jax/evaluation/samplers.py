@@ -1,0 +1,146 @@
+"""Fewer steps at equal quality? The collaborative system sampled by each solver at several step counts.
+
+The miniature evaluation's held-out (mask, caption) pairs, starting noise and judges; the method is the
+collaborative system with the released re-weighting. Each row is a solver at a step count, scored by mask
+accuracy, attribute accuracy (each with its standard error over the examples) and the Frechet distance
+(with a bootstrap standard error over the generated images), and timed per image after compilation. The
+first row, 50-step DDIM with eta 1, is what the released scripts run: a row matches it when its mask and
+attribute accuracy are both within one standard error of that row's.
+
+    python -m cdiff_jax.evaluation.samplers --count 500 --out outputs/samplers
+
+writes `results.json`, `results.md` (the table) and `grid.png` (mask | real | each row) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from cdiff_jax import viz
+from cdiff_jax.checkpoint import NotACheckpointError, load_system
+from cdiff_jax.diffusion.solvers import SOLVERS
+from cdiff_jax.evaluation import judges as J
+from cdiff_jax.evaluation import miniature as M
+from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
+from cdiff_jax.progress import bar, configure_logging, log
+from cdiff_jax.requests import DEMO_CHECKPOINT
+
+# (solver, order, steps): the released sampler first, then each solver at fewer steps.
+GRID = (("ddim", None, 50), ("ddim", None, 25), ("ddim", None, 15), ("ddim", None, 10),
+        ("dpmpp", 2, 25), ("dpmpp", 2, 15), ("dpmpp", 2, 10), ("dpmpp", 2, 5),
+        ("unipc", 2, 25), ("unipc", 2, 15), ("unipc", 2, 10), ("unipc", 2, 5))
+METHOD = M.METHODS[-1]  # the collaborative system with the released re-weighting
+BOOTSTRAP = 100  # resamples for the Frechet distance's standard error
+
+
+def row_name(solver: str, order: int | None, steps: int) -> str:
+    order = SOLVERS[solver].default_order if order is None else order
+    return f"{solver} {steps}" if solver == "ddim" else f"{solver} (order {order}) {steps}"
+
+
+def short_name(solver: str, order: int | None, steps: int) -> str:
+    """A grid column's label."""
+    order = SOLVERS[solver].default_order if order is None else order
+    return {"ddim": "DDIM", "dpmpp": f"DPM{order}", "unipc": f"UniPC{order}"}[solver] + f" {steps}"
+
+
+def standard_error(values) -> float:
+    values = np.asarray(values, np.float64)
+    return float(values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def frechet_with_error(features: np.ndarray, real_stats, rng: np.random.Generator) -> tuple[float, float]:
+    """The Frechet distance of the features to the real statistics, and its bootstrap standard error."""
+    resampled = [frechet_distance(*gaussian_statistics(features[rng.integers(0, len(features), len(features))]),
+                                  *real_stats) for _ in range(BOOTSTRAP)]
+    return frechet_distance(*gaussian_statistics(features), *real_stats), float(np.std(resampled, ddof=1))
+
+
+def run(checkpoint, judges_dir, count: int, *, batch: int = 50, seed: int = 0, grid=GRID) -> tuple[dict, dict]:
+    """(a row of scores per grid entry, uint8 images per row under its short name)."""
+    system = load_system(checkpoint)
+    judges = J.load_judges(judges_dir)
+    examples = M.held_out_examples(count)
+    real = np.stack([e["image"] for e in examples])
+    real_stats = gaussian_statistics(np.asarray(J.features(judges, J.from_uint8(real))))
+    rng = np.random.default_rng(seed)
+    results, images = {}, {}
+    for solver, order, steps in bar(grid, "solvers", unit="row"):
+        name = row_name(solver, order, steps)
+        settings = dict(steps=steps, batch=batch, seed=seed, solver=solver, order=order)
+        M.generate(system, examples[: min(batch, count)], METHOD, **settings)  # compile, off the clock
+        start = time.perf_counter()
+        generated = M.generate(system, examples, METHOD, **settings)
+        seconds = (time.perf_counter() - start) / count
+        row = M.score(judges, generated, examples, None)
+        features = np.asarray(J.features(judges, J.from_uint8(generated)))
+        frechet, frechet_se = frechet_with_error(features, real_stats, rng)
+        results[name] = {
+            "solver": solver, "order": order, "steps": steps, "seconds_per_image": seconds,
+            "mask_accuracy": row["mask_accuracy"], "mask_accuracy_se": standard_error(row["per_example_mask_accuracy"]),
+            "attribute_accuracy": row["attribute_accuracy"],
+            "attribute_accuracy_se": standard_error(row["per_example_attribute_accuracy"]),
+            "frechet": frechet, "frechet_se": frechet_se}
+        images[short_name(solver, order, steps)] = generated
+        log.info("%s: mask %.3f, attributes %.3f, Frechet %.1f, %.3f s/image", name, row["mask_accuracy"],
+                 row["attribute_accuracy"], frechet, seconds)
+    return results, images
+
+
+def matches_the_first_row(results: dict) -> dict[str, bool]:
+    """Rows whose mask and attribute accuracy are both within one standard error of the first row's."""
+    first = next(iter(results.values()))
+    return {name: all(abs(r[k] - first[k]) <= first[f"{k}_se"] for k in ("mask_accuracy", "attribute_accuracy"))
+            for name, r in results.items()}
+
+
+def table(results: dict) -> str:
+    matches = matches_the_first_row(results)
+    first = next(iter(results.values()))
+    lines = ["| sampler, steps | mask accuracy | attribute accuracy | Frechet distance | s / image | "
+             "within 1 SE of the first row | time vs the first row |", "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['mask_accuracy']:.3f} ± {r['mask_accuracy_se']:.3f} | "
+                     f"{r['attribute_accuracy']:.3f} ± {r['attribute_accuracy_se']:.3f} | "
+                     f"{r['frechet']:.1f} ± {r['frechet_se']:.1f} | {r['seconds_per_image']:.4f} | "
+                     f"{'yes' if matches[name] else 'no'} | "
+                     f"{r['seconds_per_image'] / first['seconds_per_image']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="collaborative system (default: the demo)")
+    p.add_argument("--judges", default=str(M.DEMO_JUDGES), help="judges directory (default: the shipped ones)")
+    p.add_argument("--count", type=int, default=500, help="held-out (mask, caption) pairs")
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/samplers")
+    args = p.parse_args(argv)
+    configure_logging()
+    if not 2 <= args.count <= M.TEST_SIZE:
+        p.error(f"--count must be in 2..{M.TEST_SIZE} (the held-out split; standard errors need two)")
+    try:
+        results, images = run(args.checkpoint, args.judges, args.count, batch=args.batch, seed=args.seed)
+    except (FileNotFoundError, ValueError, NotACheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = M.held_out_examples(min(8, args.count))
+    viz.save_png(out / "grid.png", M.picture(shown, {name: im[: len(shown)] for name, im in images.items()}))
+    settings = {k: getattr(args, k) for k in ("checkpoint", "judges", "count", "batch", "seed")}
+    M.write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
+    M.write_text(out / "results.md", table(results) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
