@@ -102,12 +102,12 @@ def step_noise_key(seed: int, start: int) -> jax.Array:
 
 
 def generate(system, examples: list[dict], method: Method, *, steps: int, batch: int, seed: int,
-             solver: str = "ddim", order: int | None = None) -> np.ndarray:
+             solver: str = "ddim", order: int | None = None, eta: float = 1.0) -> np.ndarray:
     """uint8 images [N, 64, 64, 3] of `method` for the examples; example i starts from the same noise
     in every method."""
     graphdef, state = nnx.split(system)
     cfg = system.cfg
-    settings = SamplerSettings(steps=steps, solver=solver, order=order,
+    settings = SamplerSettings(steps=steps, solver=solver, order=order, eta=eta,
                                reweighting=method.rule if len(method.modalities) > 1 else None)
     noise = starting_noise(cfg, len(examples), seed)
     out = []

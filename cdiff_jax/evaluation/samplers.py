@@ -4,8 +4,8 @@ The miniature evaluation's held-out (mask, caption) pairs, starting noise and ju
 collaborative system with the released re-weighting. Each row is a solver at a step count, scored by mask
 accuracy, attribute accuracy (each with its standard error over the examples) and the Frechet distance
 (with a bootstrap standard error over the generated images), and timed per image after compilation. The
-first row, 50-step DDIM with eta 1, is what the released scripts run: a row matches it when its mask and
-attribute accuracy are both within one standard error of that row's.
+first row, 50-step DDIM with eta 1, is what the released scripts run: a row matches it when neither its
+mask nor its attribute accuracy is more than one standard error (of the first row's) below that row's.
 
     python -m cdiff_jax.evaluation.samplers --count 500 --out outputs/samplers
 
@@ -31,23 +31,25 @@ from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
 from cdiff_jax.progress import bar, configure_logging, log
 from cdiff_jax.requests import DEMO_CHECKPOINT
 
-# (solver, order, steps): the released sampler first, then each solver at fewer steps.
-GRID = (("ddim", None, 50), ("ddim", None, 25), ("ddim", None, 15), ("ddim", None, 10),
-        ("dpmpp", 2, 25), ("dpmpp", 2, 15), ("dpmpp", 2, 10), ("dpmpp", 2, 5),
-        ("unipc", 2, 25), ("unipc", 2, 15), ("unipc", 2, 10), ("unipc", 2, 5))
+# (solver, order, steps, eta): the released sampler first, then each solver at fewer steps; deterministic
+# DDIM (eta 0) separates what the step count costs from what dropping DDIM's noise does.
+GRID = (("ddim", None, 50, 1.0), ("ddim", None, 25, 1.0), ("ddim", None, 15, 1.0), ("ddim", None, 10, 1.0),
+        ("ddim", None, 50, 0.0), ("ddim", None, 15, 0.0),
+        ("dpmpp", 2, 25, 0.0), ("dpmpp", 2, 15, 0.0), ("dpmpp", 2, 10, 0.0), ("dpmpp", 2, 5, 0.0),
+        ("unipc", 2, 25, 0.0), ("unipc", 2, 15, 0.0), ("unipc", 2, 10, 0.0), ("unipc", 2, 5, 0.0))
 METHOD = M.METHODS[-1]  # the collaborative system with the released re-weighting
 BOOTSTRAP = 100  # resamples for the Frechet distance's standard error
 
 
-def row_name(solver: str, order: int | None, steps: int) -> str:
+def row_name(solver: str, order: int | None, steps: int, eta: float) -> str:
     order = SOLVERS[solver].default_order if order is None else order
-    return f"{solver} {steps}" if solver == "ddim" else f"{solver} (order {order}) {steps}"
+    return f"ddim eta {eta:g}, {steps}" if solver == "ddim" else f"{solver} (order {order}), {steps}"
 
 
-def short_name(solver: str, order: int | None, steps: int) -> str:
+def short_name(solver: str, order: int | None, steps: int, eta: float) -> str:
     """A grid column's label."""
     order = SOLVERS[solver].default_order if order is None else order
-    return {"ddim": "DDIM", "dpmpp": f"DPM{order}", "unipc": f"UniPC{order}"}[solver] + f" {steps}"
+    return {"ddim": f"DDIM{eta:g}", "dpmpp": f"DPM{order}", "unipc": f"UniPC{order}"}[solver] + f" {steps}"
 
 
 def standard_error(values) -> float:
@@ -71,9 +73,9 @@ def run(checkpoint, judges_dir, count: int, *, batch: int = 50, seed: int = 0, g
     real_stats = gaussian_statistics(np.asarray(J.features(judges, J.from_uint8(real))))
     rng = np.random.default_rng(seed)
     results, images = {}, {}
-    for solver, order, steps in bar(grid, "solvers", unit="row"):
-        name = row_name(solver, order, steps)
-        settings = dict(steps=steps, batch=batch, seed=seed, solver=solver, order=order)
+    for solver, order, steps, eta in bar(grid, "solvers", unit="row"):
+        name = row_name(solver, order, steps, eta)
+        settings = dict(steps=steps, batch=batch, seed=seed, solver=solver, order=order, eta=eta)
         M.generate(system, examples[: min(batch, count)], METHOD, **settings)  # compile, off the clock
         start = time.perf_counter()
         generated = M.generate(system, examples, METHOD, **settings)
@@ -82,21 +84,22 @@ def run(checkpoint, judges_dir, count: int, *, batch: int = 50, seed: int = 0, g
         features = np.asarray(J.features(judges, J.from_uint8(generated)))
         frechet, frechet_se = frechet_with_error(features, real_stats, rng)
         results[name] = {
-            "solver": solver, "order": order, "steps": steps, "seconds_per_image": seconds,
+            "solver": solver, "order": order, "steps": steps, "eta": eta, "seconds_per_image": seconds,
             "mask_accuracy": row["mask_accuracy"], "mask_accuracy_se": standard_error(row["per_example_mask_accuracy"]),
             "attribute_accuracy": row["attribute_accuracy"],
             "attribute_accuracy_se": standard_error(row["per_example_attribute_accuracy"]),
             "frechet": frechet, "frechet_se": frechet_se}
-        images[short_name(solver, order, steps)] = generated
+        images[short_name(solver, order, steps, eta)] = generated
         log.info("%s: mask %.3f, attributes %.3f, Frechet %.1f, %.3f s/image", name, row["mask_accuracy"],
                  row["attribute_accuracy"], frechet, seconds)
     return results, images
 
 
 def matches_the_first_row(results: dict) -> dict[str, bool]:
-    """Rows whose mask and attribute accuracy are both within one standard error of the first row's."""
+    """Rows whose mask and attribute accuracy are both no more than one standard error (of the first row's)
+    below the first row's: as good, within the noise of the measurement, or better."""
     first = next(iter(results.values()))
-    return {name: all(abs(r[k] - first[k]) <= first[f"{k}_se"] for k in ("mask_accuracy", "attribute_accuracy"))
+    return {name: all(r[k] >= first[k] - first[f"{k}_se"] for k in ("mask_accuracy", "attribute_accuracy"))
             for name, r in results.items()}
 
 
@@ -104,7 +107,7 @@ def table(results: dict) -> str:
     matches = matches_the_first_row(results)
     first = next(iter(results.values()))
     lines = ["| sampler, steps | mask accuracy | attribute accuracy | Frechet distance | s / image | "
-             "within 1 SE of the first row | time vs the first row |", "|---|---|---|---|---|---|---|"]
+             "as good as the first row (1 SE) | time vs the first row |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['mask_accuracy']:.3f} ± {r['mask_accuracy_se']:.3f} | "
                      f"{r['attribute_accuracy']:.3f} ± {r['attribute_accuracy_se']:.3f} | "
