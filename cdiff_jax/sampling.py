@@ -101,8 +101,8 @@ def sample(
     """Sample latents and images for `conditions` (token ids / one-hot masks per modality).
 
     DDIM's noise of each step comes from `key`, or from `step_noise` [S, *x_T.shape] when given
-    (to replay a reference run); the multistep solvers draw none. Guidance scales and null conditions are needed for the
-    modalities named in `settings.guided`. `on_step(done, total)` is called after every
+    (to replay a reference run); the multistep solvers draw none. Guidance scales and null
+    conditions are needed for the modalities named in `settings.guided`. `on_step(done, total)` is called after every
     compiled step (e.g. a `cdiff_jax.progress.SamplingBar`); the call then waits for the result.
     """
     guided = set(settings.guided)
@@ -183,23 +183,24 @@ def _sample_program(reporter, graphdef, state, conditions, contexts, x_T, key, s
         noise_source = jax.random.split(key, num_steps) if step_noise is None else step_noise
     batch = x_T.shape[0]
 
-    def step(state, inputs):
+    def step(solver_state, inputs):
         i, row, noise = inputs
-        x = solvers.current_sample(state)
+        x = solvers.current_sample(solver_state)
         if stochastic and step_noise is None:
             noise = normal(noise, x.shape, x.dtype)
         p = predict(system, x, jnp.full((batch,), row.timesteps), contexts, settings.reweighting, guidance,
                     settings.freeu)
-        state, pred_x0 = solvers.step(state, p.eps, row, noise)
+        solver_state, pred_x0 = solvers.step(solver_state, p.eps, row, noise)
         if reporter is not None:
             jax.debug.callback(_report_step, reporter, i, num_steps)
         record = None
         if settings.record:
             record = Trajectory(row.timesteps, x, pred_x0, p.eps, p.expert_eps, p.logits, p.weights)
-        return state, record
+        return solver_state, record
 
-    state, trajectory = jax.lax.scan(step, solvers.initial(plan, x_T), (jnp.arange(num_steps), plan, noise_source))
-    z0 = solvers.current_sample(state)
+    xs = (jnp.arange(num_steps), plan, noise_source)
+    solver_state, trajectory = jax.lax.scan(step, solvers.initial(plan, x_T), xs)
+    z0 = solvers.current_sample(solver_state)
     return SampleResult(latents=z0, images=system.autoencoder.decode_latent(z0), trajectory=trajectory)
 
 

@@ -71,10 +71,19 @@ def _lowered(system, settings, conditions, x):
     return _sample_program.lower(None, graphdef, state, conditions, {}, x, jax.random.key(0), None, {}, {}, settings)
 
 
+PRNG_FUNCTIONS = ("threefry", "uniform", "random", "bits", "normal")  # jax's own helpers, some with loops
+
+
 def _denoising_loops(stablehlo: str) -> int:
-    """While loops outside the PRNG's own (threefry hashes with a small loop of its own)."""
+    """While loops outside the PRNG's own functions (threefry hashing and, in newer jax, uniform draws loop)."""
     functions = stablehlo.split("func.func ")[1:]
-    return sum(f.count("stablehlo.while") for f in functions if "threefry" not in f.split("(", 1)[0])
+    return sum(f.count("stablehlo.while") for f in functions
+               if not any(name in f.split("(", 1)[0] for name in PRNG_FUNCTIONS))
+
+
+def _program_ops(stablehlo: str) -> int:
+    """Operations other than constants (newer jax passes the larger constant tables in as arguments)."""
+    return sum(1 for line in stablehlo.splitlines() if " = " in line and "stablehlo.constant" not in line)
 
 
 @pytest.mark.parametrize("solver, order", [("ddim", None), ("unipc", 3)])  # DPM-Solver++ runs the same step
@@ -92,7 +101,7 @@ def test_one_loop_and_compile_cost_and_memory_independent_of_steps(fixtures_root
         memory[steps] = compiled.memory_analysis().temp_size_in_bytes
     for text in texts.values():
         assert _denoising_loops(text) == 1
-    ops = {s: sum(1 for line in t.splitlines() if " = " in line) for s, t in texts.items()}
+    ops = {s: _program_ops(t) for s, t in texts.items()}
     assert ops[10] == ops[200], "the program grows with the number of steps"
     assert seconds[200] < 2.5 * seconds[10] + 1.0, seconds
     # Only the per-step constants (a few scalars and a key each) may grow; one latent is far larger.
@@ -140,7 +149,8 @@ def test_trajectory_only_on_request(fixtures_root):
     recorded = sample(graphdef, state, _conditions(io), nhwc(io["x_T"]), jax.random.key(1),
                       SamplerSettings(steps=4, record=True))
     assert plain.trajectory is None and recorded.trajectory.x_t.shape[0] == 4
-    np.testing.assert_array_equal(plain.latents, recorded.latents)
+    # The same computation in another program: equal up to the last float bits XLA's fusion may change.
+    assert_close_rel(recorded.latents, plain.latents, tol=1e-6, name="z_0 with and without the trajectory")
 
 
 def test_reference_step_spacing():

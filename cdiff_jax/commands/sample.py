@@ -3,7 +3,8 @@
     python sample.py --checkpoint checkpoints/512_codiff --mask mask.png --text "This man has a beard."
     python sample.py --checkpoint checkpoints/512_codiff --text "He is in his forties."   # text expert alone
     python sample.py                       # the shipped demo models (64x64 toy faces), example mask and caption
-    python sample.py --sampler dpmpp2m --steps 15                 # DPM-Solver++: fewer steps, same quality
+    python sample.py --steps 10            # as good as 50 steps on the demo models (README, Fast sampling)
+    python sample.py --sampler dpmpp2m --steps 10   # DPM-Solver++: 50-step deterministic DDIM's images in 10
     python sample.py edit --image face.png --text "..." --mask edited.png --out runs/edit   # see --help
     python sample.py gan --checkpoint checkpoints/stylegan2_ffhq --truncation 0.7           # see --help
     python sample.py ddgi --mask mask.png --text "..."      # DDGI with the shipped toy GAN and heads; see --help
@@ -53,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"samples per run, 1..{requests.MAX_BATCH} (default 4, as the released scripts)")
     p.add_argument("--sampler", default="ddim",
                    help=f"{', '.join(requests.SAMPLER_NAMES)} (default ddim, as the released scripts; dpmpp2m and "
-                        "unipc reach its quality in fewer steps: README, Fast sampling)")
+                        "unipc reach deterministic DDIM's images in 5-10 steps: README, Fast sampling)")
     p.add_argument("--order", type=int, help="the solver's order (default: ddim 1, dpmpp 2, unipc 2)")
     p.add_argument("--spacing", help="timesteps: leading (the released DDIM's) or linspace (default: the solver's)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")

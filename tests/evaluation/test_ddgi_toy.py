@@ -44,12 +44,19 @@ def test_every_row_is_scored(evaluated):
     assert "| DDGI M + T, step 1/10 |" in D.table(results)
 
 
+def assert_same_pictures(actual: np.ndarray, expected: np.ndarray, name: str = "") -> None:
+    """Equal uint8 pictures up to rounding: the same computation compiled in another program (recording a
+    trajectory, another batch) may differ in the last float bit, which moves a rare pixel by one level."""
+    difference = np.abs(actual.astype(int) - expected.astype(int))
+    assert difference.max() <= 1 and np.mean(difference > 0) < 1e-3, (name, difference.max(), np.mean(difference > 0))
+
+
 def test_the_diffusion_row_is_the_miniature_table_s_released_collaboration(evaluated):
     _, _, images = evaluated
     method = next(m for m in M.METHODS if m.name == "collaborative (released)")
     expected = M.generate(load_system(M.DEMO_CHECKPOINT), M.held_out_examples(COUNT), method, steps=STEPS,
                           batch=COUNT, seed=0)
-    np.testing.assert_array_equal(images["diffusion I^d_0"], expected)
+    assert_same_pictures(images["diffusion I^d_0"], expected)
 
 
 def test_fresh_heads_render_the_gan_s_average_code_and_inversion_moves_towards_the_faces(evaluated):
@@ -58,5 +65,5 @@ def test_fresh_heads_render_the_gan_s_average_code_and_inversion_moves_towards_t
     average = viz.to_uint8(np.asarray(generator.synthesis(w_avg, generator.synthesis.noises(1, "const", None, None))))
     for row in images:
         if row.startswith("DDGI"):
-            np.testing.assert_array_equal(images[row], np.repeat(average, COUNT, axis=0), err_msg=row)
+            assert_same_pictures(images[row], np.repeat(average, COUNT, axis=0), row)
     assert results["GAN W+ inversion (ceiling)"]["l2"] < results[f"DDGI M, step {STEPS}/{STEPS}"]["l2"]
