@@ -47,5 +47,5 @@ def dpm_solver_plan(alphas_cumprod: np.ndarray, steps: int, order: int, spacing:
             d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
             d2 = (d1_0 - d1_1) / (r0 + r1)
             update = update + a_t * (phi / h + 1.0) * d1 - a_t * ((phi + h) / h**2 - 0.5) * d2
-        rows.append({"carry": sigma[i + 1] / sigma[i], "predict": update[:order]})
+        rows.append({"from_corrected": sigma[i + 1] / sigma[i], "predict": update[:order]})
     return plan_from_rows(timesteps, alpha, sigma, rows)

@@ -55,7 +55,7 @@ class MultistepPlan:
 
     The step: x0 = (x - sigma eps) / alpha; corrected = x * keep + previous * from_previous
     + history . correct (the corrector, UniPC's; keep 1 and nothing else without one);
-    next x = corrected * carry + history . predict.
+    next x = corrected * from_corrected + history . predict.
     """
 
     timesteps: jax.Array  # [S] int32
@@ -64,12 +64,12 @@ class MultistepPlan:
     keep: jax.Array  # [S]
     from_previous: jax.Array  # [S]
     correct: jax.Array  # [S, K]
-    carry: jax.Array  # [S]
+    from_corrected: jax.Array  # [S]
     predict: jax.Array  # [S, K]
 
 
 def plan_from_rows(timesteps: np.ndarray, alpha: np.ndarray, sigma: np.ndarray, rows: list[dict]) -> MultistepPlan:
-    """A plan from per-step dicts of weights (float64, any of keep / from_previous / correct / carry /
+    """A plan from per-step dicts of weights (float64, any of keep / from_previous / correct / from_corrected /
     predict; the identity corrector where absent), stored as float32."""
     depth = max(len(row.get(name, ())) for row in rows for name in ("correct", "predict"))
 
@@ -90,7 +90,7 @@ def plan_from_rows(timesteps: np.ndarray, alpha: np.ndarray, sigma: np.ndarray, 
         keep=column("keep", 1.0),
         from_previous=column("from_previous", 0.0),
         correct=matrix("correct"),
-        carry=column("carry", 0.0),
+        from_corrected=column("from_corrected", 0.0),
         predict=matrix("predict"),
     )
 
@@ -116,5 +116,5 @@ def multistep_step(state: MultistepState, eps: jax.Array, row: MultistepPlan) ->
         return jnp.tensordot(weights, terms, axes=1)
 
     corrected = state.x * row.keep + state.previous * row.from_previous + combine(row.correct, history)
-    x_next = corrected * row.carry + combine(row.predict, history)
+    x_next = corrected * row.from_corrected + combine(row.predict, history)
     return MultistepState(x=x_next, previous=corrected, history=history), x0

@@ -70,7 +70,7 @@ def unipc_plan(alphas_cumprod: np.ndarray, steps: int, order: int, spacing: str 
             row = {"keep": 0.0, "from_previous": with_previous, "correct": correct}
         this_order = min(order, steps - i, i + 1)
         with np.errstate(divide="ignore", invalid="ignore"):  # the last step (sigma 0) is first order
-            carry, predict = _update(lam, alpha, sigma, i, i + 1, this_order, history[0], history[1:], None)
-        rows.append(row | {"carry": carry, "predict": predict})
+            from_corrected, predict = _update(lam, alpha, sigma, i, i + 1, this_order, history[0], history[1:], None)
+        rows.append(row | {"from_corrected": from_corrected, "predict": predict})
         previous_order = this_order
     return plan_from_rows(timesteps, alpha, sigma, rows)
