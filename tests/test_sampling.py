@@ -223,7 +223,7 @@ def test_guidance_arguments_are_checked(fixtures_root):
                jnp.zeros((1, 8, 8, 3)), jax.random.key(0), SamplerSettings(steps=2, guided=("mask",)))
 
 
-def test_eight_devices_give_the_same_images_as_one(fixtures_root):
+def test_eight_devices_give_the_same_images_as_one_with_every_solver_kind(fixtures_root):
     script = textwrap.dedent(f"""
         import sys, numpy as np, jax, jax.numpy as jnp
         sys.path.insert(0, {str(REPO / 'tests')!r})
@@ -239,15 +239,15 @@ def test_eight_devices_give_the_same_images_as_one(fixtures_root):
         conds = {{"mask": jnp.asarray(rng.integers(0, 2, (8, 19, 1024)).astype(np.float32)),
                   "text": jnp.asarray(rng.integers(1000, 3000, (8, 77)).astype(np.int32))}}
         x_T = jnp.asarray(rng.normal(size=(8, 8, 8, 3)).astype(np.float32))
-        settings = SamplerSettings(steps=5)
-        one = sample(graphdef, state, conds, x_T, jax.random.key(7), settings)
         mesh = data_mesh()
-        many = sample(graphdef, replicate(state, mesh), shard_batch(conds, mesh), shard_batch(x_T, mesh),
-                      jax.random.key(7), settings)
-        assert len(many.images.sharding.device_set) == 8
-        err = np.abs(np.asarray(many.images) - np.asarray(one.images)).max() / np.abs(np.asarray(one.images)).max()
-        print("relative difference", err)
-        assert err < 1e-5, err
+        for settings in (SamplerSettings(steps=5), SamplerSettings(steps=4, solver="unipc", order=3)):
+            one = sample(graphdef, state, conds, x_T, jax.random.key(7), settings)
+            many = sample(graphdef, replicate(state, mesh), shard_batch(conds, mesh), shard_batch(x_T, mesh),
+                          jax.random.key(7), settings)
+            assert len(many.images.sharding.device_set) == 8
+            err = np.abs(np.asarray(many.images) - np.asarray(one.images)).max() / np.abs(np.asarray(one.images)).max()
+            print(settings.solver, "relative difference", err)
+            assert err < 1e-5, (settings.solver, err)
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
