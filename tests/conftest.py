@@ -1,6 +1,7 @@
 """Shared test fixtures: the reference fixture root and a relative-error helper."""
 
 import atexit
+import json
 import os
 import pathlib
 import shutil
@@ -21,8 +22,10 @@ import jax  # noqa: E402 -- after the cache settings above
 import numpy as np
 import pytest
 from flax import nnx
+from torch_files import full_file
 
 from cdiff_jax.nn.lpips import LPIPS_VGG_CONV_INDICES, SCALE, SHIFT, TAPPED_WIDTHS, VGG16_LAYOUT
+from cdiff_jax.weights.layout import to_flax_layout
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytest_plugins = ("trainer_runs",)  # the trainer modules' tiny dataset fixture (`data_dir`)
@@ -44,6 +47,38 @@ def fixtures_root() -> pathlib.Path:
             "CDIFF_REFERENCE_FIXTURES to the fixture root, or deselect the parity tests", pytrace=False
         )
     return root
+
+
+# --- an evaluation network's reference folder, named by the test module's FIXTURE -------------
+
+
+@pytest.fixture(scope="module")
+def folder(fixtures_root, request) -> pathlib.Path:
+    return fixtures_root / request.module.FIXTURE
+
+
+@pytest.fixture(scope="module")
+def reference(folder) -> dict[str, np.ndarray]:
+    """The original code's inputs and outputs (io.npz)."""
+    return dict(np.load(folder / "io.npz"))
+
+
+@pytest.fixture(scope="module")
+def weight_file(folder, tmp_path_factory) -> pathlib.Path:
+    """The full weight file rebuilt from the folder's recipe, in its real format and under its real name."""
+    return full_file(folder, tmp_path_factory.mktemp(folder.name))
+
+
+def unmapped_real_keys(folder: pathlib.Path, model, mapping: dict[str, str]) -> set[str]:
+    """The real checkpoint's keys (real_manifest.json) that no variable of `model` reads, after checking that
+    the map is one-to-one and every mapped key has the variable's shape in our layout."""
+    manifest = json.loads((folder / "real_manifest.json").read_text())["keys"]
+    for path, variable in nnx.to_flat_state(nnx.state(model)):
+        key = mapping[".".join(map(str, path))]
+        shape = to_flax_layout(np.zeros(manifest[key]["shape"], np.float32), str(path[-1])).shape
+        assert shape == tuple(variable.shape), key
+    assert len(set(mapping.values())) == len(mapping)
+    return set(manifest) - set(mapping.values())
 
 
 def assert_close_rel(actual, expected, tol=1e-5, name="array"):

@@ -19,20 +19,25 @@ from cdiff_jax.data.masks import save_label_png
 EXAMPLES = 18
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
+def prepared_noise_faces(root, examples: int, resolution: int, test_size: int):
+    """A prepared dataset of noise images with random 32x32 masks and numbered captions, in root/tfds."""
     rng = np.random.default_rng(0)
     for sub in ("image", "mask", "text"):
         (root / "manual" / sub).mkdir(parents=True)
     captions = {}
-    for i in range(EXAMPLES):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "manual/image" / f"{i}.png")
+    for i in range(examples):
+        Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(
+            root / "manual/image" / f"{i}.png")
         save_label_png(root / "manual/mask" / f"{i}.png", rng.integers(0, 19, (32, 32)).astype(np.uint8))
         captions[f"{i}.png"] = {"Beard_and_Age": f"This man has beard of length {i}. He is in his thirties."}
     (root / "manual/text/captions.json").write_text(json.dumps(captions))
-    build_dataset(root / "manual", root / "tfds", resolution=32, test_size=2)
+    build_dataset(root / "manual", root / "tfds", resolution=resolution, test_size=test_size)
     return root / "tfds"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return prepared_noise_faces(tmp_path_factory.mktemp("toy"), EXAMPLES, 32, 2)
 
 
 def train_cmd(workdir, data_dir, *sets, config="configs/train_tiny.py"):

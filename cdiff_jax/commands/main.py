@@ -19,7 +19,7 @@ COMMANDS = {
     "train": ("cdiff_jax.commands.train:main",
               "train the autoencoder, an expert, the dynamic diffusers or a StyleGAN2"),
     "convert": ("cdiff_jax.convert.__main__:main", "convert an official checkpoint into a cdiff_jax checkpoint"),
-    "evaluate": (None, "evaluate on the toy faces (default: the miniature evaluation); see `cdiff evaluate --help`"),
+    "evaluate": (None, "evaluate on real or toy faces (default: the miniature evaluation); `cdiff evaluate --help`"),
 }
 # `cdiff evaluate [NAME] ...`: the evaluation programs; without a name, the miniature evaluation.
 EVALUATIONS = {
@@ -29,6 +29,8 @@ EVALUATIONS = {
     "toy-edit": ("cdiff_jax.evaluation.toy_edit:main", "editing judged against the toy world's exact targets"),
     "ddgi": ("cdiff_jax.evaluation.ddgi_toy:main", "DDGI's GAN images against the diffusion samples, judged"),
     "judges": ("cdiff_jax.evaluation.judges:main", "train the face parser and attribute classifier (the judges)"),
+    "paper": ("cdiff_jax.evaluation.paper:main", "the papers' table on real faces: FID, CLIP score, masks, ..."),
+    "fid": ("cdiff_jax.evaluation.fid:main", "FID between two image folders or statistics files, as pytorch-fid"),
 }
 DEFAULT_EVALUATION = "miniature"
 

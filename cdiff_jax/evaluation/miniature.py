@@ -38,11 +38,12 @@ from flax import nnx
 from cdiff_jax import conditions as cond
 from cdiff_jax import viz
 from cdiff_jax.checkpoint import load_system
-from cdiff_jax.data.masks import NUM_CLASSES, colorize
+from cdiff_jax.data.masks import colorize
 from cdiff_jax.data.toy_faces import example_seed, make_example
 from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
+from cdiff_jax.evaluation.metrics import mean_iou
 from cdiff_jax.latents import reconstruct
 from cdiff_jax.noise import normal
 from cdiff_jax.progress import bar, configure_logging, log
@@ -118,18 +119,6 @@ def generate(system, examples: list[dict], method: Method, *, steps: int, batch:
                         step_noise_key(seed, start), settings)
         out.append(viz.to_uint8(np.asarray(result.images)))
     return np.concatenate(out)
-
-
-def mean_iou(parsed: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over the classes present in either map set of |parsed & label| / |parsed | label|, each class's
-    pixels pooled over all images (so a class that is rare in every face still counts once)."""
-    ious = []
-    for c in range(NUM_CLASSES):
-        p, t = parsed == c, labels == c
-        union = np.count_nonzero(p | t)
-        if union:
-            ious.append(np.count_nonzero(p & t) / union)
-    return float(np.mean(ious))
 
 
 def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:

@@ -11,10 +11,9 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from cdiff_jax.weights.layout import to_flax_layout
+from cdiff_jax.nn.loading import load_state_dict
 from cdiff_jax.weights.state_dict_io import CheckpointReadError, read_state_dict
 
 # VGG16 convolution widths, with "M" for the 2x2 max-pools between the five tapped stages.
@@ -74,27 +73,11 @@ class LPIPS(nnx.Module):
                 f"{path}: no LPIPS weights found (expected one key ending in {anchor!r}, e.g. an LDM autoencoder "
                 "checkpoint's loss.perceptual_loss.*); pass a file that holds them"
             )
-        mapping = lpips_key_map(found[0][: -len(anchor)])
+        prefix = found[0][: -len(anchor)]
+        own = {key: value for key, value in tensors.items() if key.startswith(prefix)}
         model = nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0)))
-        state = nnx.state(model)
-        flat = dict(nnx.to_flat_state(state))
-        problems = []
-        for path_tuple, variable in flat.items():
-            ours = ".".join(map(str, path_tuple))
-            key = mapping[ours]
-            value = tensors.get(key)
-            if value is None:
-                problems.append(f"missing {key}")
-                continue
-            value = to_flax_layout(np.asarray(value, np.float32), path_tuple[-1])
-            if value.shape != variable.shape:
-                problems.append(f"{key} has shape {value.shape}, expected {variable.shape}")
-                continue
-            variable.set_value(jnp.asarray(value))
-        if problems:
-            raise CheckpointReadError(f"{path}: LPIPS weights do not fit: {'; '.join(problems[:5])}")
-        nnx.update(model, state)
-        return model
+        return load_state_dict(model, own, lpips_key_map(prefix), source=str(path), network="LPIPS",
+                               ignored=lambda key: key.startswith(f"{prefix}scaling_layer."))
 
 
 def lpips_key_map(prefix: str = "") -> dict[str, str]:

@@ -11,6 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from torch_files import pickled_dict, pickled_int, pickled_str, pickled_tensor, write_archive
 
 from cdiff_jax.weights.state_dict_io import (
     CheckpointReadError,
@@ -20,47 +21,6 @@ from cdiff_jax.weights.state_dict_io import (
     read_tensor,
     rebuild_tensor,
 )
-
-# --- A minimal writer of torch.save-style archives, so layouts torch would produce can be tested without it.
-# The opcodes mirror what torch.save emits (protocol 2): see the data.pkl of any fixture model.ckpt.
-
-
-def _str(s):
-    raw = s.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def _int(i):
-    return b"J" + struct.pack("<i", i)
-
-
-def _ints(values):
-    return b"(" + b"".join(_int(v) for v in values) + b"t"
-
-
-def _dict(items):
-    return b"}(" + b"".join(_str(k) + v for k, v in items.items()) + b"u"
-
-
-def _tensor(storage_type, key, numel, offset, size, stride):
-    """Pickled ``_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
-    storage = b"(" + _str("storage") + b"ctorch\n" + storage_type.encode() + b"\n" + _str(key) + _str("cpu")
-    storage += _int(numel) + b"tQ"
-    hooks = b"ccollections\nOrderedDict\n)R"
-    args = storage + _int(offset) + _ints(size) + _ints(stride) + b"\x89" + hooks
-    return b"ctorch._utils\n_rebuild_tensor_v2\n(" + args + b"tR"
-
-
-def _write_archive(path, top, storages, byteorder=b"little"):
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", b"\x80\x02" + top + b".")
-        if byteorder is not None:
-            archive.writestr("archive/byteorder", byteorder)
-        for key, raw in storages.items():
-            archive.writestr(f"archive/data/{key}", raw)
-        archive.writestr("archive/version", b"3\n")
-    return path
-
 
 # --- Reference fixtures: the .ckpt written by torch and the .safetensors must read identically.
 
@@ -112,20 +72,20 @@ def test_archive_with_strided_shared_and_int_tensors(tmp_path):
     floats = np.arange(12, dtype=np.float32)
     longs = np.array([10, -2, 2**40], dtype=np.int64)
     state_dict = {
-        "w_t": _tensor("FloatStorage", "0", 12, 0, (4, 3), (1, 4)),
-        "row": _tensor("FloatStorage", "0", 12, 4, (4,), (1,)),
-        "steps": _tensor("LongStorage", "1", 3, 2, (), ()),
+        "w_t": pickled_tensor("FloatStorage", "0", 12, 0, (4, 3), (1, 4)),
+        "row": pickled_tensor("FloatStorage", "0", 12, 4, (4,), (1,)),
+        "steps": pickled_tensor("LongStorage", "1", 3, 2, (), ()),
     }
-    top = _dict(
+    top = pickled_dict(
         {
-            "state_dict": _dict(state_dict),
-            "global_step": _int(7),
-            "pytorch-lightning_version": _str("1.4.2"),
+            "state_dict": pickled_dict(state_dict),
+            "global_step": pickled_int(7),
+            "pytorch-lightning_version": pickled_str("1.4.2"),
             "optimizer_states": b"]",
-            "buffer": _tensor("LongStorage", "1", 3, 0, (3,), (1,)),
+            "buffer": pickled_tensor("LongStorage", "1", 3, 0, (3,), (1,)),
         }
     )
-    path = _write_archive(tmp_path / "model.ckpt", top, {"0": floats.tobytes(), "1": longs.tobytes()})
+    path = write_archive(tmp_path / "model.ckpt", top, {"0": floats.tobytes(), "1": longs.tobytes()})
 
     loaded = read_state_dict(path)
     assert set(loaded.tensors) == {"w_t", "row", "steps"}
@@ -142,14 +102,14 @@ def test_archive_with_strided_shared_and_int_tensors(tmp_path):
 def test_big_endian_bfloat16_and_flat_state_dict(tmp_path):
     values = np.array([1.5, -2.0, 3.25], dtype=np.float32)
     bf16 = values.astype(ml_dtypes.bfloat16)
-    top = _dict(
+    top = pickled_dict(
         {
-            "a": _tensor("FloatStorage", "0", 3, 0, (3,), (1,)),
-            "b": _tensor("BFloat16Storage", "1", 3, 0, (3,), (1,)),
+            "a": pickled_tensor("FloatStorage", "0", 3, 0, (3,), (1,)),
+            "b": pickled_tensor("BFloat16Storage", "1", 3, 0, (3,), (1,)),
         }
     )
     storages = {"0": values.astype(">f4").tobytes(), "1": bf16.byteswap().tobytes()}
-    loaded = read_state_dict(_write_archive(tmp_path / "flat.pt", top, storages, byteorder=b"big"))
+    loaded = read_state_dict(write_archive(tmp_path / "flat.pt", top, storages, byteorder=b"big"))
     np.testing.assert_array_equal(loaded.tensors["a"], values)
     assert loaded.tensors["b"].dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(loaded.tensors["b"].astype(np.float32), values)
@@ -188,8 +148,8 @@ def test_refused_module_is_not_even_imported(tmp_path, monkeypatch):
     module_dir.mkdir()
     (module_dir / "cdiff_side_effect_mod.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef run(): pass\n")
     monkeypatch.syspath_prepend(str(module_dir))
-    top = _dict({"state_dict": b"ccdiff_side_effect_mod\nrun\n)R"})
-    path = _write_archive(tmp_path / "evil.pth", top, {})
+    top = pickled_dict({"state_dict": b"ccdiff_side_effect_mod\nrun\n)R"})
+    path = write_archive(tmp_path / "evil.pth", top, {})
 
     with pytest.raises(UnsafeCheckpointError, match=r"cdiff_side_effect_mod\.run"):
         read_state_dict(path)
@@ -199,9 +159,9 @@ def test_refused_module_is_not_even_imported(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("glob", ["builtins\neval", "torch\nTensor", "numpy.core.multiarray\n_reconstruct"])
 def test_refuses_globals_outside_the_allowlist(tmp_path, glob):
-    top = _dict({"state_dict": b"c" + glob.encode() + b"\n"})
+    top = pickled_dict({"state_dict": b"c" + glob.encode() + b"\n"})
     with pytest.raises(UnsafeCheckpointError, match=glob.replace("\n", r"\.")):
-        read_state_dict(_write_archive(tmp_path / "model.ckpt", top, {}))
+        read_state_dict(write_archive(tmp_path / "model.ckpt", top, {}))
 
 
 # --- Damaged or foreign files: always CheckpointReadError with a message naming the file.
@@ -233,20 +193,21 @@ def test_truncated_safetensors(tmp_path):
 
 
 def test_missing_storage_record(tmp_path):
-    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
-    _assert_read_error(_write_archive(tmp_path / "model.ckpt", top, {}), "archive/data/0")
+    top = pickled_dict({"state_dict": pickled_dict({"w": pickled_tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
+    _assert_read_error(write_archive(tmp_path / "model.ckpt", top, {}), "archive/data/0")
 
 
 def test_short_storage_record(tmp_path):
-    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
-    _assert_read_error(_write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 8}), "too few")
+    top = pickled_dict({"state_dict": pickled_dict({"w": pickled_tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
+    _assert_read_error(write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 8}), "too few")
 
 
 def test_storage_declaring_more_than_its_record_fails_before_reading_it(tmp_path):
     """A 1 MB file whose tensor claims 1 GiB fails on the declared sizes, allocating nothing of that order."""
     numel = 2**28  # float32: 1 GiB
-    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", numel, 0, (numel,), (1,))})})
-    path = _write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 2**20})
+    huge = pickled_tensor("FloatStorage", "0", numel, 0, (numel,), (1,))
+    top = pickled_dict({"state_dict": pickled_dict({"w": huge})})
+    path = write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 2**20})
     tracemalloc.start()
     try:
         _assert_read_error(path, f"too few for {numel}")
@@ -257,8 +218,8 @@ def test_storage_declaring_more_than_its_record_fails_before_reading_it(tmp_path
 
 
 def test_record_declaring_more_bytes_than_the_file_holds(tmp_path):
-    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
-    path = _write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 16})
+    top = pickled_dict({"state_dict": pickled_dict({"w": pickled_tensor("FloatStorage", "0", 4, 0, (4,), (1,))})})
+    path = write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 16})
     raw = bytearray(path.read_bytes())
     name = b"archive/data/0"
     entry = raw.index(b"PK\x01\x02")  # the first central directory entry
@@ -277,8 +238,8 @@ def test_compressed_records_are_refused(tmp_path):
 
 
 def test_layout_outside_storage(tmp_path):
-    top = _dict({"state_dict": _dict({"w": _tensor("FloatStorage", "0", 4, 0, (4,), (2,))})})
-    _assert_read_error(_write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 16}), "reaches past")
+    top = pickled_dict({"state_dict": pickled_dict({"w": pickled_tensor("FloatStorage", "0", 4, 0, (4,), (2,))})})
+    _assert_read_error(write_archive(tmp_path / "model.ckpt", top, {"0": b"\0" * 16}), "reaches past")
 
 
 def test_missing_path_and_directory(tmp_path):
@@ -317,14 +278,14 @@ def test_zip_that_is_not_a_torch_checkpoint(tmp_path):
     "top, fragment",
     [
         (b"]", "not a dict"),
-        (_dict({"global_step": _int(0)}), "no state dict found"),
+        (pickled_dict({"global_step": pickled_int(0)}), "no state dict found"),
         (b"}", "no state dict found"),
-        (_dict({"state_dict": b"}"}), "no tensors"),
-        (_dict({"state_dict": _dict({"w": _int(3)})}), "'w'"),
+        (pickled_dict({"state_dict": b"}"}), "no tensors"),
+        (pickled_dict({"state_dict": pickled_dict({"w": pickled_int(3)})}), "'w'"),
     ],
 )
 def test_pickles_without_a_state_dict(tmp_path, top, fragment):
-    _assert_read_error(_write_archive(tmp_path / "model.ckpt", top, {}), fragment)
+    _assert_read_error(write_archive(tmp_path / "model.ckpt", top, {}), fragment)
 
 
 def test_unsupported_extension(tmp_path):
@@ -339,22 +300,22 @@ def test_unsupported_extension(tmp_path):
 
 def test_read_tensor_single_strided_tensor(tmp_path):
     longs = np.arange(6, dtype=np.int64)
-    top = _tensor("LongStorage", "0", 6, 0, (2, 3), (1, 2))
-    path = _write_archive(tmp_path / "mask.pt", top, {"0": longs.tobytes()})
+    top = pickled_tensor("LongStorage", "0", 6, 0, (2, 3), (1, 2))
+    path = write_archive(tmp_path / "mask.pt", top, {"0": longs.tobytes()})
     tensor = read_tensor(path)
     assert tensor.dtype == np.int64
     np.testing.assert_array_equal(tensor, longs.reshape(3, 2).T)
 
 
 def test_read_tensor_rejects_dicts_missing_files_and_unsafe_pickles(tmp_path):
-    state = _dict({"w": _tensor("FloatStorage", "0", 1, 0, (1,), (1,))})
-    path = _write_archive(tmp_path / "dict.pt", state, {"0": b"\0" * 4})
+    state = pickled_dict({"w": pickled_tensor("FloatStorage", "0", 1, 0, (1,), (1,))})
+    path = write_archive(tmp_path / "dict.pt", state, {"0": b"\0" * 4})
     with pytest.raises(CheckpointReadError, match="not a single tensor"):
         read_tensor(path)
     with pytest.raises(CheckpointReadError, match="no such file"):
         read_tensor(tmp_path / "nope.pt")
     with pytest.raises(UnsafeCheckpointError, match=r"builtins\.eval"):
-        read_tensor(_write_archive(tmp_path / "evil.pt", b"cbuiltins\neval\n", {}))
+        read_tensor(write_archive(tmp_path / "evil.pt", b"cbuiltins\neval\n", {}))
 
 
 def test_fuzzed_real_ckpt_loads_or_fails_in_one_line_with_bounded_memory(fixtures_root, tmp_path):

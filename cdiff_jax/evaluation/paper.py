@@ -1,0 +1,291 @@
+"""The papers' evaluation on real faces: every method sampled from the same noise, one table.
+
+    python -m cdiff_jax.evaluation.paper --data DATA_DIR --checkpoint SYSTEM --count 50 --out outputs/paper \\
+        --inception pt_inception-2015-12-05-6726825d.pth --parser 79999_iter.pth --clip ViT-B-32.pt \\
+        --arcface model_ir_se50.pth --lpips vgg.pth
+
+The first `--count` (mask, caption, image) triples of the prepared dataset's test split are sampled by
+each method (text expert, mask expert, equal weights, collaborative with the plain softmax and with
+the released re-weighting); example i starts from the same noise in every method. The table gives
+FID against the real test images (or `--fid-reference` statistics, pytorch-fid's .npz), CLIP score,
+mask accuracy and mIoU, LPIPS, SSIM and identity to the ground truth, each per-image metric with its
+standard error (`metrics` says how each is computed). Samples are written as each batch completes,
+so a rerun with the same settings continues where the last one stopped; batches are split over all
+devices. `table.md`, `results.json` and `results.csv` are written to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+
+from cdiff_jax import conditions as cond
+from cdiff_jax import requests, viz
+from cdiff_jax.checkpoint import load_system
+from cdiff_jax.data.celeba_multimodal import DEFAULT_RESOLUTION, DEFAULT_TEST_SIZE, data_sources
+from cdiff_jax.data.images import open_image
+from cdiff_jax.evaluation.fid import load_statistics
+from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
+from cdiff_jax.evaluation.metrics import (
+    METRIC_FILES,
+    MetricNetworks,
+    inception_features,
+    load_metric_networks,
+    mean_iou,
+    per_example_scores,
+)
+from cdiff_jax.evaluation.miniature import METHODS, Method
+from cdiff_jax.latents import latent_shape
+from cdiff_jax.noise import normal
+from cdiff_jax.parallel import data_mesh, replicate, shard_batch
+from cdiff_jax.progress import bar, configure_logging
+from cdiff_jax.sampling import SamplerSettings, require_finite, sample
+from cdiff_jax.weights.state_dict_io import CheckpointReadError
+
+SETTINGS_FILE = "settings.json"
+# Example i's starting noise is drawn from fold_in(key(seed), i): the same in every method, batch size
+# and device count. The step noise of the batch starting at example s: fold_in(key(seed + 1), s).
+STEP_NOISE_SEED_OFFSET = 1
+COLUMNS = (("fid", "FID"), ("clip_score", "CLIP score"), ("mask_accuracy", "mask accuracy"), ("miou", "mIoU"),
+           ("lpips", "LPIPS"), ("ssim", "SSIM"), ("identity", "ID"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """Everything that decides the samples: a rerun continues a run only if all of it is equal."""
+
+    checkpoint: str
+    data: str
+    resolution: int
+    test_size: int
+    count: int
+    methods: tuple[str, ...]
+    sampler: str
+    steps: int
+    eta: float
+    batch: int
+    seed: int
+
+
+def evaluation_split(data_dir: str, resolution: int, test_size: int, count: int):
+    """The prepared dataset's test split, if it holds `count` examples."""
+    split = data_sources(data_dir, resolution=resolution, test_size=test_size)["test"]
+    if count > len(split):
+        raise requests.UsageError(f"--count {count}: the test split of {data_dir} holds {len(split)} examples; "
+                                  "ask for at most that many")
+    return split
+
+
+def evaluation_examples(data_dir: str, resolution: int, test_size: int, count: int) -> dict[str, np.ndarray]:
+    """The first `count` test triples: `image` [N, R, R, 3] uint8, `mask` [N, 32, 32] uint8, `caption` [N] str."""
+    split = evaluation_split(data_dir, resolution, test_size, count)
+    records = [split[i] for i in range(count)]
+    return {"image": np.stack([r["image"] for r in records]), "mask": np.stack([r["mask"] for r in records]),
+            "caption": np.array([r["caption"].decode() if isinstance(r["caption"], bytes) else r["caption"]
+                                 for r in records])}
+
+
+def sample_path(out: pathlib.Path, method: Method, index: int) -> pathlib.Path:
+    return out / "samples" / method.name.replace(" ", "_").replace("(", "").replace(")", "") / f"{index:05d}.png"
+
+
+def padded_rows(start: int, batch: int, count: int) -> np.ndarray:
+    """Rows start .. start + batch - 1, the last real row repeated past `count`: every call has one shape."""
+    return np.minimum(np.arange(start, start + batch), count - 1)
+
+
+def generate(system, examples: dict, method: Method, protocol: Protocol, out: pathlib.Path, progress) -> None:
+    """Sample every batch of `method` whose images are not all on disk yet, writing each as it completes."""
+    cfg = system.cfg
+    graphdef, state = nnx.split(system)
+    mesh = data_mesh()
+    state = replicate(state, mesh)
+    settings = SamplerSettings(steps=protocol.steps, solver=protocol.sampler, eta=protocol.eta,
+                               reweighting=method.rule if len(method.modalities) > 1 else None)
+    for start in range(0, protocol.count, protocol.batch):
+        indices = range(start, min(start + protocol.batch, protocol.count))
+        if all(sample_path(out, method, i).is_file() for i in indices):
+            progress.update(1)
+            continue
+        padded = padded_rows(start, protocol.batch, protocol.count)
+        conditions = {}
+        for name in method.modalities:
+            encoder = cfg.modalities[name].encoder
+            conditions[name] = (cond.encode_captions([str(examples["caption"][i]) for i in padded], encoder).ids
+                                if name == "text" else cond.encode_masks([examples["mask"][i] for i in padded],
+                                                                         encoder))
+        x_T = np.stack([np.asarray(normal(jax.random.fold_in(jax.random.key(protocol.seed), i), latent_shape(cfg)))
+                        for i in padded])
+        key = jax.random.fold_in(jax.random.key(protocol.seed + STEP_NOISE_SEED_OFFSET), start)
+        result = sample(graphdef, state, shard_batch(conditions, mesh), shard_batch(x_T, mesh), key, settings)
+        require_finite(result.latents)
+        for i, image in zip(indices, viz.to_uint8(np.asarray(result.images))):
+            viz.save_png(sample_path(out, method, i), image)
+        progress.update(1)
+
+
+def read_samples(out: pathlib.Path, method: Method, count: int) -> np.ndarray:
+    return np.stack([np.asarray(open_image(sample_path(out, method, i), "sample", "RGB")) for i in range(count)])
+
+
+def summarise(values: np.ndarray) -> dict:
+    """Mean, its standard error (the spread of per-image values over sqrt(N)) and the per-image values,
+    which paired comparisons between methods need (every method scores the same examples)."""
+    values = np.asarray(values, np.float64)
+    error = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": float(values.mean()), "stderr": float(error), "per_image": values.tolist()}
+
+
+def score(networks: MetricNetworks, images: np.ndarray, examples: dict, reference_stats, batch: int) -> dict:
+    """One table row: per-image metrics summarised, pooled mIoU, FID against `reference_stats`."""
+    per_image, features, parsed = {}, [], []
+    for start in range(0, len(images), batch):
+        rows = padded_rows(start, batch, len(images))
+        scores = per_example_scores(networks, images[rows], {k: v[rows] for k, v in examples.items()})
+        kept = len(set(rows.tolist()))
+        if "parsed" in scores:
+            parsed.append(scores.pop("parsed")[:kept])
+        for name, values in scores.items():
+            per_image.setdefault(name, []).append(values[:kept])
+        if networks.inception is not None:
+            features.append(inception_features(networks, images[rows])[:kept])
+    row = {name: summarise(np.concatenate(values)) for name, values in per_image.items()}
+    if parsed:
+        row["miou"] = {"mean": mean_iou(np.concatenate(parsed), examples["mask"]), "stderr": None}
+    if features and reference_stats is not None:
+        row["fid"] = {"mean": frechet_distance(*gaussian_statistics(np.concatenate(features)), *reference_stats),
+                      "stderr": None}
+    return row
+
+
+def table(results: dict) -> str:
+    shown = [(key, title) for key, title in COLUMNS if any(key in row for row in results.values())]
+    lines = ["| method | " + " | ".join(title for _, title in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    for method, row in results.items():
+        cells = []
+        for key, _ in shown:
+            value = row.get(key)
+            cells.append("-" if value is None else f"{value['mean']:.4g}" + (
+                f" ± {value['stderr']:.2g}" if value["stderr"] is not None else ""))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(results: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method"] + [f"{key}{suffix}" for key, _ in COLUMNS for suffix in ("", "_stderr")])
+    for method, row in results.items():
+        writer.writerow([method] + [(row[key][part] if key in row and row[key][part] is not None else "")
+                                    for key, _ in COLUMNS for part in ("mean", "stderr")])
+    return buffer.getvalue()
+
+
+def write_text(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def run(protocol: Protocol, networks: MetricNetworks, out: pathlib.Path, fid_reference=None) -> dict:
+    """Sample what is missing, score every method, write the tables; returns the results."""
+    examples = evaluation_examples(protocol.data, protocol.resolution, protocol.test_size, protocol.count)
+    system = load_system(protocol.checkpoint)
+    methods = [m for m in METHODS if m.name in protocol.methods]
+    batches = -(-protocol.count // protocol.batch)
+    with bar(batches * len(methods), "sampling", unit="batch") as progress:
+        for method in methods:
+            generate(system, examples, method, protocol, out, progress)
+    reference_stats = fid_reference
+    if reference_stats is None and networks.inception is not None:
+        reference_stats = gaussian_statistics(np.concatenate([
+            inception_features(networks, examples["image"][padded_rows(s, protocol.batch, protocol.count)])
+            for s in range(0, protocol.count, protocol.batch)])[:protocol.count])
+    results = {"real images": score(networks, examples["image"], examples, None, protocol.batch)}
+    for method in bar(methods, "scoring", unit="method"):
+        images = read_samples(out, method, protocol.count)
+        results[method.name] = score(networks, images, examples, reference_stats, protocol.batch)
+    write_text(out / "results.json", json.dumps({"protocol": dataclasses.asdict(protocol), "results": results},
+                                                indent=1))
+    write_text(out / "results.csv", csv_text(results))
+    write_text(out / "table.md", table(results) + "\n")
+    return results
+
+
+def validate(args) -> tuple[Protocol, pathlib.Path]:
+    """Every check that needs no weights, cheapest first; writes nothing."""
+    requests.batch(args.batch)
+    if args.batch % jax.device_count():
+        raise requests.UsageError(f"--batch {args.batch}: must be a multiple of the {jax.device_count()} devices")
+    if args.count < 2:
+        raise requests.UsageError(f"--count {args.count}: give at least 2 examples (the papers use 50 and 3000)")
+    unknown = set(args.methods) - {m.name for m in METHODS}
+    if unknown:
+        raise requests.UsageError(f"--methods {', '.join(sorted(unknown))}: expected some of: "
+                                  f"{', '.join(m.name for m in METHODS)}")
+    sampler = requests.sampler(args.sampler, None, None, args.eta)
+    evaluation_split(args.data, args.resolution, args.test_size, args.count)
+    cfg = requests.checkpoint_config(args.checkpoint)
+    requests.steps(args.steps, cfg.schedule.timesteps, sampler["solver"], sampler["spacing"])
+    for name in METRIC_FILES:
+        path = getattr(args, name)
+        if path is not None and not pathlib.Path(path).is_file():
+            raise requests.UsageError(f"--{name} {path}: no such file; pass the network's weight file or leave it out")
+    if args.fid_reference is not None and not pathlib.Path(args.fid_reference).is_file():
+        raise requests.UsageError(f"--fid-reference {args.fid_reference}: no such file; pass pytorch-fid statistics")
+    protocol = Protocol(str(pathlib.Path(args.checkpoint).absolute()), str(pathlib.Path(args.data).absolute()),
+                        args.resolution, args.test_size, args.count, tuple(args.methods), sampler["solver"],
+                        args.steps, sampler["eta"], args.batch, args.seed)
+    out = requests.output_folder(args.out, is_ours=lambda p: (p / SETTINGS_FILE).is_file())
+    settings = out / SETTINGS_FILE
+    if settings.is_file() and json.loads(settings.read_text()) != dataclasses.asdict(protocol) | {
+            "methods": list(protocol.methods)}:
+        raise requests.UsageError(f"--out {out} holds samples made with other settings ({settings}); rerun with "
+                                  "those settings to continue, or choose a new --out")
+    return protocol, out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="prepared dataset folder (python -m cdiff_jax.data.celeba_multimodal)")
+    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
+    p.add_argument("--test-size", type=int, default=DEFAULT_TEST_SIZE)
+    p.add_argument("--checkpoint", required=True, help="collaborative system folder (cdiff_jax.convert output)")
+    p.add_argument("--count", type=int, default=50, help="test triples: 50 as the paper's FID table, or 3000")
+    p.add_argument("--methods", nargs="+", default=[m.name for m in METHODS])
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default: the released 1)")
+    p.add_argument("--batch", type=int, default=8, help="images per sampling call, split over all devices")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fid-reference", help="pytorch-fid statistics (.npz of mu, sigma) instead of the test images")
+    for name in METRIC_FILES:
+        p.add_argument(f"--{name}", help=f"the {name} network's weight file (left out of the table if absent)")
+    p.add_argument("--out", default="outputs/paper")
+    args = p.parse_args(argv)
+    configure_logging()
+    try:
+        protocol, out = validate(args)
+        reference = load_statistics(pathlib.Path(args.fid_reference)) if args.fid_reference else None
+        networks = load_metric_networks({name: getattr(args, name) for name in METRIC_FILES})
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / SETTINGS_FILE, json.dumps(dataclasses.asdict(protocol), indent=1))
+        results = run(protocol, networks, out, reference)
+    except (OSError, ValueError, CheckpointReadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

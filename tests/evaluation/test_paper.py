@@ -1,0 +1,122 @@
+"""The papers' evaluation command end to end: the demo system on a tiny prepared dataset, scored by the
+metric networks of the reference fixtures (random weights: the numbers mean nothing, the wiring does)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.numpy
+from conftest import REPO, lpips_state_dict
+from PIL import Image
+from torch_files import full_file
+from trainer_runs import prepared_noise_faces
+
+from cdiff_jax.evaluation import paper
+from cdiff_jax.evaluation.metrics import load_metric_networks, per_example_scores
+from cdiff_jax.requests import DEMO_CHECKPOINT
+
+RESOLUTION, EXAMPLES, TEST_SIZE, COUNT, BATCH = 64, 6, 4, 3, 2
+METHODS = ("mask expert", "collaborative (released)")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared_noise_faces(tmp_path_factory.mktemp("faces"), EXAMPLES, RESOLUTION, TEST_SIZE)
+
+
+@pytest.fixture(scope="module")
+def weights(fixtures_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("metric_networks")
+    files = {name: full_file(fixtures_root / fixture, folder) for name, fixture in (
+        ("inception", "fid_inception"), ("parser", "bisenet_parsing"), ("clip", "clip_tiny"),
+        ("arcface", "arcface_irse50"))}
+    files["lpips"] = folder / "lpips.safetensors"
+    safetensors.numpy.save_file(lpips_state_dict(np.random.default_rng(0)), files["lpips"])
+    return {name: str(path) for name, path in files.items()}
+
+
+def argv(data, weights, out, *extra):
+    args = ["--data", str(data), "--resolution", str(RESOLUTION), "--test-size", str(TEST_SIZE),
+            "--checkpoint", str(DEMO_CHECKPOINT), "--count", str(COUNT), "--batch", str(BATCH), "--steps", "2",
+            "--methods", *METHODS, "--out", str(out)]
+    for name, path in weights.items():
+        args += [f"--{name}", path]
+    return args + list(extra)
+
+
+@pytest.fixture(scope="module")
+def first_run(data, weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper")
+    assert paper.main(argv(data, weights, out)) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_every_column_is_computed_from_the_right_images(first_run, data, weights):
+    out, recorded = first_run
+    results = recorded["results"]
+    assert list(results) == ["real images", *METHODS]
+    for row in results.values():
+        assert {"clip_score", "mask_accuracy", "miou", "lpips", "ssim", "identity"} <= set(row)
+    for method in METHODS:
+        assert "fid" in results[method] and results[method]["fid"]["mean"] > 0
+    # The real images against themselves: no perceptual distance, full structure and identity.
+    real = results["real images"]
+    assert max(real["lpips"]["per_image"]) < 1e-6
+    np.testing.assert_allclose(real["ssim"]["per_image"], 1.0, atol=1e-5)
+    np.testing.assert_allclose(real["identity"]["per_image"], 1.0, atol=1e-5)
+
+    # Example i's scores are those of sample i against triple i, and not of another pairing.
+    examples = paper.evaluation_examples(str(data), RESOLUTION, TEST_SIZE, COUNT)
+    networks = load_metric_networks(weights)
+    method = paper.METHODS[-1]
+    images = paper.read_samples(out, method, COUNT)
+    direct = per_example_scores(networks, images, examples)
+    shuffled = per_example_scores(networks, images[::-1].copy(), examples)
+    for name in ("clip_score", "mask_accuracy", "lpips", "ssim", "identity"):
+        # Another batch size rounds differently (a CLIP score is 100 cosines: 1e-5 of it is float32 noise).
+        np.testing.assert_allclose(results[method.name][name]["per_image"], direct[name], rtol=1e-4, atol=1e-4)
+        assert not np.allclose(direct[name], shuffled[name], rtol=1e-4, atol=1e-4), name
+    table = (out / "table.md").read_text()
+    assert all(title in table for title in ("FID", "CLIP score", "mask accuracy", "mIoU", "LPIPS", "SSIM", "ID"))
+    assert (out / "results.csv").read_text().count("\n") == 1 + len(results)
+
+
+def test_a_rerun_continues_and_gives_the_same_table(first_run, data, weights, tmp_path):
+    out, recorded = first_run
+    missing = paper.sample_path(out, paper.METHODS[-1], COUNT - 1)
+    kept = paper.sample_path(out, paper.METHODS[-1], 0)
+    kept_time = kept.stat().st_mtime_ns
+    missing.unlink()
+    assert paper.main(argv(data, weights, out)) == 0
+    assert missing.is_file() and kept.stat().st_mtime_ns == kept_time
+    assert json.loads((out / "results.json").read_text()) == recorded
+
+    # Two devices sample the same collaborative images (sampling only: no metric networks).
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    sharded = tmp_path / "sharded"
+    method = paper.METHODS[-1]
+    command = [sys.executable, "-m", "cdiff_jax.evaluation.paper", *argv(data, {}, sharded), "--methods", method.name]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for i in range(COUNT):
+        ours = np.asarray(Image.open(paper.sample_path(sharded, method, i)), np.int16)
+        theirs = np.asarray(Image.open(paper.sample_path(out, method, i)), np.int16)
+        assert np.abs(ours - theirs).max() <= 1, i  # the last float bit may round one pixel value apart
+
+
+def test_bad_input_is_one_line_before_any_work(data, weights, tmp_path, capsys):
+    cases = [
+        (["--count", str(TEST_SIZE + 1)], f"holds {TEST_SIZE} examples"),
+        (["--methods", "magic"], "--methods magic: expected some of"),
+        (["--parser", weights["inception"]], "not face-parsing BiSeNet weights"),
+        (["--data", str(tmp_path / "nothing")], "no prepared celeba_multimodal"),
+    ]
+    for extra, fragment in cases:
+        out = tmp_path / "out"
+        code = paper.main(argv(data, weights, out, *extra))
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err and err.count("\n") == 1, err
+        assert not out.exists()
