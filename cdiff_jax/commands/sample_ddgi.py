@@ -22,7 +22,7 @@ import numpy as np
 
 from cdiff_jax import requests, viz
 from cdiff_jax.checkpoint import NotACheckpointError, atomic_directory, load_generator, load_system
-from cdiff_jax.ddgi.features import heads_config
+from cdiff_jax.ddgi.features import check_ddgi_parts
 from cdiff_jax.ddgi.generate import ddgi_sample
 from cdiff_jax.ddgi.heads import load_heads
 from cdiff_jax.latents import latent_shape
@@ -73,20 +73,14 @@ def main(argv=None) -> int:
                              "whose x_t DDGI reads (1 is pure noise)")
         conditions, _ = requests.conditions(cfg, wanted)
         generator, heads = load_generator(gan), load_heads(heads_dir)
-        if generator.cfg.img_resolution != cfg.autoencoder.resolution:
-            raise UsageError(f"--gan makes {generator.cfg.img_resolution}x{generator.cfg.img_resolution} images but "
-                             f"the diffusion system {cfg.autoencoder.resolution}x{cfg.autoencoder.resolution}")
-        if (heads.cfg.num_ws, heads.cfg.w_dim) != (generator.cfg.num_ws, generator.cfg.w_dim):
-            raise UsageError(f"--heads make W+ codes of {heads.cfg.num_ws} x {heads.cfg.w_dim} but --gan takes "
-                             f"{generator.cfg.num_ws} x {generator.cfg.w_dim}: give the GAN the heads were trained for")
+        try:
+            check_ddgi_parts(cfg, generator.cfg, heads.cfg)
+        except ValueError as err:
+            raise UsageError(f"--gan {gan} and --heads {heads_dir}: {err}") from None
         experts = heads.cfg.experts
         if sorted(experts) != sorted(conditions):
             raise UsageError(f"the heads read the {' and '.join(experts)} experts: give "
                              f"{', '.join('--' + name for name in experts)}")
-        expected = heads_config(cfg, generator.cfg, experts)
-        if (expected.middle, expected.levels) != (heads.cfg.middle, heads.cfg.levels):
-            raise UsageError(f"--heads were trained on another diffusion system (features {heads.cfg.levels}, "
-                             f"this one gives {expected.levels}); give its --checkpoint")
     except (UsageError, NotACheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -86,3 +86,17 @@ def heads_config(system_cfg: SystemConfig, gan_cfg: StyleGAN2Config, experts: tu
         experts=tuple(experts),
         **choices,
     )
+
+
+def check_ddgi_parts(system_cfg: SystemConfig, gan_cfg: StyleGAN2Config, heads_cfg: DDGIHeadsConfig) -> None:
+    """ValueError naming the mismatch unless the heads read this system's features into this GAN's W+ codes."""
+    if gan_cfg.img_resolution != system_cfg.autoencoder.resolution:
+        raise ValueError(f"the GAN makes {gan_cfg.img_resolution}x{gan_cfg.img_resolution} images but the diffusion "
+                         f"system {system_cfg.autoencoder.resolution}x{system_cfg.autoencoder.resolution}")
+    if (heads_cfg.num_ws, heads_cfg.w_dim) != (gan_cfg.num_ws, gan_cfg.w_dim):
+        raise ValueError(f"the heads make W+ codes of {heads_cfg.num_ws} x {heads_cfg.w_dim} but the GAN takes "
+                         f"{gan_cfg.num_ws} x {gan_cfg.w_dim}: give the GAN the heads were trained for")
+    expected = heads_config(system_cfg, gan_cfg, heads_cfg.experts)
+    if (expected.middle, expected.levels) != (heads_cfg.middle, heads_cfg.levels):
+        raise ValueError(f"the heads were trained on another diffusion system (features {heads_cfg.levels}, this "
+                         f"one gives {expected.levels}); give its checkpoint")

@@ -30,9 +30,13 @@ from flax import nnx
 
 from cdiff_jax import conditions as cond
 from cdiff_jax import requests, viz
-from cdiff_jax.checkpoint import load_system
+from cdiff_jax.checkpoint import load_generator, load_system
 from cdiff_jax.data.celeba_multimodal import DEFAULT_RESOLUTION, DEFAULT_TEST_SIZE, data_sources
 from cdiff_jax.data.images import open_image
+from cdiff_jax.ddgi.features import check_ddgi_parts
+from cdiff_jax.ddgi.generate import ddgi_sample
+from cdiff_jax.ddgi.heads import DDGIHeads, load_heads
+from cdiff_jax.diffusion.collaboration import Reweighting
 from cdiff_jax.evaluation.fid import load_statistics
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
 from cdiff_jax.evaluation.metrics import (
@@ -45,6 +49,7 @@ from cdiff_jax.evaluation.metrics import (
 )
 from cdiff_jax.evaluation.miniature import METHODS, Method
 from cdiff_jax.latents import latent_shape
+from cdiff_jax.nn.stylegan2 import Generator
 from cdiff_jax.noise import normal
 from cdiff_jax.parallel import data_mesh, replicate, shard_batch
 from cdiff_jax.progress import bar, configure_logging
@@ -55,6 +60,9 @@ SETTINGS_FILE = "settings.json"
 # Example i's starting noise is drawn from fold_in(key(seed), i): the same in every method, batch size
 # and device count. The step noise of the batch starting at example s: fold_in(key(seed + 1), s).
 STEP_NOISE_SEED_OFFSET = 1
+# DDGI: the diffusion system sampled with the released rule, its experts read at one step and mapped
+# into the GAN's W+ by the heads (its experts are the heads').
+DDGI_METHOD = Method("DDGI", (), Reweighting())
 COLUMNS = (("fid", "FID"), ("clip_score", "CLIP score"), ("mask_accuracy", "mask accuracy"), ("miou", "mIoU"),
            ("lpips", "LPIPS"), ("ssim", "SSIM"), ("identity", "ID"))
 
@@ -74,6 +82,16 @@ class Protocol:
     eta: float
     batch: int
     seed: int
+    ddgi_heads: str | None = None  # DDGI's row: its heads, the GAN they drive, the sampler step they read
+    ddgi_gan: str | None = None
+    ddgi_at_step: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DDGIParts:
+    heads: DDGIHeads
+    generator: Generator
+    at_step: int
 
 
 def evaluation_split(data_dir: str, resolution: int, test_size: int, count: int):
@@ -103,12 +121,13 @@ def padded_rows(start: int, batch: int, count: int) -> np.ndarray:
     return np.minimum(np.arange(start, start + batch), count - 1)
 
 
-def generate(system, examples: dict, method: Method, protocol: Protocol, out: pathlib.Path, progress) -> None:
+def generate(system, examples: dict, method: Method, protocol: Protocol, out: pathlib.Path, progress,
+             ddgi: DDGIParts | None = None) -> None:
     """Sample every batch of `method` whose images are not all on disk yet, writing each as it completes."""
     cfg = system.cfg
-    graphdef, state = nnx.split(system)
     mesh = data_mesh()
-    state = replicate(state, mesh)
+    for module in (system,) if ddgi is None else (system, ddgi.heads, ddgi.generator):
+        nnx.update(module, replicate(nnx.state(module), mesh))
     settings = SamplerSettings(steps=protocol.steps, solver=protocol.sampler, eta=protocol.eta,
                                reweighting=method.rule if len(method.modalities) > 1 else None)
     for start in range(0, protocol.count, protocol.batch):
@@ -126,8 +145,13 @@ def generate(system, examples: dict, method: Method, protocol: Protocol, out: pa
         x_T = np.stack([np.asarray(normal(jax.random.fold_in(jax.random.key(protocol.seed), i), latent_shape(cfg)))
                         for i in padded])
         key = jax.random.fold_in(jax.random.key(protocol.seed + STEP_NOISE_SEED_OFFSET), start)
-        result = sample(graphdef, state, shard_batch(conditions, mesh), shard_batch(x_T, mesh), key, settings)
-        require_finite(result.latents)
+        conditions, x_T = shard_batch(conditions, mesh), shard_batch(x_T, mesh)
+        if method.name == DDGI_METHOD.name:
+            result = ddgi_sample(system, ddgi.heads, ddgi.generator, conditions, x_T, key, settings, ddgi.at_step,
+                                 method.modalities)
+        else:
+            result = sample(*nnx.split(system), conditions, x_T, key, settings)
+        require_finite(result.images)
         for i, image in zip(indices, viz.to_uint8(np.asarray(result.images))):
             viz.save_png(sample_path(out, method, i), image)
         progress.update(1)
@@ -196,15 +220,19 @@ def write_text(path: pathlib.Path, text: str) -> None:
     tmp.replace(path)
 
 
-def run(protocol: Protocol, networks: MetricNetworks, out: pathlib.Path, fid_reference=None) -> dict:
+def run(protocol: Protocol, networks: MetricNetworks, out: pathlib.Path, fid_reference=None,
+        ddgi: DDGIParts | None = None) -> dict:
     """Sample what is missing, score every method, write the tables; returns the results."""
     examples = evaluation_examples(protocol.data, protocol.resolution, protocol.test_size, protocol.count)
     system = load_system(protocol.checkpoint)
-    methods = [m for m in METHODS if m.name in protocol.methods]
+    methods = [m for m in (*METHODS, DDGI_METHOD) if m.name in protocol.methods]
+    if ddgi is not None:
+        methods = [dataclasses.replace(m, modalities=ddgi.heads.cfg.experts) if m == DDGI_METHOD else m
+                   for m in methods]
     batches = -(-protocol.count // protocol.batch)
     with bar(batches * len(methods), "sampling", unit="batch") as progress:
         for method in methods:
-            generate(system, examples, method, protocol, out, progress)
+            generate(system, examples, method, protocol, out, progress, ddgi)
     reference_stats = fid_reference
     if reference_stats is None and networks.inception is not None:
         reference_stats = gaussian_statistics(np.concatenate([
@@ -228,23 +256,38 @@ def validate(args) -> tuple[Protocol, pathlib.Path]:
         raise requests.UsageError(f"--batch {args.batch}: must be a multiple of the {jax.device_count()} devices")
     if args.count < 2:
         raise requests.UsageError(f"--count {args.count}: give at least 2 examples (the papers use 50 and 3000)")
-    unknown = set(args.methods) - {m.name for m in METHODS}
+    known = [m.name for m in METHODS] + ([DDGI_METHOD.name] if args.ddgi_heads else [])
+    methods = args.methods or known
+    unknown = set(methods) - set(known)
     if unknown:
-        raise requests.UsageError(f"--methods {', '.join(sorted(unknown))}: expected some of: "
-                                  f"{', '.join(m.name for m in METHODS)}")
+        raise requests.UsageError(f"--methods {', '.join(sorted(unknown))}: expected some of: {', '.join(known)}"
+                                  + ("" if args.ddgi_heads else " (DDGI with --ddgi-heads and --ddgi-gan)"))
+    if bool(args.ddgi_heads) != bool(args.ddgi_gan):
+        raise requests.UsageError("give --ddgi-heads and --ddgi-gan together: the heads and the GAN they drive")
     sampler = requests.sampler(args.sampler, None, None, args.eta)
-    evaluation_split(args.data, args.resolution, args.test_size, args.count)
     cfg = requests.checkpoint_config(args.checkpoint)
     requests.steps(args.steps, cfg.schedule.timesteps, sampler["solver"], sampler["spacing"])
+    if cfg.autoencoder.resolution != args.resolution:
+        side = cfg.autoencoder.resolution
+        raise requests.UsageError(f"--resolution {args.resolution}: the system makes {side}x{side} images; evaluate "
+                                  "it on the dataset prepared at that size")
+    if args.ddgi_at_step is not None and not 1 <= args.ddgi_at_step <= args.steps:
+        raise requests.UsageError(f"--ddgi-at-step {args.ddgi_at_step}: give 1..{args.steps} (1 is pure noise)")
+    evaluation_split(args.data, args.resolution, args.test_size, args.count)
     for name in METRIC_FILES:
         path = getattr(args, name)
         if path is not None and not pathlib.Path(path).is_file():
             raise requests.UsageError(f"--{name} {path}: no such file; pass the network's weight file or leave it out")
     if args.fid_reference is not None and not pathlib.Path(args.fid_reference).is_file():
         raise requests.UsageError(f"--fid-reference {args.fid_reference}: no such file; pass pytorch-fid statistics")
+    ddgi = {}
+    if args.ddgi_heads:
+        ddgi = {"ddgi_heads": str(pathlib.Path(args.ddgi_heads).absolute()),
+                "ddgi_gan": str(pathlib.Path(args.ddgi_gan).absolute()),
+                "ddgi_at_step": args.steps if args.ddgi_at_step is None else args.ddgi_at_step}
     protocol = Protocol(str(pathlib.Path(args.checkpoint).absolute()), str(pathlib.Path(args.data).absolute()),
-                        args.resolution, args.test_size, args.count, tuple(args.methods), sampler["solver"],
-                        args.steps, sampler["eta"], args.batch, args.seed)
+                        args.resolution, args.test_size, args.count, tuple(methods), sampler["solver"],
+                        args.steps, sampler["eta"], args.batch, args.seed, **ddgi)
     out = requests.output_folder(args.out, is_ours=lambda p: (p / SETTINGS_FILE).is_file())
     settings = out / SETTINGS_FILE
     if settings.is_file() and json.loads(settings.read_text()) != dataclasses.asdict(protocol) | {
@@ -261,12 +304,15 @@ def main(argv=None) -> int:
     p.add_argument("--test-size", type=int, default=DEFAULT_TEST_SIZE)
     p.add_argument("--checkpoint", required=True, help="collaborative system folder (cdiff_jax.convert output)")
     p.add_argument("--count", type=int, default=50, help="test triples: 50 as the paper's FID table, or 3000")
-    p.add_argument("--methods", nargs="+", default=[m.name for m in METHODS])
+    p.add_argument("--methods", nargs="+", help="default: every method (DDGI too when its heads are given)")
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (default: the released 1)")
     p.add_argument("--batch", type=int, default=8, help="images per sampling call, split over all devices")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ddgi-heads", help="trained DDGI heads (a ddgi stage's WORKDIR/heads) for a DDGI row")
+    p.add_argument("--ddgi-gan", help="the StyleGAN2 checkpoint the DDGI heads drive")
+    p.add_argument("--ddgi-at-step", type=int, help="the sampler step DDGI reads, 1..--steps (default the last)")
     p.add_argument("--fid-reference", help="pytorch-fid statistics (.npz of mu, sigma) instead of the test images")
     for name in METRIC_FILES:
         p.add_argument(f"--{name}", help=f"the {name} network's weight file (left out of the table if absent)")
@@ -276,10 +322,17 @@ def main(argv=None) -> int:
     try:
         protocol, out = validate(args)
         reference = load_statistics(pathlib.Path(args.fid_reference)) if args.fid_reference else None
+        ddgi = None
+        if protocol.ddgi_heads:
+            ddgi = DDGIParts(load_heads(protocol.ddgi_heads), load_generator(protocol.ddgi_gan), protocol.ddgi_at_step)
+            try:
+                check_ddgi_parts(requests.checkpoint_config(protocol.checkpoint), ddgi.generator.cfg, ddgi.heads.cfg)
+            except ValueError as err:
+                raise requests.UsageError(f"--ddgi-gan and --ddgi-heads: {err}") from None
         networks = load_metric_networks({name: getattr(args, name) for name in METRIC_FILES})
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / SETTINGS_FILE, json.dumps(dataclasses.asdict(protocol), indent=1))
-        results = run(protocol, networks, out, reference)
+        results = run(protocol, networks, out, reference, ddgi)
     except (OSError, ValueError, CheckpointReadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

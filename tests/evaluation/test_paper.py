@@ -16,10 +16,10 @@ from trainer_runs import prepared_noise_faces
 
 from cdiff_jax.evaluation import paper
 from cdiff_jax.evaluation.metrics import load_metric_networks, per_example_scores
-from cdiff_jax.requests import DEMO_CHECKPOINT
+from cdiff_jax.requests import DEMO_CHECKPOINT, DEMO_DDGI_HEADS, DEMO_GAN
 
 RESOLUTION, EXAMPLES, TEST_SIZE, COUNT, BATCH = 64, 6, 4, 3, 2
-METHODS = ("mask expert", "collaborative (released)")
+METHODS = ("mask expert", "collaborative (released)", "DDGI")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def weights(fixtures_root, tmp_path_factory):
 def argv(data, weights, out, *extra):
     args = ["--data", str(data), "--resolution", str(RESOLUTION), "--test-size", str(TEST_SIZE),
             "--checkpoint", str(DEMO_CHECKPOINT), "--count", str(COUNT), "--batch", str(BATCH), "--steps", "2",
-            "--methods", *METHODS, "--out", str(out)]
+            "--methods", *METHODS, "--ddgi-heads", str(DEMO_DDGI_HEADS), "--ddgi-gan", str(DEMO_GAN),
+            "--out", str(out)]
     for name, path in weights.items():
         args += [f"--{name}", path]
     return args + list(extra)
@@ -71,7 +72,7 @@ def test_every_column_is_computed_from_the_right_images(first_run, data, weights
     # Example i's scores are those of sample i against triple i, and not of another pairing.
     examples = paper.evaluation_examples(str(data), RESOLUTION, TEST_SIZE, COUNT)
     networks = load_metric_networks(weights)
-    method = paper.METHODS[-1]
+    method = paper.DDGI_METHOD
     images = paper.read_samples(out, method, COUNT)
     direct = per_example_scores(networks, images, examples)
     shuffled = per_example_scores(networks, images[::-1].copy(), examples)
@@ -111,6 +112,8 @@ def test_bad_input_is_one_line_before_any_work(data, weights, tmp_path, capsys):
     cases = [
         (["--count", str(TEST_SIZE + 1)], f"holds {TEST_SIZE} examples"),
         (["--methods", "magic"], "--methods magic: expected some of"),
+        (["--ddgi-at-step", "3"], "--ddgi-at-step 3: give 1..2"),
+        (["--resolution", "32"], "the system makes 64x64 images"),
         (["--parser", weights["inception"]], "not face-parsing BiSeNet weights"),
         (["--data", str(tmp_path / "nothing")], "no prepared celeba_multimodal"),
     ]
