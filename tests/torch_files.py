@@ -12,9 +12,12 @@ import importlib.util
 import json
 import pathlib
 import struct
+import tracemalloc
 import zipfile
 
 import numpy as np
+
+from cdiff_jax.weights.state_dict_io import CheckpointReadError, read_state_dict
 
 _STORAGE_NAMES = {
     np.dtype(np.float32): "FloatStorage",
@@ -88,3 +91,30 @@ def full_file(folder: pathlib.Path, destination: pathlib.Path) -> pathlib.Path:
     described = json.loads((folder / "recipe.json").read_text())["full_file"]
     ordered = described.get("container") == "OrderedDict"
     return write_state_dict(destination / described["name"], fixture_state_dict(folder), ordered=ordered)
+
+
+def assert_damage_is_read_or_refused(raw: bytes, path, trials: int, seed: int) -> None:
+    """Random truncations and byte flips of a real file: a CheckpointReadError of one line naming the file, or (a
+    flip inside tensor data) a successful read; never another exception, never large memory; some refused."""
+    rng = np.random.default_rng(seed)
+    outcomes = set()
+    for trial in range(trials):
+        data = bytearray(raw)
+        if trial % 2:
+            data = data[:int(rng.integers(0, len(raw)))]
+        else:
+            for at in rng.integers(0, len(raw), size=4):
+                data[at] ^= int(rng.integers(1, 256))
+        path.write_bytes(bytes(data))
+        tracemalloc.start()
+        try:
+            read_state_dict(path)
+            outcomes.add("read")
+        except CheckpointReadError as err:
+            assert str(path) in str(err) and "\n" not in str(err), err
+            outcomes.add("refused")
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        assert peak < 8 * len(raw) + (64 << 20), (trial, peak)
+    assert "refused" in outcomes

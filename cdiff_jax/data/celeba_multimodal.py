@@ -34,7 +34,7 @@ from PIL import Image
 from cdiff_jax.data.images import open_image
 from cdiff_jax.data.masks import MASK_SIZE, NUM_CLASSES, load_label_map, resize_label_map
 from cdiff_jax.data.scribbles import SCRIBBLE_SIZE, load_strokes, resize_strokes, scribble_from_labels
-from cdiff_jax.progress import configure_logging
+from cdiff_jax.progress import bar, configure_logging
 from cdiff_jax.weights.state_dict_io import read_tensor
 
 log = logging.getLogger(__name__)
@@ -241,18 +241,42 @@ class CelebAMultiModal(tfds.core.GeneratorBasedBuilder):
             log.warning("skipped %d of %d examples as bad", skipped, len(names))
 
     def _load_example(self, root: pathlib.Path, name: str, caption) -> dict:
-        stem = pathlib.PurePath(name).stem
-        mask = _load_mask(_find_file(root / "mask", stem, MASK_SUFFIXES, "mask"))
-        scribble_dir = root / "scribble"
-        return {
-            "image": _load_image(_find_file(root / "image", stem, IMAGE_SUFFIXES, "image"),
-                                 self.builder_config.resolution),
-            "mask": mask,
-            "caption": _caption_text(caption),
-            "scribble": (_load_scribble(_find_file(scribble_dir, stem, (".png",), "scribble"))
-                         if scribble_dir.is_dir() else _scribble_of_mask(mask)),
-            "name": name,
-        }
+        return load_example(root, name, caption, self.builder_config.resolution)
+
+
+def load_example(root: pathlib.Path, name: str, caption, resolution: int) -> dict:
+    """One example from the release files (ValueError naming what is wrong with it)."""
+    stem = pathlib.PurePath(name).stem
+    mask = _load_mask(_find_file(root / "mask", stem, MASK_SUFFIXES, "mask"))
+    scribble_dir = root / "scribble"
+    return {
+        "image": _load_image(_find_file(root / "image", stem, IMAGE_SUFFIXES, "image"), resolution),
+        "mask": mask,
+        "caption": _caption_text(caption),
+        "scribble": (_load_scribble(_find_file(scribble_dir, stem, (".png",), "scribble"))
+                     if scribble_dir.is_dir() else _scribble_of_mask(mask)),
+        "name": name,
+    }
+
+
+def check_release(manual_dir, resolution: int = DEFAULT_RESOLUTION) -> list[str]:
+    """Everything a build would stop at, as "name: problem" lines, without writing anything: each captioned
+    example read as the build reads it, and images that no caption names (a build leaves them out)."""
+    root = pathlib.Path(manual_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"manual dir {root} not found; it must hold image/, text/ and mask/")
+    captions = _read_captions(root / "text")
+    problems = []
+    for name in bar(list(captions), "checking examples", unit="example"):
+        try:
+            load_example(root, name, captions[name], resolution)
+        except ValueError as err:
+            problems.append(f"{name}: {err}")
+    captioned = {pathlib.PurePath(name).stem for name in captions}
+    images = sorted(p for p in (root / "image").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+        if (root / "image").is_dir() else []
+    problems += [f"{p.name}: no caption names it (a build leaves it out)" for p in images if p.stem not in captioned]
+    return problems
 
 
 def build_dataset(manual_dir, data_dir, *, resolution: int = DEFAULT_RESOLUTION,
@@ -282,12 +306,24 @@ def main(argv=None) -> int:
     """``python -m cdiff_jax.data.celeba_multimodal MANUAL_DIR DATA_DIR``: prepare the dataset for train.py."""
     p = argparse.ArgumentParser(description="Prepare the CelebA-HQ multi-modal TFDS dataset from the release files.")
     p.add_argument("manual_dir", help="folder with image/, text/ (caption JSON), mask/ and optionally scribble/")
-    p.add_argument("data_dir", help="TFDS data dir to write (the training config's data_dir)")
+    p.add_argument("data_dir", nargs="?", help="TFDS data dir to write (the training config's data_dir)")
+    p.add_argument("--check", action="store_true",
+                   help="only list what is wrong with the manual dir's examples (writes nothing, no data_dir)")
     p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
     p.add_argument("--test-size", type=int, default=DEFAULT_TEST_SIZE, help="last N caption keys form the test split")
     p.add_argument("--skip-bad-examples", action="store_true", help="leave out unusable examples instead of failing")
     args = p.parse_args(argv)
     configure_logging()
+    if args.check:
+        try:
+            problems = check_release(args.manual_dir, args.resolution)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print("\n".join(problems + [f"{len(problems)} problem(s) in {args.manual_dir}"]))
+        return 1 if problems else 0
+    if args.data_dir is None:
+        p.error("give the data_dir to write (or --check to only check the manual dir)")
     try:
         builder = build_dataset(args.manual_dir, args.data_dir, resolution=args.resolution,
                                 test_size=args.test_size, skip_bad_examples=args.skip_bad_examples)

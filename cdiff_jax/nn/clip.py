@@ -254,8 +254,10 @@ class CLIP(nnx.Module):
         """An OpenAI CLIP state dict (ViT image tower; float16 or float32, upcast exactly). The sizes are read
         off the shapes as `build_model` does; the head counts are not in the file (default width // 64).
 
-        OpenAI's released `ViT-B-32.pt` files are TorchScript archives, which the restricted reader refuses (they
-        pickle code objects): save `clip.load(name, jit=False)[0].state_dict()` with torch.save once, and pass that.
+        The file is either OpenAI's released `ViT-B-32.pt` (etc.) as `clip.load` downloads it, a TorchScript
+        archive whose weights the restricted reader takes from its module tree (its code is never read or run;
+        the state dict is `torch.jit.load(path).state_dict()`), or a `torch.save`d state dict such as
+        `clip.load(name, jit=False)[0].state_dict()`.
         """
         tensors = read_state_dict(path).tensors
         cfg = CLIPConfig.from_state_dict(tensors, str(path), transformer_heads, vision_heads)

@@ -200,3 +200,24 @@ def test_command_line(tmp_path, capsys):
     assert "train 6" in out and "test 1" in out and "1 bad examples skipped" in out
     assert main([str(tmp_path / "nope"), str(tmp_path / "tfds")]) == 2
     assert "manual dir" in capsys.readouterr().err
+
+
+def test_check_lists_every_problem_and_writes_nothing(tmp_path, capsys):
+    write_manual_dir(tmp_path / "manual", np.random.default_rng(4))
+    manual = tmp_path / "manual"
+    assert main([str(manual), "--check", "--resolution", str(RES)]) == 0
+    assert "0 problem(s)" in capsys.readouterr().out
+    cases = ("missing image", "wrong mask shape", "unreadable image")
+    expected = dict(_break(manual, case) for case in cases)
+    Image.fromarray(np.zeros((RES, RES, 3), np.uint8)).save(manual / "image" / "extra.png")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main([str(manual), "--check", "--resolution", str(RES)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"4 problem(s) in {manual}"
+    for name, problem in expected.items():
+        assert any(line.startswith(f"{name}: ") and problem in line for line in lines), (name, lines)
+    assert "extra.png: no caption names it (a build leaves it out)" in lines
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    with pytest.raises(SystemExit):  # a build needs its data_dir
+        main([str(manual)])
+    assert "give the data_dir" in capsys.readouterr().err
