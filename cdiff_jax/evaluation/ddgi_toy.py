@@ -42,6 +42,7 @@ from cdiff_jax.ddgi.heads import load_heads
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation import miniature as M
 from cdiff_jax.evaluation.frechet import gaussian_statistics
+from cdiff_jax.evaluation.paper import write_text
 from cdiff_jax.evaluation.ssim import ssim
 from cdiff_jax.optimization import loop_policy, run_steps
 from cdiff_jax.progress import bar, configure_logging, log
@@ -252,8 +253,8 @@ def main(argv=None) -> int:
     settings = {k: getattr(args, k) for k in ("checkpoint", "gan", "mapping_heads", "heads", "ungated_heads",
                                               "judges", "count", "steps", "inversion_steps", "seed")}
     viz.save_png(out / "grid.png", picture(M.held_out_examples(min(8, args.count)), images))
-    M.write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
-    M.write_text(out / "results.md", table(results) + "\n")
+    write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
+    write_text(out / "results.md", table(results) + "\n")
     print(table(results))
     return 0
 

@@ -82,9 +82,12 @@ def resize_faces(images: jax.Array, size: int) -> jax.Array:
 
 
 def per_example_scores(networks: MetricNetworks, images: np.ndarray, examples: dict) -> dict[str, np.ndarray]:
-    """Every per-image metric the networks allow, [N] each, and `parsed` (the parser's maps, for the pooled
-    mIoU); `examples` holds the batch's ground-truth `image`s, conditioning `mask`s and `caption`s."""
+    """Every per-image metric the networks allow, [N] each; `parsed` and `parsed_target` (the parser's maps and
+    the input masks, for the pooled mIoU) and `features` (Inception's, for FID). `examples` holds the batch's
+    ground-truth `image`s, conditioning `mask`s and `caption`s."""
     scores = {}
+    if networks.inception is not None:
+        scores["features"] = inception_features(networks, images)
     if networks.clip is not None:
         cfg = networks.clip.cfg
         tokens = tokenize([str(c) for c in examples["caption"]], cfg.context_length)
@@ -94,7 +97,7 @@ def per_example_scores(networks: MetricNetworks, images: np.ndarray, examples: d
         masks = np.asarray(examples["mask"])
         parsed = parsed_masks(networks, images, masks.shape[-1])
         scores["mask_accuracy"] = np.mean(parsed == masks, axis=(1, 2))
-        scores["parsed"] = parsed
+        scores["parsed"], scores["parsed_target"] = parsed, masks
     truth, generated = signed(examples["image"]), signed(images)
     if networks.lpips is not None:
         scores["lpips"] = np.asarray(networks.lpips(generated, truth))

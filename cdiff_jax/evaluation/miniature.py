@@ -17,7 +17,9 @@ no sampler can do better than the reconstructions, since every image passes thro
 
     python -m cdiff_jax.evaluation.miniature --count 200 --out outputs/eval
 
-writes `results.json`, `results.md` (the table) and `grid.png` (mask | real | each method) to --out.
+writes `results.json` (every row with its per-image values), `results.csv`, `table.md` and `grid.png` (mask | real |
+each method) to --out, and the samples to `--out/samples` as they are made (a rerun continues). This is the
+evaluation program of `paper.py` in its toy configuration: the toy world's examples, the judges as the metrics.
 The pairs are regenerated from their seeds (the last `test_size` examples of the dataset written
 with `--dataset-seed`), so no dataset files are needed.
 """
@@ -25,28 +27,26 @@ with `--dataset-seed`), so no dataset files are needed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import pathlib
 import sys
-import time
 
 import jax
 import numpy as np
 from flax import nnx
 
 from cdiff_jax import conditions as cond
-from cdiff_jax import viz
+from cdiff_jax import requests, viz
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.data.masks import colorize
 from cdiff_jax.data.toy_faces import example_seed, make_example
-from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
 from cdiff_jax.evaluation.metrics import mean_iou
+from cdiff_jax.evaluation.paper import METHODS, Method, Sampling, evaluate, table, write_tables
 from cdiff_jax.latents import reconstruct
-from cdiff_jax.noise import normal
-from cdiff_jax.progress import bar, configure_logging, log
+from cdiff_jax.progress import configure_logging
 from cdiff_jax.requests import DEMO_CHECKPOINT
 from cdiff_jax.sampling import SamplerSettings, sample
 
@@ -54,25 +54,6 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1]
 DEMO_JUDGES = PACKAGE / "evaluation" / "judges_toy"
 # The demo dataset: `python -m cdiff_jax.data.toy_faces data/toy_faces --count 10000 --seed 0`, last 1000 held out.
 DATASET_SEED, DATASET_SIZE, TEST_SIZE = 0, 10_000, 1000
-# The starting noise comes from key(seed); each batch's step noise from key(seed + 1) folded with the index
-# of the batch's first example, a stream apart from the starting noise's, different for every batch.
-STEP_NOISE_SEED_OFFSET = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    name: str
-    modalities: tuple[str, ...]
-    rule: Reweighting | EqualWeights | None = None  # how experts are combined (None: plain softmax)
-
-
-METHODS = (
-    Method("text expert", ("text",)),
-    Method("mask expert", ("mask",)),
-    Method("equal weights", ("mask", "text"), EqualWeights()),
-    Method("collaborative (plain)", ("mask", "text")),
-    Method("collaborative (released)", ("mask", "text"), Reweighting()),
-)
 
 
 def held_out_examples(count: int, first: int = DATASET_SIZE - TEST_SIZE, seed: int = DATASET_SEED) -> list[dict]:
@@ -92,14 +73,14 @@ def example_conditions(cfg, modalities, examples: list[dict]) -> dict:
     return conditions
 
 
-def starting_noise(cfg, count: int, seed: int) -> jax.Array:
+def starting_noise(cfg, count: int, seed: int) -> np.ndarray:
     """x_T of the first `count` examples: example i starts from the same noise in every method and table."""
-    return normal(jax.random.key(seed), (count, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim))
+    return Sampling(seed=seed, noise="one_draw").starting_noise(cfg, np.arange(count), count)
 
 
 def step_noise_key(seed: int, start: int) -> jax.Array:
     """The sampler's key for the batch that begins at example `start`."""
-    return jax.random.fold_in(jax.random.key(seed + STEP_NOISE_SEED_OFFSET), start)
+    return Sampling(seed=seed).step_key(start)
 
 
 def generate(system, examples: list[dict], method: Method, *, steps: int, batch: int, seed: int,
@@ -121,56 +102,56 @@ def generate(system, examples: list[dict], method: Method, *, steps: int, batch:
     return np.concatenate(out)
 
 
-def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:
-    """Mask and attribute accuracy of images against their examples' conditions, and the Frechet distance."""
+def as_arrays(examples: list[dict]) -> dict[str, np.ndarray]:
+    """Toy examples as the evaluation program takes them: `image`, `mask` (the 64x64 label map, which the
+    mask encoder resizes), `caption`, and the truth the judges score against (`labels`, `beard`, `age`)."""
+    return {"image": np.stack([e["image"] for e in examples]), "mask": np.stack([e["labels"] for e in examples]),
+            "labels": np.stack([e["labels"] for e in examples]), "caption": np.array([e["caption"] for e in examples]),
+            "beard": np.array([e["attributes"]["beard"] for e in examples]),
+            "age": np.array([e["attributes"]["age"] for e in examples])}
+
+
+def judge_scores(judges, images: np.ndarray, examples: dict) -> dict[str, np.ndarray]:
+    """The judges' per-image scores (`as_arrays` examples): mask accuracy against the label map, beard, age and
+    attribute (their mean) accuracy against the caption; the parsed maps (for mIoU) and the features (for the
+    Frechet distance)."""
     x = J.from_uint8(images)
     parsed = np.asarray(J.parse(judges, x))
-    labels = np.stack([e["labels"] for e in examples])
     beard, age = (np.asarray(a) for a in J.attribute_predictions(judges, x))
-    beard_right = (beard == [e["attributes"]["beard"] for e in examples]).astype(float)
-    age_right = (age == [e["attributes"]["age"] for e in examples]).astype(float)
-    attributes_right = (beard_right + age_right) / 2
-    row = {"mask_accuracy": float(np.mean(parsed == labels)), "mask_miou": mean_iou(parsed, labels),
-           "beard_accuracy": float(np.mean(beard_right)),
-           "age_accuracy": float(np.mean(age_right)), "attribute_accuracy": float(np.mean(attributes_right)),
-           # per example, for the spread of the means above
-           "per_example_mask_accuracy": np.mean(parsed == labels, axis=(1, 2)).tolist(),
-           "per_example_attribute_accuracy": attributes_right.tolist()}
+    beard_right = (beard == examples["beard"]).astype(float)
+    age_right = (age == examples["age"]).astype(float)
+    return {"mask_accuracy": np.mean(parsed == examples["labels"], axis=(1, 2)), "beard_accuracy": beard_right,
+            "age_accuracy": age_right, "attribute_accuracy": (beard_right + age_right) / 2, "parsed": parsed,
+            "parsed_target": examples["labels"], "features": np.asarray(J.features(judges, x))}
+
+
+def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:
+    """The judges' means for one set of images (the other toy evaluations' row), with the per-example
+    accuracies and, given the real images' statistics, the Frechet distance."""
+    scores = judge_scores(judges, images, as_arrays(examples))
+    row = {name: float(np.mean(scores[name]))
+           for name in ("mask_accuracy", "beard_accuracy", "age_accuracy", "attribute_accuracy")}
+    row |= {"mask_miou": mean_iou(scores["parsed"], scores["parsed_target"]),
+            "per_example_mask_accuracy": scores["mask_accuracy"].tolist(),
+            "per_example_attribute_accuracy": scores["attribute_accuracy"].tolist()}
     if real_stats is not None:
-        row["frechet"] = frechet_distance(*gaussian_statistics(np.asarray(J.features(judges, x))), *real_stats)
+        row["frechet"] = frechet_distance(*gaussian_statistics(scores["features"]), *real_stats)
     return row
 
 
-def run(checkpoint, judges_dir, count: int, *, steps: int = 50, batch: int = 50, seed: int = 0,
+def run(checkpoint, judges_dir, count: int, out: pathlib.Path, *, steps: int = 50, batch: int = 50, seed: int = 0,
         methods=METHODS) -> tuple[dict, dict]:
-    """(results per method plus "real images", generated images per method)."""
+    """The evaluation program (`paper.evaluate`) with the toy configuration; samples go to out/samples.
+    Returns (results per row, images per row)."""
     system = load_system(checkpoint)
     judges = J.load_judges(judges_dir)
-    examples = held_out_examples(count)
-    real = np.stack([e["image"] for e in examples])
-    real_stats = gaussian_statistics(np.asarray(J.features(judges, J.from_uint8(real))))
-    reconstructed = viz.to_uint8(np.asarray(reconstruct(*nnx.split(system.autoencoder), J.from_uint8(real))))
+    examples = as_arrays(held_out_examples(count))
     # The ceiling of any method: the judges on the real faces and on their autoencoder reconstructions.
-    results = {"real images": score(judges, real, examples, None),
-               "autoencoder reconstructions": score(judges, reconstructed, examples, real_stats)}
-    images = {}
-    for method in bar(methods, "evaluating", unit="method"):
-        start = time.monotonic()
-        images[method.name] = generate(system, examples, method, steps=steps, batch=batch, seed=seed)
-        results[method.name] = score(judges, images[method.name], examples, real_stats)
-        log.info("%s: %.0fs", method.name, time.monotonic() - start)
-    return results, images
-
-
-def table(results: dict) -> str:
-    """The results as a Markdown table."""
-    lines = ["| method | mask accuracy | beard accuracy | age accuracy | attribute accuracy | Frechet distance |",
-             "|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        frechet = f"{r['frechet']:.2f}" if "frechet" in r else "-"
-        lines.append(f"| {name} | {r['mask_accuracy']:.3f} | {r['beard_accuracy']:.3f} | {r['age_accuracy']:.3f} | "
-                     f"{r['attribute_accuracy']:.3f} | {frechet} |")
-    return "\n".join(lines)
+    reconstructed = viz.to_uint8(np.asarray(reconstruct(*nnx.split(system.autoencoder),
+                                                        J.from_uint8(examples["image"]))))
+    sampling = Sampling(steps=steps, eta=1.0, batch=batch, seed=seed, noise="one_draw")
+    return evaluate(system, examples, methods, sampling, functools.partial(judge_scores, judges), out,
+                    distance="frechet", extra_rows={"autoencoder reconstructions": reconstructed})
 
 
 def picture(examples: list[dict], images: dict, rows: int = 8) -> np.ndarray:
@@ -193,28 +174,26 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="outputs/eval")
     args = p.parse_args(argv)
     configure_logging()
-    if not 1 <= args.count <= TEST_SIZE:
-        p.error(f"--count must be in 1..{TEST_SIZE} (the held-out split)")
+    if not 2 <= args.count <= TEST_SIZE:
+        p.error(f"--count must be in 2..{TEST_SIZE} (the held-out split; standard errors need two)")
+    settings = {k: getattr(args, k) for k in ("checkpoint", "judges", "count", "steps", "batch", "seed")}
     try:
-        results, images = run(args.checkpoint, args.judges, args.count, steps=args.steps, batch=args.batch,
+        out = requests.output_folder(args.out, is_ours=lambda path: (path / "results.json").is_file()
+                                     or (path / "samples").is_dir())
+        previous = out / "results.json"
+        if previous.is_file() and json.loads(previous.read_text()).get("settings") != settings:
+            raise requests.UsageError(f"--out {out} holds an evaluation with other settings; choose a new --out")
+        results, images = run(args.checkpoint, args.judges, args.count, out, steps=args.steps, batch=args.batch,
                               seed=args.seed)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("checkpoint", "judges", "count", "steps", "seed")}
-    viz.save_png(out / "grid.png", picture(held_out_examples(min(8, args.count)), images))
-    write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
-    write_text(out / "results.md", table(results) + "\n")
+    viz.save_png(out / "grid.png", picture(held_out_examples(min(8, args.count)),
+                                           {name: im[:8] for name, im in images.items()
+                                            if name != "autoencoder reconstructions"}))
+    write_tables(out, {"settings": settings}, results)
     print(table(results))
     return 0
-
-
-def write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

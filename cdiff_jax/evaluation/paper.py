@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import io
 import json
 import pathlib
@@ -36,18 +37,16 @@ from cdiff_jax.data.images import open_image
 from cdiff_jax.ddgi.features import check_ddgi_parts
 from cdiff_jax.ddgi.generate import ddgi_sample
 from cdiff_jax.ddgi.heads import DDGIHeads, load_heads
-from cdiff_jax.diffusion.collaboration import Reweighting
+from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.evaluation.fid import load_statistics
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
 from cdiff_jax.evaluation.metrics import (
     METRIC_FILES,
     MetricNetworks,
-    inception_features,
     load_metric_networks,
     mean_iou,
     per_example_scores,
 )
-from cdiff_jax.evaluation.miniature import METHODS, Method
 from cdiff_jax.latents import latent_shape
 from cdiff_jax.nn.stylegan2 import Generator
 from cdiff_jax.noise import normal
@@ -56,6 +55,21 @@ from cdiff_jax.progress import bar, configure_logging
 from cdiff_jax.sampling import SamplerSettings, require_finite, sample
 from cdiff_jax.weights.state_dict_io import CheckpointReadError
 
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    modalities: tuple[str, ...]
+    rule: Reweighting | EqualWeights | None = None  # how experts are combined (None: plain softmax)
+
+
+METHODS = (
+    Method("text expert", ("text",)),
+    Method("mask expert", ("mask",)),
+    Method("equal weights", ("mask", "text"), EqualWeights()),
+    Method("collaborative (plain)", ("mask", "text")),
+    Method("collaborative (released)", ("mask", "text"), Reweighting()),
+)
 SETTINGS_FILE = "settings.json"
 # Example i's starting noise is drawn from fold_in(key(seed), i): the same in every method, batch size
 # and device count. The step noise of the batch starting at example s: fold_in(key(seed + 1), s).
@@ -63,8 +77,37 @@ STEP_NOISE_SEED_OFFSET = 1
 # DDGI: the diffusion system sampled with the released rule, its experts read at one step and mapped
 # into the GAN's W+ by the heads (its experts are the heads').
 DDGI_METHOD = Method("DDGI", (), Reweighting())
-COLUMNS = (("fid", "FID"), ("clip_score", "CLIP score"), ("mask_accuracy", "mask accuracy"), ("miou", "mIoU"),
-           ("lpips", "LPIPS"), ("ssim", "SSIM"), ("identity", "ID"))
+# Every column either configuration fills (the toy judges' attribute accuracies and Frechet distance on their
+# features stand in for the CLIP score and FID); a table shows those its rows have.
+COLUMNS = (("fid", "FID"), ("frechet", "Frechet distance"), ("clip_score", "CLIP score"),
+           ("mask_accuracy", "mask accuracy"), ("miou", "mIoU"), ("beard_accuracy", "beard accuracy"),
+           ("age_accuracy", "age accuracy"), ("attribute_accuracy", "attribute accuracy"), ("lpips", "LPIPS"),
+           ("ssim", "SSIM"), ("identity", "ID"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How every method samples, so that rows differ only by method. `noise`: "per_example" draws example i's
+    x_T from fold_in(key(seed), i), the same for any batch size and count; "one_draw" takes row i of one
+    normal(key(seed), [count, ...]) draw (the toy evaluations' tables were measured with it)."""
+
+    steps: int = 50
+    solver: str = "ddim"
+    eta: float = 1.0
+    batch: int = 8
+    seed: int = 0
+    noise: str = "per_example"
+
+    def starting_noise(self, cfg, rows: np.ndarray, count: int) -> np.ndarray:
+        shape = latent_shape(cfg)
+        if self.noise == "one_draw":
+            return np.asarray(normal(jax.random.key(self.seed), (count, *shape)))[rows]
+        return np.stack([np.asarray(normal(jax.random.fold_in(jax.random.key(self.seed), int(i)), shape))
+                         for i in rows])
+
+    def step_key(self, start: int) -> jax.Array:
+        """The sampler's key for the batch that begins at example `start`."""
+        return jax.random.fold_in(jax.random.key(self.seed + STEP_NOISE_SEED_OFFSET), start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +128,9 @@ class Protocol:
     ddgi_heads: str | None = None  # DDGI's row: its heads, the GAN they drive, the sampler step they read
     ddgi_gan: str | None = None
     ddgi_at_step: int | None = None
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.steps, self.sampler, self.eta, self.batch, self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,30 +167,28 @@ def padded_rows(start: int, batch: int, count: int) -> np.ndarray:
     return np.minimum(np.arange(start, start + batch), count - 1)
 
 
-def generate(system, examples: dict, method: Method, protocol: Protocol, out: pathlib.Path, progress,
+def generate(system, examples: dict, method: Method, sampling: Sampling, out: pathlib.Path, progress,
              ddgi: DDGIParts | None = None) -> None:
     """Sample every batch of `method` whose images are not all on disk yet, writing each as it completes."""
-    cfg = system.cfg
+    cfg, count = system.cfg, len(examples["caption"])
     mesh = data_mesh()
     for module in (system,) if ddgi is None else (system, ddgi.heads, ddgi.generator):
         nnx.update(module, replicate(nnx.state(module), mesh))
-    settings = SamplerSettings(steps=protocol.steps, solver=protocol.sampler, eta=protocol.eta,
+    settings = SamplerSettings(steps=sampling.steps, solver=sampling.solver, eta=sampling.eta,
                                reweighting=method.rule if len(method.modalities) > 1 else None)
-    for start in range(0, protocol.count, protocol.batch):
-        indices = range(start, min(start + protocol.batch, protocol.count))
+    for start in range(0, count, sampling.batch):
+        indices = range(start, min(start + sampling.batch, count))
         if all(sample_path(out, method, i).is_file() for i in indices):
             progress.update(1)
             continue
-        padded = padded_rows(start, protocol.batch, protocol.count)
+        rows = padded_rows(start, sampling.batch, count)
         conditions = {}
         for name in method.modalities:
             encoder = cfg.modalities[name].encoder
-            conditions[name] = (cond.encode_captions([str(examples["caption"][i]) for i in padded], encoder).ids
-                                if name == "text" else cond.encode_masks([examples["mask"][i] for i in padded],
-                                                                         encoder))
-        x_T = np.stack([np.asarray(normal(jax.random.fold_in(jax.random.key(protocol.seed), i), latent_shape(cfg)))
-                        for i in padded])
-        key = jax.random.fold_in(jax.random.key(protocol.seed + STEP_NOISE_SEED_OFFSET), start)
+            conditions[name] = (cond.encode_captions([str(examples["caption"][i]) for i in rows], encoder).ids
+                                if name == "text" else cond.encode_masks([examples["mask"][i] for i in rows], encoder))
+        x_T = sampling.starting_noise(cfg, rows, count)
+        key = sampling.step_key(start)
         conditions, x_T = shard_batch(conditions, mesh), shard_batch(x_T, mesh)
         if method.name == DDGI_METHOD.name:
             result = ddgi_sample(system, ddgi.heads, ddgi.generator, conditions, x_T, key, settings, ddgi.at_step,
@@ -169,26 +213,46 @@ def summarise(values: np.ndarray) -> dict:
     return {"mean": float(values.mean()), "stderr": float(error), "per_image": values.tolist()}
 
 
-def score(networks: MetricNetworks, images: np.ndarray, examples: dict, reference_stats, batch: int) -> dict:
-    """One table row: per-image metrics summarised, pooled mIoU, FID against `reference_stats`."""
-    per_image, features, parsed = {}, [], []
+def score(scorer, images: np.ndarray, examples: dict, batch: int, reference_stats=None,
+          distance: str = "fid") -> tuple[dict, np.ndarray | None]:
+    """One table row and the images' features. `scorer(images, examples)` gives per-image metrics, and
+    optionally `parsed` / `parsed_target` label maps (pooled into mIoU) and `features` (whose Frechet distance
+    to `reference_stats` is the `distance` column)."""
+    per_image, pooled = {}, {}
     for start in range(0, len(images), batch):
         rows = padded_rows(start, batch, len(images))
-        scores = per_example_scores(networks, images[rows], {k: v[rows] for k, v in examples.items()})
         kept = len(set(rows.tolist()))
-        if "parsed" in scores:
-            parsed.append(scores.pop("parsed")[:kept])
-        for name, values in scores.items():
-            per_image.setdefault(name, []).append(values[:kept])
-        if networks.inception is not None:
-            features.append(inception_features(networks, images[rows])[:kept])
+        for name, values in scorer(images[rows], {k: v[rows] for k, v in examples.items()}).items():
+            target = pooled if name in ("parsed", "parsed_target", "features") else per_image
+            target.setdefault(name, []).append(np.asarray(values)[:kept])
     row = {name: summarise(np.concatenate(values)) for name, values in per_image.items()}
-    if parsed:
-        row["miou"] = {"mean": mean_iou(np.concatenate(parsed), examples["mask"]), "stderr": None}
-    if features and reference_stats is not None:
-        row["fid"] = {"mean": frechet_distance(*gaussian_statistics(np.concatenate(features)), *reference_stats),
-                      "stderr": None}
-    return row
+    pooled = {name: np.concatenate(values) for name, values in pooled.items()}
+    if "parsed" in pooled:
+        row["miou"] = {"mean": mean_iou(pooled["parsed"], pooled["parsed_target"]), "stderr": None}
+    features = pooled.get("features")
+    if features is not None and reference_stats is not None:
+        row[distance] = {"mean": frechet_distance(*gaussian_statistics(features), *reference_stats), "stderr": None}
+    return row, features
+
+
+def evaluate(system, examples: dict, methods, sampling: Sampling, scorer, out: pathlib.Path, *,
+             distance: str = "fid", reference_stats=None, extra_rows: dict | None = None,
+             ddgi: DDGIParts | None = None) -> tuple[dict, dict]:
+    """Every method's samples (those missing written to out/samples), then one row per image set: the real
+    images, `extra_rows` ({name: uint8 images}), each method. The distance column is against
+    `reference_stats`, by default the real images' own. Returns (results, images per method)."""
+    count = len(examples["caption"])
+    with bar(-(-count // sampling.batch) * len(methods), "sampling", unit="batch") as progress:
+        for method in methods:
+            generate(system, examples, method, sampling, out, progress, ddgi)
+    real_row, real_features = score(scorer, examples["image"], examples, sampling.batch)
+    if reference_stats is None and real_features is not None:
+        reference_stats = gaussian_statistics(real_features)
+    results = {"real images": real_row}
+    images = {**(extra_rows or {}), **{m.name: read_samples(out, m, count) for m in methods}}
+    for name, rows in bar(images.items(), "scoring", unit="row"):
+        results[name] = score(scorer, rows, examples, sampling.batch, reference_stats, distance)[0]
+    return results, images
 
 
 def table(results: dict) -> str:
@@ -229,24 +293,17 @@ def run(protocol: Protocol, networks: MetricNetworks, out: pathlib.Path, fid_ref
     if ddgi is not None:
         methods = [dataclasses.replace(m, modalities=ddgi.heads.cfg.experts) if m == DDGI_METHOD else m
                    for m in methods]
-    batches = -(-protocol.count // protocol.batch)
-    with bar(batches * len(methods), "sampling", unit="batch") as progress:
-        for method in methods:
-            generate(system, examples, method, protocol, out, progress, ddgi)
-    reference_stats = fid_reference
-    if reference_stats is None and networks.inception is not None:
-        reference_stats = gaussian_statistics(np.concatenate([
-            inception_features(networks, examples["image"][padded_rows(s, protocol.batch, protocol.count)])
-            for s in range(0, protocol.count, protocol.batch)])[:protocol.count])
-    results = {"real images": score(networks, examples["image"], examples, None, protocol.batch)}
-    for method in bar(methods, "scoring", unit="method"):
-        images = read_samples(out, method, protocol.count)
-        results[method.name] = score(networks, images, examples, reference_stats, protocol.batch)
-    write_text(out / "results.json", json.dumps({"protocol": dataclasses.asdict(protocol), "results": results},
-                                                indent=1))
+    results, _ = evaluate(system, examples, methods, protocol.sampling(), functools.partial(per_example_scores,
+                          networks), out, reference_stats=fid_reference, ddgi=ddgi)
+    write_tables(out, {"protocol": dataclasses.asdict(protocol)}, results)
+    return results
+
+
+def write_tables(out: pathlib.Path, settings: dict, results: dict) -> None:
+    """results.json (the settings and every row, per-image values included), results.csv and table.md."""
+    write_text(out / "results.json", json.dumps({**settings, "results": results}, indent=1))
     write_text(out / "results.csv", csv_text(results))
     write_text(out / "table.md", table(results) + "\n")
-    return results
 
 
 def validate(args) -> tuple[Protocol, pathlib.Path]:

@@ -28,6 +28,7 @@ from cdiff_jax.diffusion.solvers import SOLVERS
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation import miniature as M
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
+from cdiff_jax.evaluation.paper import write_text
 from cdiff_jax.progress import bar, configure_logging, log
 from cdiff_jax.requests import DEMO_CHECKPOINT
 
@@ -139,8 +140,8 @@ def main(argv=None) -> int:
     shown = M.held_out_examples(min(8, args.count))
     viz.save_png(out / "grid.png", M.picture(shown, {name: im[: len(shown)] for name, im in images.items()}))
     settings = {k: getattr(args, k) for k in ("checkpoint", "judges", "count", "batch", "seed")}
-    M.write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
-    M.write_text(out / "results.md", table(results) + "\n")
+    write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
+    write_text(out / "results.md", table(results) + "\n")
     print(table(results))
     return 0
 
