@@ -6,12 +6,16 @@
 
 The first `--count` (mask, caption, image) triples of the prepared dataset's test split are sampled by
 each method (text expert, mask expert, equal weights, collaborative with the plain softmax and with
-the released re-weighting); example i starts from the same noise in every method. The table gives
+the released re-weighting, DDGI given its heads and GAN); example i starts from the same noise in every
+method. The table gives
 FID against the real test images (or `--fid-reference` statistics, pytorch-fid's .npz), CLIP score,
 mask accuracy and mIoU, LPIPS, SSIM and identity to the ground truth, each per-image metric with its
 standard error (`metrics` says how each is computed). Samples are written as each batch completes,
 so a rerun with the same settings continues where the last one stopped; batches are split over all
 devices. `table.md`, `results.json` and `results.csv` are written to --out.
+
+`evaluate` is the program; `run` is its real-face configuration and `miniature` its toy one (the toy world's
+examples, the judges in place of the real networks).
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class Sampling:
 
     steps: int = 50
     solver: str = "ddim"
+    order: int | None = None  # None: the solver's default
     eta: float = 1.0
     batch: int = 8
     seed: int = 0
@@ -121,6 +126,7 @@ class Protocol:
     count: int
     methods: tuple[str, ...]
     sampler: str
+    order: int | None
     steps: int
     eta: float
     batch: int
@@ -130,7 +136,7 @@ class Protocol:
     ddgi_at_step: int | None = None
 
     def sampling(self) -> Sampling:
-        return Sampling(self.steps, self.sampler, self.eta, self.batch, self.seed)
+        return Sampling(self.steps, self.sampler, self.order, self.eta, self.batch, self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +180,7 @@ def generate(system, examples: dict, method: Method, sampling: Sampling, out: pa
     mesh = data_mesh()
     for module in (system,) if ddgi is None else (system, ddgi.heads, ddgi.generator):
         nnx.update(module, replicate(nnx.state(module), mesh))
-    settings = SamplerSettings(steps=sampling.steps, solver=sampling.solver, eta=sampling.eta,
+    settings = SamplerSettings(steps=sampling.steps, solver=sampling.solver, order=sampling.order, eta=sampling.eta,
                                reweighting=method.rule if len(method.modalities) > 1 else None)
     for start in range(0, count, sampling.batch):
         indices = range(start, min(start + sampling.batch, count))
@@ -344,7 +350,7 @@ def validate(args) -> tuple[Protocol, pathlib.Path]:
                 "ddgi_at_step": args.steps if args.ddgi_at_step is None else args.ddgi_at_step}
     protocol = Protocol(str(pathlib.Path(args.checkpoint).absolute()), str(pathlib.Path(args.data).absolute()),
                         args.resolution, args.test_size, args.count, tuple(methods), sampler["solver"],
-                        args.steps, sampler["eta"], args.batch, args.seed, **ddgi)
+                        sampler["order"], args.steps, sampler["eta"], args.batch, args.seed, **ddgi)
     out = requests.output_folder(args.out, is_ours=lambda p: (p / SETTINGS_FILE).is_file())
     settings = out / SETTINGS_FILE
     if settings.is_file() and json.loads(settings.read_text()) != dataclasses.asdict(protocol) | {
@@ -354,7 +360,7 @@ def validate(args) -> tuple[Protocol, pathlib.Path]:
     return protocol, out
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="prepared dataset folder (python -m cdiff_jax.data.celeba_multimodal)")
     p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
@@ -374,7 +380,11 @@ def main(argv=None) -> int:
     for name in METRIC_FILES:
         p.add_argument(f"--{name}", help=f"the {name} network's weight file (left out of the table if absent)")
     p.add_argument("--out", default="outputs/paper")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     configure_logging()
     try:
         protocol, out = validate(args)

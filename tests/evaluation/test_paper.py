@@ -123,3 +123,9 @@ def test_bad_input_is_one_line_before_any_work(data, weights, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and fragment in err and err.count("\n") == 1, err
         assert not out.exists()
+
+
+def test_the_sampler_and_its_order_reach_every_method(data, weights, tmp_path):
+    protocol, out = paper.validate(paper.parse_args(argv(data, weights, tmp_path / "out", "--sampler", "dpmpp3m")))
+    assert (protocol.sampler, protocol.order, protocol.eta) == ("dpmpp", 3, 0.0)
+    assert protocol.sampling().order == 3 and not out.exists()
