@@ -44,7 +44,7 @@ from cdiff_jax.data.toy_faces import example_seed, make_example
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
 from cdiff_jax.evaluation.metrics import mean_iou
-from cdiff_jax.evaluation.paper import METHODS, Method, Sampling, evaluate, table, write_tables
+from cdiff_jax.evaluation.paper import METHODS, Method, Sampling, evaluate, read_samples, table, write_tables
 from cdiff_jax.latents import reconstruct
 from cdiff_jax.progress import configure_logging
 from cdiff_jax.requests import DEMO_CHECKPOINT
@@ -140,9 +140,9 @@ def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:
 
 
 def run(checkpoint, judges_dir, count: int, out: pathlib.Path, *, steps: int = 50, batch: int = 50, seed: int = 0,
-        methods=METHODS) -> tuple[dict, dict]:
-    """The evaluation program (`paper.evaluate`) with the toy configuration; samples go to out/samples.
-    Returns (results per row, images per row)."""
+        methods=METHODS) -> dict:
+    """The evaluation program (`paper.evaluate`) with the toy configuration; the samples go to out/samples.
+    Returns the results per row."""
     system = load_system(checkpoint)
     judges = J.load_judges(judges_dir)
     examples = as_arrays(held_out_examples(count))
@@ -183,14 +183,14 @@ def main(argv=None) -> int:
         previous = out / "results.json"
         if previous.is_file() and json.loads(previous.read_text()).get("settings") != settings:
             raise requests.UsageError(f"--out {out} holds an evaluation with other settings; choose a new --out")
-        results, images = run(args.checkpoint, args.judges, args.count, out, steps=args.steps, batch=args.batch,
-                              seed=args.seed)
+        results = run(args.checkpoint, args.judges, args.count, out, steps=args.steps, batch=args.batch,
+                      seed=args.seed)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    viz.save_png(out / "grid.png", picture(held_out_examples(min(8, args.count)),
-                                           {name: im[:8] for name, im in images.items()
-                                            if name != "autoencoder reconstructions"}))
+    shown = min(8, args.count)
+    viz.save_png(out / "grid.png", picture(held_out_examples(shown),
+                                           {m.name: read_samples(out, m, shown) for m in METHODS}))
     write_tables(out, {"settings": settings}, results)
     print(table(results))
     return 0

@@ -243,10 +243,10 @@ def score(scorer, images: np.ndarray, examples: dict, batch: int, reference_stat
 
 def evaluate(system, examples: dict, methods, sampling: Sampling, scorer, out: pathlib.Path, *,
              distance: str = "fid", reference_stats=None, extra_rows: dict | None = None,
-             ddgi: DDGIParts | None = None) -> tuple[dict, dict]:
+             ddgi: DDGIParts | None = None) -> dict:
     """Every method's samples (those missing written to out/samples), then one row per image set: the real
-    images, `extra_rows` ({name: uint8 images}), each method. The distance column is against
-    `reference_stats`, by default the real images' own. Returns (results, images per method)."""
+    images, `extra_rows` ({name: uint8 images}), each method (its samples read back one method at a time).
+    The distance column is against `reference_stats`, by default the real images' own."""
     count = len(examples["caption"])
     with bar(-(-count // sampling.batch) * len(methods), "sampling", unit="batch") as progress:
         for method in methods:
@@ -255,10 +255,11 @@ def evaluate(system, examples: dict, methods, sampling: Sampling, scorer, out: p
     if reference_stats is None and real_features is not None:
         reference_stats = gaussian_statistics(real_features)
     results = {"real images": real_row}
-    images = {**(extra_rows or {}), **{m.name: read_samples(out, m, count) for m in methods}}
-    for name, rows in bar(images.items(), "scoring", unit="row"):
-        results[name] = score(scorer, rows, examples, sampling.batch, reference_stats, distance)[0]
-    return results, images
+    rows = [(name, lambda images=images: images) for name, images in (extra_rows or {}).items()]
+    rows += [(m.name, functools.partial(read_samples, out, m, count)) for m in methods]
+    for name, images in bar(rows, "scoring", unit="row"):
+        results[name] = score(scorer, images(), examples, sampling.batch, reference_stats, distance)[0]
+    return results
 
 
 def table(results: dict) -> str:
@@ -299,8 +300,8 @@ def run(protocol: Protocol, networks: MetricNetworks, out: pathlib.Path, fid_ref
     if ddgi is not None:
         methods = [dataclasses.replace(m, modalities=ddgi.heads.cfg.experts) if m == DDGI_METHOD else m
                    for m in methods]
-    results, _ = evaluate(system, examples, methods, protocol.sampling(), functools.partial(per_example_scores,
-                          networks), out, reference_stats=fid_reference, ddgi=ddgi)
+    results = evaluate(system, examples, methods, protocol.sampling(), functools.partial(per_example_scores, networks),
+                       out, reference_stats=fid_reference, ddgi=ddgi)
     write_tables(out, {"protocol": dataclasses.asdict(protocol)}, results)
     return results
 
