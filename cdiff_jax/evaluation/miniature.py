@@ -36,7 +36,6 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cdiff_jax import conditions as cond
 from cdiff_jax import requests, viz
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.data.masks import colorize
@@ -44,7 +43,16 @@ from cdiff_jax.data.toy_faces import example_seed, make_example
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
 from cdiff_jax.evaluation.metrics import mean_iou
-from cdiff_jax.evaluation.paper import METHODS, Method, Sampling, evaluate, read_samples, table, write_tables
+from cdiff_jax.evaluation.paper import (
+    METHODS,
+    Method,
+    Sampling,
+    encoded_conditions,
+    evaluate,
+    read_samples,
+    table,
+    write_tables,
+)
 from cdiff_jax.latents import reconstruct
 from cdiff_jax.progress import configure_logging
 from cdiff_jax.requests import DEMO_CHECKPOINT
@@ -65,12 +73,7 @@ def held_out_examples(count: int, first: int = DATASET_SIZE - TEST_SIZE, seed: i
 
 def example_conditions(cfg, modalities, examples: list[dict]) -> dict:
     """The encoded conditions of `modalities` for a batch of toy examples (captions and label maps)."""
-    conditions = {}
-    for name in modalities:
-        m = cfg.modalities[name]
-        conditions[name] = (cond.encode_captions([e["caption"] for e in examples], m.encoder).ids if m.kind == "text"
-                            else cond.encode_masks([e["labels"] for e in examples], m.encoder))
-    return conditions
+    return encoded_conditions(cfg, modalities, as_arrays(examples), range(len(examples)))
 
 
 def starting_noise(cfg, count: int, seed: int) -> np.ndarray:

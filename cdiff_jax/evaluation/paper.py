@@ -75,6 +75,7 @@ METHODS = (
     Method("collaborative (released)", ("mask", "text"), Reweighting()),
 )
 SETTINGS_FILE = "settings.json"
+INPUT_FIELDS = {"text": "caption", "mask": "mask"}  # the example field each modality kind is conditioned on
 # Example i's starting noise is drawn from fold_in(key(seed), i): the same in every method, batch size
 # and device count. The step noise of the batch starting at example s: fold_in(key(seed + 1), s).
 STEP_NOISE_SEED_OFFSET = 1
@@ -168,6 +169,12 @@ def sample_path(out: pathlib.Path, method: Method, index: int) -> pathlib.Path:
     return out / "samples" / method.name.replace(" ", "_").replace("(", "").replace(")", "") / f"{index:05d}.png"
 
 
+def encoded_conditions(cfg, modalities, examples: dict, rows) -> dict:
+    """The conditions of `modalities` for the examples `rows`, each parsed as its kind parses user input."""
+    return {name: cond.encode_inputs([examples[INPUT_FIELDS[cfg.modalities[name].kind]][i] for i in rows],
+                                     cfg.modalities[name]) for name in modalities}
+
+
 def padded_rows(start: int, batch: int, count: int) -> np.ndarray:
     """Rows start .. start + batch - 1, the last real row repeated past `count`: every call has one shape."""
     return np.minimum(np.arange(start, start + batch), count - 1)
@@ -175,11 +182,10 @@ def padded_rows(start: int, batch: int, count: int) -> np.ndarray:
 
 def generate(system, examples: dict, method: Method, sampling: Sampling, out: pathlib.Path, progress,
              ddgi: DDGIParts | None = None) -> None:
-    """Sample every batch of `method` whose images are not all on disk yet, writing each as it completes."""
+    """Sample every batch of `method` whose images are not all on disk yet, writing each as it completes
+    (the modules' states already replicated over the data mesh)."""
     cfg, count = system.cfg, len(examples["caption"])
     mesh = data_mesh()
-    for module in (system,) if ddgi is None else (system, ddgi.heads, ddgi.generator):
-        nnx.update(module, replicate(nnx.state(module), mesh))
     settings = SamplerSettings(steps=sampling.steps, solver=sampling.solver, order=sampling.order, eta=sampling.eta,
                                reweighting=method.rule if len(method.modalities) > 1 else None)
     for start in range(0, count, sampling.batch):
@@ -188,11 +194,7 @@ def generate(system, examples: dict, method: Method, sampling: Sampling, out: pa
             progress.update(1)
             continue
         rows = padded_rows(start, sampling.batch, count)
-        conditions = {}
-        for name in method.modalities:
-            encoder = cfg.modalities[name].encoder
-            conditions[name] = (cond.encode_captions([str(examples["caption"][i]) for i in rows], encoder).ids
-                                if name == "text" else cond.encode_masks([examples["mask"][i] for i in rows], encoder))
+        conditions = encoded_conditions(cfg, method.modalities, examples, rows)
         x_T = sampling.starting_noise(cfg, rows, count)
         key = sampling.step_key(start)
         conditions, x_T = shard_batch(conditions, mesh), shard_batch(x_T, mesh)
@@ -227,7 +229,7 @@ def score(scorer, images: np.ndarray, examples: dict, batch: int, reference_stat
     per_image, pooled = {}, {}
     for start in range(0, len(images), batch):
         rows = padded_rows(start, batch, len(images))
-        kept = len(set(rows.tolist()))
+        kept = min(batch, len(images) - start)
         for name, values in scorer(images[rows], {k: v[rows] for k, v in examples.items()}).items():
             target = pooled if name in ("parsed", "parsed_target", "features") else per_image
             target.setdefault(name, []).append(np.asarray(values)[:kept])
@@ -248,6 +250,9 @@ def evaluate(system, examples: dict, methods, sampling: Sampling, scorer, out: p
     images, `extra_rows` ({name: uint8 images}), each method (its samples read back one method at a time).
     The distance column is against `reference_stats`, by default the real images' own."""
     count = len(examples["caption"])
+    mesh = data_mesh()
+    for module in (system,) if ddgi is None else (system, ddgi.heads, ddgi.generator):
+        nnx.update(module, replicate(nnx.state(module), mesh))
     with bar(-(-count // sampling.batch) * len(methods), "sampling", unit="batch") as progress:
         for method in methods:
             generate(system, examples, method, sampling, out, progress, ddgi)
@@ -255,10 +260,11 @@ def evaluate(system, examples: dict, methods, sampling: Sampling, scorer, out: p
     if reference_stats is None and real_features is not None:
         reference_stats = gaussian_statistics(real_features)
     results = {"real images": real_row}
-    rows = [(name, lambda images=images: images) for name, images in (extra_rows or {}).items()]
-    rows += [(m.name, functools.partial(read_samples, out, m, count)) for m in methods]
-    for name, images in bar(rows, "scoring", unit="row"):
-        results[name] = score(scorer, images(), examples, sampling.batch, reference_stats, distance)[0]
+    for name, images in (extra_rows or {}).items():
+        results[name] = score(scorer, images, examples, sampling.batch, reference_stats, distance)[0]
+    for method in bar(methods, "scoring", unit="method"):
+        images = read_samples(out, method, count)
+        results[method.name] = score(scorer, images, examples, sampling.batch, reference_stats, distance)[0]
     return results
 
 
