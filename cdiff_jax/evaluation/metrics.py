@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from cdiff_jax.data.masks import NUM_CLASSES, resize_label_map
+from cdiff_jax.evaluation.judges import from_uint8
 from cdiff_jax.evaluation.ssim import ssim
 from cdiff_jax.nn.arcface import IDLOSS_IMAGE_SIZE, ArcFace, identity_similarity
 from cdiff_jax.nn.clip import CLIP, clip_outputs
@@ -45,11 +46,6 @@ def load_metric_networks(paths: dict[str, str | None]) -> MetricNetworks:
     loaders = {"inception": InceptionV3, "parser": FaceParser, "clip": CLIP, "arcface": ArcFace, "lpips": LPIPS}
     return MetricNetworks(**{name: loaders[name].from_checkpoint(path) for name, path in paths.items()
                              if path is not None})
-
-
-def signed(images: np.ndarray) -> jax.Array:
-    """uint8 -> float32 in [-1, 1], the range of the generators' outputs."""
-    return jax.numpy.asarray(images, jax.numpy.float32) / 127.5 - 1
 
 
 def inception_features(networks: MetricNetworks, images: np.ndarray) -> np.ndarray:
@@ -98,7 +94,7 @@ def per_example_scores(networks: MetricNetworks, images: np.ndarray, examples: d
         parsed = parsed_masks(networks, images, masks.shape[-1])
         scores["mask_accuracy"] = np.mean(parsed == masks, axis=(1, 2))
         scores["parsed"], scores["parsed_target"] = parsed, masks
-    truth, generated = signed(examples["image"]), signed(images)
+    truth, generated = from_uint8(examples["image"]), from_uint8(images)
     if networks.lpips is not None:
         scores["lpips"] = np.asarray(networks.lpips(generated, truth))
     scores["ssim"] = np.asarray(ssim(generated, truth))
