@@ -20,7 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from cdiff_jax.config import StyleGAN2Config, SystemConfig
+from cdiff_jax.config import EG3DConfig, StyleGAN2Config, SystemConfig
+from cdiff_jax.nn.eg3d import TriPlaneGenerator
 from cdiff_jax.nn.stylegan2 import Generator
 from cdiff_jax.paths import creatable_parent
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system
@@ -201,24 +202,53 @@ def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
     return system
 
 
-# --- StyleGAN2 generators: config.json (StyleGAN2Config) beside params/ (weights and buffers) -----
+# --- GAN generators (StyleGAN2, EG3D): config.json beside params/ (weights and buffers) -----------
+
+EG3D_MARKER = '"superresolution"'  # a field only EG3DConfig has
 
 
-def save_generator(directory: str | os.PathLike, generator: Generator, *, overwrite: bool = False) -> pathlib.Path:
-    """Write a StyleGAN2 `Generator`'s config and whole state (w_avg and constant noise included) atomically."""
+def save_generator(directory: str | os.PathLike, generator: Generator | TriPlaneGenerator, *,
+                   overwrite: bool = False) -> pathlib.Path:
+    """Write a generator's config and whole state (w_avg and constant noise included) atomically."""
     return save_config_and_state(directory, generator.cfg.to_json(), nnx.state(generator), overwrite)
+
+
+def _load_network(directory, network, parse):
+    cfg = read_config(directory, parse)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: network(cfg, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, read_params(directory, nnx.to_pure_dict(state)))
+    return nnx.merge(graphdef, state)
+
+
+def _generator_kind(directory: pathlib.Path) -> str | None:
+    config_file = directory / CONFIG_FILE
+    if not config_file.is_file() or not (directory / PARAMS_DIR).is_dir():
+        return None
+    text = config_file.read_text(errors="replace")
+    if '"z_dim"' not in text:
+        return None
+    return "EG3D" if EG3D_MARKER in text else "StyleGAN2"
 
 
 def load_generator(directory: str | os.PathLike) -> Generator:
     """Rebuild a StyleGAN2 `Generator` from a directory written by `save_generator`."""
     directory = pathlib.Path(directory).absolute()
-    config_file = directory / CONFIG_FILE
-    if not config_file.is_file() or not (directory / PARAMS_DIR).is_dir() or '"z_dim"' not in config_file.read_text(
-            errors="replace"):
+    kind = _generator_kind(directory)
+    if kind != "StyleGAN2":
+        found = " (it holds an EG3D generator: 3D-aware, 14 W+ rows; use the 3D commands)" if kind else ""
         raise NotACheckpointError(
-            f"{directory} is not a StyleGAN2 generator checkpoint (expected {CONFIG_FILE} of a StyleGAN2Config and "
-            f"{PARAMS_DIR}/); convert a .pkl or .pt with `python -m cdiff_jax.convert SRC DST`")
-    cfg = read_config(directory, StyleGAN2Config.from_json)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Generator(cfg, rngs=nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, read_params(directory, nnx.to_pure_dict(state)))
-    return nnx.merge(graphdef, state)
+            f"{directory} is not a StyleGAN2 generator checkpoint{found} (expected {CONFIG_FILE} of a StyleGAN2Config "
+            f"and {PARAMS_DIR}/); convert a .pkl or .pt with `python -m cdiff_jax.convert SRC DST`")
+    return _load_network(directory, Generator, StyleGAN2Config.from_json)
+
+
+def load_eg3d_generator(directory: str | os.PathLike) -> TriPlaneGenerator:
+    """Rebuild an EG3D `TriPlaneGenerator` from a directory written by `save_generator`."""
+    directory = pathlib.Path(directory).absolute()
+    kind = _generator_kind(directory)
+    if kind != "EG3D":
+        found = " (it holds a 2D StyleGAN2 generator)" if kind else ""
+        raise NotACheckpointError(
+            f"{directory} is not an EG3D generator checkpoint{found} (expected {CONFIG_FILE} of an EG3DConfig and "
+            f"{PARAMS_DIR}/); convert an EG3D .pkl with `python -m cdiff_jax.convert SRC DST`")
+    return _load_network(directory, TriPlaneGenerator, EG3DConfig.from_json)

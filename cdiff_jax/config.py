@@ -417,6 +417,132 @@ class StyleGAN2DiscriminatorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SuperresolutionSpec:
+    """One of EG3D's super-resolution modules: two StyleGAN2 blocks after the neural rendering.
+
+    `blocks` is (upsamples, out_channels) per block; the rendered features are resized to
+    `input_resolution` when they differ (`resize_only_up`: only when smaller, as the 4x module does).
+    """
+
+    img_resolution: int
+    input_resolution: int
+    blocks: tuple[tuple[bool, int], tuple[bool, int]]
+    resize_only_up: bool = False
+    antialias_option: bool = True  # False: the legacy module that always resizes without antialiasing
+
+
+EG3D_SUPERRESOLUTION = {  # training.superresolution.<name> of the EG3D release
+    "SuperresolutionHybrid2X": SuperresolutionSpec(128, 64, ((False, 128), (True, 64))),
+    "SuperresolutionHybrid4X": SuperresolutionSpec(256, 128, ((False, 128), (True, 64)), resize_only_up=True),
+    "SuperresolutionHybrid8X": SuperresolutionSpec(512, 128, ((True, 128), (True, 64))),
+    "SuperresolutionHybrid8XDC": SuperresolutionSpec(512, 128, ((True, 256), (True, 128))),
+    "SuperresolutionHybridDeepfp32": SuperresolutionSpec(256, 128, ((False, 128), (True, 64)), resize_only_up=True,
+                                                         antialias_option=False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EG3DConfig:
+    """EG3D's tri-plane generator in the terms of `TriPlaneGenerator`'s constructor, its
+    `rendering_kwargs` and the pickled `neural_rendering_resolution` attribute.
+
+    The backbone is a StyleGAN2 synthesis at 256 with 3 x 32 output channels (the tri-planes); the
+    decoder (32 -> 64 -> 1 + 32) and the super-resolution blocks (w_dim 512) have the release's fixed
+    sizes. Rendering settings are the FFHQ ones by default; a converted pickle brings its own.
+    """
+
+    z_dim: int = 512
+    c_dim: int = 25
+    w_dim: int = 512
+    img_resolution: int = 512
+    mapping_layers: int = 2
+    mapping_layer_features: int | None = None
+    embed_features: int | None = None
+    mapping_lr_multiplier: float = 0.01
+    w_avg_beta: float = 0.998
+    channel_base: int = 32768
+    channel_max: int = 512
+    conv_clamp: float | None = None
+    superresolution: str = "SuperresolutionHybrid8XDC"
+    sr_conv_clamp: float | None = 256.0  # 256 whenever the release's sr_num_fp16_res > 0, as it always is
+    sr_antialias: bool = True
+    superresolution_noise_mode: str = "none"  # "none" (every release) or "const"
+    neural_rendering_resolution: int = 64
+    depth_resolution: int = 48
+    depth_resolution_importance: int = 48
+    ray_start: float = 2.25
+    ray_end: float = 3.3
+    box_warp: float = 1.0
+    disparity_space_sampling: bool = False
+    white_back: bool = False
+    c_scale: float = 1.0
+    c_gen_conditioning_zero: bool = False
+    decoder_lr_multiplier: float = 1.0
+    avg_camera_radius: float = 2.7
+    avg_camera_pivot: tuple[float, float, float] = (0.0, 0.0, 0.2)
+    fov_degrees: float = 18.837  # the field of view of the FFHQ cameras (the sampling scripts' value)
+
+    plane_count = 3
+    plane_channels = 32
+    decoder_hidden = 64
+    backbone_resolution = 256
+
+    def __post_init__(self):
+        if self.superresolution not in EG3D_SUPERRESOLUTION:
+            raise ValueError(f"EG3DConfig: super-resolution module {self.superresolution!r} is not supported; "
+                             f"supported: {sorted(EG3D_SUPERRESOLUTION)}")
+        if self.sr.img_resolution != self.img_resolution:
+            raise ValueError(f"EG3DConfig: {self.superresolution} renders {self.sr.img_resolution}x"
+                             f"{self.sr.img_resolution}, not img_resolution {self.img_resolution}")
+        if self.w_dim != 512:
+            raise ValueError(f"EG3DConfig: w_dim {self.w_dim}; EG3D's super-resolution blocks are built for 512")
+        if self.c_dim != 25:
+            raise ValueError(f"EG3DConfig: c_dim {self.c_dim}; EG3D's camera label has 25 numbers")
+        if self.depth_resolution < 2 or self.depth_resolution_importance < 0:
+            raise ValueError("EG3DConfig: depth_resolution must be at least 2 and depth_resolution_importance "
+                             "at least 0")
+        if not 0 < self.ray_start < self.ray_end:
+            raise ValueError(f"EG3DConfig: rays from {self.ray_start} to {self.ray_end}; need 0 < start < end "
+                             "(the 'auto' box bounds of the ShapeNet models are not supported)")
+        if self.neural_rendering_resolution < 1:
+            raise ValueError("EG3DConfig: neural_rendering_resolution must be positive")
+        if self.superresolution_noise_mode not in ("none", "const"):
+            raise ValueError(f"EG3DConfig: superresolution_noise_mode {self.superresolution_noise_mode!r}; "
+                             "choose 'none' or 'const'")
+
+    @property
+    def sr(self) -> SuperresolutionSpec:
+        return EG3D_SUPERRESOLUTION[self.superresolution]
+
+    @property
+    def backbone(self) -> StyleGAN2Config:
+        """The StyleGAN2 generator whose 96-channel 256x256 image is the three feature planes."""
+        return StyleGAN2Config(
+            z_dim=self.z_dim, c_dim=self.c_dim, w_dim=self.w_dim, img_resolution=self.backbone_resolution,
+            img_channels=self.plane_count * self.plane_channels, mapping_layers=self.mapping_layers,
+            mapping_lr_multiplier=self.mapping_lr_multiplier, mapping_layer_features=self.mapping_layer_features,
+            embed_features=self.embed_features, w_avg_beta=self.w_avg_beta, channel_base=self.channel_base,
+            channel_max=self.channel_max, conv_clamp=self.conv_clamp)
+
+    @property
+    def superresolution_blocks(self) -> StyleGAN2Config:
+        """The StyleGAN2 settings of the super-resolution blocks (RGB out, their own clamp)."""
+        return StyleGAN2Config(z_dim=0, w_dim=self.w_dim, img_resolution=self.img_resolution, img_channels=3,
+                               conv_clamp=self.sr_conv_clamp)
+
+    @property
+    def num_ws(self) -> int:
+        return self.backbone.num_ws
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> EG3DConfig:
+        return _from_dict(cls, json.loads(text))
+
+
+@dataclasses.dataclass(frozen=True)
 class DDGIHeadsConfig:
     """DDGI's two trained networks: M maps the UNet's middle block to W+ codes, T (AbSMNet) modulates them.
 

@@ -7,6 +7,7 @@
     python sample.py --sampler dpmpp2m --steps 10   # DPM-Solver++: 50-step deterministic DDIM's images in 10
     python sample.py edit --image face.png --text "..." --mask edited.png --out runs/edit   # see --help
     python sample.py gan --checkpoint checkpoints/stylegan2_ffhq --truncation 0.7           # see --help
+    python sample.py gan3d --checkpoint checkpoints/eg3d_ffhq512 --yaw -0.4:0.4:5          # see --help
     python sample.py ddgi --mask mask.png --text "..."      # DDGI with the shipped toy GAN and heads; see --help
 
 Convert released weights first with `python -m cdiff_jax.convert SRC DST`. Everything a run
@@ -220,6 +221,10 @@ def main(argv=None) -> int:
         from cdiff_jax.commands.sample_gan import main as gan_main
 
         return gan_main(argv[1:])
+    if argv[:1] == ["gan3d"]:  # an EG3D generator, rendered from several views
+        from cdiff_jax.commands.sample_gan3d import main as gan3d_main
+
+        return gan3d_main(argv[1:])
     if argv[:1] == ["ddgi"]:  # diffusion features -> W+ -> StyleGAN2
         from cdiff_jax.commands.sample_ddgi import main as ddgi_main
 

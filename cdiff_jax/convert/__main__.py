@@ -49,18 +49,18 @@ GAN_SUFFIXES = (".pkl", ".pt", ".pth")
 
 
 def _convert_gan(args) -> int:
-    """StyleGAN2 generators: NVIDIA network pickles, rosinality / pSp / e4e .pt files."""
-    from cdiff_jax.convert.stylegan2 import convert_generator
+    """GAN generators: NVIDIA network pickles (StyleGAN2-ADA, EG3D), rosinality / pSp / e4e .pt files."""
+    from cdiff_jax.convert.gan import convert_gan
 
     if args.config:
         print("error: --config does not apply to GAN files; their architecture is read from the file", file=sys.stderr)
         return 1
     try:
-        loaded = convert_generator(args.src, args.dst, overwrite=args.overwrite)
+        description = convert_gan(args.src, args.dst, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"StyleGAN2 generator ({loaded.source_format}): {loaded.generator.cfg}")
+    print(description)
     print(f"wrote {args.dst}")
     return 0
 

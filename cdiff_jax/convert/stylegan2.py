@@ -24,8 +24,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cdiff_jax.checkpoint import check_destination, save_generator
-from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig
+from cdiff_jax.config import EG3DConfig, StyleGAN2Config, StyleGAN2DiscriminatorConfig
+from cdiff_jax.nn.eg3d import TriPlaneGenerator
 from cdiff_jax.nn.stylegan2 import Generator, fir_filter
 from cdiff_jax.nn.stylegan2_discriminator import Discriminator
 from cdiff_jax.weights.network_pickle import read_network_pickle
@@ -53,6 +53,7 @@ class Entry:
     path: LeafPath | None
     transform: Callable = lambda a: a
     expected: np.ndarray | None = None  # for FIR filter buffers, which we derive from the config
+    # path and expected both None: a tensor the forward pass never reads (EG3D's dataset_label_std)
 
 
 def _conv(a):  # [O, I, k, k] -> [k, k, I, O]
@@ -136,27 +137,31 @@ def _nvidia_mapping_entries(cfg) -> dict[str, Entry]:
     return entries
 
 
-def nvidia_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
-    """stylegan2-ada-pytorch `Generator.state_dict()` keys -> our leaves."""
-    taps = cfg.resample_filter
-    entries = {"mapping.w_avg": Entry(("mapping", "w_avg")), **_nvidia_mapping_entries(cfg)}
+def nvidia_block_entries(src: str, dst: LeafPath, taps, *, first: bool = False) -> dict[str, Entry]:
+    """One NVIDIA `SynthesisBlock` (or EG3D's `SynthesisBlockNoUp`, the same keys) -> our block."""
     filt = Entry(None, expected=fir_filter(taps, 1.0))
-    for b, res in enumerate(cfg.block_resolutions):
-        src, dst = f"synthesis.b{res}", ("synthesis", "blocks", b)
-        entries[f"{src}.resample_filter"] = filt
-        if b == 0:
-            entries[f"{src}.const"] = Entry((*dst, "const"), lambda a: a.transpose(1, 2, 0))
-        for conv in ("conv1",) if b == 0 else ("conv0", "conv1"):
-            s, d = f"{src}.{conv}", (*dst, conv)
-            entries |= {f"{s}.weight": Entry((*d, "weight"), _conv), f"{s}.bias": Entry((*d, "bias")),
-                        f"{s}.noise_strength": Entry((*d, "noise_strength")),
-                        f"{s}.noise_const": Entry((*d, "noise_const")), f"{s}.resample_filter": filt,
-                        f"{s}.affine.weight": Entry((*d, "affine", "weight"), _fc),
-                        f"{s}.affine.bias": Entry((*d, "affine", "bias"))}
-        s, d = f"{src}.torgb", (*dst, "torgb")
-        entries |= {f"{s}.weight": Entry((*d, "weight"), lambda a: a[:, :, 0, 0].T), f"{s}.bias": Entry((*d, "bias")),
+    entries = {f"{src}.resample_filter": filt}
+    if first:
+        entries[f"{src}.const"] = Entry((*dst, "const"), lambda a: a.transpose(1, 2, 0))
+    for conv in ("conv1",) if first else ("conv0", "conv1"):
+        s, d = f"{src}.{conv}", (*dst, conv)
+        entries |= {f"{s}.weight": Entry((*d, "weight"), _conv), f"{s}.bias": Entry((*d, "bias")),
+                    f"{s}.noise_strength": Entry((*d, "noise_strength")),
+                    f"{s}.noise_const": Entry((*d, "noise_const")), f"{s}.resample_filter": filt,
                     f"{s}.affine.weight": Entry((*d, "affine", "weight"), _fc),
                     f"{s}.affine.bias": Entry((*d, "affine", "bias"))}
+    s, d = f"{src}.torgb", (*dst, "torgb")
+    return entries | {f"{s}.weight": Entry((*d, "weight"), lambda a: a[:, :, 0, 0].T), f"{s}.bias": Entry((*d, "bias")),
+                      f"{s}.affine.weight": Entry((*d, "affine", "weight"), _fc),
+                      f"{s}.affine.bias": Entry((*d, "affine", "bias"))}
+
+
+def nvidia_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
+    """stylegan2-ada-pytorch `Generator.state_dict()` keys -> our leaves."""
+    entries = {"mapping.w_avg": Entry(("mapping", "w_avg")), **_nvidia_mapping_entries(cfg)}
+    for b, res in enumerate(cfg.block_resolutions):
+        entries |= nvidia_block_entries(f"synthesis.b{res}", ("synthesis", "blocks", b), cfg.resample_filter,
+                                        first=b == 0)
     return entries
 
 
@@ -261,14 +266,16 @@ def _leaves(tree, prefix=()) -> dict[LeafPath, object]:
     return out
 
 
-def abstract_network(cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig) -> Generator | Discriminator:
-    """The generator or discriminator of `cfg` with shape-only leaves: no memory, no random draws."""
-    network = Generator if isinstance(cfg, StyleGAN2Config) else Discriminator
-    return nnx.eval_shape(lambda: network(cfg, rngs=nnx.Rngs(0)))
+NETWORKS = {StyleGAN2Config: Generator, StyleGAN2DiscriminatorConfig: Discriminator, EG3DConfig: TriPlaneGenerator}
+
+
+def abstract_network(cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig | EG3DConfig):
+    """The network of `cfg` with shape-only leaves: no memory, no random draws."""
+    return nnx.eval_shape(lambda: NETWORKS[type(cfg)](cfg, rngs=nnx.Rngs(0)))
 
 
 def check_key_map(entries: Mapping[str, Entry], shapes: Mapping[str, tuple],
-                  cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig) -> None:
+                  cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig | EG3DConfig) -> None:
     """Raise unless the source keys and our leaves correspond one to one with matching shapes."""
     ours = {p: tuple(v.shape) for p, v in _leaves(nnx.to_pure_dict(nnx.state(abstract_network(cfg)))).items()}
     targets = {e.path for e in entries.values() if e.path is not None}
@@ -277,6 +284,8 @@ def check_key_map(entries: Mapping[str, Entry], shapes: Mapping[str, tuple],
     problems += [f"not filled by any source tensor: {'.'.join(map(str, p))}" for p in ours if p not in targets]
     for key, entry in entries.items():
         if key not in shapes:
+            continue
+        if entry.path is None and entry.expected is None:
             continue
         if entry.path is None:
             got, want = tuple(shapes[key]), entry.expected.shape
@@ -289,12 +298,13 @@ def check_key_map(entries: Mapping[str, Entry], shapes: Mapping[str, tuple],
         raise GANConversionError(f"{len(problems)} key problem(s): " + "; ".join(problems))
 
 
-def network_from_state_dict(tensors: Mapping[str, np.ndarray], cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig,
-                            entries: Mapping[str, Entry]) -> Generator | Discriminator:
+def network_from_state_dict(tensors: Mapping[str, np.ndarray],
+                            cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig | EG3DConfig,
+                            entries: Mapping[str, Entry]):
     """Our generator or discriminator with every leaf taken from `tensors` through `entries` (the key maps)."""
     check_key_map(entries, {k: np.shape(v) for k, v in tensors.items()}, cfg)
-    bad = [k for k, e in entries.items()
-           if e.path is None and not np.allclose(tensors[k], e.expected, rtol=0, atol=1e-6)]
+    bad = [k for k, e in entries.items() if e.path is None and e.expected is not None
+           and not np.allclose(tensors[k], e.expected, rtol=0, atol=1e-6)]
     if bad:
         raise GANConversionError(f"FIR filter buffers differ from resample_filter {cfg.resample_filter}: {bad}")
     values = {e.path: np.asarray(e.transform(np.asarray(tensors[k])), np.float32)
@@ -320,7 +330,11 @@ class LoadedGenerator:
 
 
 def load_nvidia_pickle(path: pathlib.Path) -> LoadedGenerator:
-    snapshot = read_network_pickle(path)
+    return generator_from_snapshot(read_network_pickle(path), path)
+
+
+def generator_from_snapshot(snapshot, path) -> LoadedGenerator:
+    """`G_ema` of a read stylegan2-ada-pytorch snapshot (`path` only names it in errors)."""
     if not isinstance(snapshot, Mapping) or "G_ema" not in snapshot:
         have = sorted(map(str, snapshot)) if isinstance(snapshot, Mapping) else type(snapshot).__name__
         raise GANConversionError(f"{path}: no 'G_ema' in the network pickle (it has {have}); "
@@ -379,11 +393,3 @@ def load_gan_file(src) -> LoadedGenerator:
     if path.suffix.lower() in TORCH_SUFFIXES:
         return load_gan_torch_file(path)
     raise GANConversionError(f"{path}: unsupported file type {path.suffix!r}; supported: " + "; ".join(SUPPORTED))
-
-
-def convert_generator(src, dst, *, overwrite: bool = False) -> LoadedGenerator:
-    """Convert a released StyleGAN2 generator file into our checkpoint directory (config.json + params/)."""
-    dst = check_destination(dst, overwrite)
-    loaded = load_gan_file(src)
-    save_generator(dst, loaded.generator, overwrite=overwrite)
-    return loaded

@@ -22,6 +22,7 @@ from PIL import Image
 
 from cdiff_jax.data.masks import CLASS_NAMES
 from cdiff_jax.nn.loading import load_state_dict, variable_paths
+from cdiff_jax.nn.resize import resize
 from cdiff_jax.weights.state_dict_io import read_state_dict
 
 NUM_CLASSES = 19
@@ -97,23 +98,9 @@ def _upsample_nearest(x: jax.Array, height: int, width: int) -> jax.Array:
     return x[:, rows][:, :, cols]
 
 
-def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """[size_out, size_in] weights of torch's bilinear resize with align_corners=True (float32 arithmetic)."""
-    scale = np.float32(size_in - 1) / np.float32(size_out - 1) if size_out > 1 else np.float32(0)
-    source = np.arange(size_out, dtype=np.float32) * scale
-    low = np.floor(source).astype(int)
-    high = np.minimum(low + 1, size_in - 1)
-    frac = source - low.astype(np.float32)
-    weights = np.zeros((size_out, size_in), np.float32)
-    np.add.at(weights, (np.arange(size_out), low), 1 - frac)
-    np.add.at(weights, (np.arange(size_out), high), frac)
-    return weights
-
-
 def upsample_logits(logits: jax.Array, height: int, width: int) -> jax.Array:
     """NHWC logits -> height x width, as BiSeNet's F.interpolate(bilinear, align_corners=True)."""
-    rows, cols = bilinear_matrix(logits.shape[1], height), bilinear_matrix(logits.shape[2], width)
-    return jnp.einsum("ph,qw,nhwc->npqc", rows, cols, logits, precision=PRECISION)
+    return resize(logits, height, width, align_corners=True, precision=PRECISION)
 
 
 class ConvBNReLU(nnx.Module):

@@ -15,10 +15,10 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from cdiff_jax.nn.loading import load_state_dict, variable_paths
+from cdiff_jax.nn.resize import resize
 from cdiff_jax.weights.state_dict_io import read_state_dict
 
 FID_SIZE = 299
@@ -158,26 +158,9 @@ class InceptionE(nnx.Module):
         ], axis=-1)
 
 
-def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """[size_out, size_in] weights of torch's bilinear resize (align_corners=False, no antialiasing)."""
-    scale = size_in / size_out
-    source = np.maximum((np.arange(size_out) + 0.5) * scale - 0.5, 0.0)
-    low = np.minimum(np.floor(source).astype(int), size_in - 1)
-    high = np.minimum(low + 1, size_in - 1)
-    frac = (source - low).astype(np.float32)
-    weights = np.zeros((size_out, size_in), np.float32)
-    np.add.at(weights, (np.arange(size_out), low), 1 - frac)
-    np.add.at(weights, (np.arange(size_out), high), frac)
-    return weights
-
-
 def resize_for_fid(images: jax.Array) -> jax.Array:
     """NHWC images -> 299x299 as pytorch-fid's F.interpolate(bilinear, align_corners=False) does."""
-    height, width = images.shape[1:3]
-    if (height, width) == (FID_SIZE, FID_SIZE):
-        return images
-    rows, cols = bilinear_matrix(height, FID_SIZE), bilinear_matrix(width, FID_SIZE)
-    return jnp.einsum("ph,qw,nhwc->npqc", rows, cols, images, precision=PRECISION)
+    return resize(images, FID_SIZE, FID_SIZE, precision=PRECISION)
 
 
 class InceptionV3(nnx.Module):

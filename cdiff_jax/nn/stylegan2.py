@@ -201,18 +201,23 @@ class ToRGB(nnx.Module):
 
 
 class SynthesisBlock(nnx.Module):
-    """One resolution: (4x4 constant | conv0 with x2 up), conv1, toRGB added to the upsampled skip image."""
+    """One resolution: (4x4 constant | conv0 with x2 up), conv1, toRGB added to the upsampled skip image.
+
+    `up=False` keeps the input's resolution (conv0 and the skip image unscaled): EG3D's
+    super-resolution `SynthesisBlockNoUp`.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, resolution: int, cfg: StyleGAN2Config, *,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, up: bool = True):
         self.resolution = resolution
         self.resample_filter = cfg.resample_filter
+        self.up = up
         if in_channels == 0:
             self.const = nnx.Param(normal(rngs.params(), (resolution, resolution, out_channels)))
             self.conv0 = None
         else:
             self.const = None
-            self.conv0 = SynthesisLayer(in_channels, out_channels, resolution, cfg, up=True, rngs=rngs)
+            self.conv0 = SynthesisLayer(in_channels, out_channels, resolution, cfg, up=up, rngs=rngs)
         self.conv1 = SynthesisLayer(out_channels, out_channels, resolution, cfg, up=False, rngs=rngs)
         self.torgb = ToRGB(out_channels, cfg, rngs=rngs)
 
@@ -228,8 +233,9 @@ class SynthesisBlock(nnx.Module):
         for i, (layer, noise) in enumerate(zip(self.convs, noises)):
             x = layer(x, ws[:, i], noise)
         y = self.torgb(x, ws[:, len(self.convs)])
-        img = y if img is None else upsample_skip(img, self.resample_filter) + y
-        return x, img
+        if img is None:
+            return x, y
+        return x, (upsample_skip(img, self.resample_filter) if self.up else img) + y
 
 
 class SynthesisNetwork(nnx.Module):

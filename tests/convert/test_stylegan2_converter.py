@@ -17,6 +17,7 @@ from flax import nnx
 from cdiff_jax.checkpoint import load_generator
 from cdiff_jax.convert import stylegan2 as cv
 from cdiff_jax.convert.__main__ import main as convert_main
+from cdiff_jax.convert.gan import convert_gan
 from cdiff_jax.weights.state_dict_io import read_torch_object
 
 
@@ -202,14 +203,15 @@ def test_real_size_parameter_count(fixtures_root):
 
 def test_convert_save_load_round_trip(tmp_path, rosinality_pt, rosinality_reference):
     dst = tmp_path / "decoder"
-    loaded = cv.convert_generator(rosinality_pt, dst)
+    description = convert_gan(rosinality_pt, dst)
+    assert description.startswith("StyleGAN2 generator (rosinality)")
     assert (dst / "config.json").is_file()
     restored = load_generator(dst)
     assert restored.cfg == rosinality_reference.cfg
-    assert_same_state(restored, loaded.generator)
+    assert_same_state(restored, cv.load_gan_file(rosinality_pt).generator)
     with pytest.raises(FileExistsError, match="exists"):
-        cv.convert_generator(rosinality_pt, dst)
-    cv.convert_generator(rosinality_pt, dst, overwrite=True)
+        convert_gan(rosinality_pt, dst)
+    convert_gan(rosinality_pt, dst, overwrite=True)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

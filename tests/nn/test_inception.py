@@ -14,7 +14,7 @@ from conftest import assert_close_rel, unmapped_real_keys
 from flax import nnx
 from torch_files import fixture_state_dict, write_state_dict
 
-from cdiff_jax.nn.inception import InceptionV3, bilinear_matrix, inception_key_map, pool3_features
+from cdiff_jax.nn.inception import InceptionV3, inception_key_map, pool3_features
 from cdiff_jax.weights.state_dict_io import CheckpointReadError, read_state_dict
 
 FIXTURE = "fid_inception"  # this network's reference folder, for conftest's folder, reference and weight_file
@@ -51,17 +51,6 @@ def test_intermediate_blocks(model, folder, reference):
         ours = outputs[hook.replace("mixed", "Mixed")]
         assert_close_rel(np.transpose(ours, (0, 3, 1, 2)), reference[f"{hook}_{name}"], tol=FLOAT32_NOISE,
                          name=hook)
-
-
-def test_resize_weights_are_torch_bilinear_without_antialiasing():
-    """Up (64 -> 299) and down (512 -> 299): rows sum to one and sample at the half-pixel centres."""
-    for size_in in (64, 512):
-        weights = bilinear_matrix(size_in, 299)
-        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
-        centres = weights @ np.arange(size_in)
-        expected = np.clip((np.arange(299) + 0.5) * size_in / 299 - 0.5, 0, size_in - 1)
-        np.testing.assert_allclose(centres, expected, atol=1e-4)
-    assert (np.count_nonzero(bilinear_matrix(512, 299), axis=1) <= 2).all()  # no antialiasing filter
 
 
 def test_key_map_covers_the_real_file_exactly(folder):

@@ -1,0 +1,69 @@
+"""`sample.py gan3d`: views and depth maps of a converted EG3D generator (the official fixture's), and bad
+input in one line."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from cdiff_jax.checkpoint import save_generator
+from cdiff_jax.commands.sample import main
+from cdiff_jax.commands.sample_gan3d import angles
+from cdiff_jax.config import StyleGAN2Config
+from cdiff_jax.convert.__main__ import main as convert_main
+from cdiff_jax.nn.stylegan2 import Generator
+
+
+@pytest.fixture(scope="module")
+def checkpoint(fixtures_root, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("eg3d") / "generator"
+    assert convert_main([str(next((fixtures_root / "eg3d").glob("*.pkl"))), str(dst)]) == 0
+    return dst
+
+
+def test_views_depths_and_settings(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    argv = ["gan3d", "--checkpoint", str(checkpoint), "--count", "2", "--yaw", "-0.3:0.3:3", "--pitch", "0,0.2",
+            "--out", str(out)]
+    assert main(argv) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert len(settings["views"]) == 6 and settings["views"][1] == {"yaw": 0.0, "pitch": 0.0}
+    cameras = np.load(out / "cameras.npy")
+    assert cameras.shape == (6, 25) and not np.allclose(cameras[0], cameras[2])
+    views = [np.asarray(Image.open(out / "views" / f"000_{v:02d}.png")) for v in range(6)]
+    assert views[0].shape[-1] == 3 and not np.array_equal(views[0], views[2])  # another view, another image
+    depth = np.asarray(Image.open(out / "depth" / "001_00.png"))
+    assert depth.shape == views[0].shape
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape[0] > 4 * views[0].shape[0]  # two identities, each a row of views and a row of depths
+    assert np.load(out / "ws.npy").shape[:2] == (2, 14)
+
+
+def test_angles_accept_lists_and_ranges():
+    assert angles("0.1,-0.2", "--yaw") == [0.1, -0.2]
+    np.testing.assert_allclose(angles("-0.4:0.4:5", "--yaw"), [-0.4, -0.2, 0.0, 0.2, 0.4])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--yaw", "1.7"], "--yaw/--pitch: yaw 1.7: angles are radians within +-1.5708 (90 degrees)"),
+    (["--pitch", "-2"], "pitch -2.0"),
+    (["--yaw", "0:1:0"], "count of a start:stop:count range must be at least 1"),
+    (["--yaw", "left"], "--yaw 'left': give radians"),
+    (["--count", "0"], "--count 0"),
+])
+def test_bad_input_fails_in_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
+    argv = ["gan3d", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_2d_generator_is_named_as_such(tmp_path, capsys):
+    tiny = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=8, mapping_layers=1, channel_base=32, channel_max=8)
+    directory = save_generator(tmp_path / "gan2d", Generator(tiny, rngs=nnx.Rngs(0)))
+    assert main(["gan3d", "--checkpoint", str(directory), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not an EG3D generator checkpoint (it holds a 2D StyleGAN2 generator)" in err
