@@ -252,3 +252,9 @@ def load_eg3d_generator(directory: str | os.PathLike) -> TriPlaneGenerator:
             f"{directory} is not an EG3D generator checkpoint{found} (expected {CONFIG_FILE} of an EG3DConfig and "
             f"{PARAMS_DIR}/); convert an EG3D .pkl with `python -m cdiff_jax.convert SRC DST`")
     return _load_network(directory, TriPlaneGenerator, EG3DConfig.from_json)
+
+
+def load_gan(directory: str | os.PathLike) -> Generator | TriPlaneGenerator:
+    """A StyleGAN2 or EG3D generator checkpoint, whichever the directory holds (what DDGI drives)."""
+    directory = pathlib.Path(directory).absolute()
+    return load_eg3d_generator(directory) if _generator_kind(directory) == "EG3D" else load_generator(directory)

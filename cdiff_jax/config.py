@@ -431,6 +431,7 @@ class SuperresolutionSpec:
     antialias_option: bool = True  # False: the legacy module that always resizes without antialiasing
 
 
+NO_SUPERRESOLUTION = "none"
 EG3D_SUPERRESOLUTION = {  # training.superresolution.<name> of the EG3D release
     "SuperresolutionHybrid2X": SuperresolutionSpec(128, 64, ((False, 128), (True, 64))),
     "SuperresolutionHybrid4X": SuperresolutionSpec(256, 128, ((False, 128), (True, 64)), resize_only_up=True),
@@ -463,7 +464,7 @@ class EG3DConfig:
     channel_base: int = 32768
     channel_max: int = 512
     conv_clamp: float | None = None
-    superresolution: str = "SuperresolutionHybrid8XDC"
+    superresolution: str = "SuperresolutionHybrid8XDC"  # or "none": the neural rendering is the image (toy models)
     sr_conv_clamp: float | None = 256.0  # 256 whenever the release's sr_num_fp16_res > 0, as it always is
     sr_antialias: bool = True
     superresolution_noise_mode: str = "none"  # "none" (every release) or "const"
@@ -481,21 +482,23 @@ class EG3DConfig:
     avg_camera_radius: float = 2.7
     avg_camera_pivot: tuple[float, float, float] = (0.0, 0.0, 0.2)
     fov_degrees: float = 18.837  # the field of view of the FFHQ cameras (the sampling scripts' value)
+    plane_resolution: int = 256  # the release's backbone size; smaller for toy models
+    plane_channels: int = 32
 
     plane_count = 3
-    plane_channels = 32
     decoder_hidden = 64
-    backbone_resolution = 256
 
     def __post_init__(self):
-        if self.superresolution not in EG3D_SUPERRESOLUTION:
+        if self.superresolution == NO_SUPERRESOLUTION:
+            if self.img_resolution != self.neural_rendering_resolution:
+                raise ValueError(f"EG3DConfig: without super-resolution the image is the neural rendering: set "
+                                 f"img_resolution = neural_rendering_resolution ({self.neural_rendering_resolution})")
+        elif self.superresolution not in EG3D_SUPERRESOLUTION:
             raise ValueError(f"EG3DConfig: super-resolution module {self.superresolution!r} is not supported; "
-                             f"supported: {sorted(EG3D_SUPERRESOLUTION)}")
-        if self.sr.img_resolution != self.img_resolution:
+                             f"supported: {sorted(EG3D_SUPERRESOLUTION)} or {NO_SUPERRESOLUTION!r}")
+        elif self.sr.img_resolution != self.img_resolution:
             raise ValueError(f"EG3DConfig: {self.superresolution} renders {self.sr.img_resolution}x"
                              f"{self.sr.img_resolution}, not img_resolution {self.img_resolution}")
-        if self.w_dim != 512:
-            raise ValueError(f"EG3DConfig: w_dim {self.w_dim}; EG3D's super-resolution blocks are built for 512")
         if self.c_dim != 25:
             raise ValueError(f"EG3DConfig: c_dim {self.c_dim}; EG3D's camera label has 25 numbers")
         if self.depth_resolution < 2 or self.depth_resolution_importance < 0:
@@ -511,14 +514,14 @@ class EG3DConfig:
                              "choose 'none' or 'const'")
 
     @property
-    def sr(self) -> SuperresolutionSpec:
-        return EG3D_SUPERRESOLUTION[self.superresolution]
+    def sr(self) -> SuperresolutionSpec | None:
+        return EG3D_SUPERRESOLUTION.get(self.superresolution)
 
     @property
     def backbone(self) -> StyleGAN2Config:
         """The StyleGAN2 generator whose 96-channel 256x256 image is the three feature planes."""
         return StyleGAN2Config(
-            z_dim=self.z_dim, c_dim=self.c_dim, w_dim=self.w_dim, img_resolution=self.backbone_resolution,
+            z_dim=self.z_dim, c_dim=self.c_dim, w_dim=self.w_dim, img_resolution=self.plane_resolution,
             img_channels=self.plane_count * self.plane_channels, mapping_layers=self.mapping_layers,
             mapping_lr_multiplier=self.mapping_lr_multiplier, mapping_layer_features=self.mapping_layer_features,
             embed_features=self.embed_features, w_avg_beta=self.w_avg_beta, channel_base=self.channel_base,

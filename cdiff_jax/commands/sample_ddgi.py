@@ -3,11 +3,14 @@
     python sample.py ddgi                  # the shipped demo system, toy GAN and heads, example mask and caption
     python sample.py ddgi --mask mask.png --text "This man has a long beard. He is in his sixties." --at-step 10
     python sample.py ddgi --checkpoint SYSTEM --gan GAN_DIR --heads HEADS_DIR --mask mask.png --text "..."
+    python sample.py ddgi --checkpoint SYSTEM --gan EG3D_DIR --heads HEADS_DIR ... --yaw -0.4:0.4:5 --pitch 0
 
 --checkpoint is the diffusion system the heads were trained on (default: the shipped demo models, with the
 shipped toy GAN and heads unless --gan and --heads are given). --out gets
 the GAN images (images/), the diffusion model's own samples I^d_0 (diffusion/), a grid of both, the W+ codes
-(ws.npy) and settings.json; it is written beside --out and renamed into place when complete.
+(ws.npy) and settings.json; it is written beside --out and renamed into place when complete. With an EG3D
+--gan, DDGI's faces are also rendered from every (--yaw, --pitch) pair (radians; views/ and depth/, one row of
+views and one of depth maps per sample in views.png).
 """
 
 from __future__ import annotations
@@ -19,10 +22,19 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 
 from cdiff_jax import requests, viz
-from cdiff_jax.checkpoint import NotACheckpointError, atomic_directory, load_generator, load_system
+from cdiff_jax.checkpoint import NotACheckpointError, atomic_directory, load_gan, load_system
+from cdiff_jax.commands.sample_gan3d import (
+    attach_angle_values,
+    parse_views,
+    render_views,
+    view_cameras,
+    write_views,
+)
 from cdiff_jax.ddgi.features import check_ddgi_parts
+from cdiff_jax.ddgi.gan import is_3d
 from cdiff_jax.ddgi.generate import ddgi_sample
 from cdiff_jax.ddgi.heads import load_heads
 from cdiff_jax.latents import latent_shape
@@ -47,8 +59,10 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--batch", type=int, default=4, help=f"samples, 1..{requests.MAX_BATCH} (default 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--yaw", help="with an EG3D --gan: yaw angles of the views, radians (a,b or start:stop:count)")
+    p.add_argument("--pitch", default="0", help="with an EG3D --gan: pitch angles of the views (default 0)")
     p.add_argument("--out", default="outputs/ddgi", help="output folder (default outputs/ddgi)")
-    return p.parse_args(argv)
+    return p.parse_args(attach_angle_values(list(argv)))
 
 
 def main(argv=None) -> int:
@@ -72,7 +86,11 @@ def main(argv=None) -> int:
             raise UsageError(f"--at-step {at_step}: give 1..{args.steps}, the step of the {args.steps}-step sampler "
                              "whose x_t DDGI reads (1 is pure noise)")
         conditions, _ = requests.conditions(cfg, wanted)
-        generator, heads = load_generator(gan), load_heads(heads_dir)
+        generator, heads = load_gan(gan), load_heads(heads_dir)
+        views = parse_views(args.yaw, args.pitch) if args.yaw is not None else []
+        if views and not is_3d(generator):
+            raise UsageError(f"--yaw: {gan} is a 2D StyleGAN2 generator; views need an EG3D --gan")
+        cameras = view_cameras(generator.cfg, views) if views else None
         try:
             check_ddgi_parts(cfg, generator.cfg, heads.cfg)
         except ValueError as err:
@@ -96,9 +114,13 @@ def main(argv=None) -> int:
     result = ddgi_sample(system, heads, generator, conditions, x_T, key, SamplerSettings(steps=args.steps), at_step,
                          experts)
     gan_images, diffusion = viz.to_uint8(np.asarray(result.images)), viz.to_uint8(np.asarray(result.diffusion_images))
+    if views:
+        view_images, depths = render_views(*nnx.split(generator), result.ws, cameras, jax.random.fold_in(key, 1))
     seconds = time.perf_counter() - start
     with atomic_directory(out) as tmp:
         tmp.mkdir()
+        if views:
+            write_views(tmp, view_images, depths, views, generator.cfg)
         for i, (gan_image, diffusion_image) in enumerate(zip(gan_images, diffusion)):
             viz.save_png(tmp / "images" / f"{i:03d}.png", gan_image)
             viz.save_png(tmp / "diffusion" / f"{i:03d}.png", diffusion_image)
@@ -107,6 +129,8 @@ def main(argv=None) -> int:
         np.save(tmp / "ws.npy", np.asarray(result.ws))
         (tmp / SETTINGS_FILE).write_text(json.dumps({
             "checkpoint": checkpoint, "gan": gan, "heads": heads_dir, **wanted, "at_step": at_step,
-            "steps": args.steps, "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 2)}, indent=2))
+            "views": [{"yaw": yaw, "pitch": pitch} for pitch, yaw in views], "steps": args.steps,
+            "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 2)}, indent=2))
     print(f"wrote {args.batch} DDGI samples to {out} ({seconds:.1f}s including compilation)")
     return 0
+

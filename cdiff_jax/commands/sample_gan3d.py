@@ -24,6 +24,7 @@ from flax import nnx
 from cdiff_jax import requests, viz
 from cdiff_jax.cameras import orbit_cameras
 from cdiff_jax.checkpoint import NotACheckpointError, atomic_directory, load_eg3d_generator
+from cdiff_jax.ddgi.gan import frontal_cameras
 from cdiff_jax.nn import eg3d
 from cdiff_jax.nn.stylegan2 import NOISE_MODES
 from cdiff_jax.noise import normal
@@ -52,7 +53,15 @@ def angles(text: str, flag: str) -> list[float]:
 ANGLE_FLAGS = ("--yaw", "--pitch")
 
 
-def _attach_angle_values(argv: list[str]) -> list[str]:
+def parse_views(yaw: str, pitch: str) -> list[tuple[float, float]]:
+    """(pitch, yaw) of every view: each pitch with each yaw."""
+    views = list(itertools.product(angles(pitch, "--pitch"), angles(yaw, "--yaw")))
+    if len(views) > MAX_VIEWS:
+        raise UsageError(f"{len(views)} views: give at most {MAX_VIEWS} (yaw values x pitch values) per run")
+    return views
+
+
+def attach_angle_values(argv: list[str]) -> list[str]:
     """`--yaw -0.4:0.4:5` as `--yaw=-0.4:0.4:5`: argparse would take a value starting with '-' for a flag."""
     out, it = [], iter(argv)
     for arg in it:
@@ -72,7 +81,7 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--truncation-cutoff", type=int, help="truncate only the first N rows of W+ (default all)")
     p.add_argument("--noise", choices=NOISE_MODES, default="const", help="the backbone's noise (default const)")
     p.add_argument("--out", default="outputs/gan3d", help="output folder (default outputs/gan3d)")
-    return p.parse_args(_attach_angle_values(list(argv)))
+    return p.parse_args(attach_angle_values(list(argv)))
 
 
 def depth_picture(depth: np.ndarray, near: float, far: float) -> np.ndarray:
@@ -81,24 +90,53 @@ def depth_picture(depth: np.ndarray, near: float, far: float) -> np.ndarray:
     return np.repeat((level * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def view_cameras(cfg, views: list[tuple[float, float]]) -> np.ndarray:
+    """[V, 25] cameras of the generator's orbit (its average radius, pivot and field of view) at each view."""
+    pitches, yaws = zip(*views)
+    try:
+        return orbit_cameras(yaws, pitches, radius=cfg.avg_camera_radius, pivot=cfg.avg_camera_pivot,
+                             fov_degrees=cfg.fov_degrees)
+    except ValueError as err:
+        raise UsageError(f"--yaw/--pitch: {err}") from None
+
+
+def render_views(graphdef, state, ws, cameras, key, *, noise_mode="const", noise_key=None):
+    """uint8 images [B, V, R, R, 3] and depths [B, V, r, r, 1] of W+ codes seen by every camera [V, 25]: the
+    tri-planes once, then one rendering per view."""
+    planes = eg3d.triplanes(graphdef, state, ws, noise_mode=noise_mode, key=noise_key)
+    images, depths = [], []
+    with bar(len(cameras), "rendering", unit="view") as progress:
+        for v, camera in enumerate(cameras):
+            seen = eg3d.render_views(graphdef, state, planes, ws, np.repeat(camera[None], ws.shape[0], 0),
+                                     key=jax.random.fold_in(key, v))
+            images.append(viz.to_uint8(np.asarray(seen.image)))
+            depths.append(np.asarray(seen.depth))
+            progress.update(1)
+    return np.stack(images, 1), np.stack(depths, 1)
+
+
+def write_views(folder, images, depths, views, cfg, grid_name: str = "views.png") -> None:
+    """views/ID_VIEW.png, depth/ID_VIEW.png and a grid: per identity a row of views and a row of depth maps."""
+    scale = images.shape[2] // depths.shape[2]  # the depth map has the neural rendering resolution
+    depth_images = depth_picture(depths, cfg.ray_start, cfg.ray_end).repeat(scale, axis=2).repeat(scale, axis=3)
+    for i, v in itertools.product(range(images.shape[0]), range(len(views))):
+        viz.save_png(folder / "views" / f"{i:03d}_{v:02d}.png", images[i, v])
+        viz.save_png(folder / "depth" / f"{i:03d}_{v:02d}.png", depth_images[i, v])
+    rows = np.stack([pictures for i in range(images.shape[0]) for pictures in (images[i], depth_images[i])])
+    viz.save_png(folder / grid_name, viz.grid(rows, col_labels=[f"y{yaw:+.2f} p{pitch:+.2f}" for pitch, yaw in views]))
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if not 1 <= args.count <= requests.MAX_BATCH:
             raise UsageError(f"--count {args.count}: give 1..{requests.MAX_BATCH} identities per run; for more, run "
                              "again with other --seed values")
-        views = list(itertools.product(angles(args.pitch, "--pitch"), angles(args.yaw, "--yaw")))
-        if len(views) > MAX_VIEWS:
-            raise UsageError(f"{len(views)} views: give at most {MAX_VIEWS} (yaw values x pitch values) per run")
+        views = parse_views(args.yaw, args.pitch)
         out = requests.output_folder(args.out, lambda path: (path / SETTINGS_FILE).is_file())
         generator = load_eg3d_generator(args.checkpoint)
         cfg = generator.cfg
-        pitches, yaws = zip(*views)
-        try:
-            cameras = orbit_cameras(yaws, pitches, radius=cfg.avg_camera_radius, pivot=cfg.avg_camera_pivot,
-                                    fov_degrees=cfg.fov_degrees)
-        except ValueError as err:
-            raise UsageError(f"--yaw/--pitch: {err}") from None
+        cameras = view_cameras(cfg, views)
         if args.truncation_cutoff is not None and not 1 <= args.truncation_cutoff <= cfg.num_ws:
             raise UsageError(f"--truncation-cutoff {args.truncation_cutoff}: this generator has {cfg.num_ws} W+ rows")
     except (UsageError, NotACheckpointError, FileNotFoundError) as err:
@@ -106,32 +144,14 @@ def main(argv=None) -> int:
         return 2
     graphdef, state = nnx.split(generator)
     z_key, noise_key, render_key = jax.random.split(jax.random.key(args.seed), 3)
-    frontal = orbit_cameras([0.0], [0.0], radius=cfg.avg_camera_radius, pivot=cfg.avg_camera_pivot,
-                            fov_degrees=cfg.fov_degrees)
     start = time.perf_counter()
-    ws = eg3d.map_latents(graphdef, state, normal(z_key, (args.count, cfg.z_dim)), np.repeat(frontal, args.count, 0),
+    ws = eg3d.map_latents(graphdef, state, normal(z_key, (args.count, cfg.z_dim)), frontal_cameras(cfg, args.count),
                           truncation_psi=args.truncation, truncation_cutoff=args.truncation_cutoff)
-    planes = eg3d.triplanes(graphdef, state, ws, noise_mode=args.noise, key=noise_key)
-    images, depths = [], []
-    with bar(len(views), "rendering", unit="view") as progress:
-        for v, camera in enumerate(cameras):
-            rendered = eg3d.render_views(graphdef, state, planes, ws, np.repeat(camera[None], args.count, 0),
-                                         key=jax.random.fold_in(render_key, v))
-            images.append(viz.to_uint8(np.asarray(rendered.image)))
-            depths.append(np.asarray(rendered.depth))
-            progress.update(1)
+    images, depths = render_views(graphdef, state, ws, cameras, render_key, noise_mode=args.noise, noise_key=noise_key)
     seconds = time.perf_counter() - start
-    images, depths = np.stack(images, 1), np.stack(depths, 1)  # [identities, views, ...]
-    scale = images.shape[2] // depths.shape[2]  # the depth map has the neural rendering resolution
-    depth_images = depth_picture(depths, cfg.ray_start, cfg.ray_end).repeat(scale, axis=2).repeat(scale, axis=3)
-    labels = [f"y{yaw:+.2f} p{pitch:+.2f}" for pitch, yaw in views]
     with atomic_directory(out) as tmp:
         tmp.mkdir()
-        for i, v in itertools.product(range(args.count), range(len(views))):
-            viz.save_png(tmp / "views" / f"{i:03d}_{v:02d}.png", images[i, v])
-            viz.save_png(tmp / "depth" / f"{i:03d}_{v:02d}.png", depth_images[i, v])
-        rows = np.stack([pictures for i in range(args.count) for pictures in (images[i], depth_images[i])])
-        viz.save_png(tmp / "grid.png", viz.grid(rows, col_labels=labels))
+        write_views(tmp, images, depths, views, cfg, grid_name="grid.png")
         np.save(tmp / "ws.npy", np.asarray(ws))
         np.save(tmp / "cameras.npy", cameras)
         (tmp / SETTINGS_FILE).write_text(json.dumps({

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from cdiff_jax.config import DDGIHeadsConfig, StyleGAN2Config, SystemConfig, UNetConfig
+from cdiff_jax.config import DDGIHeadsConfig, EG3DConfig, StyleGAN2Config, SystemConfig, UNetConfig
 from cdiff_jax.diffusion.denoiser import encode_conditions, expert_features
 from cdiff_jax.modalities import kind_entry
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system
@@ -63,7 +63,7 @@ def read_features(system: LatentDiffusionSystem, x: jax.Array, t: jax.Array, con
     )
 
 
-def heads_config(system_cfg: SystemConfig, gan_cfg: StyleGAN2Config, experts: tuple[str, ...],
+def heads_config(system_cfg: SystemConfig, gan_cfg: StyleGAN2Config | EG3DConfig, experts: tuple[str, ...],
                  up_blocks: tuple[int, ...] | None = None, **choices) -> DDGIHeadsConfig:
     """The heads' config for reading `experts` of a system into a GAN's W+, feature shapes traced
     without compute; `choices` are the other `DDGIHeadsConfig` fields."""
@@ -88,14 +88,16 @@ def heads_config(system_cfg: SystemConfig, gan_cfg: StyleGAN2Config, experts: tu
     )
 
 
-def check_ddgi_parts(system_cfg: SystemConfig, gan_cfg: StyleGAN2Config, heads_cfg: DDGIHeadsConfig) -> None:
+def check_ddgi_parts(system_cfg: SystemConfig, gan_cfg: StyleGAN2Config | EG3DConfig,
+                     heads_cfg: DDGIHeadsConfig) -> None:
     """ValueError naming the mismatch unless the heads read this system's features into this GAN's W+ codes."""
     if gan_cfg.img_resolution != system_cfg.autoencoder.resolution:
         raise ValueError(f"the GAN makes {gan_cfg.img_resolution}x{gan_cfg.img_resolution} images but the diffusion "
                          f"system {system_cfg.autoencoder.resolution}x{system_cfg.autoencoder.resolution}")
     if (heads_cfg.num_ws, heads_cfg.w_dim) != (gan_cfg.num_ws, gan_cfg.w_dim):
-        raise ValueError(f"the heads make W+ codes of {heads_cfg.num_ws} x {heads_cfg.w_dim} but the GAN takes "
-                         f"{gan_cfg.num_ws} x {gan_cfg.w_dim}: give the GAN the heads were trained for")
+        kind = "3D-aware (EG3D)" if isinstance(gan_cfg, EG3DConfig) else "2D (StyleGAN2)"
+        raise ValueError(f"the heads make W+ codes of {heads_cfg.num_ws} x {heads_cfg.w_dim} but the {kind} GAN "
+                         f"takes {gan_cfg.num_ws} x {gan_cfg.w_dim}: give the GAN the heads were trained for")
     expected = heads_config(system_cfg, gan_cfg, heads_cfg.experts)
     if (expected.middle, expected.levels) != (heads_cfg.middle, heads_cfg.levels):
         raise ValueError(f"the heads were trained on another diffusion system (features {heads_cfg.levels}, this "

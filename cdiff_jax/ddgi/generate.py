@@ -1,4 +1,5 @@
-"""DDGI at inference: sample with the frozen system, read its UNets at one step, render the W+ code with G.
+"""DDGI at inference: sample with the frozen system, read its UNets at one step, render the W+ code with G
+(StyleGAN2, or EG3D at its training camera; `ws` renders at any other view afterwards).
 
 One compiled program: the DDIM sampler runs all its steps (so I^d_0 comes out beside the GAN image), and
 the experts are read at the input of step `at_step` (1 is x_T, `settings.steps` the last).
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from cdiff_jax.ddgi.features import read_features
+from cdiff_jax.ddgi.gan import gan_images
 from cdiff_jax.sampling import SamplerSettings, sample
 
 
@@ -43,5 +45,5 @@ def _ddgi_sample(system_graphdef, system_state, heads_graphdef, heads_state, gan
     features = read_features(system, x_t, jnp.full((x_t.shape[0],), t), conditions, experts)
     codes = nnx.merge(heads_graphdef, heads_state)(features.middle, features.decoder, features.attention,
                                                    features.content, generator.mapping.w_avg[...])
-    images = generator.synthesis(codes.w, generator.synthesis.noises(x_t.shape[0], "const", None, None))
+    images = gan_images(generator, codes.w, jax.random.fold_in(key, at_step))
     return DDGIResult(images=images, ws=codes.w, diffusion_images=result.images)

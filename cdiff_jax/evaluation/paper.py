@@ -35,7 +35,7 @@ from flax import nnx
 
 from cdiff_jax import conditions as cond
 from cdiff_jax import requests, viz
-from cdiff_jax.checkpoint import load_generator, load_system
+from cdiff_jax.checkpoint import load_gan, load_system
 from cdiff_jax.data.celeba_multimodal import DEFAULT_RESOLUTION, DEFAULT_TEST_SIZE, data_sources
 from cdiff_jax.data.images import open_image
 from cdiff_jax.ddgi.features import check_ddgi_parts
@@ -398,7 +398,7 @@ def main(argv=None) -> int:
         reference = load_statistics(pathlib.Path(args.fid_reference)) if args.fid_reference else None
         ddgi = None
         if protocol.ddgi_heads:
-            ddgi = DDGIParts(load_heads(protocol.ddgi_heads), load_generator(protocol.ddgi_gan), protocol.ddgi_at_step)
+            ddgi = DDGIParts(load_heads(protocol.ddgi_heads), load_gan(protocol.ddgi_gan), protocol.ddgi_at_step)
             try:
                 check_ddgi_parts(requests.checkpoint_config(protocol.checkpoint), ddgi.generator.cfg, ddgi.heads.cfg)
             except ValueError as err:

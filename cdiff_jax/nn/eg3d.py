@@ -82,10 +82,32 @@ class TriPlaneGenerator(nnx.Module):
         self.cfg = cfg
         self.backbone = Generator(cfg.backbone, rngs=rngs)
         self.decoder = PlaneDecoder(cfg, rngs=rngs)
-        self.superresolution = Superresolution(cfg, rngs=rngs)
+        self.superresolution = Superresolution(cfg, rngs=rngs) if cfg.sr else None
+
+    @property
+    def mapping(self):
+        """The backbone's mapping network (z, c -> w, and w_avg), as a StyleGAN2 generator has it."""
+        return self.backbone.mapping
+
+    def views(self, ws: jax.Array, cameras: jax.Array, draws: vr.RenderDraws, noises,
+              resolution: int | None = None) -> Views:
+        """ws [B, num_ws, w_dim] seen by cameras [B, 25]: tri-planes, then `look`."""
+        return self.look(self.planes(ws, noises), ws, cameras, resolution or self.cfg.neural_rendering_resolution,
+                         draws)
+
+    def look(self, planes: jax.Array, ws: jax.Array, cameras: jax.Array, resolution: int,
+             draws: vr.RenderDraws) -> Views:
+        """Tri-planes seen by cameras [B, 25]: rendering at `resolution`, then super-resolution."""
+        batch = planes.shape[0]
+        rendering = self.render(planes, cameras, resolution, draws)
+        features = rendering.features.reshape(batch, resolution, resolution, -1)
+        rgb = features[..., :3]
+        image = rgb if self.superresolution is None else self.superresolution(
+            rgb, features, ws[:, -1], self.cfg.superresolution_noise_mode)
+        return Views(image, rgb, rendering.depth.reshape(batch, resolution, resolution, 1), rendering)
 
     def planes(self, ws: jax.Array, noises) -> jax.Array:
-        """ws -> tri-planes [B, 3, 256, 256, 32] (the backbone's 96 channels are plane-major)."""
+        """ws -> tri-planes [B, 3, P, P, 32] (P = 256 released; the backbone's 96 channels are plane-major)."""
         image = self.backbone.synthesis(ws, noises)
         batch, height, width, _ = image.shape
         planes = image.reshape(batch, height, width, self.cfg.plane_count, self.cfg.plane_channels)
@@ -110,7 +132,7 @@ def _camera_shape(cameras: jax.Array, batch: int, name: str) -> None:
 @jax.jit(static_argnames=("graphdef", "truncation_cutoff"))
 def map_latents(graphdef, state, z: jax.Array, c: jax.Array, *, truncation_psi=1.0,
                 truncation_cutoff: int | None = None) -> jax.Array:
-    """z [B, z_dim] and the conditioning camera c [B, 25] -> ws [B, 14, w_dim], truncated towards w_avg."""
+    """z [B, z_dim] and the conditioning camera c [B, 25] -> ws [B, num_ws, w_dim], truncated towards w_avg."""
     g = nnx.merge(graphdef, state)
     _camera_shape(c, z.shape[0], "c")
     c = jnp.zeros_like(c) if g.cfg.c_gen_conditioning_zero else c * g.cfg.c_scale
@@ -121,7 +143,7 @@ def map_latents(graphdef, state, z: jax.Array, c: jax.Array, *, truncation_psi=1
 
 @jax.jit(static_argnames=("graphdef", "noise_mode"))
 def triplanes(graphdef, state, ws: jax.Array, *, noise_mode: str = "const", key: jax.Array | None = None) -> jax.Array:
-    """ws [B, 14, w_dim] -> tri-planes [B, 3, 256, 256, 32], reusable for any number of views."""
+    """ws [B, num_ws, w_dim] -> tri-planes [B, 3, P, P, 32], reusable for any number of views."""
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"noise_mode {noise_mode!r}: expected one of {NOISE_MODES}")
     g = nnx.merge(graphdef, state)
@@ -135,7 +157,7 @@ def draw_uniforms(key: jax.Array, cfg: EG3DConfig, batch: int, resolution: int) 
     stratified_key, importance_key = jax.random.split(key)
     rays = resolution * resolution
     return vr.RenderDraws(jax.random.uniform(stratified_key, (batch, rays, cfg.depth_resolution)),
-                       jax.random.uniform(importance_key, (batch, rays, cfg.depth_resolution_importance)))
+                          jax.random.uniform(importance_key, (batch, rays, cfg.depth_resolution_importance)))
 
 
 @jax.jit(static_argnames=("graphdef", "resolution"))
@@ -155,12 +177,7 @@ def render_views(graphdef, state, planes: jax.Array, ws: jax.Array, cameras: jax
         if key is None:
             raise ValueError("render_views: pass a PRNG key or the renderer's draws")
         draws = draw_uniforms(key, cfg, planes.shape[0], resolution)
-    rendering = g.render(planes, cameras, resolution, draws)
-    batch = planes.shape[0]
-    features = rendering.features.reshape(batch, resolution, resolution, -1)
-    rgb = features[..., :3]
-    image = g.superresolution(rgb, features, ws[:, -1], cfg.superresolution_noise_mode)
-    return Views(image, rgb, rendering.depth.reshape(batch, resolution, resolution, 1), rendering)
+    return g.look(planes, ws, cameras, resolution, draws)
 
 
 def synthesize(graphdef, state, ws: jax.Array, cameras: jax.Array, *, noise_mode: str = "const",

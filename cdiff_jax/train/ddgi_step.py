@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from cdiff_jax.ddgi.features import read_features
+from cdiff_jax.ddgi.gan import gan_images
 from cdiff_jax.modalities import kind_entry
 from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
 from cdiff_jax.train.step import StepMetrics, TrainState
@@ -48,9 +49,10 @@ def perceptual_distance(autoencoder, a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def ddgi_images(heads, system, generator, batch: dict, k: jax.Array, timesteps: jax.Array,
-                objective: DDGIObjective) -> jax.Array:
+                objective: DDGIObjective, key: jax.Array | None = None) -> jax.Array:
     """G's images of the W+ codes the heads read from example i at its cached step k[i] ([B] indices into the
-    kept steps, whose timesteps are `timesteps`)."""
+    kept steps, whose timesteps are `timesteps`); EG3D renders them at its training camera, its renderer's
+    uniforms drawn from `key`."""
     x_t = batch["x_t"]  # [B, K, h, w, c]
     b = x_t.shape[0]
     conditions = {name: batch[kind_entry(system.cfg.modalities[name].kind).batch_key] for name in objective.experts}
@@ -59,13 +61,13 @@ def ddgi_images(heads, system, generator, batch: dict, k: jax.Array, timesteps: 
     codes = heads(features.middle, features.decoder, features.attention, features.content,
                   generator.mapping.w_avg[...])
     w = codes.mapped if objective.stage == "ddgi_mapping" else codes.w
-    return generator.synthesis(w, generator.synthesis.noises(b, "const", None, None))
+    return gan_images(generator, w, key)
 
 
 def ddgi_loss(heads, system, generator, batch: dict, key: jax.Array, timesteps: jax.Array,
               objective: DDGIObjective) -> jax.Array:
     k = jax.random.randint(key, (batch["x_t"].shape[0],), 0, batch["x_t"].shape[1])
-    images = ddgi_images(heads, system, generator, batch, k, timesteps, objective)
+    images = ddgi_images(heads, system, generator, batch, k, timesteps, objective, jax.random.fold_in(key, 1))
 
     def term(target):
         return (objective.l2_weight * jnp.mean(jnp.square(images - target))

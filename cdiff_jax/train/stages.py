@@ -20,7 +20,7 @@ from flax import nnx
 
 from cdiff_jax import viz
 from cdiff_jax.checkpoint import load_config as load_config_of
-from cdiff_jax.checkpoint import load_generator, load_system, save_generator, save_system
+from cdiff_jax.checkpoint import load_gan, load_system, save_generator, save_system
 from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig, load_config
 from cdiff_jax.data import toy_faces
 from cdiff_jax.data.celeba_multimodal import data_sources
@@ -210,7 +210,7 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
         raise ValueError(f"the {cfg.stage} stage needs the frozen GAN: set gan=DIR (a generator checkpoint: "
                          "`cdiff convert G.pkl DIR`, or a gan stage's WORKDIR/generator)")
     cache = TrajectoryCache(cfg.data_dir)
-    system, generator = load_system(cfg.system), load_generator(cfg.gan)
+    system, generator = load_system(cfg.system), load_gan(cfg.gan)
     size = cache[0]["image"].shape[0]
     if len({size, generator.cfg.img_resolution, system.cfg.autoencoder.resolution}) > 1:
         raise ValueError(f"resolutions differ: the GAN makes {generator.cfg.img_resolution}x"
@@ -273,7 +273,7 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
 def _render_ddgi(graphdef, params, frozen_heads, frozen, batch, k, timesteps, objective):
     (system_graphdef, system_state), (gan_graphdef, gan_state) = frozen
     return ddgi_images(nnx.merge(graphdef, params, frozen_heads), nnx.merge(system_graphdef, system_state),
-                       nnx.merge(gan_graphdef, gan_state), batch, k, timesteps, objective)
+                       nnx.merge(gan_graphdef, gan_state), batch, k, timesteps, objective, jax.random.key(0))
 
 
 def gan_images(cfg: TrainConfig):
