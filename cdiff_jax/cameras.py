@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 CAMERA_NUMBERS = 25
@@ -82,3 +84,30 @@ def check_camera_labels(cameras) -> np.ndarray:
         if k[0, 0] <= 0 or k[1, 1] <= 0 or np.abs(k[2] - [0, 0, 1]).max() > RIGID_TOLERANCE:
             raise ValueError(f"camera {i}: intrinsics need positive focal lengths and a last row 0 0 1")
     return c.astype(np.float32)
+
+
+def pixel_centres(resolution: int) -> np.ndarray:
+    """[resolution^2, 2] normalised (x, y) image coordinates of the pixel centres, row by row."""
+    steps = np.arange(resolution, dtype=np.float32) * np.float32(1.0 / resolution) + np.float32(0.5 / resolution)
+    y, x = np.meshgrid(steps, steps, indexing="ij")
+    return np.stack([x.reshape(-1), y.reshape(-1)], axis=-1)
+
+
+def rays(cam2world: jax.Array, intrinsics: jax.Array, resolution: int) -> tuple[jax.Array, jax.Array]:
+    """Origins and unit directions [B, M, 3] of the rays through the pixel centres of each camera.
+
+    cam2world [B, 4, 4] (OpenCV axes: x right, y down, z forward), intrinsics [B, 3, 3] normalised by
+    the image size (skew allowed, as EG3D's lifting does).
+    """
+    uv = jnp.asarray(pixel_centres(resolution))
+    x, y = uv[None, :, 0], uv[None, :, 1]
+    fx, fy = intrinsics[:, 0, 0, None], intrinsics[:, 1, 1, None]
+    cx, cy, skew = intrinsics[:, 0, 2, None], intrinsics[:, 1, 2, None], intrinsics[:, 0, 1, None]
+    x_lift = (x - cx + cy * skew / fy - skew * y / fy) / fx
+    y_lift = (y - cy) / fy
+    camera_points = jnp.stack([x_lift, y_lift, jnp.ones_like(x_lift), jnp.ones_like(x_lift)], axis=-1)
+    world = jnp.einsum("bij,bmj->bmi", cam2world, camera_points, precision="highest")[..., :3]
+    origins = cam2world[:, None, :3, 3]
+    offsets = world - origins
+    directions = offsets / jnp.maximum(jnp.linalg.norm(offsets, axis=-1, keepdims=True), 1e-12)
+    return jnp.broadcast_to(origins, directions.shape), directions

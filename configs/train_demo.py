@@ -14,6 +14,11 @@ DDGI's toy StyleGAN2 (configs/toy_gan.py) trains on its own, on endless fresh to
 
     python train.py --config configs/train_demo.py:gan --workdir runs/demo/gan
 
+DDGI-3D's toy tri-plane generator (configs/toy_eg3d.py) is fitted to the toy 3D world (cdiff_jax/data/toy_faces_3d.py)
+as an auto-decoder; it resumes from its checkpoints when stopped and started again:
+
+    python train.py --config configs/train_demo.py:triplane --workdir runs/demo/triplane
+
 DDGI on the demo system and the toy GAN: sample the trajectory cache once, then the two stages in order:
 
     python -m cdiff_jax.ddgi.trajectories cdiff_jax/demo_models/collab data/toy_tfds runs/demo/ddgi/trajectories \
@@ -39,12 +44,13 @@ GAN_STEPS = 3125  # 100k images
 # train equally long so that neither wins the weighting by training length (docs/research_log.md,
 # "Measurement history moved from the code").
 STEPS = {"autoencoder": 4000, "expert_text": 4000, "expert_mask": 4000, "collab": 500, "gan": GAN_STEPS,
+         "triplane": 8000,
          # sized to a working session on 2 cores (BENCHMARKS.md, "DDGI training"), not to convergence
          "ddgi_mapping": 1200, "ddgi_modulation": 600}
 
 
 def get_config(arg: str = "collab") -> TrainConfig:
-    """`arg`: autoencoder, expert_text, expert_mask, collab, gan, ddgi_mapping, ddgi_modulation or
+    """`arg`: autoencoder, expert_text, expert_mask, collab, gan, triplane, ddgi_mapping, ddgi_modulation or
     ddgi_modulation_ungated (the attention-gating ablation)."""
     common = dict(data_dir="data/toy_tfds", resolution=64, test_size=1000, log_every=25, checkpoint_every=250,
                   keep_checkpoints=2, val_batches=4, sample_count=8, sample_steps=50)
@@ -73,6 +79,13 @@ def get_config(arg: str = "collab") -> TrainConfig:
                            global_batch=GAN_BATCH, base_learning_rate=0.0025 / GAN_BATCH, steps=STEPS["gan"],
                            steps_per_call=1, data_workers=1, log_every=25, checkpoint_every=250, keep_checkpoints=2,
                            val_every=0, sample_every=250, sample_count=16)
+    if arg == "triplane":
+        # Trained at half the rendering resolution (a quarter of the rays); 1000 identities seen from a new
+        # view each time. Step time and projection: BENCHMARKS.md, "The toy tri-plane generator".
+        return TrainConfig(stage="triplane", system="toy_eg3d.py", data_dir="toy-3d-world:2000", resolution=64,
+                           global_batch=8, base_learning_rate=1e-3 / 8, steps=STEPS["triplane"],
+                           triplane_identities=1000, triplane_resolution=32, data_workers=1, log_every=25,
+                           checkpoint_every=250, keep_checkpoints=2, val_every=0, sample_every=500, sample_count=4)
     if arg in ("ddgi_mapping", "ddgi_modulation", "ddgi_modulation_ungated"):
         # Widths and the learning rate are first choices, not tuned on the toy world.
         stage = arg.removesuffix("_ungated")

@@ -101,18 +101,11 @@ def view_cameras(cfg, views: list[tuple[float, float]]) -> np.ndarray:
 
 
 def render_views(graphdef, state, ws, cameras, key, *, noise_mode="const", noise_key=None):
-    """uint8 images [B, V, R, R, 3] and depths [B, V, r, r, 1] of W+ codes seen by every camera [V, 25]: the
-    tri-planes once, then one rendering per view."""
-    planes = eg3d.triplanes(graphdef, state, ws, noise_mode=noise_mode, key=noise_key)
-    images, depths = [], []
+    """uint8 images [B, V, R, R, 3] and depths [B, V, r, r, 1] of W+ codes seen by every camera [V, 25]."""
     with bar(len(cameras), "rendering", unit="view") as progress:
-        for v, camera in enumerate(cameras):
-            seen = eg3d.render_views(graphdef, state, planes, ws, np.repeat(camera[None], ws.shape[0], 0),
-                                     key=jax.random.fold_in(key, v))
-            images.append(viz.to_uint8(np.asarray(seen.image)))
-            depths.append(np.asarray(seen.depth))
-            progress.update(1)
-    return np.stack(images, 1), np.stack(depths, 1)
+        images, depths = eg3d.orbit_views(graphdef, state, ws, cameras, key, noise_mode=noise_mode,
+                                          noise_key=noise_key, on_view=lambda: progress.update(1))
+    return viz.to_uint8(images), depths
 
 
 def write_views(folder, images, depths, views, cfg, grid_name: str = "views.png") -> None:

@@ -16,9 +16,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from cdiff_jax.cameras import CAMERA_NUMBERS
+from cdiff_jax.cameras import CAMERA_NUMBERS, rays
 from cdiff_jax.config import EG3DConfig
 from cdiff_jax.nn import volume_rendering as vr
 from cdiff_jax.nn.resize import resize
@@ -116,7 +117,7 @@ class TriPlaneGenerator(nnx.Module):
     def render(self, planes: jax.Array, cameras: jax.Array, resolution: int, draws: vr.RenderDraws) -> vr.Rendering:
         """Volume rendering of the tri-planes through the decoder, seen by cameras [B, 25]."""
         cfg = self.cfg
-        origins, directions = vr.rays(cameras[:, :16].reshape(-1, 4, 4), cameras[:, 16:].reshape(-1, 3, 3),
+        origins, directions = rays(cameras[:, :16].reshape(-1, 4, 4), cameras[:, 16:].reshape(-1, 3, 3),
                                       resolution)
         return vr.render(lambda points: self.decoder(vr.sample_planes(planes, points, cfg.box_warp)), origins,
                          directions, draws, ray_start=cfg.ray_start, ray_end=cfg.ray_end,
@@ -188,3 +189,20 @@ def synthesize(graphdef, state, ws: jax.Array, cameras: jax.Array, *, noise_mode
     noise_key, render_key = jax.random.split(key) if key is not None else (None, None)
     planes = triplanes(graphdef, state, ws, noise_mode=noise_mode, key=noise_key)
     return render_views(graphdef, state, planes, ws, cameras, key=render_key, draws=draws, resolution=resolution)
+
+
+def orbit_views(graphdef, state, ws: jax.Array, cameras, key: jax.Array, *, noise_mode: str = "const",
+                noise_key: jax.Array | None = None, on_view=None) -> tuple[np.ndarray, np.ndarray]:
+    """Images [B, V, R, R, 3] and depths [B, V, r, r, 1] of ws [B, ...] seen by every camera [V, 25]: the
+    tri-planes once, then one rendering per view (view v's uniforms from fold_in(key, v); `on_view()` after
+    each, e.g. for a progress bar)."""
+    planes = triplanes(graphdef, state, ws, noise_mode=noise_mode, key=noise_key)
+    images, depths = [], []
+    for v, camera in enumerate(np.asarray(cameras)):
+        seen = render_views(graphdef, state, planes, ws, jnp.broadcast_to(camera, (ws.shape[0], CAMERA_NUMBERS)),
+                            key=jax.random.fold_in(key, v))
+        images.append(np.asarray(seen.image))
+        depths.append(np.asarray(seen.depth))
+        if on_view is not None:
+            on_view()
+    return np.stack(images, 1), np.stack(depths, 1)

@@ -1,7 +1,8 @@
-"""EG3D's neural volume rendering of tri-planes: rays, plane sampling, ray marching, importance sampling.
+"""EG3D's neural volume rendering of tri-planes: plane sampling, ray marching, importance sampling.
 
 Pure functions of arrays, numerically those of EG3D's `RaySampler`, `ImportanceRenderer` and
-`MipRayMarcher2`. Shapes: B cameras, M rays per camera, S samples per ray, C feature channels.
+`MipRayMarcher2` (the rays themselves come from `cdiff_jax.cameras.rays`). Shapes: B cameras, M rays
+per camera, S samples per ray, C feature channels.
 Tri-planes are [B, 3, H, W, C]; a point is projected onto plane 0 as (x, y), plane 1 as (x, z) and
 plane 2 as (z, x) -- the released axis convention (the third plane's axes are not (y, z)), which the
 released weights were trained with. The two random draws of a rendering (stratified jitter and the
@@ -21,33 +22,6 @@ PLANE_AXES = ((0, 1), (0, 2), (2, 0))  # (u -> width, v -> height) coordinates o
 TRANSMITTANCE_EPS = 1e-10
 PDF_EPS = 1e-5
 IMPORTANCE_FLOOR = 0.01
-
-
-def pixel_centres(resolution: int) -> np.ndarray:
-    """[resolution^2, 2] normalised (x, y) image coordinates of the pixel centres, row by row."""
-    steps = np.arange(resolution, dtype=np.float32) * np.float32(1.0 / resolution) + np.float32(0.5 / resolution)
-    y, x = np.meshgrid(steps, steps, indexing="ij")
-    return np.stack([x.reshape(-1), y.reshape(-1)], axis=-1)
-
-
-def rays(cam2world: jax.Array, intrinsics: jax.Array, resolution: int) -> tuple[jax.Array, jax.Array]:
-    """Origins and unit directions [B, M, 3] of the rays through the pixel centres of each camera.
-
-    cam2world [B, 4, 4] (OpenCV axes: x right, y down, z forward), intrinsics [B, 3, 3] normalised by
-    the image size (skew allowed, as EG3D's lifting does).
-    """
-    uv = jnp.asarray(pixel_centres(resolution))
-    x, y = uv[None, :, 0], uv[None, :, 1]
-    fx, fy = intrinsics[:, 0, 0, None], intrinsics[:, 1, 1, None]
-    cx, cy, skew = intrinsics[:, 0, 2, None], intrinsics[:, 1, 2, None], intrinsics[:, 0, 1, None]
-    x_lift = (x - cx + cy * skew / fy - skew * y / fy) / fx
-    y_lift = (y - cy) / fy
-    camera_points = jnp.stack([x_lift, y_lift, jnp.ones_like(x_lift), jnp.ones_like(x_lift)], axis=-1)
-    world = jnp.einsum("bij,bmj->bmi", cam2world, camera_points, precision="highest")[..., :3]
-    origins = cam2world[:, None, :3, 3]
-    offsets = world - origins
-    directions = offsets / jnp.maximum(jnp.linalg.norm(offsets, axis=-1, keepdims=True), 1e-12)
-    return jnp.broadcast_to(origins, directions.shape), directions
 
 
 def torch_linspace(start: float, stop: float, count: int) -> np.ndarray:

@@ -6,8 +6,9 @@ import dataclasses
 
 from cdiff_jax.config import check_field_types
 
-STAGES = ("collab", "expert", "autoencoder", "gan", "ddgi_mapping", "ddgi_modulation")
+STAGES = ("collab", "expert", "autoencoder", "gan", "triplane", "ddgi_mapping", "ddgi_modulation")
 FRESH_TOY_FACES = "fresh-toy-faces:"  # the gan stage's data_dir prefix for endless procedural toy faces
+TOY_3D_WORLD = "toy-3d-world:"  # the triplane stage's data_dir prefix: views of the toy 3D world
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +17,7 @@ class TrainConfig:
     # "expert" (one modality's UNet and condition encoder, the autoencoder frozen),
     # "autoencoder" (the KL autoencoder, with LDM's reconstruction + KL + patch-GAN objective) or
     # "gan" (a StyleGAN2 generator and discriminator from scratch: DDGI's frozen GAN; `system` names a
-    # config returning a StyleGAN2Config).
+    # config returning a StyleGAN2Config) or "triplane" (DDGI-3D's toy EG3D, see below).
     stage: str = "collab"
     modality: str | None = None  # the expert stage's modality
     # The system to start from: "FILE.py:ARG" builds it from a config with fresh weights; then
@@ -61,6 +62,11 @@ class TrainConfig:
     style_mixing: float = 0.9
     gan_ema_kimg: float = 10.0
     gan_ema_rampup: float | None = 0.05
+    # The triplane stage: an EG3D generator (`system` names a config returning an EG3DConfig without
+    # super-resolution) fitted to "toy-3d-world:SEED" as an auto-decoder of `triplane_identities` toy faces, rendered
+    # at `triplane_resolution` while training (the targets area-averaged to it; None: the generator's own).
+    triplane_identities: int = 1000
+    triplane_resolution: int | None = None
     # The DDGI stages, "ddgi_mapping" (M against the ground truth) then "ddgi_modulation" (T, M frozen, against
     # I^d_0 and the ground truth): `system` is our diffusion checkpoint directory (frozen), `gan` a generator
     # checkpoint (frozen), `data_dir` a trajectory cache (cdiff_jax.ddgi.trajectories); the modulation stage
@@ -108,7 +114,7 @@ _RANGES = (  # field, test, what the test asks for (the *_every intervals: 0 is 
     *((name, lambda v: v >= 1, ">= 1") for name in (
         "resolution", "global_batch", "steps", "steps_per_call", "keep_checkpoints", "val_batches", "sample_count",
         "sample_steps", "r1_interval", "disc_filters", "disc_layers", "ddgi_mapping_channels",
-        "ddgi_modulation_channels", "fsdp_min_size")),
+        "ddgi_modulation_channels", "fsdp_min_size", "triplane_identities", "triplane_resolution")),
     *((name, lambda v: v >= 0, ">= 0") for name in (
         "data_workers", "test_size", "log_every", "checkpoint_every", "val_every", "sample_every", "disc_start",
         "weight_decay", "kl_weight", "perceptual_weight", "disc_weight", "r1_gamma", "gan_ema_kimg", "gan_ema_rampup",

@@ -21,8 +21,8 @@ from flax import nnx
 from cdiff_jax import viz
 from cdiff_jax.checkpoint import load_config as load_config_of
 from cdiff_jax.checkpoint import load_gan, load_system, save_generator, save_system
-from cdiff_jax.config import StyleGAN2Config, StyleGAN2DiscriminatorConfig, load_config
-from cdiff_jax.data import toy_faces
+from cdiff_jax.config import NO_SUPERRESOLUTION, EG3DConfig, StyleGAN2Config, StyleGAN2DiscriminatorConfig, load_config
+from cdiff_jax.data import toy_faces, toy_faces_3d
 from cdiff_jax.data.celeba_multimodal import data_sources
 from cdiff_jax.data.pipeline import ToModelInputs, make_loader
 from cdiff_jax.ddgi.features import heads_config
@@ -32,6 +32,7 @@ from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.latents import reconstruct
 from cdiff_jax.nn.autoencoder import posterior_sample
 from cdiff_jax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
+from cdiff_jax.nn.eg3d import TriPlaneGenerator, map_latents, orbit_views
 from cdiff_jax.nn.lpips import LPIPS
 from cdiff_jax.nn.stylegan2 import Generator, generate
 from cdiff_jax.nn.stylegan2_discriminator import Discriminator
@@ -42,10 +43,11 @@ from cdiff_jax.progress import log
 from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system, init_system
 from cdiff_jax.train import autoencoder_step, gan_step
-from cdiff_jax.train.config import FRESH_TOY_FACES, TrainConfig
+from cdiff_jax.train.config import FRESH_TOY_FACES, TOY_3D_WORLD, TrainConfig
 from cdiff_jax.train.ddgi_step import DDGI_STAGES, DDGIObjective, ddgi_images, ddgi_train_steps
 from cdiff_jax.train.objectives import BATCH_KEYS, diffusion_loss
 from cdiff_jax.train.step import StepSettings, init_train_state, train_steps, trainable_filter, trainable_prefixes
+from cdiff_jax.train.triplane_step import AutoDecoder, triplane_train_steps
 
 
 def build_system(cfg: TrainConfig) -> LatentDiffusionSystem:
@@ -201,6 +203,64 @@ def gan_stage(cfg: TrainConfig, mesh) -> Stage:
                                     shuffle=not cfg.data_dir.startswith(FRESH_TOY_FACES),
                                     worker_count=cfg.data_workers),
                  run=run, write_samples=write_gan_samples, export=export)
+
+
+def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
+    """The triplane stage: an EG3D generator (`cfg.system` names its config) fitted to the toy 3D world as an
+    auto-decoder; exports WORKDIR/generator, whose w_avg is the mean w of the learned codes, and the codes."""
+    g_cfg = load_config(cfg.system)
+    if not isinstance(g_cfg, EG3DConfig) or g_cfg.superresolution != NO_SUPERRESOLUTION:
+        raise ValueError(f"the triplane stage fits an EG3D generator without super-resolution: system {cfg.system!r} "
+                         "gives another; name a config like toy_eg3d.py")
+    seed = cfg.data_dir.removeprefix(TOY_3D_WORLD)
+    if not cfg.data_dir.startswith(TOY_3D_WORLD) or not seed.isdigit() or int(seed) == 0:
+        raise ValueError(f"data_dir {cfg.data_dir!r}: the triplane stage reads {TOY_3D_WORLD}SEED with a SEED other "
+                         "than 0 (the demo dataset's, whose held-out faces the evaluation uses)")
+    resolution = cfg.triplane_resolution or g_cfg.neural_rendering_resolution
+    if toy_faces.IMAGE_SIZE % resolution:
+        raise ValueError(f"triplane_resolution {resolution} must divide the toy world's {toy_faces.IMAGE_SIZE}")
+    training_cfg = dataclasses.replace(g_cfg, neural_rendering_resolution=resolution, img_resolution=resolution)
+    graphdef, params, buffers = _init_jitted(
+        lambda: AutoDecoder(training_cfg, cfg.triplane_identities, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
+    tx = adam(cfg.learning_rate)
+    key = jax.random.key(cfg.seed)
+
+    def exported_generator(params) -> tuple[TriPlaneGenerator, jax.Array]:
+        model = nnx.merge(graphdef, params, buffers)
+        generator = nnx.eval_shape(lambda: TriPlaneGenerator(g_cfg, rngs=nnx.Rngs(0)))
+        nnx.update(generator, nnx.state(model.generator))
+        ws = map_latents(*nnx.split(generator), model.codes[...], jnp.zeros((len(model.codes), 25)))
+        generator.mapping.w_avg.set_value(jnp.mean(ws[:, 0], axis=0))
+        return generator, model.codes[...]
+
+    def write_triplane_samples(params, path):
+        generator, codes = exported_generator(params)
+        yaws = np.linspace(-toy_faces_3d.MAX_YAW, toy_faces_3d.MAX_YAW, 5)
+        cameras = toy_faces_3d.cameras(yaws, np.zeros_like(yaws))
+        count = min(cfg.sample_count, len(codes))
+        ws = map_latents(*nnx.split(generator), codes[:count], jnp.zeros((count, 25)))
+        images, _ = orbit_views(*nnx.split(generator), ws, cameras, key)
+        source = toy_faces_3d.ToyViews(int(seed), cfg.triplane_identities)
+        truth = [toy_faces_3d.render(face["image"] / 127.5 - 1, face["labels"], cameras, g_cfg.img_resolution)["image"]
+                 for face in map(source.face, range(count))]
+        if jax.process_index() == 0:  # per identity, the toy world's views above the generator's
+            rows = viz.to_uint8(np.stack([row for pair in zip(truth, images) for row in pair]))
+            viz.save_png(path, viz.grid(rows, col_labels=[f"yaw {yaw:+.2f}" for yaw in yaws]))
+
+    def export(params, workdir):
+        generator, codes = exported_generator(params)
+        save_generator(workdir / "generator", generator, overwrite=True)
+        np.save(workdir / "generator" / "codes.npy", np.asarray(codes))
+        log.info("fitted tri-plane generator written to %s (its identities' codes: codes.npy)", workdir / "generator")
+
+    state = init_train_state(params, tx)
+    return Stage(state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
+                 loader=make_loader(toy_faces_3d.ToyViews(int(seed), cfg.triplane_identities),
+                                    global_batch=cfg.global_batch, seed=cfg.seed, shuffle=False,
+                                    worker_count=cfg.data_workers,
+                                    inputs=toy_faces_3d.ViewInputs(resolution)),
+                 run=lambda state, batches: triplane_train_steps(graphdef, buffers, state, batches, key, tx),
+                 write_samples=write_triplane_samples, export=export)
 
 
 def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:

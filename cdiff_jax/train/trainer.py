@@ -1,9 +1,9 @@
 """The training loop, readable in one sitting: data -> compiled steps -> logs and checkpoints.
 
-One trainer for every stage: the stage (`diffusion_stage`, `gan_stage`, `ddgi_stage` in stages.py) decides the
-model, the data, which parameters are trainable and the objective. It resumes from the latest checkpoint in the work
-directory; on SIGTERM or SIGINT it saves and returns 128 + the signal number (143 for a preempted
-run), restoring the handlers it replaced; it stops on a non-finite loss naming the last good
+One trainer for every stage: the stage (`diffusion_stage`, `gan_stage`, `triplane_stage`, `ddgi_stage` in
+stages.py) decides the model, the data, which parameters are trainable and the objective. It resumes from the
+latest checkpoint in the work directory; on SIGTERM or SIGINT it saves and returns 128 + the signal number (143
+for a preempted run), restoring the handlers it replaced; it stops on a non-finite loss naming the last good
 checkpoint, and at intervals writes validation loss, sample grids and checkpoints (last K plus the best).
 """
 
@@ -28,7 +28,7 @@ from cdiff_jax.train.checkpoints import TrainCheckpoints
 from cdiff_jax.train.config import TrainConfig
 from cdiff_jax.train.ddgi_step import DDGI_STAGES
 from cdiff_jax.train.metrics import MetricsWriter
-from cdiff_jax.train.stages import ddgi_stage, diffusion_stage, gan_stage, validation_loss
+from cdiff_jax.train.stages import ddgi_stage, diffusion_stage, gan_stage, triplane_stage, validation_loss
 
 
 class TrainingDiverged(RuntimeError):
@@ -90,7 +90,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     lead = jax.process_index() == 0
     if cfg.global_batch % jax.device_count():
         raise ValueError(f"global_batch {cfg.global_batch} must be divisible by the {jax.device_count()} devices")
-    if cfg.stage not in ("gan", *DDGI_STAGES) and cfg.val_every and cfg.test_size < jax.device_count():
+    if cfg.stage not in ("gan", "triplane", *DDGI_STAGES) and cfg.val_every and cfg.test_size < jax.device_count():
         raise ValueError(f"test_size {cfg.test_size} is smaller than the {jax.device_count()} devices validation "
                          "shards over; build the dataset with a larger test split or set val_every=0")
     check_same_run(cfg, workdir)
@@ -98,6 +98,8 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     mesh = data_mesh()
     if cfg.stage == "gan":
         stage = gan_stage(cfg, mesh)
+    elif cfg.stage == "triplane":
+        stage = triplane_stage(cfg, mesh)
     elif cfg.stage in DDGI_STAGES:
         stage = ddgi_stage(cfg, mesh)
     else:
