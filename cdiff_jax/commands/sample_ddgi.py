@@ -31,6 +31,7 @@ from cdiff_jax.commands.sample_gan3d import (
     parse_views,
     render_views,
     view_cameras,
+    view_labels,
     write_views,
 )
 from cdiff_jax.ddgi.features import check_ddgi_parts
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     with atomic_directory(out) as tmp:
         tmp.mkdir()
         if views:
-            write_views(tmp, view_images, depths, views, generator.cfg)
+            write_views(tmp, view_images, depths, view_labels(views), generator.cfg)
         for i, (gan_image, diffusion_image) in enumerate(zip(gan_images, diffusion)):
             viz.save_png(tmp / "images" / f"{i:03d}.png", gan_image)
             viz.save_png(tmp / "diffusion" / f"{i:03d}.png", diffusion_image)

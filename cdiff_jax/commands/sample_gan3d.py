@@ -4,9 +4,9 @@
 DIR is an EG3D checkpoint (`cdiff convert ffhq512-128.pkl DIR`). Each identity is mapped with the
 frontal camera (as EG3D's sampling scripts do), its tri-planes are computed once, and it is rendered
 from every (yaw, pitch) pair: angles in radians from the frontal view, a list `a,b,c` or a range
-`start:stop:count`. --out gets views/ID_VIEW.png, depth/ID_VIEW.png (near is bright), grid.png
-(per identity a row of views and a row of depth maps, columns labelled with the angles), ws.npy,
-cameras.npy ([views, 25]) and settings.json; it is written beside --out and renamed into place.
+`start:stop:count`, or any cameras from a file (--cameras). --out gets views/ID_VIEW.png, depth/ID_VIEW.png
+(near is bright), grid.png (per identity a row of views and a row of depth maps, columns labelled with the
+angles), ws.npy, cameras.npy ([views, 25]) and settings.json; it is written beside --out and renamed into place.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from cdiff_jax import requests, viz
-from cdiff_jax.cameras import orbit_cameras
+from cdiff_jax.cameras import check_camera_labels, orbit_cameras
 from cdiff_jax.checkpoint import NotACheckpointError, atomic_directory, load_eg3d_generator
 from cdiff_jax.ddgi.gan import frontal_cameras
 from cdiff_jax.nn import eg3d
@@ -77,6 +77,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="z of identity i is drawn from the seed (default 0)")
     p.add_argument("--yaw", default="-0.4:0.4:5", help="yaw angles, radians (default -0.4:0.4:5)")
     p.add_argument("--pitch", default="0", help="pitch angles, radians (default 0)")
+    p.add_argument("--cameras", help="instead of --yaw/--pitch: a .npy of [V, 25] EG3D camera labels (e.g. a "
+                   "dataset's poses)")
     p.add_argument("--truncation", type=float, default=1.0, help="psi: 1 none, 0 the average face (default 1)")
     p.add_argument("--truncation-cutoff", type=int, help="truncate only the first N rows of W+ (default all)")
     p.add_argument("--noise", choices=NOISE_MODES, default="const", help="the backbone's noise (default const)")
@@ -100,6 +102,21 @@ def view_cameras(cfg, views: list[tuple[float, float]]) -> np.ndarray:
         raise UsageError(f"--yaw/--pitch: {err}") from None
 
 
+def camera_file(path: str) -> np.ndarray:
+    """[V, 25] validated camera labels from a .npy file."""
+    try:
+        cameras = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--cameras {path}: not a readable .npy array ({err})") from None
+    try:
+        cameras = check_camera_labels(cameras)
+    except ValueError as err:
+        raise UsageError(f"--cameras {path}: {err}") from None
+    if len(cameras) > MAX_VIEWS:
+        raise UsageError(f"--cameras {path}: {len(cameras)} views; give at most {MAX_VIEWS} per run")
+    return cameras
+
+
 def render_views(graphdef, state, ws, cameras, key, *, noise_mode="const", noise_key=None):
     """uint8 images [B, V, R, R, 3] and depths [B, V, r, r, 1] of W+ codes seen by every camera [V, 25]."""
     with bar(len(cameras), "rendering", unit="view") as progress:
@@ -108,15 +125,20 @@ def render_views(graphdef, state, ws, cameras, key, *, noise_mode="const", noise
     return viz.to_uint8(images), depths
 
 
-def write_views(folder, images, depths, views, cfg, grid_name: str = "views.png") -> None:
-    """views/ID_VIEW.png, depth/ID_VIEW.png and a grid: per identity a row of views and a row of depth maps."""
+def view_labels(views: list[tuple[float, float]]) -> list[str]:
+    return [f"y{yaw:+.2f} p{pitch:+.2f}" for pitch, yaw in views]
+
+
+def write_views(folder, images, depths, labels: list[str], cfg, grid_name: str = "views.png") -> None:
+    """views/ID_VIEW.png, depth/ID_VIEW.png and a grid: per identity a row of views and a row of depth maps, the
+    columns labelled."""
     scale = images.shape[2] // depths.shape[2]  # the depth map has the neural rendering resolution
     depth_images = depth_picture(depths, cfg.ray_start, cfg.ray_end).repeat(scale, axis=2).repeat(scale, axis=3)
-    for i, v in itertools.product(range(images.shape[0]), range(len(views))):
+    for i, v in itertools.product(range(images.shape[0]), range(len(labels))):
         viz.save_png(folder / "views" / f"{i:03d}_{v:02d}.png", images[i, v])
         viz.save_png(folder / "depth" / f"{i:03d}_{v:02d}.png", depth_images[i, v])
     rows = np.stack([pictures for i in range(images.shape[0]) for pictures in (images[i], depth_images[i])])
-    viz.save_png(folder / grid_name, viz.grid(rows, col_labels=[f"y{yaw:+.2f} p{pitch:+.2f}" for pitch, yaw in views]))
+    viz.save_png(folder / grid_name, viz.grid(rows, col_labels=labels))
 
 
 def main(argv=None) -> int:
@@ -129,7 +151,8 @@ def main(argv=None) -> int:
         out = requests.output_folder(args.out, lambda path: (path / SETTINGS_FILE).is_file())
         generator = load_eg3d_generator(args.checkpoint)
         cfg = generator.cfg
-        cameras = view_cameras(cfg, views)
+        cameras = view_cameras(cfg, views) if args.cameras is None else camera_file(args.cameras)
+        labels = view_labels(views) if args.cameras is None else [f"camera {v}" for v in range(len(cameras))]
         if args.truncation_cutoff is not None and not 1 <= args.truncation_cutoff <= cfg.num_ws:
             raise UsageError(f"--truncation-cutoff {args.truncation_cutoff}: this generator has {cfg.num_ws} W+ rows")
     except (UsageError, NotACheckpointError, FileNotFoundError) as err:
@@ -144,12 +167,13 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
     with atomic_directory(out) as tmp:
         tmp.mkdir()
-        write_views(tmp, images, depths, views, cfg, grid_name="grid.png")
+        write_views(tmp, images, depths, labels, cfg, grid_name="grid.png")
         np.save(tmp / "ws.npy", np.asarray(ws))
         np.save(tmp / "cameras.npy", cameras)
         (tmp / SETTINGS_FILE).write_text(json.dumps({
-            "checkpoint": args.checkpoint, "count": args.count, "seed": args.seed, "views": [
-                {"yaw": yaw, "pitch": pitch} for pitch, yaw in views], "truncation": args.truncation,
+            "checkpoint": args.checkpoint, "count": args.count, "seed": args.seed, "cameras": args.cameras, "views": [
+                {"yaw": yaw, "pitch": pitch} for pitch, yaw in views] if args.cameras is None else None,
+            "truncation": args.truncation,
             "truncation_cutoff": args.truncation_cutoff, "noise": args.noise, "seconds": round(seconds, 2)}, indent=2))
-    print(f"wrote {args.count} identities x {len(views)} views to {out} ({seconds:.1f}s including compilation)")
+    print(f"wrote {args.count} identities x {len(cameras)} views to {out} ({seconds:.1f}s including compilation)")
     return 0

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+from cdiff_jax.cameras import orbit_cameras
 from cdiff_jax.checkpoint import save_generator
 from cdiff_jax.commands.sample import main
 from cdiff_jax.commands.sample_gan3d import angles
@@ -39,6 +40,25 @@ def test_views_depths_and_settings(checkpoint, tmp_path):
     grid = np.asarray(Image.open(out / "grid.png"))
     assert grid.shape[0] > 4 * views[0].shape[0]  # two identities, each a row of views and a row of depths
     assert np.load(out / "ws.npy").shape[:2] == (2, 14)
+
+
+def test_cameras_from_a_file_are_validated_first(checkpoint, tmp_path, capsys):
+    good = orbit_cameras([0.2, -0.2], [0.0, 0.1], radius=2.7, pivot=(0, 0, 0.2), fov_degrees=18.837)
+    np.save(tmp_path / "good.npy", good)
+    out = tmp_path / "out"
+    assert main(["gan3d", "--checkpoint", str(checkpoint), "--count", "1", "--cameras", str(tmp_path / "good.npy"),
+                 "--out", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out / "cameras.npy"), good)
+    stretched = good.copy()
+    stretched[1, :3] *= 3
+    for name, array, message in (("short.npy", good[:, :16], "expected [N, 25]"),
+                                 ("stretched.npy", stretched, "camera 1: cam2world is not rigid")):
+        np.save(tmp_path / name, array)
+        argv = ["gan3d", "--checkpoint", str(checkpoint), "--cameras", str(tmp_path / name), "--out",
+                str(tmp_path / "bad")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
 def test_angles_accept_lists_and_ranges():

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from cdiff_jax.data import toy_faces, toy_faces_3d as world
+from cdiff_jax.data import toy_faces
+from cdiff_jax.data import toy_faces_3d as world
 
 
 @pytest.fixture(scope="module")
