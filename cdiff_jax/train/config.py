@@ -41,6 +41,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     steps: int = 100_000
     steps_per_call: int = 1  # optimizer steps per device call (one lax.scan)
+    # Micro-batches per optimizer step of the collab and expert stages: the global batch is split into this many
+    # equal parts whose gradients are averaged inside the compiled step (the whole batch's gradient, in less
+    # memory). The official 512 recipes reach their batch this way.
+    gradient_accumulation: int = 1
     condition_dropout: float = 0.0  # expert stage: enables classifier-free guidance later
     # > 0 keeps an exponential moving average of the trained parameters (LDM: 0.9999, with its
     # warm-up), which validation, sample grids and the exported system then use.
@@ -101,6 +105,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not test(value):
                 raise ValueError(f"{name}={value!r}: must be {wanted}")
+        if self.gradient_accumulation > 1 and self.stage not in ("collab", "expert"):
+            raise ValueError(f"gradient_accumulation={self.gradient_accumulation}: only the collab and expert stages "
+                             f"accumulate; the {self.stage} stage takes its whole batch at once (set it to 1)")
+        if self.global_batch % self.gradient_accumulation:
+            raise ValueError(f"global_batch {self.global_batch} must split into gradient_accumulation="
+                             f"{self.gradient_accumulation} equal micro-batches")
 
     @property
     def learning_rate(self) -> float:
@@ -112,7 +122,8 @@ class TrainConfig:
 
 _RANGES = (  # field, test, what the test asks for (the *_every intervals: 0 is never)
     *((name, lambda v: v >= 1, ">= 1") for name in (
-        "resolution", "global_batch", "steps", "steps_per_call", "keep_checkpoints", "val_batches", "sample_count",
+        "resolution", "global_batch", "steps", "steps_per_call", "gradient_accumulation", "keep_checkpoints",
+        "val_batches", "sample_count",
         "sample_steps", "r1_interval", "disc_filters", "disc_layers", "ddgi_mapping_channels",
         "ddgi_modulation_channels", "fsdp_min_size", "triplane_identities", "triplane_resolution")),
     *((name, lambda v: v >= 0, ">= 0") for name in (

@@ -36,40 +36,45 @@ def eps_loss(
     return jnp.mean((noise - eps) ** 2), x_noisy
 
 
-def drop_conditions(system: LatentDiffusionSystem, conditions: dict, rate: float, key: jax.Array) -> dict:
-    """Replace each example's condition by the modality's null condition with probability `rate`.
+def drop_conditions(system: LatentDiffusionSystem, conditions: dict, drops: dict[str, jax.Array]) -> dict:
+    """Replace each example's condition by its modality's null condition where `drops[name]` ([B] bool) is set.
 
     This is what makes classifier-free guidance possible for experts we train; the released
     experts were trained without it.
     """
-    if rate <= 0:
-        return conditions
-    dropped = {}
-    for key_m, (name, cond) in zip(jax.random.split(key, len(conditions)), conditions.items()):
+    dropped = dict(conditions)
+    for name, drop in drops.items():
+        cond = conditions[name]
         null = jnp.asarray(null_condition(system.cfg.modalities[name]), cond.dtype)
-        drop = jax.random.bernoulli(key_m, rate, (cond.shape[0],)).reshape((-1,) + (1,) * (cond.ndim - 1))
-        dropped[name] = jnp.where(drop, null, cond)
+        dropped[name] = jnp.where(drop.reshape((-1,) + (1,) * (cond.ndim - 1)), null, cond)
     return dropped
 
 
-def diffusion_loss(
-    system: LatentDiffusionSystem,
-    schedule: Schedule,
-    batch: dict[str, jax.Array],
-    key: jax.Array,
-    condition_dropout: float = 0.0,
-) -> jax.Array:
-    """The training loss of a pipeline batch {"image": [-1, 1] NHWC, and each modality's batch field}."""
+def loss_draws(system: LatentDiffusionSystem, schedule: Schedule, images: jax.Array, key: jax.Array,
+               condition_dropout: float = 0.0) -> dict:
+    """Every random draw of one step's loss, per example ([B, ...] leaves): the posterior sample's noise, t,
+    the forward process's noise and which conditions drop. Drawn for the whole batch at once, so that a batch
+    split into micro-batches (gradient accumulation) sees exactly the draws of the whole batch."""
     k_post, k_t, k_noise, k_drop = jax.random.split(key, 4)
-    images = batch["image"]
-    posterior_noise = normal(k_post, images.shape[:1] + latent_shape(system.cfg, *images.shape[1:3]),
-                                        images.dtype)
-    z0 = jax.lax.stop_gradient(system.autoencoder.encode_latent(images, posterior_noise))
+    latent = images.shape[:1] + latent_shape(system.cfg, *images.shape[1:3])
+    draws = {"posterior_noise": normal(k_post, latent, images.dtype),
+             "t": jax.random.randint(k_t, (images.shape[0],), 0, schedule.num_timesteps),
+             "noise": normal(k_noise, latent, images.dtype), "drops": {}}
+    if condition_dropout > 0:
+        names = list(system.cfg.modalities)
+        draws["drops"] = {name: jax.random.bernoulli(k, condition_dropout, (images.shape[0],))
+                          for name, k in zip(names, jax.random.split(k_drop, len(names)))}
+    return draws
+
+
+def diffusion_loss(system: LatentDiffusionSystem, schedule: Schedule, batch: dict[str, jax.Array],
+                   draws: dict) -> jax.Array:
+    """The training loss of a pipeline batch {"image": [-1, 1] NHWC, and each modality's batch field} with the
+    step's `loss_draws`."""
+    z0 = jax.lax.stop_gradient(system.autoencoder.encode_latent(batch["image"], draws["posterior_noise"]))
     conditions = {name: batch[condition_key(batch, m.kind)] for name, m in system.cfg.modalities.items()}
-    conditions = drop_conditions(system, conditions, condition_dropout, k_drop)
-    t = jax.random.randint(k_t, (images.shape[0],), 0, schedule.num_timesteps)
-    noise = normal(k_noise, z0.shape, z0.dtype)
-    return eps_loss(system, schedule, z0, encode_conditions(system, conditions), t, noise)[0]
+    conditions = drop_conditions(system, conditions, draws["drops"])
+    return eps_loss(system, schedule, z0, encode_conditions(system, conditions), draws["t"], draws["noise"])[0]
 
 
 def condition_key(batch: dict, kind: str) -> str:

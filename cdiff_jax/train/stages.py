@@ -45,7 +45,7 @@ from cdiff_jax.system import LatentDiffusionSystem, abstract_system, init_system
 from cdiff_jax.train import autoencoder_step, gan_step
 from cdiff_jax.train.config import FRESH_TOY_FACES, TOY_3D_WORLD, TrainConfig
 from cdiff_jax.train.ddgi_step import DDGI_STAGES, DDGIObjective, ddgi_images, ddgi_train_steps
-from cdiff_jax.train.objectives import BATCH_KEYS, diffusion_loss
+from cdiff_jax.train.objectives import BATCH_KEYS, diffusion_loss, loss_draws
 from cdiff_jax.train.step import StepSettings, init_train_state, train_steps, trainable_filter, trainable_prefixes
 from cdiff_jax.train.triplane_step import AutoDecoder, triplane_train_steps
 
@@ -140,7 +140,8 @@ def diffusion_stage(cfg: TrainConfig, mesh) -> Stage:
         )
     tx = adam(cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = replicate(make_schedule(nnx.merge(graphdef, params, frozen).cfg.schedule), mesh)
-    settings = StepSettings(condition_dropout=cfg.condition_dropout, ema_decay=cfg.ema_decay)
+    settings = StepSettings(condition_dropout=cfg.condition_dropout, ema_decay=cfg.ema_decay,
+                            accumulation=cfg.gradient_accumulation)
     state = init_train_state(params, tx, ema=cfg.ema_decay > 0)
     return Stage(
         state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
@@ -387,7 +388,8 @@ def validation_loss(cfg, evaluate, source, mesh) -> float:
 
 @jax.jit(static_argnames=("graphdef",))
 def _eval_loss(graphdef, params, frozen, batch, schedule, key):
-    return diffusion_loss(nnx.merge(graphdef, params, frozen), schedule, batch, key)
+    system = nnx.merge(graphdef, params, frozen)
+    return diffusion_loss(system, schedule, batch, loss_draws(system, schedule, batch["image"], key))
 
 
 @jax.jit(static_argnames=("graphdef", "perceptual_weight"))

@@ -18,7 +18,7 @@ from flax import nnx, struct
 from cdiff_jax.config import SystemConfig
 from cdiff_jax.diffusion.schedule import Schedule
 from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
-from cdiff_jax.train.objectives import diffusion_loss
+from cdiff_jax.train.objectives import diffusion_loss, loss_draws
 
 STAGES = ("collab", "expert", "autoencoder")
 
@@ -64,6 +64,7 @@ class StepSettings:
 
     condition_dropout: float = 0.0
     ema_decay: float = 0.0  # > 0: keep LDM's LitEma average of the trained parameters
+    accumulation: int = 1  # micro-batches per optimizer step (the batch is split; one gradient, as the whole's)
 
 
 @struct.dataclass
@@ -107,12 +108,27 @@ def train_steps(
 
 @jax.jit(static_argnames=("graphdef", "tx", "settings", "policy"), donate_argnames=("state",))
 def _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings, policy: LoopPolicy):
-    def loss_fn(params, batch, step_key):
-        system = nnx.merge(graphdef, params, frozen)
-        return diffusion_loss(system, schedule, batch, step_key, settings.condition_dropout)
+    def loss_fn(params, batch, draws):
+        return diffusion_loss(nnx.merge(graphdef, params, frozen), schedule, batch, draws)
+
+    def loss_and_grads(params, batch, step_key):
+        """The whole batch's mean loss and gradient; with accumulation, as the mean over equal micro-batches,
+        each seeing its slice of the whole batch's random draws."""
+        draws = loss_draws(nnx.merge(graphdef, params, frozen), schedule, batch["image"], step_key,
+                           settings.condition_dropout)
+        if settings.accumulation == 1:
+            return jax.value_and_grad(loss_fn)(params, batch, draws)
+        micro = jax.tree.map(lambda x: x.reshape(settings.accumulation, -1, *x.shape[1:]), (batch, draws))
+
+        def add(total, part):
+            return jax.tree.map(jnp.add, total, jax.value_and_grad(loss_fn)(params, *part)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        total, _ = jax.lax.scan(add, zeros, micro)
+        return jax.tree.map(lambda x: x / settings.accumulation, total)
 
     def one_step(state: TrainState, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, jax.random.fold_in(key, state.step))
+        loss, grads = loss_and_grads(state.params, batch, jax.random.fold_in(key, state.step))
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

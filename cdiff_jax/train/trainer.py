@@ -88,8 +88,10 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     when a SIGTERM/SIGINT stopped it after saving (143: preempted; rerun the same command to resume)."""
     workdir = check_workdir(workdir)
     lead = jax.process_index() == 0
-    if cfg.global_batch % jax.device_count():
-        raise ValueError(f"global_batch {cfg.global_batch} must be divisible by the {jax.device_count()} devices")
+    if cfg.global_batch % (jax.device_count() * cfg.gradient_accumulation):
+        raise ValueError(f"global_batch {cfg.global_batch} must be divisible by the {jax.device_count()} devices"
+                         + (f" times gradient_accumulation={cfg.gradient_accumulation}"
+                            if cfg.gradient_accumulation > 1 else ""))
     if cfg.stage not in ("gan", "triplane", *DDGI_STAGES) and cfg.val_every and cfg.test_size < jax.device_count():
         raise ValueError(f"test_size {cfg.test_size} is smaller than the {jax.device_count()} devices validation "
                          "shards over; build the dataset with a larger test split or set val_every=0")

@@ -96,6 +96,25 @@ def test_scan_of_k_steps_equals_k_calls(fixtures_root):
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(together.params)))
 
 
+def test_gradient_accumulation_is_the_whole_batch_s_step(fixtures_root):
+    """Two micro-batches of 2 take the step one batch of 4 takes: the same draws (condition dropout included),
+    the same loss and gradient up to float rounding; a different split of the randomness would fail this."""
+    system = reference_system(fixtures_root, "codiff")
+    graphdef, params, frozen = _split(system)
+    schedule, tx, key = make_schedule(system.cfg.schedule), optax.sgd(0.1), jax.random.key(3)
+    batches = _tiny_collab_batch(system, 1, 4, seed=1)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (train_steps donates its state)
+    results = {}
+    for accumulation in (1, 2):
+        settings = StepSettings(condition_dropout=0.5, accumulation=accumulation)
+        results[accumulation] = train_steps(graphdef, frozen, init_train_state(copy(params), tx), batches, schedule,
+                                            key, tx, settings)
+    (whole, whole_metrics), (split, split_metrics) = results[1], results[2]
+    np.testing.assert_allclose(split_metrics.loss, whole_metrics.loss, rtol=1e-5)
+    np.testing.assert_allclose(split_metrics.grad_norm, whole_metrics.grad_norm, rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), split.params, whole.params)
+
+
 def test_the_average_follows_ldm_lit_ema(fixtures_root):
     system = reference_system(fixtures_root, "codiff")
     graphdef, params, frozen = _split(system)
