@@ -60,6 +60,11 @@ def test_two_adamw_steps_match_reference(fixtures_root):
         params = new_params
 
 
+# One optimizer object for every test: it is a static argument of the compiled steps, so the tests that step
+# the same shapes reuse one program instead of tracing it again.
+SGD = optax.sgd(0.1)
+
+
 def _tiny_collab_batch(system, k, b, seed=0):
     rng = np.random.default_rng(seed)
     res = system.cfg.autoencoder.resolution
@@ -79,7 +84,7 @@ def test_scan_of_k_steps_equals_k_calls(fixtures_root):
     graphdef, params, frozen = _split(system)
     # Plain gradient steps: a call of one step and a call of three compile differently, so rounding differs
     # in the last bits, which Adam would blow up to ~lr where a gradient is exactly zero in theory.
-    schedule, tx, key = make_schedule(system.cfg.schedule), optax.sgd(0.1), jax.random.key(0)
+    schedule, tx, key = make_schedule(system.cfg.schedule), SGD, jax.random.key(0)
     batches = _tiny_collab_batch(system, 3, 2)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (train_steps donates its state)
     together, metrics = train_steps(graphdef, frozen, init_train_state(copy(params), tx), batches, schedule, key, tx)
@@ -101,7 +106,7 @@ def test_gradient_accumulation_is_the_whole_batch_s_step(fixtures_root):
     the same loss and gradient up to float rounding; a different split of the randomness would fail this."""
     system = reference_system(fixtures_root, "codiff")
     graphdef, params, frozen = _split(system)
-    schedule, tx, key = make_schedule(system.cfg.schedule), optax.sgd(0.1), jax.random.key(3)
+    schedule, tx, key = make_schedule(system.cfg.schedule), SGD, jax.random.key(3)
     batches = _tiny_collab_batch(system, 1, 4, seed=1)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (train_steps donates its state)
     results = {}
@@ -118,7 +123,7 @@ def test_gradient_accumulation_is_the_whole_batch_s_step(fixtures_root):
 def test_the_average_follows_ldm_lit_ema(fixtures_root):
     system = reference_system(fixtures_root, "codiff")
     graphdef, params, frozen = _split(system)
-    schedule, tx, key = make_schedule(system.cfg.schedule), optax.sgd(0.1), jax.random.key(0)
+    schedule, tx, key = make_schedule(system.cfg.schedule), SGD, jax.random.key(0)
     settings = StepSettings(ema_decay=0.5)
     batches = _tiny_collab_batch(system, 3, 2)
     state = init_train_state(jax.tree.map(jnp.copy, params), tx, ema=True)
@@ -149,7 +154,7 @@ def test_non_finite_loss_keeps_the_last_good_parameters(fixtures_root):
 def test_a_non_finite_step_stops_the_call_at_the_last_good_state(fixtures_root):
     system = reference_system(fixtures_root, "codiff")
     graphdef, params, frozen = _split(system)
-    schedule, tx, key = make_schedule(system.cfg.schedule), optax.sgd(0.1), jax.random.key(0)
+    schedule, tx, key = make_schedule(system.cfg.schedule), SGD, jax.random.key(0)
     batches = _tiny_collab_batch(system, 3, 2)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
     first, _ = train_steps(graphdef, frozen, init_train_state(copy(params), tx), jax.tree.map(lambda x: x[:1], batches),

@@ -8,6 +8,7 @@ import subprocess
 
 import jax
 import numpy as np
+import pytest
 from conftest import REPO
 from trainer_runs import run_train, train_cmd, trained_params
 
@@ -19,14 +20,26 @@ def _devices_env(count):
 FAST = ("val_every=0", "sample_every=0", "checkpoint_every=100")
 
 
-def test_eight_devices_train_like_one(data_dir, tmp_path):
-    run_train(tmp_path / "one", data_dir, *FAST, env=_devices_env(1))
+@pytest.fixture(scope="module")
+def one_device(data_dir, tmp_path_factory):
+    """One run on one device, the reference of both tests (the config has no learning-rate schedule, so its
+    first four steps are those of a four-step run)."""
+    workdir = tmp_path_factory.mktemp("devices") / "one"
+    run_train(workdir, data_dir, *FAST, env=_devices_env(1))
+    return workdir
+
+
+def metrics(workdir):
+    return [json.loads(line) for line in pathlib.Path(workdir / "train/metrics.jsonl").read_text().splitlines()]
+
+
+def test_eight_devices_train_like_one(data_dir, one_device, tmp_path):
     run_train(tmp_path / "eight", data_dir, *FAST, "fsdp_min_size=4096", env=_devices_env(8))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                 trained_params(tmp_path / "one"), trained_params(tmp_path / "eight"))
+                 trained_params(one_device), trained_params(tmp_path / "eight"))
 
 
-def test_two_processes_of_four_devices_train_like_one_process(data_dir, tmp_path):
+def test_two_processes_of_four_devices_train_like_one_process(data_dir, one_device, tmp_path):
     workdir = tmp_path / "multi"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,9 +53,9 @@ def test_two_processes_of_four_devices_train_like_one_process(data_dir, tmp_path
     ]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), "\n".join(o[-2000:] for o in outputs)
-    run_train(tmp_path / "single", data_dir, *FAST, "steps=4", env=_devices_env(8))
-    single = json.loads(pathlib.Path(tmp_path / "single/train/metrics.jsonl").read_text().splitlines()[-1])
-    multi = json.loads(pathlib.Path(workdir / "train/metrics.jsonl").read_text().splitlines()[-1])
-    assert multi["step"] == single["step"] == 4
-    np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-5)
-    np.testing.assert_allclose(multi["grad_norm"], single["grad_norm"], rtol=1e-4)
+    # Every step, not only the last, against the same steps of the one-process run.
+    multi, single = metrics(workdir), metrics(one_device)[:4]
+    assert [r["step"] for r in multi] == [r["step"] for r in single] == [1, 2, 3, 4]
+    for ours, theirs in zip(multi, single):
+        np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=1e-5)
+        np.testing.assert_allclose(ours["grad_norm"], theirs["grad_norm"], rtol=1e-4)
