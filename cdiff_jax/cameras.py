@@ -66,6 +66,11 @@ def check_angles(angles: Sequence[float], name: str) -> None:
                          "frontal view")
 
 
+def split_labels(cameras):
+    """Camera labels [V, 25] (numpy or jax) -> (cam2world [V, 4, 4], intrinsics [V, 3, 3])."""
+    return cameras[:, :16].reshape(-1, 4, 4), cameras[:, 16:].reshape(-1, 3, 3)
+
+
 def check_camera_labels(cameras) -> np.ndarray:
     """`cameras` as a float32 [N, 25] array, or a one-line ValueError saying what is wrong with them."""
     c = np.asarray(cameras, np.float64)

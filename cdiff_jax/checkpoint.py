@@ -7,6 +7,7 @@ or kill during a save never leaves a half-written checkpoint where a good one is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pathlib
 import re
@@ -213,11 +214,19 @@ def save_generator(directory: str | os.PathLike, generator: Generator | TriPlane
     return save_config_and_state(directory, generator.cfg.to_json(), nnx.state(generator), overwrite)
 
 
-def _load_network(directory, network, parse):
-    cfg = read_config(directory, parse)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: network(cfg, rngs=nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, read_params(directory, nnx.to_pure_dict(state)))
-    return nnx.merge(graphdef, state)
+@dataclasses.dataclass(frozen=True)
+class _GeneratorKind:
+    network: type
+    config: type
+    description: str  # what a directory of the other kind is told it holds
+    source: str  # what to convert
+
+
+_GENERATOR_KINDS = {
+    "StyleGAN2": _GeneratorKind(Generator, StyleGAN2Config, "a 2D StyleGAN2 generator", "a .pkl or .pt"),
+    "EG3D": _GeneratorKind(TriPlaneGenerator, EG3DConfig,
+                           "an EG3D generator: 3D-aware, 14 W+ rows; use the 3D commands", "an EG3D .pkl"),
+}
 
 
 def _generator_kind(directory: pathlib.Path) -> str | None:
@@ -230,31 +239,32 @@ def _generator_kind(directory: pathlib.Path) -> str | None:
     return "EG3D" if EG3D_MARKER in text else "StyleGAN2"
 
 
+def _load_generator_of_kind(directory, kind: str):
+    directory = pathlib.Path(directory).absolute()
+    found, wanted = _generator_kind(directory), _GENERATOR_KINDS[kind]
+    if found != kind:
+        holds = f" (it holds {_GENERATOR_KINDS[found].description})" if found else ""
+        article = "an" if kind[0] in "AEIOU" else "a"
+        raise NotACheckpointError(
+            f"{directory} is not {article} {kind} generator checkpoint{holds} (expected {CONFIG_FILE} of "
+            f"{article} {wanted.config.__name__} and {PARAMS_DIR}/); convert {wanted.source} with "
+            "`python -m cdiff_jax.convert SRC DST`")
+    cfg = read_config(directory, wanted.config.from_json)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: wanted.network(cfg, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, read_params(directory, nnx.to_pure_dict(state)))
+    return nnx.merge(graphdef, state)
+
+
 def load_generator(directory: str | os.PathLike) -> Generator:
     """Rebuild a StyleGAN2 `Generator` from a directory written by `save_generator`."""
-    directory = pathlib.Path(directory).absolute()
-    kind = _generator_kind(directory)
-    if kind != "StyleGAN2":
-        found = " (it holds an EG3D generator: 3D-aware, 14 W+ rows; use the 3D commands)" if kind else ""
-        raise NotACheckpointError(
-            f"{directory} is not a StyleGAN2 generator checkpoint{found} (expected {CONFIG_FILE} of a StyleGAN2Config "
-            f"and {PARAMS_DIR}/); convert a .pkl or .pt with `python -m cdiff_jax.convert SRC DST`")
-    return _load_network(directory, Generator, StyleGAN2Config.from_json)
+    return _load_generator_of_kind(directory, "StyleGAN2")
 
 
 def load_eg3d_generator(directory: str | os.PathLike) -> TriPlaneGenerator:
     """Rebuild an EG3D `TriPlaneGenerator` from a directory written by `save_generator`."""
-    directory = pathlib.Path(directory).absolute()
-    kind = _generator_kind(directory)
-    if kind != "EG3D":
-        found = " (it holds a 2D StyleGAN2 generator)" if kind else ""
-        raise NotACheckpointError(
-            f"{directory} is not an EG3D generator checkpoint{found} (expected {CONFIG_FILE} of an EG3DConfig and "
-            f"{PARAMS_DIR}/); convert an EG3D .pkl with `python -m cdiff_jax.convert SRC DST`")
-    return _load_network(directory, TriPlaneGenerator, EG3DConfig.from_json)
+    return _load_generator_of_kind(directory, "EG3D")
 
 
 def load_gan(directory: str | os.PathLike) -> Generator | TriPlaneGenerator:
     """A StyleGAN2 or EG3D generator checkpoint, whichever the directory holds (what DDGI drives)."""
-    directory = pathlib.Path(directory).absolute()
-    return load_eg3d_generator(directory) if _generator_kind(directory) == "EG3D" else load_generator(directory)
+    return _load_generator_of_kind(directory, _generator_kind(pathlib.Path(directory).absolute()) or "StyleGAN2")

@@ -18,7 +18,7 @@ import math
 import grain
 import numpy as np
 
-from cdiff_jax.cameras import orbit_cameras, rays
+from cdiff_jax.cameras import orbit_cameras, rays, split_labels
 from cdiff_jax.data import toy_faces
 
 RADIUS = 2.7
@@ -51,16 +51,10 @@ def cameras(yaws, pitches) -> np.ndarray:
 FRONTAL = cameras([0.0], [0.0])  # the camera whose image is the 2D toy face
 
 
-def _split(labels: np.ndarray):
-    return labels[:, :16].reshape(-1, 4, 4).astype(np.float64), labels[:, 16:].reshape(-1, 3, 3).astype(np.float64)
-
-
 def cast(camera_labels: np.ndarray, resolution: int, proxy: Proxy = PROXY) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """First hit points [V, R*R, 3], depths [V, R*R] and whether the hit is on the head, of the rays through
     each camera's pixel centres."""
-    cam2world, intrinsics = _split(camera_labels)
-    origins, directions = (np.asarray(a, np.float64) for a in rays(cam2world.astype(np.float32),
-                                                                   intrinsics.astype(np.float32), resolution))
+    origins, directions = (np.asarray(a, np.float64) for a in rays(*split_labels(camera_labels), resolution))
     centre, axes = np.asarray(proxy.head_centre), np.asarray(proxy.head_axes)
     o, d = (origins - centre) / axes, directions / axes  # the head as a unit sphere
     a, b, c = np.sum(d * d, -1), np.sum(o * d, -1), np.sum(o * o, -1) - 1
@@ -74,7 +68,7 @@ def cast(camera_labels: np.ndarray, resolution: int, proxy: Proxy = PROXY) -> tu
 
 def frontal_pixels(points: np.ndarray) -> np.ndarray:
     """Continuous (x, y) pixel coordinates [..., 2] of world points in the frontal camera's 64x64 image."""
-    cam2world, intrinsics = _split(FRONTAL)
+    cam2world, intrinsics = (a.astype(np.float64) for a in split_labels(FRONTAL))
     rotation, origin = cam2world[0, :3, :3], cam2world[0, :3, 3]
     q = (points - origin) @ rotation  # camera coordinates (OpenCV axes)
     k = intrinsics[0]

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cdiff_jax.cameras import CAMERA_NUMBERS, rays
+from cdiff_jax.cameras import CAMERA_NUMBERS, rays, split_labels
 from cdiff_jax.config import EG3DConfig
 from cdiff_jax.nn import volume_rendering as vr
 from cdiff_jax.nn.resize import resize
@@ -117,8 +117,7 @@ class TriPlaneGenerator(nnx.Module):
     def render(self, planes: jax.Array, cameras: jax.Array, resolution: int, draws: vr.RenderDraws) -> vr.Rendering:
         """Volume rendering of the tri-planes through the decoder, seen by cameras [B, 25]."""
         cfg = self.cfg
-        origins, directions = rays(cameras[:, :16].reshape(-1, 4, 4), cameras[:, 16:].reshape(-1, 3, 3),
-                                      resolution)
+        origins, directions = rays(*split_labels(cameras), resolution)
         return vr.render(lambda points: self.decoder(vr.sample_planes(planes, points, cfg.box_warp)), origins,
                          directions, draws, ray_start=cfg.ray_start, ray_end=cfg.ray_end,
                          disparity=cfg.disparity_space_sampling, white_back=cfg.white_back)

@@ -25,7 +25,7 @@ from cdiff_jax.ddgi.features import read_features
 from cdiff_jax.ddgi.gan import gan_images
 from cdiff_jax.modalities import kind_entry
 from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
-from cdiff_jax.train.step import StepMetrics, TrainState
+from cdiff_jax.train.step import StepMetrics, TrainState, apply_gradients
 
 DDGI_STAGES = {"ddgi_mapping": ("mapping",), "ddgi_modulation": ("modulation",)}
 
@@ -101,10 +101,7 @@ def _ddgi_train_steps(heads_graphdef, frozen_heads, state, batches, system_graph
 
     def one_step(state: TrainState, batch):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, jax.random.fold_in(key, state.step))
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
-        return new, (loss, grad_norm), (loss, grad_norm)
+        return apply_gradients(state, loss, grads, tx)
 
     state, (loss, grad_norm), applied = run_steps(one_step, state, batches, policy)
     return state, StepMetrics(loss=loss, grad_norm=grad_norm, finite=applied)

@@ -79,6 +79,16 @@ def init_train_state(params: nnx.State, tx: optax.GradientTransformation, ema: b
                       ema=jax.tree.map(jnp.copy, params) if ema else None)
 
 
+def apply_gradients(state: TrainState, loss: jax.Array, grads: nnx.State, tx: optax.GradientTransformation):
+    """One optimizer update of `state` by `grads`, for a step of `run_steps`: (the new state, the metrics
+    (loss, gradient norm), the values the non-finite guard watches (the same two))."""
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                     ema=state.ema)
+    return new, (loss, grad_norm), (loss, grad_norm)
+
+
 def ema_update(ema: nnx.State, params: nnx.State, decay: float, updates: jax.Array) -> nnx.State:
     """LDM's LitEma after its `updates`-th update: ema -= (1 - d) (ema - params) with
     d = min(decay, (1 + updates) / (10 + updates)), so early averages follow the parameters closely."""
@@ -129,15 +139,10 @@ def _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings, 
 
     def one_step(state: TrainState, batch):
         loss, grads = loss_and_grads(state.params, batch, jax.random.fold_in(key, state.step))
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        step = state.step + 1
-        ema = state.ema
-        if ema is not None:
-            ema = ema_update(ema, params, settings.ema_decay, step)
-        new_state = TrainState(step=step, params=params, opt_state=opt_state, ema=ema)
-        return new_state, (loss, grad_norm), (loss, grad_norm)
+        new, metrics, watched = apply_gradients(state, loss, grads, tx)
+        if new.ema is not None:
+            new = new.replace(ema=ema_update(new.ema, new.params, settings.ema_decay, new.step))
+        return new, metrics, watched
 
     state, (loss, grad_norm), applied = run_steps(one_step, state, batches, policy)
     return state, StepMetrics(loss=loss, grad_norm=grad_norm, finite=applied)

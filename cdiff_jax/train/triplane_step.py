@@ -19,7 +19,7 @@ from cdiff_jax.config import EG3DConfig
 from cdiff_jax.nn.eg3d import TriPlaneGenerator, draw_uniforms
 from cdiff_jax.noise import normal
 from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
-from cdiff_jax.train.step import StepMetrics, TrainState
+from cdiff_jax.train.step import StepMetrics, TrainState, apply_gradients
 
 
 class AutoDecoder(nnx.Module):
@@ -60,10 +60,7 @@ def _triplane_train_steps(graphdef, buffers, state, batches, key, tx, policy: Lo
     def one_step(state: TrainState, batch):
         loss, grads = jax.value_and_grad(lambda p: triplane_loss(nnx.merge(graphdef, p, buffers), batch,
                                                                  jax.random.fold_in(key, state.step)))(state.params)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
-        return new, (loss, grad_norm), (loss, grad_norm)
+        return apply_gradients(state, loss, grads, tx)
 
     state, (loss, grad_norm), applied = run_steps(one_step, state, batches, policy)
     return state, StepMetrics(loss=loss, grad_norm=grad_norm, finite=applied)

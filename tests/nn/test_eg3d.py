@@ -1,4 +1,4 @@
-"""EG3D tri-plane generator parity with the official code (`../shared/fixtures/eg3d`).
+"""EG3D tri-plane generator parity with the official code (the `eg3d/` folder of the reference fixtures).
 
 Sizes, cases and the stored plane slices come from the fixture's config.json and io.npz; the
 generator is converted from the fixture's network pickle once per module. The renderer's random
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cdiff_jax.cameras import rays
+from cdiff_jax.cameras import rays, split_labels
 from cdiff_jax.convert.eg3d import load_eg3d_pickle
 from cdiff_jax.nn import eg3d
 from cdiff_jax.nn import volume_rendering as vr
@@ -136,8 +136,7 @@ def test_backbone_blocks(ref):
 
 def test_rays(ref):
     c = ref.io["c_cam"]
-    origins, directions = rays(jnp.asarray(c[:, :16].reshape(-1, 4, 4)), jnp.asarray(c[:, 16:].reshape(-1, 3, 3)),
-                                  ref.generator.cfg.neural_rendering_resolution)
+    origins, directions = rays(*split_labels(jnp.asarray(c)), ref.generator.cfg.neural_rendering_resolution)
     assert_close_rel(origins, ref.io["rays.origins"], name="origins")
     assert_close_rel(directions, ref.io["rays.directions"], name="directions")
 

@@ -5,16 +5,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdiff_jax.cameras import orbit_cameras, rays
+from cdiff_jax.cameras import orbit_cameras, rays, split_labels
 from cdiff_jax.nn import volume_rendering as vr
 
 FOV = 18.837
 RESOLUTION = 24
 
 
-def cameras(yaws, pitches, radius=2.7):
-    c = orbit_cameras(yaws, pitches, radius=radius, pivot=(0, 0, 0), fov_degrees=FOV)
-    return jnp.asarray(c[:, :16].reshape(-1, 4, 4)), jnp.asarray(c[:, 16:].reshape(-1, 3, 3))
+def cameras(yaws, pitches):
+    """(cam2world, intrinsics) of cameras on EG3D's orbit around the origin."""
+    return split_labels(jnp.asarray(orbit_cameras(yaws, pitches, radius=2.7, pivot=(0, 0, 0), fov_degrees=FOV)))
 
 
 def sphere_field(radius):
