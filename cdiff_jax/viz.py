@@ -38,8 +38,10 @@ def overlay(images: np.ndarray, labels: np.ndarray, alpha: float = 0.3) -> np.nd
     return ((1 - alpha) * images + alpha * colours[None]).round().astype(np.uint8)
 
 
-def grid(images: np.ndarray, cols: int | None = None, col_labels: list[str] | None = None, pad: int = 2) -> np.ndarray:
-    """uint8 [N, H, W, 3] (or [rows, cols, H, W, 3]) -> one uint8 picture, with optional column labels."""
+def grid(images: np.ndarray, cols: int | None = None, col_labels: list[str] | None = None, pad: int = 2,
+         row_labels: list[str] | None = None) -> np.ndarray:
+    """uint8 [N, H, W, 3] (or [rows, cols, H, W, 3]) -> one uint8 picture, with optional column labels above
+    and row labels to the left."""
     images = np.asarray(images)
     if images.ndim == 5:
         rows, cols = images.shape[:2]
@@ -49,16 +51,19 @@ def grid(images: np.ndarray, cols: int | None = None, col_labels: list[str] | No
         rows = -(-len(images) // cols)
     h, w = images.shape[1:3]
     top = 14 if col_labels else 0
-    canvas = np.full((top + rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = max(round(measure.textlength(label)) for label in row_labels) + pad if row_labels else 0
+    canvas = np.full((top + rows * (h + pad) + pad, left + cols * (w + pad) + pad, 3), 255, np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
-        y, x = top + pad + r * (h + pad), pad + c * (w + pad)
+        y, x = top + pad + r * (h + pad), left + pad + c * (w + pad)
         canvas[y : y + h, x : x + w] = image
     picture = Image.fromarray(canvas)
-    if col_labels:
-        draw = ImageDraw.Draw(picture)
-        for c, label in enumerate(col_labels[:cols]):
-            draw.text((pad + c * (w + pad), 1), label, fill=(0, 0, 0))
+    draw = ImageDraw.Draw(picture)
+    for c, label in enumerate((col_labels or [])[:cols]):
+        draw.text((left + pad + c * (w + pad), 1), label, fill=(0, 0, 0))
+    for r, label in enumerate((row_labels or [])[:rows]):
+        draw.text((pad, top + pad + r * (h + pad) + h // 2 - 5), label, fill=(0, 0, 0))
     return np.asarray(picture)
 
 

@@ -28,6 +28,7 @@ EVALUATIONS = {
     "weighting": ("cdiff_jax.evaluation.weighting:main", "which influence maps the training loss rewards"),
     "toy-edit": ("cdiff_jax.evaluation.toy_edit:main", "editing judged against the toy world's exact targets"),
     "ddgi": ("cdiff_jax.evaluation.ddgi_toy:main", "DDGI's GAN images against the diffusion samples, judged"),
+    "ddgi3d": ("cdiff_jax.evaluation.ddgi_toy_3d:main", "DDGI-3D's views against the toy 3D world, judged"),
     "judges": ("cdiff_jax.evaluation.judges:main", "train the face parser and attribute classifier (the judges)"),
     "paper": ("cdiff_jax.evaluation.paper:main", "the papers' table on real faces: FID, CLIP score, masks, ..."),
     "fid": ("cdiff_jax.evaluation.fid:main", "FID between two image folders or statistics files, as pytorch-fid"),

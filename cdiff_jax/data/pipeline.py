@@ -2,8 +2,9 @@
 
 The order of records is defined for the global batch (``GlobalBatchSampler``), so a run on one
 process and on many sees the same global batches. Everything is a pure function of (seed, step),
-so the iterator state is just a position: store it beside a checkpoint and a resumed run sees
-exactly the batches it would have seen.
+the random training crops (``ZoomCrop``) included: each record's draws come from a generator seeded
+by (seed, its global position). So the iterator state is just a position: store it beside a
+checkpoint and a resumed run sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import grain
 import numpy as np
 from absl import flags
+from PIL import Image
 
 from cdiff_jax.modalities import KINDS
 
@@ -37,13 +39,51 @@ class ToModelInputs(grain.transforms.Map):
         return inputs
 
 
+class ZoomCrop(grain.transforms.RandomMap):
+    """The official training jitter (DalleTransformerPreprocessor, phase "train") on images of the training size R.
+
+    The official code shrinks a larger image to a side in [R, 9/8 R] and crops R x R from it; the prepared
+    dataset holds images of size R, so the same windows come from an enlargement here: the image is
+    enlarged (PIL bicubic) to a side t drawn uniformly from the whole pixels in [R, round(zoom * R)], and
+    the window's offsets are drawn from 0 .. t - R - 1 on each axis (albumentations 0.4.3's RandomCrop
+    never reaches the last one). ``mask`` and ``scribble`` get the same window, by nearest neighbour at
+    their own grids, and the caption stays. The official code leaves its precomputed 32x32 mask whole;
+    cropped alike, a condition keeps describing its pixels.
+    """
+
+    def __init__(self, zoom: float):
+        self.zoom = zoom
+
+    def random_map(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        image = np.asarray(example["image"])
+        size = image.shape[0]
+        zoomed = int(rng.integers(size, round(self.zoom * size) + 1))
+        top, left = (int(rng.integers(0, max(zoomed - size, 1))) for _ in range(2))
+        image = np.asarray(Image.fromarray(image).resize((zoomed, zoomed), Image.Resampling.BICUBIC))
+        cropped = {**example, "image": image[top:top + size, left:left + size]}
+        for name in ("mask", "scribble"):
+            if name in example:
+                grid = np.asarray(example[name])
+                rows, cols = (_window_cells(len(grid), size, zoomed, offset) for offset in (top, left))
+                cropped[name] = grid[np.ix_(rows, cols)]
+        return cropped
+
+
+def _window_cells(cells: int, size: int, zoomed: int, offset: int) -> np.ndarray:
+    """For each of ``cells`` cells across the window [offset, offset + size) of a side-``zoomed`` enlargement,
+    the cell of the whole frame's ``cells`` grid holding its centre (integer arithmetic, so exact)."""
+    return (2 * cells * offset + (2 * np.arange(cells) + 1) * size) // (2 * zoomed)
+
+
 class GlobalBatchSampler:
     """Record order defined for the global batch, whatever the number of processes.
 
     Step s of every run uses global positions [s*G, (s+1)*G) of a per-epoch permutation of the
     records (seeded, epochs drop the remainder); process p reads positions p*L .. (p+1)*L - 1 of
     that step with L = G / process_count. So the concatenated local batches equal the batch a
-    single process would read, and each process decodes only its own examples.
+    single process would read, and each process decodes only its own examples. Each record carries a
+    generator seeded by (seed, global position) for the random transforms, so their draws do not depend
+    on the process count either, and a record's draws differ from epoch to epoch.
     """
 
     def __init__(self, num_records: int, global_batch: int, seed: int, shuffle: bool = True,
@@ -75,7 +115,8 @@ class GlobalBatchSampler:
         position = step * self.global_batch + self.process_index * self.local_batch + offset
         epoch, within = divmod(position, self.per_epoch)
         record = int(self._order(epoch)[within]) if self.shuffle else within  # no arange over an endless source
-        return grain.RecordMetadata(index=index, record_key=record)
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(position,)))  # apart from _order's
+        return grain.RecordMetadata(index=index, record_key=record, rng=rng)
 
 
 def make_loader(
@@ -91,10 +132,12 @@ def make_loader(
     worker_buffer_size: int = 1,
     read_options: grain.ReadOptions | None = None,
     inputs: grain.transforms.Map | None = None,
+    crop_zoom: float | None = None,
 ) -> grain.DataLoader:
     """A grain ``DataLoader`` yielding this process's part of each global batch of model inputs.
 
-    ``inputs`` turns a record into model inputs (default `ToModelInputs`).
+    ``inputs`` turns a record into model inputs (default `ToModelInputs`); ``crop_zoom`` first
+    applies `ZoomCrop` with that zoom to every record.
     ``process_index``/``process_count`` default to this JAX process among all of them; with one
     process the batches are whole global batches. ``num_epochs=None`` repeats forever.
     Iterators support ``get_state()`` / ``set_state()``.
@@ -115,7 +158,8 @@ def make_loader(
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
-        operations=[inputs or ToModelInputs(), grain.transforms.Batch(sampler.local_batch, drop_remainder=True)],
+        operations=[*([ZoomCrop(crop_zoom)] if crop_zoom else []), inputs or ToModelInputs(),
+                    grain.transforms.Batch(sampler.local_batch, drop_remainder=True)],
         worker_count=worker_count,
         worker_buffer_size=worker_buffer_size,
         shard_options=grain.sharding.NoSharding(),

@@ -27,15 +27,20 @@ def frontal_cameras(cfg: EG3DConfig, batch: int) -> np.ndarray:
     return np.repeat(camera, batch, axis=0)
 
 
-def gan_images(generator, ws: jax.Array, key: jax.Array | None, cameras: jax.Array | None = None) -> jax.Array:
-    """Images [B, R, R, 3] of W+ codes ws [B, num_ws, w_dim]; `key` and `cameras` [B, 25] for EG3D only."""
+def gan_images(generator, ws: jax.Array, key: jax.Array | None, cameras: jax.Array | None = None,
+               resolution: int | None = None) -> jax.Array:
+    """Images [B, R, R, 3] of W+ codes ws [B, num_ws, w_dim]; `key`, `cameras` [B, 25] and the neural rendering
+    `resolution` (default the generator's; fewer rays where a cheaper rendering will do) for EG3D only."""
     batch = ws.shape[0]
     noises = (generator.backbone if is_3d(generator) else generator).synthesis.noises(batch, "const", None, None)
     if not is_3d(generator):
+        if resolution is not None:
+            raise ValueError("gan_images: a StyleGAN2 generator has no neural rendering resolution")
         return generator.synthesis(ws, noises)
     if key is None:
         raise ValueError("gan_images: EG3D's renderer draws its samples along each ray from a PRNG key; pass one")
     cfg = generator.cfg
+    resolution = resolution or cfg.neural_rendering_resolution
     cameras = jnp.asarray(frontal_cameras(cfg, batch)) if cameras is None else cameras
-    draws = draw_uniforms(key, cfg, batch, cfg.neural_rendering_resolution)
-    return generator.views(ws, cameras, draws, noises).image
+    draws = draw_uniforms(key, cfg, batch, resolution)
+    return generator.views(ws, cameras, draws, noises, resolution).image

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 import time
@@ -38,11 +37,12 @@ from cdiff_jax import viz
 from cdiff_jax.checkpoint import NotACheckpointError, load_generator, load_system
 from cdiff_jax.data.masks import colorize
 from cdiff_jax.ddgi.features import read_features
+from cdiff_jax.ddgi.gan import gan_images
 from cdiff_jax.ddgi.heads import load_heads
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation import miniature as M
 from cdiff_jax.evaluation.frechet import gaussian_statistics
-from cdiff_jax.evaluation.paper import write_text
+from cdiff_jax.evaluation.paper import write_results
 from cdiff_jax.evaluation.ssim import ssim
 from cdiff_jax.optimization import loop_policy, run_steps
 from cdiff_jax.progress import bar, configure_logging, log
@@ -82,14 +82,31 @@ def sample_trajectories(system, examples: list[dict], *, steps: int, batch: int,
     return Trajectories(np.concatenate(images), np.concatenate(x_t), timesteps, seconds / len(examples))
 
 
+@jax.jit(static_argnames=("system_graphdef", "heads_graphdef", "experts"))
+def _codes(system_graphdef, system_state, heads_graphdef, heads_state, w_avg, x_t, t, conditions, experts):
+    features = read_features(nnx.merge(system_graphdef, system_state), x_t, jnp.full((x_t.shape[0],), t), conditions,
+                             experts)
+    return nnx.merge(heads_graphdef, heads_state)(features.middle, features.decoder, features.attention,
+                                                  features.content, w_avg).w
+
+
 @jax.jit(static_argnames=("system_graphdef", "heads_graphdef", "gan_graphdef", "experts"))
 def _render(system_graphdef, system_state, heads_graphdef, heads_state, gan_graphdef, gan_state, x_t, t,
             conditions, experts):
-    system, generator = nnx.merge(system_graphdef, system_state), nnx.merge(gan_graphdef, gan_state)
-    features = read_features(system, x_t, jnp.full((x_t.shape[0],), t), conditions, experts)
-    codes = nnx.merge(heads_graphdef, heads_state)(features.middle, features.decoder, features.attention,
-                                                   features.content, generator.mapping.w_avg[...])
-    return generator.synthesis(codes.w, generator.synthesis.noises(x_t.shape[0], "const", None, None))
+    generator = nnx.merge(gan_graphdef, gan_state)
+    ws = _codes(system_graphdef, system_state, heads_graphdef, heads_state, generator.mapping.w_avg[...], x_t, t,
+                conditions, experts)
+    return generator.synthesis(ws, generator.synthesis.noises(x_t.shape[0], "const", None, None))
+
+
+def _readings(system, heads, examples: list[dict], trajectories: Trajectories, at_step: int, batch: int):
+    """Per batch of examples, what the heads read: x_t at sampler step `at_step` (1-based), its timestep and the
+    conditions of the heads' experts."""
+    t = trajectories.timesteps[at_step - 1]
+    for start in range(0, len(examples), batch):
+        chunk = examples[start:start + batch]
+        yield (trajectories.x_t[start:start + len(chunk), at_step - 1], t,
+               M.example_conditions(system.cfg, heads.cfg.experts, chunk))
 
 
 def render(system, heads, generator, examples: list[dict], trajectories: Trajectories, at_step: int,
@@ -97,14 +114,10 @@ def render(system, heads, generator, examples: list[dict], trajectories: Traject
     """DDGI's uint8 images of the examples read at sampler step `at_step` (1-based), and the seconds per
     image of the heads and G (compilation excluded)."""
     parts = (*nnx.split(system), *nnx.split(heads), *nnx.split(generator))
-    experts = heads.cfg.experts
-    t = trajectories.timesteps[at_step - 1]
     out, seconds = [], 0.0
-    for start in range(0, len(examples), batch):
-        chunk = examples[start:start + batch]
-        args = (*parts, trajectories.x_t[start:start + len(chunk), at_step - 1], t,
-                M.example_conditions(system.cfg, experts, chunk), experts)
-        if start == 0:
+    for args in _readings(system, heads, examples, trajectories, at_step, batch):
+        args = (*parts, *args, heads.cfg.experts)
+        if not out:
             jax.block_until_ready(_render(*args))
         began = time.perf_counter()
         images = jax.block_until_ready(_render(*args))
@@ -113,43 +126,66 @@ def render(system, heads, generator, examples: list[dict], trajectories: Traject
     return np.concatenate(out), seconds / len(examples)
 
 
+def codes(system, heads, w_avg, examples: list[dict], trajectories: Trajectories, at_step: int,
+          batch: int) -> np.ndarray:
+    """DDGI's W+ codes [N, num_ws, w_dim] of the examples read at sampler step `at_step` (1-based), for a
+    generator whose w_avg is `w_avg` (EG3D's views are rendered from them)."""
+    parts = (*nnx.split(system), *nnx.split(heads), w_avg)
+    return np.concatenate([np.asarray(_codes(*parts, *args, heads.cfg.experts))
+                           for args in _readings(system, heads, examples, trajectories, at_step, batch)])
+
+
+def _area_average(images: jax.Array, size: int) -> jax.Array:
+    """[B, R, R, C] -> [B, size, size, C], each pixel the mean of its R/size x R/size block."""
+    batch, resolution, _, channels = images.shape
+    f = resolution // size
+    return images.reshape(batch, size, f, size, f, channels).mean(axis=(2, 4))
+
+
+@jax.jit(static_argnames=("gan_graphdef", "ae_graphdef", "tx", "policy", "resolution"))
+def _invert_steps(gan_graphdef, gan_state, ae_graphdef, ae_state, ws, opt_state, target, key, tx, policy,
+                  resolution):
+    """One call's Adam steps of the inversion, and G's images of the codes after them. EG3D draws step n's
+    uniforms from fold_in(key, n) and renders at `resolution`, the targets area-averaged to its images' size."""
+    generator, autoencoder = nnx.merge(gan_graphdef, gan_state), nnx.merge(ae_graphdef, ae_state)
+
+    def loss_fn(w, k):
+        image = gan_images(generator, w, k, resolution=resolution)
+        goal = target if image.shape == target.shape else _area_average(target, image.shape[1])
+        return jnp.mean(jnp.square(image - goal)) + PERCEPTUAL_WEIGHT * perceptual_distance(autoencoder, image, goal)
+
+    def step(carry, n):
+        w, opt = carry
+        loss, grad = jax.value_and_grad(loss_fn)(w, None if key is None else jax.random.fold_in(key, n))
+        updates, opt = tx.update(grad, opt, w)
+        return (optax.apply_updates(w, updates), opt), loss, (loss, grad)
+
+    (ws, opt_state), _, _ = run_steps(step, (ws, opt_state), jnp.arange(policy.edit_steps_per_call), policy)
+    return ws, opt_state, gan_images(generator, ws, key, resolution=resolution)
+
+
 def invert(generator, autoencoder, targets: np.ndarray, *, steps: int, learning_rate: float = 0.05,
-           batch: int = 50) -> tuple[np.ndarray, float]:
-    """uint8 G(w) of W+ codes optimised (Adam, from w_avg) against each uint8 target, and seconds per image."""
+           batch: int = 50, key: jax.Array | None = None,
+           resolution: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """W+ codes optimised (Adam, from w_avg) against each uint8 target, uint8 G(w) of them, and seconds per
+    image. EG3D renders at its frontal camera and neural `resolution` (default its own; a lower one is a
+    cheaper inversion), its renderer's uniforms drawn afresh at every step from `key`."""
     policy = loop_policy()
     tx = optax.adam(learning_rate)
-    gan_graphdef, gan_state = nnx.split(generator)
-    ae_graphdef, ae_state = nnx.split(autoencoder)
-    per_call = policy.edit_steps_per_call
-
-    @jax.jit
-    def optimise(ws, opt_state, target):
-        gen, ae = nnx.merge(gan_graphdef, gan_state), nnx.merge(ae_graphdef, ae_state)
-        noises = gen.synthesis.noises(target.shape[0], "const", None, None)
-
-        def loss_fn(w):
-            image = gen.synthesis(w, noises)
-            return jnp.mean(jnp.square(image - target)) + PERCEPTUAL_WEIGHT * perceptual_distance(ae, image, target)
-
-        def step(carry, _):
-            w, opt = carry
-            loss, grad = jax.value_and_grad(loss_fn)(w)
-            updates, opt = tx.update(grad, opt, w)
-            return (optax.apply_updates(w, updates), opt), loss, (loss, grad)
-
-        (ws, opt_state), _, _ = run_steps(step, (ws, opt_state), jnp.arange(per_call), policy)
-        return ws, opt_state, gen.synthesis(ws, noises)
-
+    parts = (*nnx.split(generator), *nnx.split(autoencoder))
     cfg = generator.cfg
-    out, began = [], time.perf_counter()
+    found, out, began = [], [], time.perf_counter()
     for start in bar(range(0, len(targets), batch), "inverting", unit="batch"):
         target = J.from_uint8(targets[start:start + batch])
         ws = jnp.broadcast_to(generator.mapping.w_avg[...], (target.shape[0], cfg.num_ws, cfg.w_dim))
-        opt_state = tx.init(ws)
-        for _ in range(-(-steps // per_call)):
-            ws, opt_state, images = optimise(ws, opt_state, target)
+        # committed to the device, as the steps' outputs are: an uncommitted start compiles the steps twice
+        ws, opt_state = jax.device_put((ws, tx.init(ws)), jax.devices()[0])
+        for call in range(-(-steps // policy.edit_steps_per_call)):
+            call_key = None if key is None else jax.random.fold_in(key, call)
+            ws, opt_state, images = _invert_steps(*parts, ws, opt_state, target, call_key, tx, policy, resolution)
+        found.append(np.asarray(ws))
         out.append(viz.to_uint8(np.asarray(images)))
-    return np.concatenate(out), (time.perf_counter() - began) / len(targets)
+    return np.concatenate(found), np.concatenate(out), (time.perf_counter() - began) / len(targets)
 
 
 def fidelity(images: np.ndarray, real: np.ndarray) -> dict:
@@ -172,7 +208,7 @@ def run(gan_dir, mapping_heads_dir, heads_dir, *, checkpoint=DEMO_CHECKPOINT, ju
     real_stats = gaussian_statistics(np.asarray(J.features(judges, J.from_uint8(real))))
     images, seconds = {"real images": real}, {"real images": None}
     log.info("W+ inversion of the real faces (%d steps)", inversion_steps)
-    images["GAN W+ inversion (ceiling)"], seconds["GAN W+ inversion (ceiling)"] = invert(
+    _, images["GAN W+ inversion (ceiling)"], seconds["GAN W+ inversion (ceiling)"] = invert(
         generator, system.autoencoder, real, steps=inversion_steps, batch=batch)
     trajectories = sample_trajectories(system, examples, steps=steps, batch=batch, seed=seed)
     images["diffusion I^d_0"] = trajectories.diffusion_images
@@ -248,14 +284,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, NotACheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("checkpoint", "gan", "mapping_heads", "heads", "ungated_heads",
                                               "judges", "count", "steps", "inversion_steps", "seed")}
-    viz.save_png(out / "grid.png", picture(M.held_out_examples(min(8, args.count)), images))
-    write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
-    write_text(out / "results.md", table(results) + "\n")
-    print(table(results))
+    write_results(pathlib.Path(args.out), settings, results, table(results),
+                  picture(M.held_out_examples(min(8, args.count)), images))
     return 0
 
 

@@ -297,6 +297,16 @@ def write_text(path: pathlib.Path, text: str) -> None:
     tmp.replace(path)
 
 
+def write_results(out: pathlib.Path, settings: dict, results: dict, markdown: str, grid: np.ndarray) -> None:
+    """A toy evaluation's outputs in `out`: grid.png, results.json (settings and results) and results.md (the
+    table, also printed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    viz.save_png(out / "grid.png", grid)
+    write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
+    write_text(out / "results.md", markdown + "\n")
+    print(markdown)
+
+
 def run(protocol: Protocol, networks: MetricNetworks, out: pathlib.Path, fid_reference=None,
         ddgi: DDGIParts | None = None) -> dict:
     """Sample what is missing, score every method, write the tables; returns the results."""

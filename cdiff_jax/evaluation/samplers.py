@@ -15,20 +15,18 @@ writes `results.json`, `results.md` (the table) and `grid.png` (mask | real | ea
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
 
 import numpy as np
 
-from cdiff_jax import viz
 from cdiff_jax.checkpoint import NotACheckpointError, load_system
 from cdiff_jax.diffusion.solvers import SOLVERS
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation import miniature as M
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
-from cdiff_jax.evaluation.paper import write_text
+from cdiff_jax.evaluation.paper import write_results
 from cdiff_jax.progress import bar, configure_logging, log
 from cdiff_jax.requests import DEMO_CHECKPOINT
 
@@ -135,14 +133,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, NotACheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     shown = M.held_out_examples(min(8, args.count))
-    viz.save_png(out / "grid.png", M.picture(shown, {name: im[: len(shown)] for name, im in images.items()}))
     settings = {k: getattr(args, k) for k in ("checkpoint", "judges", "count", "batch", "seed")}
-    write_text(out / "results.json", json.dumps({"settings": settings, "results": results}, indent=1))
-    write_text(out / "results.md", table(results) + "\n")
-    print(table(results))
+    write_results(pathlib.Path(args.out), settings, results, table(results),
+                  M.picture(shown, {name: im[: len(shown)] for name, im in images.items()}))
     return 0
 
 

@@ -15,6 +15,7 @@ from flax import nnx
 from cdiff_jax.config import AutoencoderConfig
 from cdiff_jax.nn.kernels import KernelForms, attention, kernel_forms
 from cdiff_jax.nn.layers import conv, group_norm
+from cdiff_jax.nn.remat import checkpointed
 from cdiff_jax.nn.unet import Upsample
 
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -68,12 +69,14 @@ class VaeLevel(nnx.Module):
         self.block = nnx.List(blocks)
         self.attn = nnx.List(attn)
         self.resample = resample
+        self.remat = "none"  # activation checkpointing of each block (cdiff_jax.nn.remat)
 
     def blocks(self, x: jax.Array) -> jax.Array:
+        res, attend = checkpointed(VaeResBlock.__call__, self.remat), checkpointed(VaeAttention.__call__, self.remat)
         for i, block in enumerate(self.block):
-            x = block(x)
+            x = res(block, x)
             if self.attn:
-                x = self.attn[i](x)
+                x = attend(self.attn[i], x)
         return x
 
 
@@ -82,9 +85,11 @@ class VaeMiddle(nnx.Module):
         self.block_1 = VaeResBlock(ch, ch, forms=forms, rngs=rngs)
         self.attn_1 = VaeAttention(ch, forms=forms, rngs=rngs)
         self.block_2 = VaeResBlock(ch, ch, forms=forms, rngs=rngs)
+        self.remat = "none"  # as VaeLevel's
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.block_2(self.attn_1(self.block_1(x)))
+        res = checkpointed(VaeResBlock.__call__, self.remat)
+        return res(self.block_2, checkpointed(VaeAttention.__call__, self.remat)(self.attn_1, res(self.block_1, x)))
 
 
 class Encoder(nnx.Module):

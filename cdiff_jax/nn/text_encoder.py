@@ -14,6 +14,7 @@ from flax import nnx
 from cdiff_jax.config import TextEncoderConfig
 from cdiff_jax.nn.kernels import KernelForms, kernel_forms
 from cdiff_jax.nn.layers import layer_norm, linear
+from cdiff_jax.nn.remat import checkpointed
 from cdiff_jax.nn.unet import Attention
 
 
@@ -40,10 +41,11 @@ class EncoderLayer(nnx.Module):
 
 
 class TextEncoder(nnx.Module):
-    """Token ids [B, max_len] -> context [B, max_len, width]; `forms` as for the UNet."""
+    """Token ids [B, max_len] -> context [B, max_len, width]; `forms` and `remat` (per layer) as for the UNet."""
 
     def __init__(self, cfg: TextEncoderConfig, *, rngs: nnx.Rngs, forms: KernelForms | None = None):
         self.cfg = cfg
+        self.remat = "none"
         forms = forms or kernel_forms()
         self.token_emb = nnx.Embed(cfg.vocab_size, cfg.width, rngs=rngs)
         self.pos_emb = nnx.Embed(cfg.max_len, cfg.width, rngs=rngs)
@@ -56,8 +58,9 @@ class TextEncoder(nnx.Module):
     def forward_with_intermediates(self, ids: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         x = self.token_emb(ids) + self.pos_emb(jnp.arange(ids.shape[1]))[None]
         inter = {"token_plus_pos_emb": x}
+        run = checkpointed(EncoderLayer.__call__, self.remat)
         for i, layer in enumerate(self.layers):
-            after_attn, x = layer(x)
+            after_attn, x = run(layer, x)
             inter[f"layer{2 * i:02d}_attn_residual_out"] = after_attn
             inter[f"layer{2 * i + 1:02d}_ff_residual_out"] = x
         inter["pre_final_norm"] = x

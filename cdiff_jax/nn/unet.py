@@ -24,6 +24,7 @@ from cdiff_jax.config import UNetConfig
 from cdiff_jax.nn.freeu import FreeU, apply_freeu
 from cdiff_jax.nn.kernels import KernelForms, attention, attention_probabilities, kernel_forms, upsample_conv3x3
 from cdiff_jax.nn.layers import conv, group_norm, layer_norm, linear
+from cdiff_jax.nn.remat import checkpointed
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -197,11 +198,13 @@ class UNetBlock(nnx.Module):
 class UNet(nnx.Module):
     """eps (or influence logits) = UNet(x_t NHWC, integer t [B], context [B, tokens, ctx]).
 
-    `forms` (default: `kernel_forms()`, by backend) says how its kernels are computed.
+    `forms` (default: `kernel_forms()`, by backend) says how its kernels are computed; `remat` names the
+    activation checkpointing of each block (`cdiff_jax.nn.remat`).
     """
 
     def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs, forms: KernelForms | None = None):
         self.cfg = cfg
+        self.remat = "none"
         forms = forms or kernel_forms()
         mc = cfg.model_channels
         emb_dim = 4 * mc
@@ -299,18 +302,22 @@ class UNet(nnx.Module):
         h = self.conv_in(x)
         skips = [h]
         inter["input_block_00"] = h
+        untapped = checkpointed(lambda block, h, emb, context: block.forward(h, emb, context, False), self.remat)
+        tapping = checkpointed(lambda block, h, emb, context: block.forward(h, emb, context, True), self.remat)
+        res = checkpointed(ResBlock.__call__, self.remat)
         for i, block in enumerate(self.down_blocks, start=1):
-            h = block(h, emb, context)
+            h = untapped(block, h, emb, context)[0]
             skips.append(h)
             inter[f"input_block_{i:02d}"] = h
-        h = self.mid_res_2(self.mid_transformer(self.mid_res_1(h, emb), context), emb)
-        inter["middle_block"] = h
+        h = res(self.mid_res_1, h, emb)
+        h = checkpointed(SpatialTransformer.__call__, self.remat)(self.mid_transformer, h, context)
+        h = inter["middle_block"] = res(self.mid_res_2, h, emb)
         probabilities = {}
         for i, block in enumerate(self.up_blocks):
             skip = skips.pop()
             if freeu is not None:
                 h, skip = apply_freeu(h, skip, freeu, self.freeu_widths())
-            h, p = block.forward(jnp.concatenate([h, skip], axis=-1), emb, context, i in tapped)
+            h, p = (tapping if i in tapped else untapped)(block, jnp.concatenate([h, skip], axis=-1), emb, context)
             inter[f"output_block_{i:02d}"] = h
             if p is not None:
                 probabilities[f"output_block_{i:02d}"] = p

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 from cdiff_jax.config import check_field_types
+from cdiff_jax.nn.remat import check_policy
 
 STAGES = ("collab", "expert", "autoencoder", "gan", "triplane", "ddgi_mapping", "ddgi_modulation")
 FRESH_TOY_FACES = "fresh-toy-faces:"  # the gan stage's data_dir prefix for endless procedural toy faces
 TOY_3D_WORLD = "toy-3d-world:"  # the triplane stage's data_dir prefix: views of the toy 3D world
+DIFFUSION_STAGES = ("collab", "expert", "autoencoder")  # the latent diffusion system's: CelebA data, remat, crop_zoom
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,11 @@ class TrainConfig:
     data_workers: int = 0  # grain worker processes preparing batches beside the training process
     resolution: int = 512
     test_size: int = 3000
+    # The official training jitter (cdiff_jax.data.pipeline.ZoomCrop) for the collab, expert and autoencoder stages:
+    # each training image enlarged by up to this factor (9/8 in the official code) and cut back to `resolution` at a
+    # random place, its mask and scribble alike; drawn from (seed, position), so a resumed run sees the same crops.
+    # None: off. The official recipes read images of their training size, which their transform leaves untouched.
+    crop_zoom: float | None = None
 
     # Optimisation, as the reference: AdamW, lr = base_learning_rate x global batch, no schedule.
     global_batch: int = 32
@@ -43,8 +50,12 @@ class TrainConfig:
     steps_per_call: int = 1  # optimizer steps per device call (one lax.scan)
     # Micro-batches per optimizer step of the collab and expert stages: the global batch is split into this many
     # equal parts whose gradients are averaged inside the compiled step (the whole batch's gradient, in less
-    # memory). The official 512 recipes reach their batch this way.
+    # memory). (The official autoencoder recipes accumulate 2 batches; our autoencoder stage takes its whole batch.)
     gradient_accumulation: int = 1
+    # Activation checkpointing of the collab, expert and autoencoder stages' networks (each UNet block, text
+    # transformer layer and autoencoder block recomputed in the backward pass): a name in
+    # cdiff_jax.nn.remat.POLICIES ("none", "full": keep nothing, "dots": keep the matmul and convolution results).
+    remat: str = "none"
     condition_dropout: float = 0.0  # expert stage: enables classifier-free guidance later
     # > 0 keeps an exponential moving average of the trained parameters (LDM: 0.9999, with its
     # warm-up), which validation, sample grids and the exported system then use.
@@ -108,6 +119,13 @@ class TrainConfig:
         if self.gradient_accumulation > 1 and self.stage not in ("collab", "expert"):
             raise ValueError(f"gradient_accumulation={self.gradient_accumulation}: only the collab and expert stages "
                              f"accumulate; the {self.stage} stage takes its whole batch at once (set it to 1)")
+        check_policy(self.remat)
+        if self.remat != "none" and self.stage not in DIFFUSION_STAGES:
+            raise ValueError(f"remat={self.remat!r}: only the collab, expert and autoencoder stages checkpoint "
+                             f"activations; set remat='none' for the {self.stage} stage")
+        if self.crop_zoom is not None and self.stage not in DIFFUSION_STAGES:
+            raise ValueError(f"crop_zoom={self.crop_zoom}: only the collab, expert and autoencoder stages crop their "
+                             f"training images; set it to None for the {self.stage} stage")
         if self.global_batch % self.gradient_accumulation:
             raise ValueError(f"global_batch {self.global_batch} must split into gradient_accumulation="
                              f"{self.gradient_accumulation} equal micro-batches")
@@ -131,6 +149,7 @@ _RANGES = (  # field, test, what the test asks for (the *_every intervals: 0 is 
         "weight_decay", "kl_weight", "perceptual_weight", "disc_weight", "r1_gamma", "gan_ema_kimg", "gan_ema_rampup",
         "ddgi_l2_weight", "ddgi_perceptual_weight", "ddgi_ground_truth_weight")),
     ("base_learning_rate", lambda v: v > 0, "> 0"),
+    ("crop_zoom", lambda v: v > 1, "> 1 (None: no crops)"),
     ("condition_dropout", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("style_mixing", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),

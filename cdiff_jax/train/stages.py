@@ -34,6 +34,7 @@ from cdiff_jax.nn.autoencoder import posterior_sample
 from cdiff_jax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from cdiff_jax.nn.eg3d import TriPlaneGenerator, map_latents, orbit_views
 from cdiff_jax.nn.lpips import LPIPS
+from cdiff_jax.nn.remat import set_policy
 from cdiff_jax.nn.stylegan2 import Generator, generate
 from cdiff_jax.nn.stylegan2_discriminator import Discriminator
 from cdiff_jax.noise import normal
@@ -99,11 +100,13 @@ class Stage:
 def diffusion_stage(cfg: TrainConfig, mesh) -> Stage:
     """The collab, expert and autoencoder stages: a latent diffusion system, part of it trainable."""
     system = build_system(cfg)
+    set_policy(system, cfg.remat)  # a static attribute: the graphdef carries it into every compiled step
     prefixes = trainable_prefixes(cfg.stage, system.cfg, cfg.modality)
     graphdef, params, frozen = nnx.split(system, trainable_filter(prefixes), ...)
     frozen = jax.device_put(frozen, param_sharding(frozen, mesh, cfg.fsdp_min_size))
     sources = data_sources(cfg.data_dir, resolution=cfg.resolution, test_size=cfg.test_size)
-    loader = make_loader(sources["train"], global_batch=cfg.global_batch, seed=cfg.seed, worker_count=cfg.data_workers)
+    loader = make_loader(sources["train"], global_batch=cfg.global_batch, seed=cfg.seed, worker_count=cfg.data_workers,
+                         crop_zoom=cfg.crop_zoom)
     test = sources["test"]
     key = jax.random.key(cfg.seed)
     export = functools.partial(_export_system, cfg, graphdef, frozen, test, mesh)

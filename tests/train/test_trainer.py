@@ -19,9 +19,10 @@ from trainer_runs import run_train, train_cmd
 
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.config import load_config
+from cdiff_jax.parallel import data_mesh
 from cdiff_jax.system import init_system
 from cdiff_jax.train import trainer
-from cdiff_jax.train.stages import build_system
+from cdiff_jax.train.stages import build_system, diffusion_stage
 
 
 def test_a_run_writes_logs_checkpoints_samples_and_a_usable_system(data_dir, tmp_path):
@@ -160,3 +161,13 @@ def test_autoencoder_stage_refuses_to_skip_lpips_silently(data_dir, tmp_path):
     assert result.returncode == 2
     assert "perceptual (LPIPS) term needs weights" in result.stderr and "perceptual_weight=0" in result.stderr
     assert not (tmp_path / "vae" / "checkpoints").exists()
+
+
+def test_crop_zoom_reaches_the_training_batches(data_dir):
+    """The stage's training loader crops with the config's zoom (the pipeline's tests hold what a crop is). Last in
+    the module: its systems then initialise without JAX's first-use cost."""
+    cfg = load_config("configs/train_tiny.py:expert_mask").replace(data_dir=str(data_dir))
+    plain, cropped = (next(iter(diffusion_stage(cfg.replace(crop_zoom=zoom), data_mesh()).loader))
+                      for zoom in (None, 1.5))
+    np.testing.assert_array_equal(plain["tokens"], cropped["tokens"])  # the same records, cropped
+    assert not np.array_equal(plain["image"], cropped["image"]) and not np.array_equal(plain["mask"], cropped["mask"])

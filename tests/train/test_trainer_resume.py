@@ -21,8 +21,9 @@ def _wait_for_checkpoint(workdir, step, process, timeout=240):
     raise AssertionError(f"no checkpoint {step} within {timeout}s")
 
 
-# Killed at checkpoint 8 of 24: four more checkpoints (several seconds) before the run could end on its own.
-SLOW = ("steps=24", "checkpoint_every=4", "val_every=0", "sample_every=0")
+# Killed at checkpoint 8 of 24: four more checkpoints (several seconds) before the run could end on its own. The
+# training crops are on, so the resumed run must also draw the crops the uninterrupted one drew.
+SLOW = ("steps=24", "checkpoint_every=4", "val_every=0", "sample_every=0", "crop_zoom=1.25")
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit(data_dir, tmp_path):
