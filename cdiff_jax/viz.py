@@ -80,3 +80,9 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def depth_picture(depth: np.ndarray, near: float, far: float) -> np.ndarray:
+    """[..., H, W, 1] depths -> uint8 grey pictures, `near` white and `far` black."""
+    level = np.clip((far - depth[..., 0]) / max(far - near, 1e-6), 0, 1)
+    return np.repeat((level * 255).round().astype(np.uint8)[..., None], 3, axis=-1)

@@ -86,12 +86,6 @@ def parse_args(argv) -> argparse.Namespace:
     return p.parse_args(attach_angle_values(list(argv)))
 
 
-def depth_picture(depth: np.ndarray, near: float, far: float) -> np.ndarray:
-    """[..., H, W, 1] depths -> uint8 grey pictures, `near` white and `far` black."""
-    level = np.clip((far - depth[..., 0]) / max(far - near, 1e-6), 0, 1)
-    return np.repeat((level * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
-
-
 def view_cameras(cfg, views: list[tuple[float, float]]) -> np.ndarray:
     """[V, 25] cameras of the generator's orbit (its average radius, pivot and field of view) at each view."""
     pitches, yaws = zip(*views)
@@ -133,7 +127,7 @@ def write_views(folder, images, depths, labels: list[str], cfg, grid_name: str =
     """views/ID_VIEW.png, depth/ID_VIEW.png and a grid: per identity a row of views and a row of depth maps, the
     columns labelled."""
     scale = images.shape[2] // depths.shape[2]  # the depth map has the neural rendering resolution
-    depth_images = depth_picture(depths, cfg.ray_start, cfg.ray_end).repeat(scale, axis=2).repeat(scale, axis=3)
+    depth_images = viz.depth_picture(depths, cfg.ray_start, cfg.ray_end).repeat(scale, axis=2).repeat(scale, axis=3)
     for i, v in itertools.product(range(images.shape[0]), range(len(labels))):
         viz.save_png(folder / "views" / f"{i:03d}_{v:02d}.png", images[i, v])
         viz.save_png(folder / "depth" / f"{i:03d}_{v:02d}.png", depth_images[i, v])

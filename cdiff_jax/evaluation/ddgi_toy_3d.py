@@ -46,7 +46,6 @@ from flax import nnx
 from cdiff_jax import viz
 from cdiff_jax.checkpoint import NotACheckpointError, load_eg3d_generator, load_system
 from cdiff_jax.checkpoint import load_config as load_system_config
-from cdiff_jax.commands.sample_gan3d import depth_picture
 from cdiff_jax.config import EG3DConfig
 from cdiff_jax.data import toy_faces, toy_faces_3d
 from cdiff_jax.data.masks import colorize
@@ -234,7 +233,7 @@ def picture(examples: list[dict], seen: dict, names: list[str], faces: int = 4) 
     tiles, labels = [], []
     for i in range(min(faces, len(examples))):
         for row, row_seen in seen.items():
-            depth = depth_picture(row_seen.depth[i, -1], near, far)
+            depth = viz.depth_picture(row_seen.depth[i, -1], near, far)
             scale = row_seen.images.shape[2] // depth.shape[0]
             tiles.append([colorize(examples[i]["labels"]), *row_seen.images[i],
                           depth.repeat(scale, axis=0).repeat(scale, axis=1)])
