@@ -67,10 +67,9 @@ def test_folders_and_statistics_files_give_the_references_fid(reference, weights
     from_stats = _fid_line(capsys.readouterr().out)
     assert_close_rel(from_stats, expected, tol=1e-3, name="FID")
 
-    # The command as users run it, on four devices with a batch that does not divide the folder: the call above
-    # again, so the second folder's features are the four devices' (the first's would compile another program).
+    # The command as users run it, on four devices with a batch that does not divide the folder.
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, "-m", "cdiff_jax.evaluation.fid", str(stats), str(folders[1]), "--weights",
+    run = subprocess.run([sys.executable, "-m", "cdiff_jax.evaluation.fid", *map(str, folders), "--weights",
                           str(weights), "--batch-size", "3"], capture_output=True, text=True, env=env, cwd=REPO)
     assert run.returncode == 0, run.stderr
     assert_close_rel(_fid_line(run.stdout), from_stats, tol=1e-5, name="FID on four devices")

@@ -1,7 +1,5 @@
 """The autoencoder stage's step against a direct transcription of LDM's objective with full gradients."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,14 +37,6 @@ def parts():
 def direct_step(parts, objective, key, tx):
     """One generator and one discriminator update written as LDM writes them, gradients by jax.grad."""
     graphdef, params, frozen, disc_graphdef, disc_params, images = parts
-    new_params, new_disc_params, d_weight = _direct_step(graphdef, disc_graphdef, objective, tx, params, frozen,
-                                                         disc_params, images, key)
-    return new_params, new_disc_params, float(d_weight)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _direct_step(graphdef, disc_graphdef, objective, tx, params, frozen, disc_params, images, key):
-    """`direct_step` as one program: run op by op, each of the four gradients' many operations compiles alone."""
     x = images[0]
     k_gen, k_disc = jax.random.split(jax.random.fold_in(key, 0))
 
@@ -87,7 +77,7 @@ def _direct_step(graphdef, disc_graphdef, objective, tx, params, frozen, disc_pa
 
     d_grads = jax.grad(hinge)(disc_params)
     d_updates, _ = tx.update(d_grads, tx.init(disc_params), disc_params)
-    return new_params, optax.apply_updates(disc_params, d_updates), d_weight
+    return new_params, optax.apply_updates(disc_params, d_updates), float(d_weight)
 
 
 def our_step(parts, objective, key, tx):
