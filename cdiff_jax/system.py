@@ -7,11 +7,14 @@ schedule, samplers and losses are pure functions elsewhere that take the split s
 
 from __future__ import annotations
 
+import functools
+
 from flax import nnx
 
 from cdiff_jax.config import SystemConfig
 from cdiff_jax.modalities import kind_entry
 from cdiff_jax.nn.autoencoder import AutoencoderKL
+from cdiff_jax.nn.kernels import KernelForms, kernel_forms
 from cdiff_jax.nn.unet import UNet
 
 
@@ -31,8 +34,15 @@ class LatentDiffusionSystem(nnx.Module):
 
 
 def abstract_system(cfg: SystemConfig) -> LatentDiffusionSystem:
-    """The module tree with shapes only (no memory, no compute): for conversion and restore."""
-    return nnx.eval_shape(lambda: LatentDiffusionSystem(cfg, rngs=nnx.Rngs(0)))
+    """The module tree with shapes only (no memory, no compute): for conversion and restore. New modules on
+    every call; the tracing behind them (seconds for the demo system, every checkpoint load) is done once."""
+    return nnx.merge(*_abstract_parts(cfg, kernel_forms()), copy=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_parts(cfg: SystemConfig, forms: KernelForms):
+    """The abstract system's graphdef and shapes, per config and the kernel forms its modules take when built."""
+    return nnx.split(nnx.eval_shape(lambda: LatentDiffusionSystem(cfg, rngs=nnx.Rngs(0))))
 
 
 def init_system(cfg: SystemConfig, seed: int = 0) -> LatentDiffusionSystem:

@@ -1,4 +1,5 @@
-"""Pictures a person would rather look at than read: image grids, influence heatmaps, overlays.
+"""Pictures a person would rather look at than read: image grids, influence heatmaps with their colour scale,
+overlays, captions.
 
 All writers go through `save_png`, which writes a temporary file and renames it into place.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+import textwrap
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,8 +36,76 @@ def heatmap(weights: np.ndarray) -> np.ndarray:
 def overlay(images: np.ndarray, labels: np.ndarray, alpha: float = 0.3) -> np.ndarray:
     """Blend uint8 images [B, H, W, 3] with the mask colours (labels [h, w], resized nearest)."""
     h, w = images.shape[1:3]
-    colours = np.asarray(Image.fromarray(colorize(labels)).resize((w, h), Image.NEAREST), np.float64)
-    return ((1 - alpha) * images + alpha * colours[None]).round().astype(np.uint8)
+    return blend(images, mask_picture(labels, h)[None], alpha)
+
+
+def mask_picture(labels: np.ndarray, size: int) -> np.ndarray:
+    """A label map [h, w] in the CelebAMask-HQ colours, resized (nearest) to size x size."""
+    return np.asarray(Image.fromarray(colorize(labels)).resize((size, size), Image.NEAREST))
+
+
+def blend(images: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """uint8 images and colours of one shape (or broadcastable) -> their alpha mix, uint8."""
+    mixed = (1 - alpha) * np.asarray(images, np.float64) + alpha * np.asarray(colours, np.float64)
+    return mixed.round().astype(np.uint8)
+
+
+def enlarge(maps: np.ndarray, size: int) -> np.ndarray:
+    """Maps [..., h, w] -> [..., size, size] by repeating cells (each latent cell covers a square of pixels)."""
+    factor = size // maps.shape[-1]
+    return np.repeat(np.repeat(maps, factor, axis=-1), factor, axis=-2)
+
+
+def colour_scale(height: int, low: str = "0", high: str = "1", pad: int = 2) -> np.ndarray:
+    """The heatmap ramp as a vertical bar, `high` at the top, with its end values written beside it."""
+    bar = heatmap(np.linspace(1.0, 0.0, height)[:, None].repeat(10, axis=1))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max(round(measure.textlength(label)) for label in (low, high))
+    picture = Image.new("RGB", (10 + pad + text_width + pad, height + 10), (255, 255, 255))
+    picture.paste(Image.fromarray(bar), (0, 5))
+    draw = ImageDraw.Draw(picture)
+    draw.text((10 + pad, 0), high, fill=(0, 0, 0))
+    draw.text((10 + pad, height - 5), low, fill=(0, 0, 0))
+    return np.asarray(picture)
+
+
+def titled(picture: np.ndarray, title: str, right: np.ndarray | None = None, thumbnail: np.ndarray | None = None,
+           pad: int = 4) -> np.ndarray:
+    """`picture` under a header (an optional thumbnail, then `title` wrapped to the picture's width) and with an
+    optional panel (e.g. a colour scale) to its right, on white."""
+    picture = np.asarray(picture)
+    h, w = picture.shape[:2]
+    thumb_w, thumb_h = (thumbnail.shape[1] + pad, thumbnail.shape[0]) if thumbnail is not None else (0, 0)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    chars = max(8, int((w - thumb_w) / max(measure.textlength("abcdefghij") / 10, 1)))
+    lines = textwrap.wrap(title, chars) or [""]
+    header = max(thumb_h, 11 * len(lines)) + pad
+    right_w = right.shape[1] + pad if right is not None else 0
+    canvas = Image.new("RGB", (w + right_w + pad, header + max(h, right.shape[0] if right is not None else 0) + pad),
+                       (255, 255, 255))
+    if thumbnail is not None:
+        canvas.paste(Image.fromarray(np.asarray(thumbnail, np.uint8)), (pad, pad // 2))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((pad + thumb_w, pad // 2 + 11 * i), line, fill=(0, 0, 0))
+    canvas.paste(Image.fromarray(picture), (0, header))
+    if right is not None:
+        top = header + max(0, (h - right.shape[0]) // 2)
+        canvas.paste(Image.fromarray(np.asarray(right, np.uint8)), (w + pad, top))
+    return np.asarray(canvas)
+
+
+def influence_picture(samples: np.ndarray, maps: np.ndarray, step_labels: list[str], name: str) -> np.ndarray:
+    """One modality's influence: a row per sample with the sample, its mean map over the steps laid over it, and
+    the map at each shown step; titled, with the colour scale. `samples` uint8 [B, H, W, 3]; `maps` the softmax
+    weights, [steps, B, h, w] in [0, 1]."""
+    size = samples.shape[1]
+    steps = heatmap(enlarge(maps, size)).swapaxes(0, 1)  # [B, steps, H, W, 3]
+    mean = blend(samples, heatmap(enlarge(maps.mean(axis=0), size)), alpha=0.5)
+    rows = np.concatenate([samples[:, None], mean[:, None], steps], axis=1)
+    picture = grid(rows, col_labels=["sample", "mean"] + list(step_labels))
+    title = f"influence of the {name} expert per pixel (weights sum to 1 over the modalities), by step t"
+    return titled(picture, title, right=colour_scale(min(picture.shape[0] - 20, 4 * size)))
 
 
 def grid(images: np.ndarray, cols: int | None = None, col_labels: list[str] | None = None, pad: int = 2,

@@ -29,6 +29,22 @@ DDGI on the demo system and the toy GAN: sample the trajectory cache once, then 
     python -m cdiff_jax.evaluation.ddgi_toy --gan runs/demo/gan/generator --mapping-heads runs/demo/ddgi/mapping/heads \
         --heads runs/demo/ddgi/modulation/heads --ungated-heads runs/demo/ddgi/modulation_ungated/heads
 
+DDGI-3D on the toy tri-plane generator, once the triplane run has exported runs/demo/triplane/generator: the same
+trajectory cache as 2D DDGI (the command above, if it is not there yet), the two stages in order (rendering at 32x32
+while training, as the triplane stage), then the view-consistency evaluation:
+
+    python -m cdiff_jax.ddgi.trajectories cdiff_jax/demo_models/collab data/toy_tfds runs/demo/ddgi/trajectories \
+        --count 1024
+    python train.py --config configs/train_demo.py:ddgi3d_mapping --workdir runs/demo/ddgi3d/mapping
+    python train.py --config configs/train_demo.py:ddgi3d_modulation --workdir runs/demo/ddgi3d/modulation
+    python -m cdiff_jax.evaluation.ddgi_toy_3d --gan runs/demo/triplane/generator \
+        --mapping-heads runs/demo/ddgi3d/mapping/heads --heads runs/demo/ddgi3d/modulation/heads \
+        --out outputs/ddgi3d_eval
+
+(`python train.py --config configs/train_demo.py:ddgi3d_modulation_ungated --workdir
+runs/demo/ddgi3d/modulation_ungated` trains the attention-gating ablation as in 2D: as long again as the
+modulation stage, and the 3D evaluation does not read it.)
+
 Each stage starts from the systems the earlier ones exported (`init_from`), so run them in order (the two
 experts need only the autoencoder). The evaluation's judges came from the same dataset:
 
@@ -46,12 +62,16 @@ GAN_STEPS = 3125  # 100k images
 STEPS = {"autoencoder": 4000, "expert_text": 4000, "expert_mask": 4000, "collab": 500, "gan": GAN_STEPS,
          "triplane": 8000,
          # sized to a working session on 2 cores (BENCHMARKS.md, "DDGI training"), not to convergence
-         "ddgi_mapping": 1200, "ddgi_modulation": 600}
+         "ddgi_mapping": 1200, "ddgi_modulation": 600,
+         # about 1.8 s per step each at batch 16 rendering at 32x32, so about 3 h together on the idle machine
+         # (bench/ddgi3d_train.py; BENCHMARKS.md, "DDGI-3D training")
+         "ddgi3d_mapping": 4000, "ddgi3d_modulation": 2000}
 
 
 def get_config(arg: str = "collab") -> TrainConfig:
-    """`arg`: autoencoder, expert_text, expert_mask, collab, gan, triplane, ddgi_mapping, ddgi_modulation or
-    ddgi_modulation_ungated (the attention-gating ablation)."""
+    """`arg`: autoencoder, expert_text, expert_mask, collab, gan, triplane, ddgi_mapping, ddgi_modulation,
+    ddgi_modulation_ungated (the attention-gating ablation), or the same three DDGI stages on the toy tri-plane
+    generator: ddgi3d_mapping, ddgi3d_modulation, ddgi3d_modulation_ungated."""
     common = dict(data_dir="data/toy_tfds", resolution=64, test_size=1000, log_every=25, checkpoint_every=250,
                   keep_checkpoints=2, val_batches=4, sample_count=8, sample_steps=50)
     autoencoder = ("autoencoder", f"{RUNS}/autoencoder/system")
@@ -87,14 +107,19 @@ def get_config(arg: str = "collab") -> TrainConfig:
                            global_batch=8, base_learning_rate=5e-3 / 8, steps=STEPS["triplane"],
                            triplane_identities=256, triplane_resolution=32, data_workers=1, log_every=25,
                            checkpoint_every=250, keep_checkpoints=2, val_every=0, sample_every=500, sample_count=4)
-    if arg in ("ddgi_mapping", "ddgi_modulation", "ddgi_modulation_ungated"):
-        # Widths and the learning rate are first choices, not tuned on the toy world.
-        stage = arg.removesuffix("_ungated")
-        start = () if stage == "ddgi_mapping" else (("heads", f"{RUNS}/ddgi/mapping/heads"),)
-        return TrainConfig(stage=stage, system="cdiff_jax/demo_models/collab", gan=f"{RUNS}/gan/generator",
+    ddgi = arg.replace("ddgi3d_", "ddgi_")
+    if ddgi in ("ddgi_mapping", "ddgi_modulation", "ddgi_modulation_ungated"):
+        # Widths and the learning rate are first choices, not tuned on the toy world. DDGI-3D drives the toy
+        # tri-plane generator from the same trajectory cache, rendering at its training resolution (32x32).
+        three_d, stage = ddgi != arg, ddgi.removesuffix("_ungated")
+        runs = f"{RUNS}/ddgi3d" if three_d else f"{RUNS}/ddgi"
+        start = () if stage == "ddgi_mapping" else (("heads", f"{runs}/mapping/heads"),)
+        return TrainConfig(stage=stage, system="cdiff_jax/demo_models/collab",
+                           gan=f"{RUNS}/triplane/generator" if three_d else f"{RUNS}/gan/generator",
                            data_dir=f"{RUNS}/ddgi/trajectories", resolution=64, global_batch=16,
-                           base_learning_rate=1e-4 / 16, steps=STEPS[stage], init_from=start,
+                           base_learning_rate=1e-4 / 16, steps=STEPS[arg.removesuffix("_ungated")], init_from=start,
                            ddgi_mapping_channels=128, ddgi_modulation_channels=64,
-                           ddgi_attention_gating=not arg.endswith("_ungated"), log_every=25, checkpoint_every=200,
+                           ddgi_attention_gating=not arg.endswith("_ungated"),
+                           triplane_resolution=32 if three_d else None, log_every=25, checkpoint_every=200,
                            keep_checkpoints=2, val_every=0, sample_every=200, sample_count=8)
     raise ValueError(f"unknown demo stage {arg!r}")

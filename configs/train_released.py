@@ -34,8 +34,10 @@ global_batch = 4 x batch_size x accumulate_grad_batches (data.params.batch_size,
 - Autoencoder (*_vae.yaml; ldm/modules/losses/contperceptual.py, ldm/models/autoencoder.py): LPIPSWithDiscriminator
   with disc_start 50001 (Lightning's global_step, which counts optimizer steps, after accumulation), kl_weight 1e-6,
   disc_weight 0.5 and its defaults (perceptual weight 1, a 3-layer patch discriminator, hinge loss); Adam with
-  betas (0.5, 0.9) for both networks. Lightning accumulated 2 batches per step; here the stage takes the global batch
-  in one step, the same gradient except LDM's adaptive GAN weight, which the official code computes per batch.
+  betas (0.5, 0.9) for both networks. Lightning accumulated 2 batches per step, and so does the recipe
+  (gradient_accumulation=2: each micro-batch's adaptive GAN weight its own, the discriminator's first micro-batch
+  against the autoencoder before its update, as Lightning runs it). One difference stays: DDP computes the adaptive
+  weight on each GPU's batch (2 or 8 images), the recipe on each micro-batch of the global batch (all 4 GPUs' share).
 - Experts and dynamic diffusers (*_text.yaml, *_mask.yaml, *_codiff_mask_text.yaml; ldm/models/diffusion/ddpm.py,
   ddpm_compose.py): AdamW with torch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01), no schedule,
   use_ema False (ema_decay 0), no condition dropout (so the released experts have no unconditional mode); the experts
@@ -75,7 +77,8 @@ def get_config(arg: str = "collab_512") -> TrainConfig:
     autoencoder = ("autoencoder", f"{runs}/autoencoder/system")
     if stage == "autoencoder":
         return TrainConfig(stage="autoencoder", system=f"released.py:{size}_vae", kl_weight=1e-6, disc_start=50_001,
-                           disc_weight=0.5, perceptual_weight=1.0, disc_layers=3, **common)
+                           disc_weight=0.5, perceptual_weight=1.0, disc_layers=3, gradient_accumulation=accumulate,
+                           **common)
     if stage == "collab":
         return TrainConfig(stage="collab", system=f"released.py:{size}_codiff", **common,
                            init_from=(autoencoder, ("modalities.text", f"{runs}/expert_text/system"),

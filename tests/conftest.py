@@ -25,6 +25,7 @@ from flax import nnx
 from torch_files import full_file
 
 from cdiff_jax.nn.lpips import LPIPS_VGG_CONV_INDICES, SCALE, SHIFT, TAPPED_WIDTHS, VGG16_LAYOUT
+from cdiff_jax.noise import normal  # jax.random.normal's draw, compiled in a fraction of its time
 from cdiff_jax.weights.layout import to_flax_layout
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -191,7 +192,7 @@ def with_random_zero_layers(module, seed: int = 11):
     state = nnx.state(module, nnx.Param)
     keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(state))))
     nnx.update(module, jax.tree.map(
-        lambda p: p if np.any(np.asarray(p)) else 0.05 * jax.random.normal(next(keys), p.shape), state))
+        lambda p: p if np.any(np.asarray(p)) else 0.05 * normal(next(keys), p.shape), state))
     return module
 
 

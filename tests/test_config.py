@@ -54,15 +54,15 @@ def test_official_yaml_is_refused_with_the_conversion_command(fixtures_root):
 # The official recipes' numbers, read off ziqihuangg/Collaborative-Diffusion: configs/<yaml> (data.params.batch_size,
 # lightning.trainer.accumulate_grad_batches, model.base_learning_rate, the autoencoder's lossconfig), 4 GPUs
 # (README's --gpus 0,1,2,3) and main.py's scale_lr (lr = accumulate x GPUs x batch x base lr).
-OFFICIAL_RECIPES = {  # recipe: (YAML, global batch = 4 x batch x accumulate, learning rate)
-    "autoencoder_256": ("256_vae.yaml", 4 * 8 * 2, 2 * 4 * 8 * 4.5e-6),
-    "autoencoder_512": ("512_vae.yaml", 4 * 2 * 2, 2 * 4 * 2 * 4.5e-6),
-    "expert_text_256": ("256_text.yaml", 4 * 8, 4 * 8 * 2e-6),
-    "expert_text_512": ("512_text.yaml", 4 * 8, 4 * 8 * 2e-6),
-    "expert_mask_256": ("256_mask.yaml", 4 * 8, 4 * 8 * 2e-6),
-    "expert_mask_512": ("512_mask.yaml", 4 * 8, 4 * 8 * 1e-6),
-    "collab_256": ("256_codiff_mask_text.yaml", 4 * 8, 4 * 8 * 2e-6),
-    "collab_512": ("512_codiff_mask_text.yaml", 4 * 8, 4 * 8 * 2e-6),
+OFFICIAL_RECIPES = {  # recipe: (YAML, global batch = 4 x batch x accumulate, learning rate, accumulate)
+    "autoencoder_256": ("256_vae.yaml", 4 * 8 * 2, 2 * 4 * 8 * 4.5e-6, 2),
+    "autoencoder_512": ("512_vae.yaml", 4 * 2 * 2, 2 * 4 * 2 * 4.5e-6, 2),
+    "expert_text_256": ("256_text.yaml", 4 * 8, 4 * 8 * 2e-6, 1),
+    "expert_text_512": ("512_text.yaml", 4 * 8, 4 * 8 * 2e-6, 1),
+    "expert_mask_256": ("256_mask.yaml", 4 * 8, 4 * 8 * 2e-6, 1),
+    "expert_mask_512": ("512_mask.yaml", 4 * 8, 4 * 8 * 1e-6, 1),
+    "collab_256": ("256_codiff_mask_text.yaml", 4 * 8, 4 * 8 * 2e-6, 1),
+    "collab_512": ("512_codiff_mask_text.yaml", 4 * 8, 4 * 8 * 2e-6, 1),
 }
 
 
@@ -70,12 +70,13 @@ OFFICIAL_RECIPES = {  # recipe: (YAML, global batch = 4 x batch x accumulate, le
 def test_released_recipes_have_the_official_numbers(name):
     from cdiff_jax.configs import train_released
 
-    yaml, batch, learning_rate = OFFICIAL_RECIPES[name]
+    yaml, batch, learning_rate, accumulate = OFFICIAL_RECIPES[name]
     cfg = load_config(f"train_released.py:{name}")
     stage, _, size = name.rpartition("_")
     assert cfg.resolution == int(size) and cfg.global_batch == batch
     assert cfg.learning_rate == pytest.approx(learning_rate)
-    assert cfg.gradient_accumulation == 1 and cfg.ema_decay == 0 and cfg.crop_zoom is None and cfg.test_size == 3000
+    assert cfg.gradient_accumulation == accumulate and cfg.ema_decay == 0 and cfg.crop_zoom is None
+    assert cfg.test_size == 3000
     assert load_config(cfg.system).autoencoder.resolution == int(size)  # the released architecture of that size
     if stage == "autoencoder":
         assert (cfg.disc_start, cfg.kl_weight, cfg.disc_weight, cfg.perceptual_weight, cfg.disc_layers) == (

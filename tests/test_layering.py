@@ -26,7 +26,7 @@ LAYERS = [
     ("editing", ("editing",)),
     ("evaluation", ("evaluation",)),
     ("convert", ("convert",)),  # a tool: nothing in the package imports the converter
-    ("commands", ("commands",)),  # the command-line programs (`cdiff ...`)
+    ("commands", ("commands", "app")),  # the command-line programs (`cdiff ...`) and the interactive page
     ("configs", ("configs",)),  # the shipped config files (configs/, installed as cdiff_jax.configs)
 ]
 

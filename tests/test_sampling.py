@@ -17,6 +17,7 @@ from cdiff_jax.diffusion.collaboration import EqualWeights, Reweighting
 from cdiff_jax.diffusion.ddim import ddim_coefficients, ddim_step
 from cdiff_jax.diffusion.denoiser import Guidance, encode_conditions, predict
 from cdiff_jax.diffusion.schedule import alphas_cumprod
+from cdiff_jax.noise import normal
 from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.text.tokenizer import caption_tokenizer
 
@@ -166,8 +167,8 @@ def test_uni_modal_sampling_is_the_same_loop_with_one_expert(fixtures_root):
     system = reference_system(fixtures_root, "text")
     graphdef, state = nnx.split(system)
     ids = jnp.asarray(caption_tokenizer().encode(["a man with a beard", "a woman"]).ids)
-    x_T = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
-    noise = jax.random.normal(jax.random.key(3), (4, 2, 8, 8, 3))
+    x_T = normal(jax.random.key(2), (2, 8, 8, 3))
+    noise = normal(jax.random.key(3), (4, 2, 8, 8, 3))
     result = sample(graphdef, state, {"text": ids}, x_T, jax.random.key(0),
                     SamplerSettings(steps=4, eta=0.5), step_noise=noise)
     coeffs = ddim_coefficients(alphas_cumprod(system.cfg.schedule), 4, 0.5)

@@ -16,6 +16,7 @@ from cdiff_jax.data.toy_faces import example_seed, make_example
 from cdiff_jax.diffusion.collaboration import rule_for_mode
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.modalities import kind_entry
+from cdiff_jax.noise import normal
 from cdiff_jax.optimization import adam
 from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.system import init_system
@@ -80,7 +81,7 @@ def test_collab_stage_trains_and_three_modalities_sample(batches):
     # to weigh; random output convs stand in for trained experts that disagree.
     for i, name in enumerate(cfg.modalities):
         kernel = system.modalities[name].expert.final_conv.kernel
-        kernel.set_value(0.05 * jax.random.normal(jax.random.key(10 + i), kernel.get_value().shape))
+        kernel.set_value(0.05 * normal(jax.random.key(10 + i), kernel.get_value().shape))
     system, before, after, losses = _train(system, "collab", None, batches)
     assert all(np.isfinite(losses))
     for name in cfg.modalities:
@@ -91,7 +92,7 @@ def test_collab_stage_trains_and_three_modalities_sample(batches):
     rule = rule_for_mode("released", kinds, 2.0, cfg.schedule.timesteps)
     assert rule.decayed == ("mask", "scribble")
     settings = SamplerSettings(steps=2, reweighting=rule, record=True)
-    x_T = jax.random.normal(jax.random.key(1), (BATCH, cfg.latent_size, cfg.latent_size, 3))
+    x_T = normal(jax.random.key(1), (BATCH, cfg.latent_size, cfg.latent_size, 3))
     graphdef, state = nnx.split(system)
     result = sample(graphdef, state, conditions, x_T, jax.random.key(2), settings)
     weights = np.asarray(result.trajectory.weights)

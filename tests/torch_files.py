@@ -1,9 +1,9 @@
-"""Torch-free writers of `torch.save` archives, and the evaluation fixtures' full state dicts.
+"""The evaluation fixtures' full state dicts, and the torch-free writer of `torch.save` archives for the tests.
 
-The opcodes mirror what torch.save emits (protocol 2; see the data.pkl of any fixture model.ckpt),
-so layouts torch would produce can be tested without it. The evaluation fixtures ship their large
-tensors as a numpy recipe (`recipe.py` at the fixture root, EVAL_README.md); `fixture_state_dict`
-rebuilds the full dict and `write_state_dict` writes it in the real file's format.
+The writer is the package's (`cdiff_jax.weights.torch_writer`), re-exported here for the tests that compose
+archives torch would produce. The evaluation fixtures ship their large tensors as a numpy recipe (`recipe.py`
+at the fixture root, EVAL_README.md); `fixture_state_dict` rebuilds the full dict and `write_state_dict`
+writes it in the real file's format.
 """
 
 from __future__ import annotations
@@ -11,71 +11,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
-import struct
 import tracemalloc
-import zipfile
 
 import numpy as np
 
 from cdiff_jax.weights.state_dict_io import CheckpointReadError, read_state_dict
+from cdiff_jax.weights.torch_writer import (
+    pickled_dict,
+    pickled_int,
+    pickled_str,
+    pickled_tensor,
+    write_archive,
+    write_state_dict,
+)
 
-_STORAGE_NAMES = {
-    np.dtype(np.float32): "FloatStorage",
-    np.dtype(np.float16): "HalfStorage",
-    np.dtype(np.float64): "DoubleStorage",
-    np.dtype(np.int64): "LongStorage",
-    np.dtype(np.int32): "IntStorage",
-}
-
-
-def pickled_str(s: str) -> bytes:
-    raw = s.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def pickled_int(i: int) -> bytes:
-    return b"J" + struct.pack("<i", i)
-
-
-def pickled_ints(values) -> bytes:
-    return b"(" + b"".join(pickled_int(v) for v in values) + b"t"
-
-
-def pickled_dict(items: dict[str, bytes], ordered: bool = False) -> bytes:
-    start = b"ccollections\nOrderedDict\n)R(" if ordered else b"}("
-    return start + b"".join(pickled_str(k) + v for k, v in items.items()) + b"u"
-
-
-def pickled_tensor(storage_type: str, key: str, numel: int, offset: int, size, stride) -> bytes:
-    """Pickled ``_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
-    storage = b"(" + pickled_str("storage") + b"ctorch\n" + storage_type.encode() + b"\n" + pickled_str(key)
-    storage += pickled_str("cpu") + pickled_int(numel) + b"tQ"
-    hooks = b"ccollections\nOrderedDict\n)R"
-    args = storage + pickled_int(offset) + pickled_ints(size) + pickled_ints(stride) + b"\x89" + hooks
-    return b"ctorch._utils\n_rebuild_tensor_v2\n(" + args + b"tR"
-
-
-def write_archive(path, top: bytes, storages: dict[str, bytes], byteorder: bytes | None = b"little"):
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", b"\x80\x02" + top + b".")
-        if byteorder is not None:
-            archive.writestr("archive/byteorder", byteorder)
-        for key, raw in storages.items():
-            archive.writestr(f"archive/data/{key}", raw)
-        archive.writestr("archive/version", b"3\n")
-    return path
-
-
-def write_state_dict(path, tensors: dict[str, np.ndarray], ordered: bool = False):
-    """`torch.save(state_dict, path)` for contiguous numpy tensors, one storage per tensor, dtypes kept."""
-    entries, storages = {}, {}
-    for i, (key, value) in enumerate(tensors.items()):
-        value = np.ascontiguousarray(value).reshape(np.shape(value))  # 0-d tensors stay 0-d
-        stride = [int(np.prod(value.shape[d + 1:])) for d in range(value.ndim)]
-        name = _STORAGE_NAMES[value.dtype]
-        entries[key] = pickled_tensor(name, str(i), value.size, 0, value.shape, stride)
-        storages[str(i)] = value.astype(value.dtype.newbyteorder("<")).tobytes()
-    return write_archive(path, pickled_dict(entries, ordered), storages)
+__all__ = ["assert_damage_is_read_or_refused", "fixture_state_dict", "full_file", "pickled_dict", "pickled_int",
+           "pickled_str", "pickled_tensor", "write_archive", "write_state_dict"]
 
 
 def fixture_state_dict(folder: pathlib.Path) -> dict[str, np.ndarray]:

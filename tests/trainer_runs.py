@@ -13,8 +13,11 @@ from flax import nnx
 from PIL import Image
 
 from cdiff_jax.checkpoint import load_system
+from cdiff_jax.commands.train import parse_overrides
+from cdiff_jax.config import load_config
 from cdiff_jax.data.celeba_multimodal import build_dataset
 from cdiff_jax.data.masks import save_label_png
+from cdiff_jax.train import trainer
 
 EXAMPLES = 18
 
@@ -53,6 +56,13 @@ def run_train(workdir, data_dir, *sets, env=None, config="configs/train_tiny.py"
                             env=env, cwd=REPO)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
+
+
+def train_here(workdir, data_dir, *sets, config="configs/train_tiny.py"):
+    """`run_train` in this process, for runs that are not the command line under test: a subprocess imports and
+    traces everything again (a test process has the devices `run_train`'s subprocess inherits)."""
+    cfg = load_config(str(REPO / config)).replace(data_dir=str(data_dir), **parse_overrides(list(sets)))
+    assert trainer.train(cfg, workdir) == 0
 
 
 def trained_params(workdir):

@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("cdiff_jax.commands.train:main",
               "train the autoencoder, an expert, the dynamic diffusers or a StyleGAN2"),
     "convert": ("cdiff_jax.convert.__main__:main", "convert an official checkpoint into a cdiff_jax checkpoint"),
+    "demo": ("cdiff_jax.app:main", "serve the interactive page on localhost: draw a mask, type a caption, sample"),
     "evaluate": (None, "evaluate on real or toy faces (default: the miniature evaluation); `cdiff evaluate --help`"),
 }
 # `cdiff evaluate [NAME] ...`: the evaluation programs; without a name, the miniature evaluation.

@@ -39,8 +39,9 @@ from cdiff_jax.noise import normal
 from cdiff_jax.parallel import data_mesh, replicate, shard_batch
 from cdiff_jax.progress import SamplingBar, configure_logging, log
 from cdiff_jax.requests import UsageError
-from cdiff_jax.sampling import NonFiniteSamples, SamplerSettings, require_finite, sample
+from cdiff_jax.sampling import NonFiniteSamples, SampleResult, SamplerSettings, require_finite, sample
 
+THUMBNAIL = 64  # the largest mask thumbnail in a grid's header, pixels
 SETTINGS_FILE = "settings.json"  # also what marks a folder as a previous run's, which may be replaced
 
 
@@ -136,6 +137,16 @@ def run(request: SampleRequest) -> float:
     """Load the system, sample, and write the run's folder (into place only when complete); returns
     the seconds sampling took, compilation included."""
     system = load_system(request.checkpoint)
+    with SamplingBar() as bar:
+        result, seconds = generate(system, request, on_step=bar)
+    with atomic_directory(request.out) as tmp:
+        write_outputs(tmp, system, request, result, seconds)
+    return seconds
+
+
+def generate(system, request: SampleRequest, on_step=None) -> tuple[SampleResult, float]:
+    """Sample the request with a loaded system (the page keeps one in memory, so its program compiles once);
+    returns the finite result and the seconds it took, compilation included. `on_step(done, total)`: progress."""
     cfg = system.cfg
     conditions = {n: np.repeat(c, request.batch, axis=0) for n, c in request.conditions.items()}
     nulls = {n: cond.null_condition(cfg.modalities[n]) for n in request.guidance}
@@ -146,23 +157,20 @@ def run(request: SampleRequest) -> float:
         mesh = data_mesh()
         state, conditions, x_T = replicate(state, mesh), shard_batch(conditions, mesh), shard_batch(x_T, mesh)
     start = time.perf_counter()
-    with SamplingBar() as bar:
-        result = sample(graphdef, state, conditions, x_T, key, request.settings, on_step=bar,
-                        guidance_scales=request.guidance or None, null_conditions=nulls or None)
+    result = sample(graphdef, state, conditions, x_T, key, request.settings, on_step=on_step,
+                    guidance_scales=request.guidance or None, null_conditions=nulls or None)
     require_finite(result.latents)
-    seconds = time.perf_counter() - start
-    with atomic_directory(request.out) as tmp:
-        write_outputs(tmp, system, request, result, seconds)
-    return seconds
+    return result, time.perf_counter() - start
 
 
 def write_outputs(out: pathlib.Path, system, request: SampleRequest, result, seconds: float) -> None:
     pictures = viz.to_uint8(np.asarray(result.images))
     for i, picture in enumerate(pictures):
         viz.save_png(out / "images" / f"{i:03d}.png", picture)
-    viz.save_png(out / "grid.png", viz.grid(pictures))
-    if "mask" in request.conditions:
-        labels = load_label_map(request.inputs["mask"])
+    labels = load_label_map(request.inputs["mask"]) if "mask" in request.conditions else None
+    thumbnail = None if labels is None else viz.mask_picture(labels, min(pictures.shape[1], THUMBNAIL))
+    viz.save_png(out / "grid.png", viz.titled(viz.grid(pictures), describe(request), thumbnail=thumbnail))
+    if labels is not None:
         viz.save_png(out / "mask.png", colorize(labels))
         viz.save_png(out / "overlay_grid.png", viz.grid(viz.overlay(pictures, labels, alpha=0.3)))
     if request.save_z:
@@ -177,8 +185,7 @@ def write_outputs(out: pathlib.Path, system, request: SampleRequest, result, sec
         if request.save_influence and trajectory.logits is not None:
             for m, name in enumerate(request.conditions):
                 maps = np.asarray(trajectory.weights[shown, m, ..., 0])  # [steps, B, h, w]
-                tiles = viz.heatmap(np.repeat(np.repeat(maps, 4, axis=-1), 4, axis=-2)).swapaxes(0, 1)
-                viz.save_png(out / f"influence_{name}.png", viz.grid(tiles, col_labels=labels))
+                viz.save_png(out / f"influence_{name}.png", viz.influence_picture(pictures, maps, labels, name))
         if request.save_trajectory:
             autoencoder = nnx.split(system.autoencoder)
             for field in ("x_t", "pred_x0"):
@@ -196,6 +203,14 @@ def write_outputs(out: pathlib.Path, system, request: SampleRequest, result, sec
         "devices": jax.device_count(), "seconds": round(seconds, 2),
     }
     (out / SETTINGS_FILE).write_text(json.dumps(record, indent=2))
+
+
+def describe(request: SampleRequest) -> str:
+    """The run in one line, for the grid's header: the conditions (a mask is shown as its thumbnail) and sampler."""
+    given = [f'{n}: "{v}"' if n == "text" else f"{n}: {pathlib.Path(v).name}" for n, v in request.inputs.items()
+             if n in request.conditions]
+    s = request.settings
+    return f"{'; '.join(given)} | {request.mode} weights, {s.solver} {s.steps} steps, seed {request.seed}"
 
 
 def latent_picture(z: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""python -m cdiff_jax.convert SRC DST [--config CONFIG]: official checkpoint -> our checkpoint."""
+"""python -m cdiff_jax.convert SRC DST [--config CONFIG]: official checkpoint -> our checkpoint;
+python -m cdiff_jax.convert --to-official DIR OUT: our checkpoint -> official .safetensors or .ckpt."""
 
 import argparse
 import pathlib
 import sys
+from collections.abc import Callable
 
 from cdiff_jax.config import SystemConfig, load_config
 from cdiff_jax.convert.converter import convert_checkpoint
@@ -20,32 +22,53 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cdiff_jax.convert",
         description="Convert an official Collaborative Diffusion checkpoint (.ckpt or .safetensors) "
-        "into a cdiff_jax checkpoint directory (config.json + orbax params/).",
+        "into a cdiff_jax checkpoint directory (config.json + orbax params/), or with --to-official "
+        "export one of ours back to the official format.",
     )
     parser.add_argument("src", help="official checkpoint: {256,512}_{vae,mask,text,codiff_mask_text}.ckpt or "
-                        ".safetensors; or a StyleGAN2 generator: NVIDIA .pkl, rosinality / pSp / e4e .pt")
-    parser.add_argument("dst", help="output directory (written atomically)")
+                        ".safetensors; or a StyleGAN2 generator: NVIDIA .pkl, rosinality / pSp / e4e .pt; "
+                        "with --to-official: our checkpoint directory")
+    parser.add_argument("dst", help="output directory (written atomically); with --to-official: the official file, "
+                        ".safetensors or .ckpt (Lightning's {'state_dict': ...}), written atomically")
     parser.add_argument(
         "--config",
         help="architecture: one of ours (FILE.py[:ARG], e.g. released.py:512_codiff) or the official YAML "
         "it was trained with; default: the released config matching the detected type and resolution",
     )
+    parser.add_argument("--to-official", action="store_true",
+                        help="export SRC, one of our checkpoints, to the official key names and layouts")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
+    if args.to_official:
+        return _export(args)
     if pathlib.Path(args.src).suffix.lower() in GAN_SUFFIXES:
         return _convert_gan(args)
-    try:
+
+    def convert() -> str:
         config = resolve_config(args.config) if args.config else None
-        report = convert_checkpoint(args.src, args.dst, config, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    print(f"wrote {args.dst}")
-    return 0
+        return convert_checkpoint(args.src, args.dst, config, overwrite=args.overwrite).summary()
+
+    return _run(convert, args.dst)
 
 
 GAN_SUFFIXES = (".pkl", ".pt", ".pth")
+
+
+def _run(work: Callable[[], str], written) -> int:
+    """Print the work's summary and what it wrote, or its error in one line."""
+    try:
+        summary = work()
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(summary)
+    print(f"wrote {written}")
+    return 0
+
+
+def _refuse_config(reason: str) -> int:
+    print(f"error: --config does not apply to {reason}", file=sys.stderr)
+    return 1
 
 
 def _convert_gan(args) -> int:
@@ -53,16 +76,17 @@ def _convert_gan(args) -> int:
     from cdiff_jax.convert.gan import convert_gan
 
     if args.config:
-        print("error: --config does not apply to GAN files; their architecture is read from the file", file=sys.stderr)
-        return 1
-    try:
-        description = convert_gan(args.src, args.dst, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(description)
-    print(f"wrote {args.dst}")
-    return 0
+        return _refuse_config("GAN files; their architecture is read from the file")
+    return _run(lambda: convert_gan(args.src, args.dst, overwrite=args.overwrite), args.dst)
+
+
+def _export(args) -> int:
+    """Our checkpoint -> the official format (cdiff_jax.convert.export)."""
+    from cdiff_jax.convert.export import export_checkpoint
+
+    if args.config:
+        return _refuse_config("--to-official; the architecture is the checkpoint's own config.json")
+    return _run(lambda: export_checkpoint(args.src, args.dst, overwrite=args.overwrite).summary(), args.dst)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ def checkpoint_prefixes(checkpoint_type: str, modality_kinds: dict[str, str]) ->
 
 # Official keys a converter drops on purpose: training losses, the unused text-logit head.
 IGNORED_KEY_PATTERNS = (re.compile(r"(^|\.)loss\."), re.compile(r"(^|\.)to_logits\."))
+# That head (x-transformers' `to_logits`, vocabulary x width) under a text encoder's prefix: the official module
+# holds it but never runs it (it returns embeddings), so an export writes zeros there.
+TEXT_LOGIT_HEAD = "transformer.to_logits."
 
 SCHEDULE_BUFFERS = (
     "betas",

@@ -33,6 +33,9 @@ PALETTE = np.array(
     dtype=np.uint8,
 )
 PALETTE.flags.writeable = False
+# Half the distance between the two closest class colours (black and neck_l's (0, 51, 0): 51), so a colour is near
+# at most one class: what a drawn mask's colours may be off by (brush edges, a browser's colour handling).
+SNAP_DISTANCE = 25
 
 LabelSource = str | os.PathLike | np.ndarray | Image.Image
 
@@ -112,6 +115,16 @@ def load_label_map(source: LabelSource) -> np.ndarray:
     except UnreadableImage as e:
         raise ValueError(f"{e}; {_HELP}") from None
     return _image_to_labels(img, f"mask {path}")
+
+
+def snap_to_palette(rgb: np.ndarray, distance: float = SNAP_DISTANCE) -> np.ndarray:
+    """uint8 RGB [H, W, 3] with each colour within `distance` (Euclidean, in 0..255 units) of a class colour
+    replaced by that colour; the farther ones are left as they are, for `load_label_map` to refuse by name."""
+    rgb = np.asarray(rgb, np.uint8)
+    colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    gaps = np.linalg.norm(colours[:, None].astype(np.float64) - PALETTE[None].astype(np.float64), axis=-1)
+    snapped = np.where((gaps.min(axis=1) <= distance)[:, None], PALETTE[gaps.argmin(axis=1)], colours)
+    return snapped[inverse.reshape(-1)].reshape(rgb.shape)
 
 
 def resize_label_map(labels: np.ndarray, size: int = MASK_SIZE) -> np.ndarray:

@@ -10,7 +10,9 @@ checkpoint and a resumed run sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+import json
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -129,21 +131,19 @@ def make_loader(
     num_epochs: int | None = None,
     shuffle: bool = True,
     worker_count: int = 0,
-    worker_buffer_size: int = 1,
+    worker_buffer_size: int = 2,
     read_options: grain.ReadOptions | None = None,
     inputs: grain.transforms.Map | None = None,
     crop_zoom: float | None = None,
-) -> grain.DataLoader:
-    """A grain ``DataLoader`` yielding this process's part of each global batch of model inputs.
+) -> Loader:
+    """A `Loader` of this process's part of each global batch of model inputs.
 
     ``inputs`` turns a record into model inputs (default `ToModelInputs`); ``crop_zoom`` first
     applies `ZoomCrop` with that zoom to every record.
     ``process_index``/``process_count`` default to this JAX process among all of them; with one
     process the batches are whole global batches. ``num_epochs=None`` repeats forever.
-    Iterators support ``get_state()`` / ``set_state()``.
-
-    With ``worker_count > 0`` each worker batches every Nth record, so the batches differ from
-    ``worker_count=0``; a run must resume with the ``worker_count`` it saved with.
+    ``worker_count`` processes prepare whole batches beside this one (each worker every Nth batch, read
+    back in order), so the batches are the same for any worker count, and a run may resume with another.
     """
     if (process_index is None) != (process_count is None):
         raise ValueError("pass both process_index and process_count, or neither (this JAX process)")
@@ -155,20 +155,101 @@ def make_loader(
     if worker_count and not flags.FLAGS.is_parsed():
         # grain's worker pool reads its absl flags, which only absl.app parses; use their defaults.
         flags.FLAGS.mark_as_parsed()
-    return grain.DataLoader(
-        data_source=source,
-        sampler=sampler,
-        operations=[*([ZoomCrop(crop_zoom)] if crop_zoom else []), inputs or ToModelInputs(),
-                    grain.transforms.Batch(sampler.local_batch, drop_remainder=True)],
-        worker_count=worker_count,
-        worker_buffer_size=worker_buffer_size,
-        shard_options=grain.sharding.NoSharding(),
-        read_options=read_options,
-    )
+    read = ReadBatch(source, sampler, [*([ZoomCrop(crop_zoom)] if crop_zoom else []), inputs or ToModelInputs()])
+    # No reading threads by default: not every transform is thread-safe (two threads loading the caption tokenizer at
+    # once fail), and the trainer reads the next batches while the devices run a step anyway.
+    return Loader(read, worker_count, worker_buffer_size,
+                  read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+
+
+class ReadBatch:
+    """Step -> this process's batch of that step: its records read, transformed (a random transform with the
+    record's generator) and stacked. A whole batch is one element of the dataset, so that workers split steps,
+    never batches."""
+
+    def __init__(self, source, sampler: GlobalBatchSampler, operations: list):
+        self.source, self.sampler, self.operations = source, sampler, operations
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        examples = []
+        for offset in range(self.sampler.local_batch):
+            record = self.sampler[step * self.sampler.local_batch + offset]
+            example = self.source[record.record_key]
+            for op in self.operations:
+                example = op.random_map(example, record.rng) if isinstance(op, grain.transforms.RandomMap) \
+                    else op.map(example)
+            examples.append(example)
+        return {name: np.stack([ex[name] for ex in examples]) for name in examples[0]}
+
+    @property
+    def steps(self) -> int:
+        """Batches in the sampler's epochs (endless: as many as an index can count)."""
+        if self.sampler.max_index is None:
+            return sys.maxsize
+        return self.sampler.max_index // self.sampler.local_batch
+
+
+class Loader:
+    """The batches of `ReadBatch`, step after step, here or prepared ahead in worker processes."""
+
+    def __init__(self, read: ReadBatch, worker_count: int, worker_buffer_size: int, read_options: grain.ReadOptions):
+        self.read, self.worker_count, self.worker_buffer_size = read, worker_count, worker_buffer_size
+        self.read_options = read_options
+
+    def __iter__(self) -> LoaderIterator:
+        return LoaderIterator(self)
+
+    def batches_from(self, step: int) -> Iterator[dict[str, np.ndarray]]:
+        dataset = grain.MapDataset.range(step, max(step, self.read.steps)).map(self.read)
+        dataset = dataset.to_iter_dataset(self.read_options)
+        if self.worker_count:
+            dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(self.worker_count, self.worker_buffer_size))
+        return iter(dataset)
+
+
+class LoaderIterator:
+    """Iterates a `Loader`; its state is the next step, so restoring it needs no worker's state."""
+
+    def __init__(self, loader: Loader, step: int = 0):
+        self.loader, self.step = loader, step
+        self._batches = loader.batches_from(step)
+
+    def __iter__(self) -> LoaderIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._batches)
+        self.step += 1
+        if self.loader.worker_count:  # out of the workers' shared memory, which is freed as soon as it is dropped
+            batch = {name: np.array(value) for name, value in batch.items()}
+        return batch
+
+    def get_state(self) -> bytes:
+        return json.dumps({"step": self.step}).encode()
+
+    def close(self) -> None:
+        """Stop the workers and free their shared memory (which the end of the process would only warn about)."""
+        getattr(self._batches, "close", lambda: None)()
+        self._batches = iter(())  # dropped now, not at interpreter exit, when grain's teardown fails noisily
+
+    def set_state(self, state: bytes) -> None:
+        self.step = _next_step(json.loads(state), self.loader.read.sampler.local_batch)
+        self.close()
+        self._batches = self.loader.batches_from(self.step)
+
+
+def _next_step(state: dict, local_batch: int) -> int:
+    """The next step of a saved position; also of grain DataLoader positions (runs saved before `Loader`)."""
+    if "step" in state:
+        return int(state["step"])
+    if state.get("worker_count", 1) > 1:
+        raise ValueError("this checkpoint's data position was saved by an older version with data workers; resume "
+                         "it with that version, or start a new run")
+    return (int(state["last_seen_indices"]["0"]) + 1) // local_batch
 
 
 def save_iterator_state(iterator: Iterable) -> bytes:
-    """The position of a loader iterator (grain's JSON bytes), to store beside a checkpoint."""
+    """The position of a loader iterator (JSON bytes: the next step), to store beside a checkpoint."""
     return iterator.get_state()
 
 

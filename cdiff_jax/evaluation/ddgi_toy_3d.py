@@ -248,9 +248,12 @@ def _degrees(text: str) -> list[float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="collaborative system (default: the demo)")
-    p.add_argument("--gan", required=True, help="the tri-plane generator the heads drive (fitted to the toy world)")
-    p.add_argument("--mapping-heads", required=True, help="the ddgi_mapping stage's heads (M only)")
-    p.add_argument("--heads", required=True, help="the ddgi_modulation stage's heads (M + T)")
+    p.add_argument("--gan", required=True, help="the tri-plane generator the heads drive, fitted to the toy world "
+                                                "(the demo's: runs/demo/triplane/generator)")
+    p.add_argument("--mapping-heads", required=True, help="the ddgi_mapping stage's heads, M only (the demo's "
+                                                          "ddgi3d_mapping: runs/demo/ddgi3d/mapping/heads)")
+    p.add_argument("--heads", required=True, help="the ddgi_modulation stage's heads, M + T (the demo's "
+                                                  "ddgi3d_modulation: runs/demo/ddgi3d/modulation/heads)")
     p.add_argument("--judges", default=str(M.DEMO_JUDGES), help="judges directory (default: the shipped ones)")
     p.add_argument("--count", type=int, default=100, help="held-out (mask, caption) pairs")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (the heads read the last)")
@@ -264,7 +267,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=50, help="sampler batch (50: the 2D evaluation's trajectories)")
     p.add_argument("--render-batch", type=int, default=10, help="faces per rendering and inversion call")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="outputs/ddgi3d_eval")
+    p.add_argument("--out", default="outputs/ddgi3d_eval", help="directory to write (default outputs/ddgi3d_eval)")
     args = p.parse_args(argv)
     configure_logging()
     if not 1 <= args.count <= M.TEST_SIZE:

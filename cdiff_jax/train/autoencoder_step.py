@@ -41,6 +41,10 @@ class AutoencoderObjective:
     disc_start: int = 50_001
     disc_weight: float = 0.5
     disc_factor: float = 1.0
+    # Lightning's accumulate_grad_batches, as the official 512 recipe uses it: each network's gradient is the mean of
+    # its micro-batches' (each autoencoder micro-batch with its own adaptive weight); the discriminator's micro-batches
+    # before the last see the autoencoder before its update, the last one after it.
+    accumulation: int = 1
 
 
 @struct.dataclass
@@ -115,23 +119,21 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
     def discriminate(disc_params, x):
         return nnx.merge(disc_graphdef, disc_params)(x)
 
-    def one_step(state: AutoencoderTrainState, x):
-        k_gen, k_disc = jax.random.split(jax.random.fold_in(key, state.step))
-        batch = x.shape[0]
+    def forward(params, x, noise_key):
+        ae = nnx.merge(graphdef, params, frozen).autoencoder
+        mean, logvar = ae.encode(x)
+        z = posterior_sample(mean, logvar, normal(noise_key, mean.shape, mean.dtype))
+        features = ae.decoder.features(ae.post_quant_conv(z))
+        return ae.decoder.conv_out(features), jnp.sum(kl_divergence(mean, logvar)) / x.shape[0], features
+
+    def autoencoder_grads(state: AutoencoderTrainState, x, noise_key):
+        """One (micro-)batch's autoencoder loss, gradient and terms, its adaptive weight its own."""
         zero = jnp.zeros((), x.dtype)
-
-        def forward(params, noise_key):
-            ae = nnx.merge(graphdef, params, frozen).autoencoder
-            mean, logvar = ae.encode(x)
-            z = posterior_sample(mean, logvar, normal(noise_key, mean.shape, mean.dtype))
-            features = ae.decoder.features(ae.post_quant_conv(z))
-            return ae.decoder.conv_out(features), jnp.sum(kl_divergence(mean, logvar)) / batch, features
-
-        (recon, kl, features), pull_back = jax.vjp(lambda p: forward(p, k_gen), state.params)
+        (recon, kl, features), pull_back = jax.vjp(lambda p: forward(p, x, noise_key), state.params)
 
         def nll_fn(r):
             rec = reconstruction_terms(x, r, lpips, objective.perceptual_weight)
-            return jnp.sum(rec) / batch, rec
+            return jnp.sum(rec) / x.shape[0], rec
 
         (nll, rec), c_nll = jax.value_and_grad(nll_fn, has_aux=True)(recon)
         cotangent, g_loss, d_weight = c_nll, zero, zero
@@ -149,29 +151,51 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
             cotangent = c_nll + objective.disc_factor * d_weight * c_g
         loss = nll + objective.kl_weight * kl + objective.disc_factor * d_weight * g_loss
         grads = pull_back((cotangent, jnp.asarray(objective.kl_weight, kl.dtype), jnp.zeros_like(features)))[0]
+        return grads, (loss, {"rec_loss": jnp.mean(rec), "kl_loss": kl, "g_loss": g_loss, "d_weight": d_weight})
+
+    def discriminator_grads(disc_params, params, x, noise_key):
+        """One (micro-)batch's hinge loss on x and a fresh reconstruction by `params`, its gradient and logits."""
+        fresh = jax.lax.stop_gradient(forward(params, x, noise_key)[0])
+
+        def hinge(dp):
+            real, fake = discriminate(dp, x), discriminate(dp, fresh)
+            loss = 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake)))
+            return objective.disc_factor * loss, (jnp.mean(real), jnp.mean(fake))
+
+        (d_loss, (logits_real, logits_fake)), d_grads = jax.value_and_grad(hinge, has_aux=True)(disc_params)
+        return d_grads, {"disc_loss": d_loss, "logits_real": logits_real, "logits_fake": logits_fake}
+
+    def mean_over_micro_batches(fn, x, key):
+        """fn(micro-batch i, key_i) averaged over the micro-batches (the whole batch and `key` itself without
+        accumulation); fn may take i to know which one it is."""
+        count = objective.accumulation
+        if count == 1:
+            return fn(0, x, key)
+        parts = [fn(i, micro, jax.random.fold_in(key, i)) for i, micro in enumerate(x.reshape(count, -1, *x.shape[1:]))]
+        return jax.tree.map(lambda *values: sum(values) / count, *parts)
+
+    def one_step(state: AutoencoderTrainState, x):
+        k_gen, k_disc = jax.random.split(jax.random.fold_in(key, state.step))
+        zero = jnp.zeros((), x.dtype)
+        grads, (loss, terms) = mean_over_micro_batches(lambda i, m, k: autoencoder_grads(state, m, k), x, k_gen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
-        d_loss, logits_real, logits_fake = zero, zero, zero
+        d_terms = {"disc_loss": zero, "logits_real": zero, "logits_fake": zero}
         d_grads = jax.tree.map(jnp.zeros_like, state.disc_params)  # torch's Adam still counts the step
         if adversarial:
-            fresh = jax.lax.stop_gradient(forward(params, k_disc)[0])
-
-            def hinge(dp):
-                real, fake = discriminate(dp, x), discriminate(dp, fresh)
-                loss = 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake)))
-                return objective.disc_factor * loss, (jnp.mean(real), jnp.mean(fake))
-
-            (d_loss, (logits_real, logits_fake)), d_grads = jax.value_and_grad(hinge, has_aux=True)(state.disc_params)
+            last = objective.accumulation - 1
+            d_grads, d_terms = mean_over_micro_batches(
+                lambda i, m, k: discriminator_grads(state.disc_params, params if i == last else state.params, m, k),
+                x, k_disc)
         d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
         disc_params = optax.apply_updates(state.disc_params, d_updates)
 
         grad_norm = optax.tree.norm(grads)
         new_state = AutoencoderTrainState(step=state.step + 1, params=params, opt_state=opt_state,
                                           disc_params=disc_params, disc_opt_state=disc_opt_state)
-        terms = {"rec_loss": jnp.mean(rec), "kl_loss": kl, "g_loss": g_loss, "d_weight": d_weight,
-                 "disc_loss": d_loss, "logits_real": logits_real, "logits_fake": logits_fake}
-        return new_state, (loss, grad_norm, terms), (loss, grad_norm, d_loss, optax.tree.norm(d_grads))
+        return (new_state, (loss, grad_norm, {**terms, **d_terms}),
+                (loss, grad_norm, d_terms["disc_loss"], optax.tree.norm(d_grads)))
 
     state, (loss, grad_norm, terms), applied = run_steps(one_step, state, images, policy)
     return state, AutoencoderMetrics(loss=loss, grad_norm=grad_norm, finite=applied, terms=terms)

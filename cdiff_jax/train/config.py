@@ -11,6 +11,7 @@ STAGES = ("collab", "expert", "autoencoder", "gan", "triplane", "ddgi_mapping", 
 FRESH_TOY_FACES = "fresh-toy-faces:"  # the gan stage's data_dir prefix for endless procedural toy faces
 TOY_3D_WORLD = "toy-3d-world:"  # the triplane stage's data_dir prefix: views of the toy 3D world
 DIFFUSION_STAGES = ("collab", "expert", "autoencoder")  # the latent diffusion system's: CelebA data, remat, crop_zoom
+TRIPLANE_STAGES = ("triplane", "ddgi_mapping", "ddgi_modulation")  # those that may render a tri-plane GAN smaller
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,7 @@ class TrainConfig:
     # takes "fresh-toy-faces:SEED", new procedural toy faces for every batch (SEED other than the demo
     # dataset's 0, so the held-out evaluation faces are never trained on).
     data_dir: str = "data/tfds"
-    data_workers: int = 0  # grain worker processes preparing batches beside the training process
+    data_workers: int = 0  # processes preparing whole batches beside the trainer; same batches for any count
     resolution: int = 512
     test_size: int = 3000
     # The official training jitter (cdiff_jax.data.pipeline.ZoomCrop) for the collab, expert and autoencoder stages:
@@ -80,6 +81,8 @@ class TrainConfig:
     # The triplane stage: an EG3D generator (`system` names a config returning an EG3DConfig without
     # super-resolution) fitted to "toy-3d-world:SEED" as an auto-decoder of `triplane_identities` toy faces, rendered
     # at `triplane_resolution` while training (the targets area-averaged to it; None: the generator's own).
+    # `triplane_resolution` applies to the DDGI stages with a tri-plane GAN alike (its training renders and both
+    # targets at it, samples at full size; a divisor of the toy world's 64); only these stages take it.
     triplane_identities: int = 1000
     triplane_resolution: int | None = None
     # The DDGI stages, "ddgi_mapping" (M against the ground truth) then "ddgi_modulation" (T, M frozen, against
@@ -116,9 +119,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not test(value):
                 raise ValueError(f"{name}={value!r}: must be {wanted}")
-        if self.gradient_accumulation > 1 and self.stage not in ("collab", "expert"):
-            raise ValueError(f"gradient_accumulation={self.gradient_accumulation}: only the collab and expert stages "
-                             f"accumulate; the {self.stage} stage takes its whole batch at once (set it to 1)")
+        if self.gradient_accumulation > 1 and self.stage not in DIFFUSION_STAGES:
+            raise ValueError(f"gradient_accumulation={self.gradient_accumulation}: only the collab, expert and "
+                             f"autoencoder stages accumulate; the {self.stage} stage takes its whole batch at once "
+                             "(set it to 1)")
         check_policy(self.remat)
         if self.remat != "none" and self.stage not in DIFFUSION_STAGES:
             raise ValueError(f"remat={self.remat!r}: only the collab, expert and autoencoder stages checkpoint "
@@ -126,6 +130,9 @@ class TrainConfig:
         if self.crop_zoom is not None and self.stage not in DIFFUSION_STAGES:
             raise ValueError(f"crop_zoom={self.crop_zoom}: only the collab, expert and autoencoder stages crop their "
                              f"training images; set it to None for the {self.stage} stage")
+        if self.triplane_resolution is not None and self.stage not in TRIPLANE_STAGES:
+            raise ValueError(f"triplane_resolution={self.triplane_resolution}: only the triplane and DDGI stages "
+                             f"render tri-planes; set it to None for the {self.stage} stage")
         if self.global_batch % self.gradient_accumulation:
             raise ValueError(f"global_batch {self.global_batch} must split into gradient_accumulation="
                              f"{self.gradient_accumulation} equal micro-batches")

@@ -10,6 +10,12 @@ learn from the whole trajectory. Each target term is `l2_weight` * mean squared 
 needs VGG weights that nothing here downloads, and the toy faces' judges must not be trained against, so the
 distance is the mean squared difference of the frozen autoencoder's posterior means (a network trained on the
 same images that judges nothing); identity loss is omitted (toy faces have no identity network).
+
+A tri-plane GAN may render at a lower `resolution` while training (a quarter of the rays at half the size), the
+targets then coming area-averaged to it (stages.py); both terms compare those smaller images. The autoencoder's
+encoder takes them: it is convolutions, strided downsampling and a mid-block attention over however many
+positions there are (its attention levels are fixed when it is built), so 32x32 images give 8x8 posterior means
+in the demo's, where 64x64 give 16x16.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class DDGIObjective:
     l2_weight: float = 1.0
     perceptual_weight: float = 0.8
     ground_truth_weight: float = 1.0  # stage 2: the ground-truth terms beside I^d_0's (ours)
+    resolution: int | None = None  # a tri-plane GAN's neural rendering resolution (None: its own); targets at it
 
     def __post_init__(self):
         if self.stage not in DDGI_STAGES:
@@ -51,8 +58,8 @@ def perceptual_distance(autoencoder, a: jax.Array, b: jax.Array) -> jax.Array:
 def ddgi_images(heads, system, generator, batch: dict, k: jax.Array, timesteps: jax.Array,
                 objective: DDGIObjective, key: jax.Array | None = None) -> jax.Array:
     """G's images of the W+ codes the heads read from example i at its cached step k[i] ([B] indices into the
-    kept steps, whose timesteps are `timesteps`); EG3D renders them at its training camera, its renderer's
-    uniforms drawn from `key`."""
+    kept steps, whose timesteps are `timesteps`); EG3D renders them at its training camera and the objective's
+    resolution, its renderer's uniforms drawn from `key`."""
     x_t = batch["x_t"]  # [B, K, h, w, c]
     b = x_t.shape[0]
     conditions = {name: batch[kind_entry(system.cfg.modalities[name].kind).batch_key] for name in objective.experts}
@@ -61,7 +68,7 @@ def ddgi_images(heads, system, generator, batch: dict, k: jax.Array, timesteps: 
     codes = heads(features.middle, features.decoder, features.attention, features.content,
                   generator.mapping.w_avg[...])
     w = codes.mapped if objective.stage == "ddgi_mapping" else codes.w
-    return gan_images(generator, w, key)
+    return gan_images(generator, w, key, resolution=objective.resolution)
 
 
 def ddgi_loss(heads, system, generator, batch: dict, key: jax.Array, timesteps: jax.Array,

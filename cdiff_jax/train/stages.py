@@ -26,6 +26,7 @@ from cdiff_jax.data import toy_faces, toy_faces_3d
 from cdiff_jax.data.celeba_multimodal import data_sources
 from cdiff_jax.data.pipeline import ToModelInputs, make_loader
 from cdiff_jax.ddgi.features import heads_config
+from cdiff_jax.ddgi.gan import is_3d
 from cdiff_jax.ddgi.heads import DDGIHeads, load_heads, save_heads
 from cdiff_jax.ddgi.trajectories import DDGIInputs, TrajectoryCache
 from cdiff_jax.diffusion.schedule import make_schedule
@@ -128,7 +129,8 @@ def diffusion_stage(cfg: TrainConfig, mesh) -> Stage:
         tx = disc_tx = adam(cfg.learning_rate, betas=autoencoder_step.ADAM_BETAS)
         objective = autoencoder_step.AutoencoderObjective(kl_weight=cfg.kl_weight,
                                                           perceptual_weight=cfg.perceptual_weight,
-                                                          disc_start=cfg.disc_start, disc_weight=cfg.disc_weight)
+                                                          disc_start=cfg.disc_start, disc_weight=cfg.disc_weight,
+                                                          accumulation=cfg.gradient_accumulation)
         state = autoencoder_step.init_autoencoder_state(params, tx, disc_params, disc_tx)
         return Stage(
             state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
@@ -269,17 +271,25 @@ def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
 
 def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
     """DDGI's mapping or modulation stage: heads trained on a trajectory cache, the diffusion system and the
-    GAN frozen; exports WORKDIR/heads."""
+    GAN frozen (a tri-plane GAN rendering at `triplane_resolution` while training, if set); exports WORKDIR/heads."""
     if not cfg.gan:
         raise ValueError(f"the {cfg.stage} stage needs the frozen GAN: set gan=DIR (a generator checkpoint: "
                          "`cdiff convert G.pkl DIR`, or a gan stage's WORKDIR/generator)")
     cache = TrajectoryCache(cfg.data_dir)
     system, generator = load_system(cfg.system), load_gan(cfg.gan)
+    resolution = cfg.triplane_resolution
+    if resolution and not (is_3d(generator) and generator.cfg.superresolution == NO_SUPERRESOLUTION):
+        holds = "an EG3D generator with super-resolution" if is_3d(generator) else "a StyleGAN2 generator"
+        raise ValueError(f"triplane_resolution={resolution}: only a tri-plane GAN without super-resolution renders "
+                         f"at it, and {cfg.gan} holds {holds}; set triplane_resolution=None")
     size = cache[0]["image"].shape[0]
     if len({size, generator.cfg.img_resolution, system.cfg.autoencoder.resolution}) > 1:
         raise ValueError(f"resolutions differ: the GAN makes {generator.cfg.img_resolution}x"
                          f"{generator.cfg.img_resolution} images, the trajectory cache holds {size}x{size} and the "
                          f"diffusion system decodes {system.cfg.autoencoder.resolution}: use a GAN of the data's size")
+    if resolution and (size != toy_faces.IMAGE_SIZE or size % resolution):
+        raise ValueError(f"triplane_resolution {resolution} must divide the toy world's {toy_faces.IMAGE_SIZE}, whose "
+                         f"images the trajectory cache must hold (it holds {size}x{size})")
     heads_source = dict(cfg.init_from).get("heads")
     if cfg.stage == "ddgi_modulation":
         if heads_source is None:
@@ -304,7 +314,7 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
         heads, lambda path, value: isinstance(value, nnx.Param) and path[0] == trained, ...)
     frozen = replicate((nnx.split(system), nnx.split(generator)), mesh)
     objective = DDGIObjective(cfg.stage, heads.cfg.experts or cfg.ddgi_experts, cfg.ddgi_l2_weight,
-                              cfg.ddgi_perceptual_weight, cfg.ddgi_ground_truth_weight)
+                              cfg.ddgi_perceptual_weight, cfg.ddgi_ground_truth_weight, resolution=resolution)
     tx = adam(cfg.learning_rate)
     timesteps = replicate(jnp.asarray(cache.timesteps), mesh)
     key = jax.random.key(cfg.seed)
@@ -314,7 +324,8 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
         records = [DDGIInputs().map(cache[i]) for i in range(min(cfg.sample_count, len(cache)))]
         batch = {name: np.stack([r[name] for r in records]) for name in records[0]}
         last = jnp.full((len(records),), len(cache.timesteps) - 1)
-        images = _render_ddgi(graphdef, params, frozen_heads, frozen, batch, last, timesteps, objective)
+        images = _render_ddgi(graphdef, params, frozen_heads, frozen, batch, last, timesteps,
+                              dataclasses.replace(objective, resolution=None))  # the samples at full size
         if jax.process_index() == 0:
             rows = np.stack([viz.to_uint8(batch["image"]), viz.to_uint8(batch["diffusion_image"]),
                              viz.to_uint8(np.asarray(images))], axis=1)
@@ -327,10 +338,23 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
 
     return Stage(state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
                  loader=make_loader(cache, global_batch=cfg.global_batch, seed=cfg.seed, worker_count=cfg.data_workers,
-                                    inputs=DDGIInputs()),
+                                    inputs=DDGIInputs() if resolution is None else DDGIInputsAt(resolution)),
                  run=lambda state, batches: ddgi_train_steps(graphdef, frozen_heads, state, batches, frozen, timesteps,
                                                              key, tx, objective),
                  write_samples=write_ddgi_samples, export=export)
+
+
+class DDGIInputsAt(DDGIInputs):
+    """`DDGIInputs` with both targets area-averaged to a tri-plane GAN's training rendering resolution, as the
+    triplane stage's views are (one function for both stages' targets)."""
+
+    def __init__(self, resolution: int):
+        self.views = toy_faces_3d.ViewInputs(resolution)
+
+    def map(self, record: dict) -> dict[str, np.ndarray]:
+        inputs = super().map(record)
+        return {**inputs, **{name: self.views.map({"image": inputs[name]})["image"]
+                             for name in ("image", "diffusion_image")}}
 
 
 @jax.jit(static_argnames=("graphdef", "objective"))

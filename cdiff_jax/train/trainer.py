@@ -129,13 +129,15 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         cleanup.callback(writer.close)
         cleanup.callback(checkpoints.close)
         cleanup.enter_context(stop.listening())
+        cleanup.callback(batches.close)
         if lead and step < cfg.steps:
             log.info("compiling the training step (the first call; a minute or more on a CPU)")
+        upcoming = _next_call(batches, step, cfg, mesh)
         while step < cfg.steps:
-            k = min(cfg.steps_per_call, cfg.steps - step)
-            local = [next(batches) for _ in range(k)]
-            stacked = {name: np.stack([b[name] for b in local]) for name in local[0]}
-            state, metrics = stage.run(state, global_batch(stacked, mesh, batch_axis=1))
+            inputs, k, data_state = upcoming
+            state, metrics = stage.run(state, inputs)
+            # The next call's batches are read and sent while the devices run this one (dispatch returns at once).
+            upcoming = _next_call(batches, step + k, cfg, mesh)
             finite = np.asarray(metrics.finite)
             if not finite.all():
                 bad = step + int(np.argmin(finite)) + 1
@@ -158,16 +160,27 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
                 stage.write_samples(state.export_params, workdir / "samples" / f"{step:07d}.png")
             # Validated states are always saved, so the best one by validation loss can be kept.
             if _crossed(before, step, cfg.checkpoint_every) or val_loss is not None or step == cfg.steps:
-                checkpoints.save(step, state, save_iterator_state(batches), val_loss)
+                checkpoints.save(step, state, data_state, val_loss)
             if stop.requested():
                 if checkpoints.latest_step() != step:  # the interval may have saved this step already
-                    checkpoints.save(step, state, save_iterator_state(batches))
+                    checkpoints.save(step, state, data_state)
                 if lead:
                     log.info("stopped by signal %d at step %d; saved %s", stop.signum, step, checkpoints.path(step))
                 return 128 + stop.signum  # the shell's status for a process ended by that signal
     if jax.process_count() == 1:
         stage.export(state.export_params, workdir)
     return 0
+
+
+def _next_call(batches, step: int, cfg: TrainConfig, mesh):
+    """The batches of the call that starts at `step` as global arrays [k, batch, ...], k, and the data position
+    after them (what a checkpoint of that call's state stores); None after the last step."""
+    k = min(cfg.steps_per_call, cfg.steps - step)
+    if k <= 0:
+        return None
+    local = [next(batches) for _ in range(k)]
+    stacked = {name: np.stack([b[name] for b in local]) for name in local[0]}
+    return global_batch(stacked, mesh, batch_axis=1), k, save_iterator_state(batches)
 
 
 RUN_CONFIG = "train_config.json"  # the settings a run started with, checked when it resumes
@@ -191,6 +204,8 @@ def check_same_run(cfg: TrainConfig, workdir: pathlib.Path) -> None:
             started = json.loads(path.read_text())
         except ValueError:
             raise ValueError(f"{path} is damaged; restore it or use a new --workdir") from None
+        # a field added since the run started is recorded at its default, which keeps what older runs computed
+        started = {**_settings(TrainConfig()), **started}
         changed = sorted(k for k in settings.keys() | started.keys()
                          if k not in RESUMABLE_CHANGES and settings.get(k) != started.get(k))
         if changed:

@@ -48,9 +48,12 @@ def test_demo_writes_pictures_and_settings_deterministically(tmp_path, capsys):
     for i in range(2):
         np.testing.assert_array_equal(np.asarray(Image.open(a / f"images/00{i}.png")),
                                       np.asarray(Image.open(tmp_path / f"b/images/00{i}.png")))
-    # a previous run's folder is ours to replace; nothing else is left beside it
-    assert run("--out", a, "--steps", "4", "--batch", "1") == 0
-    assert sorted(p.name for p in (a / "images").iterdir()) == ["000.png"]
+    # a previous run's folder is ours to replace: nothing of it is left (its trajectory pictures, which this run
+    # does not make) and nothing beside it; the batch and steps above, so no other program to compile
+    before = np.asarray(Image.open(a / "images/000.png"))
+    assert run("--out", a, "--steps", "4", "--batch", "2", "--seed", "1") == 0
+    assert not (a / "x_t.png").exists() and not (a / "pred_x0.png").exists()
+    assert not np.array_equal(np.asarray(Image.open(a / "images/000.png")), before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
 
 

@@ -37,7 +37,7 @@ BAD = {  # --config / --set / --workdir -> what the one line must say
     "steps_per_call_zero": (["--set", "steps_per_call=0"], "steps_per_call=0: must be >= 1"),
     "uneven_micro_batches": (["--set", "gradient_accumulation=3"], "must split into gradient_accumulation=3 equal"),
     "accumulating_gan": (["--config", "configs/train_demo.py:gan", "--set", "gradient_accumulation=2"],
-                         "only the collab and expert stages accumulate"),
+                         "only the collab, expert and autoencoder stages accumulate"),
     "negative_steps": (["--set", "steps=-3"], "steps=-3: must be >= 1"),
     "dropout_above_one": (["--set", "condition_dropout=1.5"], "condition_dropout=1.5: must be in [0, 1]"),
     "crop_without_zoom": (["--set", "crop_zoom=1"], "crop_zoom=1: must be > 1 (None: no crops)"),
@@ -89,3 +89,19 @@ def test_a_run_resumes_only_with_the_settings_it_started_with(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "global_batch=8, now 4" in err and "new --workdir" in err and err.count("\n") == 1
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["train_config.json"]
+
+
+def test_a_run_started_before_a_field_existed_resumes_at_that_fields_default(tmp_path, capsys):
+    import json
+
+    from cdiff_jax.config import load_config
+    from cdiff_jax.train.trainer import RUN_CONFIG, check_same_run, record_run_settings
+
+    cfg = load_config("configs/train_tiny.py")
+    record_run_settings(cfg, tmp_path / "run")
+    record = tmp_path / "run" / RUN_CONFIG
+    older = {k: v for k, v in json.loads(record.read_text()).items() if k not in ("remat", "crop_zoom")}
+    record.write_text(json.dumps(older))  # as written before those fields were added
+    check_same_run(cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"remat='none', now 'full'"):  # the default is what the run computed
+        check_same_run(cfg.replace(remat="full"), tmp_path / "run")

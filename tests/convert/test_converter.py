@@ -15,6 +15,7 @@ from cdiff_jax.checkpoint import load_system
 from cdiff_jax.config import load_config
 from cdiff_jax.convert import keymap
 from cdiff_jax.convert.converter import ConversionError, detect_checkpoint_type, system_from_state_dict
+from cdiff_jax.convert.export import official_state_dict
 from cdiff_jax.system import abstract_system
 from cdiff_jax.weights.layout import to_flax_layout
 
@@ -167,3 +168,20 @@ def test_a_given_config_skips_type_detection(fixtures_root, tmp_path):
     assert "cannot tell the checkpoint type" in _convert_cli(src, tmp_path / "a").stderr
     result = _convert_cli(src, tmp_path / "b", "--config", fixtures_root / "autoencoder/config.yaml")
     assert result.returncode == 1 and "cannot tell" not in result.stderr and "unexpected: ema." in result.stderr
+
+
+def test_export_of_the_released_configs_equals_the_spec_manifests(fixtures_root):
+    """The export's keys and shapes at the real sizes are the official checkpoints' (../shared/spec/checkpoint-keys),
+    from shapes alone. It is in this module to reuse the abstract systems of the real-size test above (cached per
+    process), which take seconds each to build."""
+    spec = fixtures_root.parent / "spec" / "checkpoint-keys"
+    files = sorted(spec.glob("keys_*.txt"))
+    assert files, f"no key manifests in {spec}"
+    for path in files:
+        resolution, kind = path.stem.removeprefix("keys_").split("_")[:2]
+        cfg = load_config(f"released.py:{resolution}_{kind}")
+        flat = nnx.to_flat_state(nnx.state(abstract_system(cfg), nnx.Param))
+        params = {".".join(map(str, p)): np.broadcast_to(np.float32(0), v.shape) for p, v in flat}
+        exported = {key: list(value.shape) for key, value in official_state_dict(cfg, params).items()}
+        manifest = dict(line.split("\t") for line in path.read_text().splitlines())
+        assert exported == {key: json.loads(shape) for key, shape in manifest.items()}, path.name

@@ -103,3 +103,23 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_bad_arrays(arr, msg):
     with pytest.raises(ValueError, match=msg):
         M.load_label_map(arr)
+
+
+def test_snap_to_palette_takes_near_colours_and_leaves_far_ones():
+    """A drawn mask's rule: within SNAP_DISTANCE of a class colour is that class (never two: the distance is under
+    half the closest pair's), anything farther is kept for load_label_map to refuse."""
+    palette = M.PALETTE.astype(np.float64)
+    gaps = np.linalg.norm(palette[:, None] - palette[None], axis=-1)
+    assert M.SNAP_DISTANCE < gaps[gaps > 0].min() / 2
+    labels = np.arange(19, dtype=np.uint8).reshape(1, 19).repeat(3, axis=0)
+    exact = M.colorize(labels)
+    inward = np.where(exact < 128, 1, -1)  # shifts that stay inside 0..255
+    shifted = exact.astype(np.int64)
+    shifted[0] += inward[0] * [15, 15, 14]  # 25.4 units off: too far from any class colour
+    shifted[1] += inward[1] * [14, 14, 14]  # 24.2 units off: that class
+    snapped = M.snap_to_palette(shifted.astype(np.uint8))
+    np.testing.assert_array_equal(snapped[0], shifted[0])
+    np.testing.assert_array_equal(snapped[1:], exact[1:])
+    np.testing.assert_array_equal(M.load_label_map(Image.fromarray(snapped[1:])), labels[1:])
+    with pytest.raises(ValueError, match="not CelebAMask-HQ classes"):
+        M.load_label_map(Image.fromarray(snapped))

@@ -12,6 +12,7 @@ from cdiff_jax.config import StyleGAN2Config, UNetConfig, load_config
 from cdiff_jax.ddgi.features import heads_config, level_blocks, read_features
 from cdiff_jax.ddgi.heads import DDGIHeads
 from cdiff_jax.modalities import kind_entry
+from cdiff_jax.noise import normal
 from cdiff_jax.system import init_system
 
 GAN = StyleGAN2Config(z_dim=8, w_dim=16, img_resolution=16, channel_base=64, channel_max=16, mapping_layers=2)
@@ -57,7 +58,7 @@ def test_two_experts_side_by_side_and_heads_that_fit(system):
     names = tuple(cfg.modalities)
     conditions = _conditions(cfg)
     size = cfg.latent_size
-    x = jax.random.normal(jax.random.key(0), (2, size, size, cfg.autoencoder.embed_dim))
+    x = normal(jax.random.key(0), (2, size, size, cfg.autoencoder.embed_dim))
     t = jnp.array([10, 500])
     both = read_features(system, x, t, conditions, names)
     alone = [read_features(system, x, t, conditions, (n,)) for n in names]

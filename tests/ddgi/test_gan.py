@@ -57,7 +57,8 @@ def test_fresh_heads_render_the_average_code_at_the_training_camera(world):
         heads, system, generator, batch, jnp.array([0, 1]), jnp.asarray([900, 100]),
         objective=DDGIObjective("ddgi_mapping", ("text", "mask")), key=key)
     average = jnp.broadcast_to(generator.mapping.w_avg[...], (2, EG3D.num_ws, EG3D.w_dim))
-    expected = gan_images(generator, average, key, jnp.asarray(frontal_cameras(EG3D, 2)))
+    # Compiled: op by op, the renderer's many operations would each compile alone.
+    expected = nnx.jit(gan_images)(generator, average, key, jnp.asarray(frontal_cameras(EG3D, 2)))
     assert images.shape == (2, 32, 32, 3)
     np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="PRNG key"):

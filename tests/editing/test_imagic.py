@@ -12,6 +12,7 @@ from flax import nnx
 from cdiff_jax.config import load_config
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.editing.imagic import ImagicSettings, _adam_iterations, finetune_expert, imagic_loss, optimise_embedding
+from cdiff_jax.noise import normal
 from cdiff_jax.optimization import ACCELERATOR, CPU, POLICY_ENV, NonFiniteStep, adam
 from cdiff_jax.system import init_system
 
@@ -20,8 +21,8 @@ from cdiff_jax.system import init_system
 def setup():
     cfg = load_config("tiny_system.py:text")
     system = init_system(cfg, seed=0)
-    z0 = jax.random.normal(jax.random.key(1), (1, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim))
-    context = jax.random.normal(jax.random.key(2), (1, 77, 16))
+    z0 = normal(jax.random.key(1), (1, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim))
+    context = normal(jax.random.key(2), (1, 77, 16))
     return with_random_zero_layers(system.modalities["text"].expert), make_schedule(cfg.schedule), z0, context
 
 

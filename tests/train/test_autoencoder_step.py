@@ -1,5 +1,7 @@
 """The autoencoder stage's step against a direct transcription of LDM's objective with full gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,54 +32,73 @@ def parts():
     graphdef, params, frozen = nnx.split(system, trainable_filter(trainable_prefixes("autoencoder", system.cfg)), ...)
     disc_graphdef, disc_params = nnx.split(PatchDiscriminator(DiscriminatorConfig(filters=8, layers=2),
                                                               rngs=nnx.Rngs(1)))
-    images = jax.random.uniform(jax.random.key(2), (1, 3, 32, 32, 3), minval=-1, maxval=1)
+    images = jax.random.uniform(jax.random.key(2), (1, 4, 32, 32, 3), minval=-1, maxval=1)
     return graphdef, params, frozen, disc_graphdef, disc_params, images
 
 
 def direct_step(parts, objective, key, tx):
-    """One generator and one discriminator update written as LDM writes them, gradients by jax.grad."""
+    """One generator and one discriminator update written as LDM writes them, gradients by jax.grad; with
+    `objective.accumulation`, as Lightning accumulates them (the step's docstring)."""
     graphdef, params, frozen, disc_graphdef, disc_params, images = parts
-    x = images[0]
-    k_gen, k_disc = jax.random.split(jax.random.fold_in(key, 0))
+    new_params, new_disc_params, d_weight = _direct_step(graphdef, disc_graphdef, objective, tx, params, frozen,
+                                                         disc_params, images, key)
+    return new_params, new_disc_params, float(d_weight)
 
-    def reconstruct(p, k):
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _direct_step(graphdef, disc_graphdef, objective, tx, params, frozen, disc_params, images, key):
+    """`direct_step` as one program: run op by op, each of the four gradients' many operations compiles alone."""
+    count = objective.accumulation
+    micro = images[0].reshape(count, -1, *images.shape[2:])
+    k_gen, k_disc = jax.random.split(jax.random.fold_in(key, 0))
+    keys = (lambda k, i: k) if count == 1 else jax.random.fold_in  # Lightning draws anew per micro-batch
+
+    def reconstruct(p, x, k):
         ae = nnx.merge(graphdef, p, frozen).autoencoder
         mean, logvar = ae.encode(x)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(k, mean.shape)
         kl = 0.5 * jnp.sum(mean**2 + jnp.exp(logvar) - 1 - logvar) / x.shape[0]
         return ae.decode(z), kl
 
-    def parts_of_loss(p):
-        recon, kl = reconstruct(p, k_gen)
-        nll = jnp.sum(jnp.abs(x - recon)) / x.shape[0]
-        g = -jnp.mean(nnx.merge(disc_graphdef, disc_params)(recon))
-        return nll, kl, g
-
     def last_kernel(grads):
         return grads["autoencoder"]["decoder"]["conv_out"]["kernel"].get_value()
 
-    nll_grads = jax.grad(lambda p: parts_of_loss(p)[0])(params)
-    g_grads = jax.grad(lambda p: parts_of_loss(p)[2])(params)
-    d_weight = jnp.linalg.norm(last_kernel(nll_grads)) / (jnp.linalg.norm(last_kernel(g_grads)) + 1e-4)
-    d_weight = jnp.clip(d_weight, 0, 1e4) * objective.disc_weight
+    grads, d_weights = [], []
+    for i, x in enumerate(micro):  # each micro-batch's backward, its adaptive weight its own
 
-    def total(p):
-        nll, kl, g = parts_of_loss(p)
-        return nll + objective.kl_weight * kl + d_weight * g
+        def parts_of_loss(p, x=x, i=i):
+            recon, kl = reconstruct(p, x, keys(k_gen, i))
+            nll = jnp.sum(jnp.abs(x - recon)) / x.shape[0]
+            g = -jnp.mean(nnx.merge(disc_graphdef, disc_params)(recon))
+            return nll, kl, g
 
-    grads = jax.grad(total)(params)
+        nll_grads = jax.grad(lambda p: parts_of_loss(p)[0])(params)
+        g_grads = jax.grad(lambda p: parts_of_loss(p)[2])(params)
+        d_weight = jnp.linalg.norm(last_kernel(nll_grads)) / (jnp.linalg.norm(last_kernel(g_grads)) + 1e-4)
+        d_weight = jnp.clip(d_weight, 0, 1e4) * objective.disc_weight
+
+        def total(p, parts_of_loss=parts_of_loss, d_weight=d_weight):
+            nll, kl, g = parts_of_loss(p)
+            return (nll + objective.kl_weight * kl + d_weight * g) / count  # Lightning scales the loss
+
+        grads.append(jax.grad(total)(params))
+        d_weights.append(d_weight)
+    grads = jax.tree.map(lambda *g: sum(g), *grads)
     updates, _ = tx.update(grads, tx.init(params), params)
     new_params = optax.apply_updates(params, updates)
 
-    fresh = reconstruct(new_params, k_disc)[0]
+    d_grads = []
+    for i, x in enumerate(micro):  # the discriminator's turn of each micro-batch; the last after the update
+        fresh = reconstruct(new_params if i == count - 1 else params, x, keys(k_disc, i))[0]
 
-    def hinge(dp):
-        disc = nnx.merge(disc_graphdef, dp)
-        return 0.5 * (jnp.mean(jax.nn.relu(1 - disc(x))) + jnp.mean(jax.nn.relu(1 + disc(fresh))))
+        def hinge(dp, x=x, fresh=fresh):
+            disc = nnx.merge(disc_graphdef, dp)
+            return 0.5 * (jnp.mean(jax.nn.relu(1 - disc(x))) + jnp.mean(jax.nn.relu(1 + disc(fresh)))) / count
 
-    d_grads = jax.grad(hinge)(disc_params)
+        d_grads.append(jax.grad(hinge)(disc_params))
+    d_grads = jax.tree.map(lambda *g: sum(g), *d_grads)
     d_updates, _ = tx.update(d_grads, tx.init(disc_params), disc_params)
-    return new_params, optax.apply_updates(disc_params, d_updates), float(d_weight)
+    return new_params, optax.apply_updates(disc_params, d_updates), sum(d_weights) / count
 
 
 def our_step(parts, objective, key, tx):
@@ -88,8 +109,9 @@ def our_step(parts, objective, key, tx):
                                    objective)
 
 
-def test_matches_ldm_objective_with_the_discriminator_on(parts):
-    objective = AutoencoderObjective(perceptual_weight=0.0, disc_start=0)
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_matches_ldm_objective_with_the_discriminator_on(parts, accumulation):
+    objective = AutoencoderObjective(perceptual_weight=0.0, disc_start=0, accumulation=accumulation)
     key = jax.random.key(7)
     state, metrics = our_step(parts, objective, key, COMPARE_TX)
     params, disc_params, d_weight = direct_step(parts, objective, key, COMPARE_TX)

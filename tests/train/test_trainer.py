@@ -15,7 +15,7 @@ import pytest
 import safetensors.numpy
 from conftest import REPO, lpips_state_dict
 from flax import nnx
-from trainer_runs import run_train, train_cmd
+from trainer_runs import run_train, train_cmd, train_here
 
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.config import load_config
@@ -93,8 +93,8 @@ def test_signal_handlers_are_restored_when_training_raises_or_stops(data_dir, tm
 
 
 def test_expert_stage_trains_one_expert_and_its_encoder_only(data_dir, tmp_path):
-    run_train(tmp_path / "expert", data_dir, "steps=2", "val_every=0", "sample_every=0", "ema_decay=0.9999",
-              config="configs/train_tiny.py:expert_text")
+    train_here(tmp_path / "expert", data_dir, "steps=2", "val_every=0", "sample_every=0", "ema_decay=0.9999",
+               config="configs/train_tiny.py:expert_text")
 
     trained = nnx.state(load_system(tmp_path / "expert/system"), nnx.Param)
     fresh = nnx.state(init_system(load_config("tiny_system.py:text"), seed=0), nnx.Param)

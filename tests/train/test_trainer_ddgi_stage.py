@@ -7,16 +7,20 @@ import pytest
 from flax import nnx
 
 from cdiff_jax.checkpoint import save_generator, save_system
-from cdiff_jax.config import StyleGAN2Config, load_config
+from cdiff_jax.config import EG3DConfig, StyleGAN2Config, load_config
 from cdiff_jax.ddgi.features import heads_config
 from cdiff_jax.ddgi.heads import DDGIHeads, load_heads, save_heads
 from cdiff_jax.ddgi.trajectories import TrajectorySettings, build_cache
+from cdiff_jax.nn.eg3d import TriPlaneGenerator
 from cdiff_jax.nn.stylegan2 import Generator
 from cdiff_jax.system import init_system
 from cdiff_jax.train import trainer
 from cdiff_jax.train.config import TrainConfig
 
 GAN = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
+EG3D = EG3DConfig(z_dim=8, w_dim=8, img_resolution=32, neural_rendering_resolution=32, superresolution="none",
+                  plane_resolution=8, plane_channels=4, mapping_layers=1, channel_base=32, channel_max=8,
+                  depth_resolution=4, depth_resolution_importance=4)
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +30,7 @@ def world(tmp_path_factory):
     save_system(root / "system", system)
     save_generator(root / "gan", Generator(GAN, rngs=nnx.Rngs(0)))
     save_generator(root / "gan_wide", Generator(dataclasses.replace(GAN, w_dim=16), rngs=nnx.Rngs(0)))
+    save_generator(root / "eg3d", TriPlaneGenerator(EG3D, rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(0)
     examples = [{"image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
                  "mask": rng.integers(0, 19, (32, 32), dtype=np.uint8),
@@ -59,8 +64,9 @@ def test_mapping_then_modulation(world, tmp_path):
     start = params_of(fresh, "modulation")
     changed = [np.abs(v - start[p]).max() for p, v in params_of(modulated, "modulation").items()]
     assert max(changed) > 0
-    # The gating ablation is the modulation stage's choice: it holds although M was trained with gating on.
-    ungated = second.replace(ddgi_attention_gating=False)
+    # The gating ablation is the modulation stage's choice: it holds although M was trained with gating on. No
+    # samples: the two runs above wrote theirs, and ungated heads would compile a renderer of their own.
+    ungated = second.replace(ddgi_attention_gating=False, sample_every=0)
     assert trainer.train(ungated, tmp_path / "ungated") == 0
     assert mapped.cfg.attention_gating and not load_heads(tmp_path / "ungated/heads").cfg.attention_gating
     differ = [np.abs(v - params_of(modulated, "modulation")[p]).max()
@@ -73,6 +79,10 @@ def test_mapping_then_modulation(world, tmp_path):
     (dict(stage="ddgi_modulation"), "starts from trained M"),
     (dict(stage="ddgi_modulation", gan="gan_wide", init_from=(("heads", "heads_for_gan"),)),
      "codes of 8 x 8 but the GAN takes 8 x 16"),
+    (dict(triplane_resolution=16), "only a tri-plane GAN without super-resolution renders at it, and .* holds a "
+                                   "StyleGAN2 generator"),
+    (dict(gan="eg3d", triplane_resolution=16), r"must divide the toy world's 64, whose images the trajectory cache "
+                                               r"must hold \(it holds 32x32\)"),
 ])
 def test_bad_ddgi_settings_fail_in_one_line_before_training(world, tmp_path, change, message):
     root, cfg = world
@@ -83,3 +93,8 @@ def test_bad_ddgi_settings_fail_in_one_line_before_training(world, tmp_path, cha
     with pytest.raises(ValueError, match=message):
         trainer.train(cfg.replace(**change), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_triplane_resolution_belongs_to_the_tri_plane_stages(world):
+    with pytest.raises(ValueError, match="only the triplane and DDGI stages render tri-planes"):
+        world[1].replace(stage="collab", triplane_resolution=32)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import REPO
-from trainer_runs import run_train, train_cmd, trained_params
+from trainer_runs import run_train, train_cmd, train_here, trained_params
 
 
 def _devices_env(count):
@@ -23,9 +23,12 @@ FAST = ("val_every=0", "sample_every=0", "checkpoint_every=100")
 @pytest.fixture(scope="module")
 def one_device(data_dir, tmp_path_factory):
     """One run on one device, the reference of both tests (the config has no learning-rate schedule, so its
-    first four steps are those of a four-step run)."""
+    first four steps are those of a four-step run); in this process when it has one device."""
     workdir = tmp_path_factory.mktemp("devices") / "one"
-    run_train(workdir, data_dir, *FAST, env=_devices_env(1))
+    if jax.device_count() == 1:
+        train_here(workdir, data_dir, *FAST)
+    else:
+        run_train(workdir, data_dir, *FAST, env=_devices_env(1))
     return workdir
 
 

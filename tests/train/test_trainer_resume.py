@@ -7,7 +7,7 @@ import time
 import jax
 import numpy as np
 from conftest import REPO
-from trainer_runs import run_train, train_cmd, trained_params
+from trainer_runs import run_train, train_cmd, train_here, trained_params
 
 
 def _wait_for_checkpoint(workdir, step, process, timeout=240):
@@ -27,7 +27,7 @@ SLOW = ("steps=24", "checkpoint_every=4", "val_every=0", "sample_every=0", "crop
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit(data_dir, tmp_path):
-    run_train(tmp_path / "straight", data_dir, *SLOW)
+    train_here(tmp_path / "straight", data_dir, *SLOW)  # the reference: train.py's run, without its subprocess
     killed = tmp_path / "killed"
     process = subprocess.Popen(train_cmd(killed, data_dir, *SLOW), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, cwd=REPO)
