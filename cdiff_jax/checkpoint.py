@@ -12,19 +12,19 @@ import os
 import pathlib
 import re
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from cdiff_jax.config import EG3DConfig, StyleGAN2Config, SystemConfig
 from cdiff_jax.nn.eg3d import TriPlaneGenerator
 from cdiff_jax.nn.stylegan2 import Generator
-from cdiff_jax.paths import creatable_parent
+from cdiff_jax.paths import creatable_parent, quiet_orbax_failures
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system
 
 CONFIG_FILE = "config.json"
@@ -47,26 +47,10 @@ def read_config(directory: pathlib.Path, parse: Callable[[str], object]):
                                   "the checkpoint again") from None
 
 
-def _silence_closed_loop_callbacks() -> None:
-    """When a restore fails, orbax closes its event loop while tensorstore's other reads are still in flight; each
-    of them then reports "Event loop is closed" as an unraisable exception, which Python prints as a traceback
-    (hundreds, around our one line). Drop exactly those; any other unraisable exception reaches the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_closed_loop_callbacks", False):
-        return
-
-    def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook.drops_closed_loop_callbacks = True
-    sys.unraisablehook = hook
-
-
 def read_params(directory: pathlib.Path, like):
     """`load_arrays` of DIRECTORY/params; a missing, truncated or mismatched file is one line naming the checkpoint
     (orbax and tensorstore raise many kinds of errors, each with pages of context)."""
-    _silence_closed_loop_callbacks()
+    quiet_orbax_failures()
     try:
         return load_arrays(directory / PARAMS_DIR, like)
     except Exception as err:  # noqa: BLE001 -- every failure of a damaged directory becomes the same one line
@@ -100,11 +84,15 @@ def check_destination(directory: str | os.PathLike, overwrite: bool) -> pathlib.
 
 
 def save_config_and_state(directory, config_json: str, state: nnx.State, overwrite: bool) -> pathlib.Path:
-    """config.json beside params/, written into a temporary directory and renamed into place."""
+    """config.json beside params/, written into a temporary directory and renamed into place.
+
+    Across processes every one calls this (with the same arguments): the first writes config.json, all write
+    their shards of the arrays (see `atomic_directory` and `save_tree`)."""
     directory = check_destination(directory, overwrite)
     with atomic_directory(directory) as tmp:
-        tmp.mkdir()
-        (tmp / CONFIG_FILE).write_text(config_json)
+        if jax.process_index() == 0:
+            tmp.mkdir()
+            (tmp / CONFIG_FILE).write_text(config_json)
         save_tree(tmp / PARAMS_DIR, nnx.to_pure_dict(state))
     return directory
 
@@ -123,15 +111,44 @@ STALE_SECONDS = 600  # a temporary sibling untouched this long was left by a kil
 @contextlib.contextmanager
 def atomic_directory(directory: pathlib.Path):
     """Yield a temporary sibling path to fill; it replaces `directory` only if the block succeeds.
-    Temporaries of ours that a killed process left beside `directory` are removed first."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+    Temporaries of ours that a killed process left beside `directory` are removed first.
+
+    With several processes (a shared file system), every process enters with the same `directory` and gets the
+    same temporary path, the first process's choice; the block decides who writes what in it (orbax's saves take
+    every process). The first process alone cleans up and renames, after all have finished the block."""
+    lead = jax.process_index() == 0
+    if lead:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_siblings(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{_shared_token()}")
+    _sync_processes("atomic_directory:start")
     try:
         yield tmp
-        _replace_dir(tmp, directory)
+        _sync_processes("atomic_directory:written")
+        if lead:
+            _replace_dir(tmp, directory)
+        _sync_processes("atomic_directory:replaced")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if lead:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _shared_token() -> str:
+    """Eight random hex digits, the same in every process (the first process's)."""
+    if jax.process_count() == 1:
+        return uuid.uuid4().hex[:8]
+    from jax.experimental import multihost_utils
+
+    token = multihost_utils.broadcast_one_to_all(np.asarray(uuid.uuid4().int % (1 << 31), np.int32))
+    return f"{int(token):08x}"
+
+
+def _sync_processes(name: str) -> None:
+    """Wait until every process gets here (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 # Largest data file orbax writes (default 2 GB): shipped checkpoints are tracked in git, which
@@ -140,14 +157,37 @@ DATA_FILE_BYTES = 8 << 20
 
 
 def save_tree(path: pathlib.Path, tree) -> None:
+    """Every process calls this with its part of the global arrays (orbax waits for all of them); an array held
+    whole by each process (on its own devices, not a global one) is written once, from the first process's copy."""
+    if jax.process_count() > 1:
+        tree = jax.tree.map(_writable_across_processes, tree)
     # Zarr3 is what lets orbax split the data into files of a target size.
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_zarr3=True)) as checkpointer:
         checkpointer.save(path, args=ocp.args.PyTreeSave(tree, ocdbt_target_data_file_size=DATA_FILE_BYTES))
     # orbax's commit marker records the path it wrote to: a temporary one that is renamed next,
     # so the record would be wrong and would carry this machine's paths into shipped checkpoints.
     marker = path / "commit_success.txt"
-    if marker.exists():
+    if jax.process_index() == 0 and marker.exists():
         marker.write_text("Checkpoint commit was successful.")
+
+
+def _writable_across_processes(x):
+    """`x` as orbax can write it when several processes save together: a process-local jax array (which orbax
+    refuses) as numpy, written from the first process; a global array whose shards cannot be listed as a compiled
+    copy. jax 0.12's device_put of a process-local array onto a replicated sharding, with one device per process,
+    makes such arrays (`addressable_shards` raises ValueError; computations read them)."""
+    if not isinstance(x, jax.Array):
+        return x
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    try:
+        x.addressable_shards  # noqa: B018 -- only whether it can be read
+    except ValueError:
+        return _copy(x)
+    return x
+
+
+_copy = jax.jit(lambda x: x)
 
 
 def load_arrays(directory: str | os.PathLike, like):

@@ -34,10 +34,12 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Show the library's messages on stderr as plain lines (for the command-line entry points)."""
+    """Show the library's messages on stderr as plain lines (for the command-line entry points); below warnings,
+    only the lead process's, so that a multi-host run says each thing once."""
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING or is_lead())
         log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False

@@ -176,12 +176,26 @@ def _sample_program(reporter, graphdef, state, conditions, contexts, x_T, key, s
     contexts = contexts or encode_conditions(system, conditions)
     guidance = _guidance(system, contexts, guidance_scales, null_conditions, settings.guided)
     plan = settings.plan(alphas_cumprod(system.cfg.schedule))
+    solver_state, trajectory = solver_steps(system, contexts, guidance, plan, settings, solvers.initial(plan, x_T),
+                                            key, 0, plan.timesteps.shape[0], step_noise, reporter)
+    z0 = solvers.current_sample(solver_state)
+    return SampleResult(latents=z0, images=system.autoencoder.decode_latent(z0), trajectory=trajectory)
+
+
+def solver_steps(system, contexts, guidance, plan, settings: SamplerSettings, solver_state, key, start: int,
+                 stop: int, step_noise=None, reporter=None):
+    """The sampler's steps start+1 .. stop (1-based) of `plan` from `solver_state`, one `lax.scan`: (the state
+    after them, their Trajectory if `settings.record`). Step i's noise is drawn from split(key, all steps)[i] (or
+    is step_noise[i]) whichever steps run, so a run split into parts is the whole run. No steps: the state as
+    given and no loop in the program."""
+    if start == stop:
+        return solver_state, None
     num_steps = plan.timesteps.shape[0]  # DDIM's can exceed settings.steps, see ddim_timesteps
     stochastic = solvers.SOLVERS[settings.solver].stochastic
     noise_source = None
     if stochastic:
-        noise_source = jax.random.split(key, num_steps) if step_noise is None else step_noise
-    batch = x_T.shape[0]
+        noise_source = (jax.random.split(key, num_steps) if step_noise is None else step_noise)[start:stop]
+    batch = solvers.current_sample(solver_state).shape[0]
 
     def step(solver_state, inputs):
         i, row, noise = inputs
@@ -198,10 +212,8 @@ def _sample_program(reporter, graphdef, state, conditions, contexts, x_T, key, s
             record = Trajectory(row.timesteps, x, pred_x0, p.eps, p.expert_eps, p.logits, p.weights)
         return solver_state, record
 
-    xs = (jnp.arange(num_steps), plan, noise_source)
-    solver_state, trajectory = jax.lax.scan(step, solvers.initial(plan, x_T), xs)
-    z0 = solvers.current_sample(solver_state)
-    return SampleResult(latents=z0, images=system.autoencoder.decode_latent(z0), trajectory=trajectory)
+    xs = (jnp.arange(start, stop), jax.tree.map(lambda column: column[start:stop], plan), noise_source)
+    return jax.lax.scan(step, solver_state, xs)
 
 
 def _guidance(system, contexts, scales, null_conditions, guided) -> Guidance | None:

@@ -18,6 +18,8 @@ from cdiff_jax.commands.sample import main as sample_main  # noqa: E402
 from cdiff_jax.data.masks import PALETTE, load_label_map  # noqa: E402
 from cdiff_jax.requests import DEMO_CHECKPOINT, DEMO_MASK, UsageError  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 CAPTION = "This man has a beard. He is in his forties."
 SIDE = 64  # the demo models' images

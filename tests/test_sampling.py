@@ -21,6 +21,8 @@ from cdiff_jax.noise import normal
 from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.text.tokenizer import caption_tokenizer
 
+pytestmark = pytest.mark.slow
+
 
 def steps_nhwc(x):
     """[S, B, C, H, W] -> [S, B, H, W, C]."""

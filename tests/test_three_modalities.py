@@ -22,6 +22,8 @@ from cdiff_jax.sampling import SamplerSettings, sample
 from cdiff_jax.system import init_system
 from cdiff_jax.train.step import init_train_state, train_steps, trainable_filter, trainable_prefixes
 
+pytestmark = pytest.mark.slow
+
 TINY = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny_system.py"
 BATCH = 2
 STEPS = 3  # zero-initialised output layers: step n's gradient reaches n layers deep into a residual branch

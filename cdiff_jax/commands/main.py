@@ -18,7 +18,7 @@ COMMANDS = {
     "edit": ("cdiff_jax.editing.run:main", "edit a real face by caption, mask or both (Imagic + collaboration)"),
     "train": ("cdiff_jax.commands.train:main",
               "train the autoencoder, an expert, the dynamic diffusers or a StyleGAN2"),
-    "convert": ("cdiff_jax.convert.__main__:main", "convert an official checkpoint into a cdiff_jax checkpoint"),
+    "convert": ("cdiff_jax.convert.__main__:main", "convert an official checkpoint into ours, or back (--to-official)"),
     "demo": ("cdiff_jax.app:main", "serve the interactive page on localhost: draw a mask, type a caption, sample"),
     "evaluate": (None, "evaluate on real or toy faces (default: the miniature evaluation); `cdiff evaluate --help`"),
 }

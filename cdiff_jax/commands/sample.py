@@ -13,7 +13,8 @@
 Convert released weights first with `python -m cdiff_jax.convert SRC DST`. Everything a run
 writes goes into --out: one PNG per sample, a grid, the mask overlay, on request the influence
 maps and the x_t / pred_x0 trajectories as grids, and settings.json with every input. The folder
-is written beside --out and renamed into place when complete; a previous run's --out is replaced.
+is written beside --out and renamed into place when complete; a previous run's --out is replaced,
+and kept when the write fails (a full disk: one line, exit status 1).
 For more samples than --batch allows, run again with other --seed values.
 """
 
@@ -37,6 +38,7 @@ from cdiff_jax.data.masks import colorize, load_label_map
 from cdiff_jax.diffusion.collaboration import MODES, rule_for_mode
 from cdiff_jax.noise import normal
 from cdiff_jax.parallel import data_mesh, replicate, shard_batch
+from cdiff_jax.paths import CannotWrite, writing
 from cdiff_jax.progress import SamplingBar, configure_logging, log
 from cdiff_jax.requests import UsageError
 from cdiff_jax.sampling import NonFiniteSamples, SampleResult, SamplerSettings, require_finite, sample
@@ -139,7 +141,7 @@ def run(request: SampleRequest) -> float:
     system = load_system(request.checkpoint)
     with SamplingBar() as bar:
         result, seconds = generate(system, request, on_step=bar)
-    with atomic_directory(request.out) as tmp:
+    with writing(request.out), atomic_directory(request.out) as tmp:
         write_outputs(tmp, system, request, result, seconds)
     return seconds
 
@@ -259,7 +261,7 @@ def main(argv=None) -> int:
                     request.conditions[name].shape[-1])
     try:
         seconds = run(request)
-    except (NonFiniteSamples, NotACheckpointError) as err:  # broken weights, found when they are read
+    except (NonFiniteSamples, NotACheckpointError, CannotWrite) as err:  # broken weights, a full disk
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {request.batch} samples to {request.out} ({seconds:.1f}s including compilation)")

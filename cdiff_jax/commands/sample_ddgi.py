@@ -2,15 +2,18 @@
 
     python sample.py ddgi                  # the shipped demo system, toy GAN and heads, example mask and caption
     python sample.py ddgi --mask mask.png --text "This man has a long beard. He is in his sixties." --at-step 10
+    python sample.py ddgi --at-step 1 --diffusion-image   # one UNet pass for DDGI, then the 50-step sample beside it
     python sample.py ddgi --checkpoint SYSTEM --gan GAN_DIR --heads HEADS_DIR --mask mask.png --text "..."
     python sample.py ddgi --checkpoint SYSTEM --gan EG3D_DIR --heads HEADS_DIR ... --yaw -0.4:0.4:5 --pitch 0
 
 --checkpoint is the diffusion system the heads were trained on (default: the shipped demo models, with the
-shipped toy GAN and heads unless --gan and --heads are given). --out gets
-the GAN images (images/), the diffusion model's own samples I^d_0 (diffusion/), a grid of both, the W+ codes
-(ws.npy) and settings.json; it is written beside --out and renamed into place when complete. With an EG3D
---gan, DDGI's faces are also rendered from every (--yaw, --pitch) pair (radians; views/ and depth/, one row of
-views and one of depth maps per sample in views.png).
+shipped toy GAN and heads unless --gan and --heads are given). The sampler runs only up to the step DDGI reads
+(--at-step k: k - 1 sampler steps, then the experts' read; step 1 reads the noise itself); --diffusion-image
+also runs the remaining steps to the diffusion model's own sample I^d_0. --out gets the GAN images (images/),
+with --diffusion-image the I^d_0 samples (diffusion/), a grid, the W+ codes (ws.npy) and settings.json; it is
+written beside --out and renamed into place when complete. With an EG3D --gan, DDGI's faces are also rendered
+from every (--yaw, --pitch) pair (radians; views/ and depth/, one row of views and one of depth maps per sample in
+views.png).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from cdiff_jax.ddgi.generate import ddgi_sample
 from cdiff_jax.ddgi.heads import load_heads
 from cdiff_jax.latents import latent_shape
 from cdiff_jax.noise import normal
+from cdiff_jax.paths import CannotWrite, writing
 from cdiff_jax.requests import UsageError
 from cdiff_jax.sampling import SamplerSettings
 
@@ -58,6 +62,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--text", help="caption (default with the demo models: the example caption)")
     p.add_argument("--at-step", type=int, help="the sampler step DDGI reads, 1..--steps (default the last)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--diffusion-image", action="store_true", help="also sample the diffusion model's own image "
+                   "I^d_0 (the remaining steps after --at-step, and the autoencoder's decoder) and write it beside "
+                   "DDGI's (default: the sampler stops at --at-step)")
     p.add_argument("--batch", type=int, default=4, help=f"samples, 1..{requests.MAX_BATCH} (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--yaw", help="with an EG3D --gan: yaw angles of the views, radians (a,b or start:stop:count)")
@@ -113,25 +120,35 @@ def main(argv=None) -> int:
     x_T = normal(init_key, (args.batch,) + latent_shape(cfg))
     start = time.perf_counter()
     result = ddgi_sample(system, heads, generator, conditions, x_T, key, SamplerSettings(steps=args.steps), at_step,
-                         experts)
-    gan_images, diffusion = viz.to_uint8(np.asarray(result.images)), viz.to_uint8(np.asarray(result.diffusion_images))
+                         experts, diffusion_images=args.diffusion_image)
+    gan_images = viz.to_uint8(np.asarray(result.images))
+    diffusion = viz.to_uint8(np.asarray(result.diffusion_images)) if args.diffusion_image else None
     if views:
         view_images, depths = render_views(*nnx.split(generator), result.ws, cameras, jax.random.fold_in(key, 1))
     seconds = time.perf_counter() - start
-    with atomic_directory(out) as tmp:
-        tmp.mkdir()
-        if views:
-            write_views(tmp, view_images, depths, view_labels(views), generator.cfg)
-        for i, (gan_image, diffusion_image) in enumerate(zip(gan_images, diffusion)):
-            viz.save_png(tmp / "images" / f"{i:03d}.png", gan_image)
-            viz.save_png(tmp / "diffusion" / f"{i:03d}.png", diffusion_image)
-        viz.save_png(tmp / "grid.png", viz.grid(np.stack([diffusion, gan_images], axis=1).reshape(
-            (-1,) + gan_images.shape[1:]), cols=2, col_labels=["diffusion I_0", f"DDGI at step {at_step}"]))
-        np.save(tmp / "ws.npy", np.asarray(result.ws))
-        (tmp / SETTINGS_FILE).write_text(json.dumps({
-            "checkpoint": checkpoint, "gan": gan, "heads": heads_dir, **wanted, "at_step": at_step,
-            "views": [{"yaw": yaw, "pitch": pitch} for pitch, yaw in views], "steps": args.steps,
-            "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 2)}, indent=2))
-    print(f"wrote {args.batch} DDGI samples to {out} ({seconds:.1f}s including compilation)")
+    settings = {"checkpoint": checkpoint, "gan": gan, "heads": heads_dir, **wanted, "at_step": at_step,
+                "diffusion_image": args.diffusion_image,
+                "views": [{"yaw": yaw, "pitch": pitch} for pitch, yaw in views], "steps": args.steps,
+                "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 2)}
+    try:
+        with writing(out), atomic_directory(out) as tmp:
+            tmp.mkdir()
+            if views:
+                write_views(tmp, view_images, depths, view_labels(views), generator.cfg)
+            for i, gan_image in enumerate(gan_images):
+                viz.save_png(tmp / "images" / f"{i:03d}.png", gan_image)
+                if diffusion is not None:
+                    viz.save_png(tmp / "diffusion" / f"{i:03d}.png", diffusion[i])
+            label = f"DDGI at step {at_step}"
+            grid = (viz.grid(np.stack([diffusion, gan_images], axis=1), col_labels=["diffusion I_0", label])
+                    if diffusion is not None else viz.grid(gan_images[:, None], col_labels=[label]))
+            viz.save_png(tmp / "grid.png", grid)
+            np.save(tmp / "ws.npy", np.asarray(result.ws))
+            (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+    except CannotWrite as err:  # a full disk: --out is as it was
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    beside = " and the diffusion model's own" if args.diffusion_image else ""
+    print(f"wrote {args.batch} DDGI samples{beside} to {out} ({seconds:.1f}s including compilation)")
     return 0
 

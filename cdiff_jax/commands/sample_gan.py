@@ -21,6 +21,7 @@ from cdiff_jax import requests, viz
 from cdiff_jax.checkpoint import NotACheckpointError, atomic_directory, load_generator
 from cdiff_jax.nn.stylegan2 import NOISE_MODES, map_latents, synthesize
 from cdiff_jax.noise import normal
+from cdiff_jax.paths import CannotWrite, writing
 from cdiff_jax.requests import UsageError
 
 SETTINGS_FILE = "settings.json"
@@ -64,14 +65,18 @@ def main(argv=None) -> int:
                      truncation_cutoff=args.truncation_cutoff)
     images = viz.to_uint8(np.asarray(synthesize(graphdef, state, ws, noise_mode=args.noise, key=noise_key)))
     seconds = time.perf_counter() - start
-    with atomic_directory(out) as tmp:
-        tmp.mkdir()
-        for i, image in enumerate(images):
-            viz.save_png(tmp / "images" / f"{i:03d}.png", image)
-        viz.save_png(tmp / "grid.png", viz.grid(images))
-        np.save(tmp / "ws.npy", np.asarray(ws))
-        (tmp / SETTINGS_FILE).write_text(json.dumps({
-            "checkpoint": args.checkpoint, "count": args.count, "seed": args.seed, "truncation": args.truncation,
-            "truncation_cutoff": args.truncation_cutoff, "noise": args.noise, "seconds": round(seconds, 2)}, indent=2))
+    settings = {"checkpoint": args.checkpoint, "count": args.count, "seed": args.seed, "truncation": args.truncation,
+                "truncation_cutoff": args.truncation_cutoff, "noise": args.noise, "seconds": round(seconds, 2)}
+    try:
+        with writing(out), atomic_directory(out) as tmp:
+            tmp.mkdir()
+            for i, image in enumerate(images):
+                viz.save_png(tmp / "images" / f"{i:03d}.png", image)
+            viz.save_png(tmp / "grid.png", viz.grid(images))
+            np.save(tmp / "ws.npy", np.asarray(ws))
+            (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+    except CannotWrite as err:  # a full disk: --out is as it was
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {args.count} samples to {out} ({seconds:.1f}s including compilation)")
     return 0

@@ -28,6 +28,7 @@ from cdiff_jax.ddgi.gan import frontal_cameras
 from cdiff_jax.nn import eg3d
 from cdiff_jax.nn.stylegan2 import NOISE_MODES
 from cdiff_jax.noise import normal
+from cdiff_jax.paths import CannotWrite, writing
 from cdiff_jax.progress import bar
 from cdiff_jax.requests import UsageError
 
@@ -159,15 +160,20 @@ def main(argv=None) -> int:
                           truncation_psi=args.truncation, truncation_cutoff=args.truncation_cutoff)
     images, depths = render_views(graphdef, state, ws, cameras, render_key, noise_mode=args.noise, noise_key=noise_key)
     seconds = time.perf_counter() - start
-    with atomic_directory(out) as tmp:
-        tmp.mkdir()
-        write_views(tmp, images, depths, labels, cfg, grid_name="grid.png")
-        np.save(tmp / "ws.npy", np.asarray(ws))
-        np.save(tmp / "cameras.npy", cameras)
-        (tmp / SETTINGS_FILE).write_text(json.dumps({
-            "checkpoint": args.checkpoint, "count": args.count, "seed": args.seed, "cameras": args.cameras, "views": [
-                {"yaw": yaw, "pitch": pitch} for pitch, yaw in views] if args.cameras is None else None,
-            "truncation": args.truncation,
-            "truncation_cutoff": args.truncation_cutoff, "noise": args.noise, "seconds": round(seconds, 2)}, indent=2))
+    settings = {
+        "checkpoint": args.checkpoint, "count": args.count, "seed": args.seed, "cameras": args.cameras, "views": [
+            {"yaw": yaw, "pitch": pitch} for pitch, yaw in views] if args.cameras is None else None,
+        "truncation": args.truncation,
+        "truncation_cutoff": args.truncation_cutoff, "noise": args.noise, "seconds": round(seconds, 2)}
+    try:
+        with writing(out), atomic_directory(out) as tmp:
+            tmp.mkdir()
+            write_views(tmp, images, depths, labels, cfg, grid_name="grid.png")
+            np.save(tmp / "ws.npy", np.asarray(ws))
+            np.save(tmp / "cameras.npy", cameras)
+            (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+    except CannotWrite as err:  # a full disk: --out is as it was
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {args.count} identities x {len(cameras)} views to {out} ({seconds:.1f}s including compilation)")
     return 0

@@ -56,7 +56,9 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS's notes on configs and decoders
 
     from cdiff_jax.config import load_config
+    from cdiff_jax.paths import CannotWrite, writing
     from cdiff_jax.progress import configure_logging
+    from cdiff_jax.train.checkpoints import RESUME
     from cdiff_jax.train.trainer import TrainingDiverged, train
 
     configure_logging()
@@ -71,9 +73,15 @@ def main(argv=None) -> int:
             cfg = cfg.replace(**overrides)
         except ValueError as err:
             raise ValueError(f"--set {err}") from None
-        return train(cfg, args.workdir)
+        # Training also reads (data, checkpoints), so only a full disk or the like is taken for a failed write into
+        # --workdir; a failed checkpoint save names its checkpoint (TrainCheckpoints).
+        with writing(args.workdir, RESUME, reads_too=True):
+            return train(cfg, args.workdir)
     except TrainingDiverged as err:
         print(f"\nerror: {err}", file=sys.stderr)
+        return 1
+    except CannotWrite as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

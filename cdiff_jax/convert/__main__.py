@@ -9,6 +9,8 @@ from collections.abc import Callable
 from cdiff_jax.config import SystemConfig, load_config
 from cdiff_jax.convert.converter import convert_checkpoint
 from cdiff_jax.convert.official_config import load_official_yaml
+from cdiff_jax.paths import CannotWrite, writing
+from cdiff_jax.progress import configure_logging
 
 
 def resolve_config(spec: str) -> SystemConfig:
@@ -39,6 +41,7 @@ def main(argv=None) -> int:
                         help="export SRC, one of our checkpoints, to the official key names and layouts")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
+    configure_logging()
     if args.to_official:
         return _export(args)
     if pathlib.Path(args.src).suffix.lower() in GAN_SUFFIXES:
@@ -55,10 +58,12 @@ GAN_SUFFIXES = (".pkl", ".pt", ".pth")
 
 
 def _run(work: Callable[[], str], written) -> int:
-    """Print the work's summary and what it wrote, or its error in one line."""
+    """Print the work's summary and what it wrote, or its error in one line; a disk that fills up while DST is
+    written too (the work reads SRC as well, so only the errors no read raises are taken for a failed write)."""
     try:
-        summary = work()
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        with writing(written, "nothing was written (free space or choose another DST)", reads_too=True):
+            summary = work()
+    except (ValueError, FileNotFoundError, FileExistsError, CannotWrite) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary)

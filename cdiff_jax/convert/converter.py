@@ -17,6 +17,7 @@ from cdiff_jax.checkpoint import check_destination, save_system
 from cdiff_jax.config import SystemConfig, load_config
 from cdiff_jax.convert import keymap
 from cdiff_jax.diffusion.schedule import reference_buffers
+from cdiff_jax.progress import bar
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system
 from cdiff_jax.weights.layout import to_flax_layout
 from cdiff_jax.weights.state_dict_io import read_state_dict
@@ -103,7 +104,7 @@ def system_from_state_dict(
             continue
         (report.dropped if keymap.is_ignored(key) else unexpected).append(key)
     missing = sorted(k for k in wanted if k not in tensors)
-    for path, official in names.items():
+    for path, official in bar(names.items(), "converting", unit="tensor"):
         if official not in tensors:
             continue
         shape = tuple(ours[path].shape)

@@ -41,6 +41,7 @@ from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.editing.imagic import ImagicSettings, finetune_expert, optimise_embedding
 from cdiff_jax.editing.sweep import alpha_sweep
 from cdiff_jax.noise import normal
+from cdiff_jax.paths import CannotWrite, writing
 from cdiff_jax.progress import SamplingBar, bar, configure_logging, log
 from cdiff_jax.requests import UsageError
 from cdiff_jax.sampling import NonFiniteSamples, SamplerSettings, require_finite
@@ -294,11 +295,12 @@ def main(argv=None) -> int:
         sampler = requests.sampler(args.sampler, args.order, None, args.eta)
         sweep = SweepRequest(parse_alphas(args.alphas, list(targets)), args.steps, sampler["eta"], args.mode,
                              args.mask_scale, args.batch, sampler["solver"], sampler["order"])
-        directory = edit(request, sweep, args.out)
+        with writing(args.out, "the finished stages are kept (free space, then run again to resume)", reads_too=True):
+            directory = edit(request, sweep, args.out)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (NonFiniteSamples, NotACheckpointError) as err:  # broken weights, found when they are read
+    except (NonFiniteSamples, NotACheckpointError, CannotWrite) as err:  # broken weights, a full disk
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote the sweep over alpha ({', '.join(targets)}) to {directory / 'sweep.png'}")

@@ -3,20 +3,26 @@
 Each checkpoint holds the train state (step, trainable parameters, optimizer state) and the
 data iterator's position, so a resumed run continues the exact sequence of batches. orbax
 writes into a temporary directory and renames it when complete, so a run killed mid-save
-leaves the previous checkpoint as the latest usable one.
+leaves the previous checkpoint as the latest usable one. A save that fails (a full disk) raises
+CannotWrite naming its checkpoint, its partial files removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from cdiff_jax.paths import CannotWrite, writing
+
 VAL_METRIC = "val_loss"
+RESUME = "the run stopped (free space, then run the same command: it resumes from the last complete checkpoint)"
 
 
 class TrainCheckpoints:
@@ -31,14 +37,38 @@ class TrainCheckpoints:
             preservation_policy=policy, enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unfinished: int | None = None  # the step of an asynchronous save that may still be writing
 
     def save(self, step: int, state, data_state: bytes, val_loss: float | None = None, *, wait: bool = False) -> None:
         metrics = None if val_loss is None else {VAL_METRIC: float(val_loss)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave({"iterator": data_state.decode()}))
-        self.manager.save(step, args=args, metrics=metrics, force=True)
+        self._finish()  # the previous save, so that its failure names its own checkpoint
+        with self._writing(step):
+            self.manager.save(step, args=args, metrics=metrics, force=True)
+        self._unfinished = step
         if wait:
-            self.manager.wait_until_finished()
+            self._finish()
+
+    def _finish(self) -> None:
+        """Wait for the asynchronous save still writing, if any."""
+        step, self._unfinished = self._unfinished, None
+        if step is not None:
+            with self._writing(step):
+                self.manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _writing(self, step: int):
+        """A failed save as CannotWrite naming its checkpoint; orbax's temporary folders of it are removed (orbax
+        would remove them only when the run resumes, keeping the space the disk lacks until then)."""
+        try:
+            with writing(self.path(step), RESUME):
+                yield
+        except CannotWrite:
+            if jax.process_index() == 0:
+                for name in ocp.path.step.tmp_checkpoints(self.directory):
+                    shutil.rmtree(self.directory / name, ignore_errors=True)
+            raise
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -75,5 +105,7 @@ class TrainCheckpoints:
         return list(saved)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self._finish()
+        finally:
+            self.manager.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 from cdiff_jax.config import check_field_types
 from cdiff_jax.nn.remat import check_policy
@@ -12,6 +13,7 @@ FRESH_TOY_FACES = "fresh-toy-faces:"  # the gan stage's data_dir prefix for endl
 TOY_3D_WORLD = "toy-3d-world:"  # the triplane stage's data_dir prefix: views of the toy 3D world
 DIFFUSION_STAGES = ("collab", "expert", "autoencoder")  # the latent diffusion system's: CelebA data, remat, crop_zoom
 TRIPLANE_STAGES = ("triplane", "ddgi_mapping", "ddgi_modulation")  # those that may render a tri-plane GAN smaller
+DDGI_PERCEPTUAL = ("autoencoder", "lpips")  # the DDGI stages' perceptual distances (ddgi_step.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ class TrainConfig:
 
     # The autoencoder stage (LDM's defaults; its optimizers are Adam with betas 0.5/0.9). The
     # perceptual term needs LPIPS weights from a file (an LDM autoencoder checkpoint holds them);
-    # set perceptual_weight=0 to train without it.
+    # set perceptual_weight=0 to train without it. The DDGI stages read the same file for ddgi_perceptual="lpips".
     kl_weight: float = 1e-6
     perceptual_weight: float = 1.0
     perceptual_weights: str | None = None
@@ -89,7 +91,10 @@ class TrainConfig:
     # I^d_0 and the ground truth): `system` is our diffusion checkpoint directory (frozen), `gan` a generator
     # checkpoint (frozen), `data_dir` a trajectory cache (cdiff_jax.ddgi.trajectories); the modulation stage
     # starts from the mapping stage's heads, init_from=(("heads", "RUN/heads"),). Widths and loss weights are
-    # ours (cdiff_jax/train/ddgi_step.py).
+    # ours (cdiff_jax/train/ddgi_step.py). Each target term is ddgi_l2_weight x MSE + ddgi_perceptual_weight x a
+    # perceptual distance, "autoencoder" (the frozen autoencoder's latent distance: the toy world's) or "lpips"
+    # (weights from `perceptual_weights`), + ddgi_identity_weight x pSp's ID loss (ArcFace IR-SE50 weights from
+    # `ddgi_arcface_weights`, e.g. pSp's model_ir_se50.pth). A real-face run sets "lpips" and identity 0.1 (pSp's).
     gan: str | None = None
     ddgi_experts: tuple[str, ...] = ("text", "mask")
     ddgi_mapping_channels: int = 512
@@ -98,6 +103,9 @@ class TrainConfig:
     ddgi_l2_weight: float = 1.0
     ddgi_perceptual_weight: float = 0.8
     ddgi_ground_truth_weight: float = 1.0
+    ddgi_perceptual: str = "autoencoder"
+    ddgi_identity_weight: float = 0.0
+    ddgi_arcface_weights: str | None = None
     fsdp_min_size: int | None = None  # shard parameters with at least this many elements; None: replicate
 
     # Housekeeping (in optimizer steps).
@@ -133,9 +141,34 @@ class TrainConfig:
         if self.triplane_resolution is not None and self.stage not in TRIPLANE_STAGES:
             raise ValueError(f"triplane_resolution={self.triplane_resolution}: only the triplane and DDGI stages "
                              f"render tri-planes; set it to None for the {self.stage} stage")
+        if self.ddgi_perceptual not in DDGI_PERCEPTUAL:
+            raise ValueError(f"ddgi_perceptual={self.ddgi_perceptual!r}: expected one of {', '.join(DDGI_PERCEPTUAL)}")
+        if self.stage in ("ddgi_mapping", "ddgi_modulation"):
+            self._check_ddgi_networks()
         if self.global_batch % self.gradient_accumulation:
             raise ValueError(f"global_batch {self.global_batch} must split into gradient_accumulation="
                              f"{self.gradient_accumulation} equal micro-batches")
+
+    def _check_ddgi_networks(self) -> None:
+        if self.ddgi_perceptual == "lpips" and self.ddgi_perceptual_weight > 0 and not self.perceptual_weights:
+            raise ValueError('ddgi_perceptual="lpips" needs LPIPS weights: set perceptual_weights=PATH (an LDM '
+                             'autoencoder checkpoint or an LPIPS state dict), or ddgi_perceptual="autoencoder"')
+        if self.ddgi_identity_weight > 0 and not self.ddgi_arcface_weights:
+            raise ValueError(f"ddgi_identity_weight={self.ddgi_identity_weight} needs the identity network: set "
+                             "ddgi_arcface_weights=PATH (pSp's model_ir_se50.pth), or ddgi_identity_weight=0")
+
+    def ddgi_network_files(self) -> dict[str, str]:
+        """The weight files the DDGI stages load for their terms ({field: path}), each checked to exist: a
+        ValueError naming the field otherwise (the stage calls this before any work)."""
+        files = {}
+        if self.ddgi_perceptual == "lpips" and self.ddgi_perceptual_weight > 0:
+            files["perceptual_weights"] = self.perceptual_weights
+        if self.ddgi_identity_weight > 0:
+            files["ddgi_arcface_weights"] = self.ddgi_arcface_weights
+        for field, path in files.items():
+            if not pathlib.Path(path).is_file():
+                raise ValueError(f"{field}={path!r}: no such file; set it to the weight file's path")
+        return files
 
     @property
     def learning_rate(self) -> float:
@@ -154,7 +187,7 @@ _RANGES = (  # field, test, what the test asks for (the *_every intervals: 0 is 
     *((name, lambda v: v >= 0, ">= 0") for name in (
         "data_workers", "test_size", "log_every", "checkpoint_every", "val_every", "sample_every", "disc_start",
         "weight_decay", "kl_weight", "perceptual_weight", "disc_weight", "r1_gamma", "gan_ema_kimg", "gan_ema_rampup",
-        "ddgi_l2_weight", "ddgi_perceptual_weight", "ddgi_ground_truth_weight")),
+        "ddgi_l2_weight", "ddgi_perceptual_weight", "ddgi_ground_truth_weight", "ddgi_identity_weight")),
     ("base_learning_rate", lambda v: v > 0, "> 0"),
     ("crop_zoom", lambda v: v > 1, "> 1 (None: no crops)"),
     ("condition_dropout", lambda v: 0 <= v <= 1, "in [0, 1]"),

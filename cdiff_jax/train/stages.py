@@ -31,6 +31,7 @@ from cdiff_jax.ddgi.heads import DDGIHeads, load_heads, save_heads
 from cdiff_jax.ddgi.trajectories import DDGIInputs, TrajectoryCache
 from cdiff_jax.diffusion.schedule import make_schedule
 from cdiff_jax.latents import reconstruct
+from cdiff_jax.nn.arcface import ArcFace
 from cdiff_jax.nn.autoencoder import posterior_sample
 from cdiff_jax.nn.discriminator import DiscriminatorConfig, PatchDiscriminator
 from cdiff_jax.nn.eg3d import TriPlaneGenerator, map_latents, orbit_views
@@ -253,10 +254,15 @@ def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
             rows = viz.to_uint8(np.stack([row for pair in zip(truth, images) for row in pair]))
             viz.save_png(path, viz.grid(rows, col_labels=[f"yaw {yaw:+.2f}" for yaw in yaws]))
 
-    def export(params, workdir):
+    def export(params, workdir):  # every process saves its part of the generator, the first the codes
+        from jax.experimental import multihost_utils
+
         generator, codes = exported_generator(params)
         save_generator(workdir / "generator", generator, overwrite=True)
-        np.save(workdir / "generator" / "codes.npy", np.asarray(codes))
+        if not codes.is_fully_addressable:  # split across processes: gathered whole in each
+            codes = multihost_utils.process_allgather(codes, tiled=True)
+        if jax.process_index() == 0:
+            np.save(workdir / "generator" / "codes.npy", np.asarray(codes))
         log.info("fitted tri-plane generator written to %s (its identities' codes: codes.npy)", workdir / "generator")
 
     state = init_train_state(params, tx)
@@ -269,12 +275,17 @@ def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
                  write_samples=write_triplane_samples, export=export)
 
 
+LPIPS_MIN_SIZE = 16  # VGG16's four 2x2 max-pools before LPIPS's last tap
+
+
 def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
     """DDGI's mapping or modulation stage: heads trained on a trajectory cache, the diffusion system and the
-    GAN frozen (a tri-plane GAN rendering at `triplane_resolution` while training, if set); exports WORKDIR/heads."""
+    GAN frozen (a tri-plane GAN rendering at `triplane_resolution` while training, if set), LPIPS and ArcFace too
+    where the loss uses them; exports WORKDIR/heads."""
     if not cfg.gan:
         raise ValueError(f"the {cfg.stage} stage needs the frozen GAN: set gan=DIR (a generator checkpoint: "
                          "`cdiff convert G.pkl DIR`, or a gan stage's WORKDIR/generator)")
+    judge_files = cfg.ddgi_network_files()  # LPIPS's and ArcFace's, where their terms are on: present
     cache = TrajectoryCache(cfg.data_dir)
     system, generator = load_system(cfg.system), load_gan(cfg.gan)
     resolution = cfg.triplane_resolution
@@ -290,6 +301,9 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
     if resolution and (size != toy_faces.IMAGE_SIZE or size % resolution):
         raise ValueError(f"triplane_resolution {resolution} must divide the toy world's {toy_faces.IMAGE_SIZE}, whose "
                          f"images the trajectory cache must hold (it holds {size}x{size})")
+    if "perceptual_weights" in judge_files and (resolution or size) < LPIPS_MIN_SIZE:
+        raise ValueError(f"LPIPS compares images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} and this stage trains "
+                         f"on {resolution or size}x{resolution or size}; set ddgi_perceptual=\"autoencoder\"")
     heads_source = dict(cfg.init_from).get("heads")
     if cfg.stage == "ddgi_modulation":
         if heads_source is None:
@@ -314,7 +328,11 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
         heads, lambda path, value: isinstance(value, nnx.Param) and path[0] == trained, ...)
     frozen = replicate((nnx.split(system), nnx.split(generator)), mesh)
     objective = DDGIObjective(cfg.stage, heads.cfg.experts or cfg.ddgi_experts, cfg.ddgi_l2_weight,
-                              cfg.ddgi_perceptual_weight, cfg.ddgi_ground_truth_weight, resolution=resolution)
+                              cfg.ddgi_perceptual_weight, cfg.ddgi_ground_truth_weight, resolution=resolution,
+                              perceptual=cfg.ddgi_perceptual, identity_weight=cfg.ddgi_identity_weight)
+    lpips_file, arcface_file = judge_files.get("perceptual_weights"), judge_files.get("ddgi_arcface_weights")
+    judges = replicate((nnx.split(LPIPS.from_checkpoint(lpips_file)) if lpips_file else None,
+                        nnx.split(ArcFace.from_checkpoint(arcface_file)) if arcface_file else None), mesh)
     tx = adam(cfg.learning_rate)
     timesteps = replicate(jnp.asarray(cache.timesteps), mesh)
     key = jax.random.key(cfg.seed)
@@ -340,7 +358,7 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
                  loader=make_loader(cache, global_batch=cfg.global_batch, seed=cfg.seed, worker_count=cfg.data_workers,
                                     inputs=DDGIInputs() if resolution is None else DDGIInputsAt(resolution)),
                  run=lambda state, batches: ddgi_train_steps(graphdef, frozen_heads, state, batches, frozen, timesteps,
-                                                             key, tx, objective),
+                                                             key, tx, objective, judges),
                  write_samples=write_ddgi_samples, export=export)
 
 
@@ -433,8 +451,12 @@ def with_latent_normalisation(system: LatentDiffusionSystem, source, cfg: TrainC
     demo's), so an expert learns to read each channel's mean from x_T, and sampling starts from x_T of mean
     zero, which shifts every sample's colours (docs/research_log.md, "Measurement history moved from the code").
     """
+    from jax.experimental import multihost_utils
+
     graphdef, state = nnx.split(system.autoencoder)
-    latents = np.concatenate([np.asarray(_posterior_sample(graphdef, state, b["image"], jax.random.key(i)))
+    # Each batch is split across processes: gathered whole in each (on one process, the array itself).
+    latents = np.concatenate([multihost_utils.process_allgather(_posterior_sample(graphdef, state, b["image"],
+                                                                                  jax.random.key(i)), tiled=True)
                               for i, b in enumerate(validation_batches(cfg, source, mesh))], dtype=np.float64)
     channels = latents.reshape(-1, latents.shape[-1])
     shift = channels.mean(axis=0)

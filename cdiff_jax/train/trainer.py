@@ -119,8 +119,9 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         if lead:
             log.info("resumed from %s", checkpoints.path(latest))
 
-    writer = MetricsWriter(workdir / "train", enabled=lead, resume_step=latest)
-    val_writer = MetricsWriter(workdir / "val", enabled=lead, resume_step=latest)
+    # A run killed before its first checkpoint restarts from step 0: its rows go too.
+    writer = MetricsWriter(workdir / "train", enabled=lead, resume_step=latest or 0)
+    val_writer = MetricsWriter(workdir / "val", enabled=lead, resume_step=latest or 0)
     progress = ProgressLine(cfg.steps)
     stop = _StopRequest()
     step = int(state.step)
@@ -130,6 +131,7 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
         cleanup.callback(checkpoints.close)
         cleanup.enter_context(stop.listening())
         cleanup.callback(batches.close)
+        writer.write_config(step, _settings(cfg))  # the settings this start runs with, beside its curves
         if lead and step < cfg.steps:
             log.info("compiling the training step (the first call; a minute or more on a CPU)")
         upcoming = _next_call(batches, step, cfg, mesh)
@@ -157,7 +159,9 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
                                            stage.test_source, mesh)
                 val_writer.write(step, {"loss": val_loss})
             if _crossed(before, step, cfg.sample_every):
-                stage.write_samples(state.export_params, workdir / "samples" / f"{step:07d}.png")
+                grid = workdir / "samples" / f"{step:07d}.png"
+                stage.write_samples(state.export_params, grid)
+                writer.write_image(step, "samples", grid)
             # Validated states are always saved, so the best one by validation loss can be kept.
             if _crossed(before, step, cfg.checkpoint_every) or val_loss is not None or step == cfg.steps:
                 checkpoints.save(step, state, data_state, val_loss)
@@ -167,8 +171,11 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
                 if lead:
                     log.info("stopped by signal %d at step %d; saved %s", stop.signum, step, checkpoints.path(step))
                 return 128 + stop.signum  # the shell's status for a process ended by that signal
-    if jax.process_count() == 1:
-        stage.export(state.export_params, workdir)
+    stage.export(state.export_params, workdir)  # every process: each saves its part of the arrays
+    if jax.process_count() > 1:  # no process ends before the export is whole
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("train:exported")
     return 0
 
 

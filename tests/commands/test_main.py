@@ -47,7 +47,7 @@ def test_version():
 @pytest.mark.parametrize(("args", "expected"), [
     (("train", "--help"), "--workdir"),
     (("edit", "--help"), "--image"),
-    (("convert", "--help"), "official checkpoint"),
+    (("convert", "--help"), "--to-official"),
     (("evaluate", "--help"), "miniature"),
     (("evaluate", "miniature", "--help"), "usage: cdiff evaluate miniature"),
     (("evaluate", "weighting", "--help"), "usage: cdiff evaluate weighting"),

@@ -1,7 +1,9 @@
 """The sampling command as a user runs it: the demo, uni-modal and collaborative runs, and bad input
 refused through the real command line before any work."""
 
+import errno
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ from conftest import REPO, assemble_state_dict, png_header_only, reference_confi
 from flax import nnx
 from PIL import Image
 
+from cdiff_jax import viz
 from cdiff_jax.checkpoint import save_system
 from cdiff_jax.commands.sample import main
 from cdiff_jax.config import load_config
@@ -189,3 +192,41 @@ def test_a_scribble_joins_mask_and_caption_in_a_three_modality_system(tiny, tmp_
                tiny / "strokes.png", "--steps", "2", "--batch", "1", "--save-influence", "--out", tmp_path / "o") == 0
     assert json.loads((tmp_path / "o/settings.json").read_text())["scribble"] == str(tiny / "strokes.png")
     assert (tmp_path / "o/influence_scribble.png").is_file()
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_keeps_the_previous_run(tiny, tmp_path, capfd, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(tiny / "text"), "--text", "a man", "--steps", "2", "--batch", "1", "--out", str(out)]
+    assert main(argv) == 0
+    previous = _files(out)
+    capfd.readouterr()
+    real_save_png = viz.save_png
+
+    def fills_up(path, picture):  # the first picture is written, the disk is full at the second
+        if any(out.parent.glob(".out.tmp-*/images/*.png")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save_png(path, picture)
+
+    monkeypatch.setattr(viz, "save_png", fills_up)
+    assert main(argv) == 1
+    assert capfd.readouterr().err.splitlines() == [
+        f"error: cannot write {out}: No space left on device; nothing was written (free space or choose another --out)"]
+    assert _files(out) == previous and list(tmp_path.iterdir()) == [out]  # no temporary folder left beside it
+
+
+def test_a_disk_that_fills_up_while_editing_is_one_line_and_keeps_the_finished_stages(tiny, tmp_path, capfd,
+                                                                                      monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(viz, "save_png", full)  # input.png, the first picture an edit writes
+    out = tmp_path / "edit"
+    assert main(["edit", "--checkpoint", str(tiny / "collab"), "--image", str(tiny / "photo.png"), "--text", "a man",
+                 "--out", str(out)]) == 1
+    assert capfd.readouterr().err.splitlines() == [
+        f"error: cannot write {out}: No space left on device; the finished stages are kept (free space, then run "
+        "again to resume)"]

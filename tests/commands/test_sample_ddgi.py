@@ -1,6 +1,8 @@
 """`sample.py ddgi` on a tiny system, GAN and fresh heads: its outputs, the identity start, bad input."""
 
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -44,11 +46,20 @@ def args(root, out, *extra):
 
 def test_fresh_heads_give_the_gan_s_average_code_beside_the_diffusion_image(world, tmp_path):
     out = tmp_path / "out"
-    assert main(args(world, out, "--at-step", "2")) == 0
+    assert main(args(world, out, "--at-step", "2", "--diffusion-image")) == 0
     np.testing.assert_array_equal(np.load(out / "ws.npy"), np.full((2, GAN.num_ws, GAN.w_dim), 0.25, np.float32))
     assert {p.name for p in (out / "images").iterdir()} == {"000.png", "001.png"}
     assert {p.name for p in (out / "diffusion").iterdir()} == {"000.png", "001.png"}
-    assert json.loads((out / "settings.json").read_text())["at_step"] == 2 and (out / "grid.png").is_file()
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["at_step"] == 2 and settings["diffusion_image"] and (out / "grid.png").is_file()
+
+
+def test_without_diffusion_image_the_sampler_stops_at_the_step_read(world, tmp_path):
+    out = tmp_path / "out"
+    assert main(args(world, out, "--at-step", "2")) == 0
+    assert {p.name for p in (out / "images").iterdir()} == {"000.png", "001.png"}
+    assert not (out / "diffusion").exists() and (out / "grid.png").is_file() and (out / "ws.npy").is_file()
+    assert not json.loads((out / "settings.json").read_text())["diffusion_image"]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -65,6 +76,19 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(world, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_keeps_out_as_it_was(world, tmp_path, capsys,
+                                                                                 monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "save", full)  # ws.npy, after the pictures
+    out = tmp_path / "out"
+    assert main(args(world, out, "--at-step", "1")) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot write {out}: No space left on device; nothing was written (free space or choose another --out)"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_another_system_needs_its_own_gan_and_heads(world, tmp_path, capsys):
     argv = ["ddgi", "--checkpoint", str(world / "system"), "--mask", MASK, "--text", "a man", "--out",
             str(tmp_path / "out")]
@@ -73,6 +97,7 @@ def test_another_system_needs_its_own_gan_and_heads(world, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_with_no_checkpoint_the_shipped_toy_gan_and_heads_are_used(tmp_path):
     out = tmp_path / "out"
     assert main(["ddgi", "--steps", "10", "--batch", "1", "--out", str(out)]) == 0

@@ -1,6 +1,8 @@
 """`sample.py gan`: a generator checkpoint's samples, their W+ codes, truncation, and bad input in one line."""
 
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -60,3 +62,15 @@ def test_without_a_checkpoint_the_shipped_toy_gan_draws_toy_faces(tmp_path):
     assert main(["gan", "--count", "2", "--out", str(out)]) == 0
     image = np.asarray(Image.open(out / "images" / "000.png"))
     assert image.shape == (64, 64, 3) and image.std() > 10
+
+
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "save", full)  # ws.npy, after the pictures
+    out = tmp_path / "out"
+    assert main(["gan", "--checkpoint", str(checkpoint), "--count", "2", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot write {out}: No space left on device; nothing was written (free space or choose another --out)"]
+    assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,13 @@
-"""`cdiff train` (cdiff_jax/commands/train.py): argument handling before any work; end to end in tests/train."""
+"""`cdiff train` (cdiff_jax/commands/train.py): argument handling before any work, and a disk that fills up while it
+works; end to end in tests/train."""
 
+import errno
+import os
+import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 from conftest import REPO
 
@@ -105,3 +110,46 @@ def test_a_run_started_before_a_field_existed_resumes_at_that_fields_default(tmp
     check_same_run(cfg, tmp_path / "run")
     with pytest.raises(ValueError, match=r"remat='none', now 'full'"):  # the default is what the run computed
         check_same_run(cfg.replace(remat="full"), tmp_path / "run")
+
+
+def test_a_test_split_smaller_than_the_devices_is_one_line(tmp_path, capsys, monkeypatch):
+    """Validation shards the test split over the devices: a split of 2 on 4 devices is refused before any work."""
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    code = main(["--config", "configs/train_tiny.py", "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "test_size 2 is smaller than the 4 devices validation shards over" in err and "val_every=0" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "metrics"])
+def test_a_disk_that_fills_up_while_training_is_one_line_naming_the_path(data_dir, tmp_path, capfd, monkeypatch,
+                                                                         where):
+    """A full disk during a checkpoint save names the checkpoint, its partial files removed; during a metrics write,
+    the work directory. orbax's and the trainer's tracebacks stay off the terminal."""
+    from orbax.checkpoint import CheckpointManager
+
+    from cdiff_jax.train.checkpoints import RESUME
+    from cdiff_jax.train.metrics import MetricsWriter
+
+    workdir = tmp_path / "run"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fills_up(manager, step, **kwargs):
+        (pathlib.Path(manager.directory) / f"{step}.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+        full()
+
+    if where == "checkpoint":
+        monkeypatch.setattr(CheckpointManager, "save", fills_up)
+    else:
+        monkeypatch.setattr(MetricsWriter, "write", full)
+    code = main(["--config", "configs/train_tiny.py", "--workdir", str(workdir), "--set", f"data_dir={data_dir}",
+                 "--set", "steps=2"])
+    err = capfd.readouterr().err
+    path = workdir / "checkpoints" / "2" if where == "checkpoint" else workdir
+    assert code == 1 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if str(workdir) in line or "error" in line.lower()] == [
+        f"error: cannot write {path}: No space left on device; {RESUME}"]
+    assert list((workdir / "checkpoints").iterdir()) == []

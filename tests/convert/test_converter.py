@@ -1,6 +1,9 @@
 """The converter: exact coverage of the released key sets, strictness, and the CLI."""
 
+import errno
+import io
 import json
+import os
 import subprocess
 import sys
 
@@ -11,9 +14,11 @@ from conftest import assemble_state_dict, reference_config
 from flax import nnx
 from safetensors.numpy import save_file
 
+from cdiff_jax import checkpoint
 from cdiff_jax.checkpoint import load_system
 from cdiff_jax.config import load_config
 from cdiff_jax.convert import keymap
+from cdiff_jax.convert.__main__ import main as convert_main
 from cdiff_jax.convert.converter import ConversionError, detect_checkpoint_type, system_from_state_dict
 from cdiff_jax.convert.export import official_state_dict
 from cdiff_jax.system import abstract_system
@@ -185,3 +190,33 @@ def test_export_of_the_released_configs_equals_the_spec_manifests(fixtures_root)
         exported = {key: list(value.shape) for key, value in official_state_dict(cfg, params).items()}
         manifest = dict(line.split("\t") for line in path.read_text().splitlines())
         assert exported == {key: json.loads(shape) for key, shape in manifest.items()}, path.name
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+    ValueError("RESOURCE_EXHAUSTED: Error writing \"w/c/0\": No space left on device [os_error_code='28']"),  # orbax's
+])
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_writes_nothing(fixtures_root, tmp_path, capfd,
+                                                                           monkeypatch, failure):
+    def fills_up(path, tree):
+        path.mkdir()
+        (path / "half_written").write_bytes(b"\0" * 100)
+        raise failure
+
+    monkeypatch.setattr(checkpoint, "save_tree", fills_up)
+    dst = tmp_path / "out"
+    assert convert_main([str(fixtures_root / "autoencoder/model.ckpt"), str(dst), "--config",
+                         str(fixtures_root / "autoencoder/config.yaml")]) == 1
+    assert capfd.readouterr().err.splitlines() == [
+        f"error: cannot write {dst}: No space left on device; nothing was written (free space or choose another DST)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_tensor_loop_shows_a_bar_on_a_terminal(text_ldm, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    system_from_state_dict(*text_ldm)
+    assert "converting" in sys.stderr.getvalue() and "tensor" in sys.stderr.getvalue()

@@ -16,6 +16,8 @@ from cdiff_jax.noise import normal
 from cdiff_jax.optimization import ACCELERATOR, CPU, POLICY_ENV, NonFiniteStep, adam
 from cdiff_jax.system import init_system
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def setup():

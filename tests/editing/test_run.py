@@ -13,6 +13,8 @@ from cdiff_jax.checkpoint import load_config, save_system
 from cdiff_jax.data.masks import save_label_png
 from cdiff_jax.editing import run as edit_run
 
+pytestmark = pytest.mark.slow
+
 CAPTION = "This man has a very long beard. He is in his seventies."
 FAST = ["--embedding-iterations", "4", "--finetune-iterations", "3", "--chunk", "1", "--steps", "4",
         "--embedding-lr", "1e-2", "--finetune-lr", "1e-4"]

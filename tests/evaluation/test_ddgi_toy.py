@@ -14,6 +14,8 @@ from cdiff_jax.evaluation import ddgi_toy as D
 from cdiff_jax.evaluation import miniature as M
 from cdiff_jax.nn.stylegan2 import Generator
 
+pytestmark = pytest.mark.slow
+
 GAN = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=64, mapping_layers=1, channel_base=64, channel_max=8)
 COUNT, STEPS = 4, 10
 

@@ -21,6 +21,8 @@ from cdiff_jax.evaluation import miniature as M
 from cdiff_jax.nn.eg3d import TriPlaneGenerator
 from cdiff_jax.nn.stylegan2 import Generator
 
+pytestmark = pytest.mark.slow
+
 # The toy world's generator (its cameras and ray range), shrunk: 6 W+ entries, 4 samples per ray and no
 # importance pass (half the renderer to compile).
 EG3D = dataclasses.replace(load_config("toy_eg3d.py"), z_dim=8, w_dim=8, mapping_layers=1, plane_resolution=16,

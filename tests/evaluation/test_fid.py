@@ -13,6 +13,8 @@ from torch_files import full_file
 from cdiff_jax.evaluation.fid import main
 from cdiff_jax.evaluation.frechet import frechet_distance, gaussian_statistics
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def reference(fixtures_root):

@@ -14,6 +14,8 @@ from cdiff_jax.data.masks import NUM_CLASSES
 from cdiff_jax.evaluation import judges as J
 from cdiff_jax.optimization import NonFiniteStep
 
+pytestmark = pytest.mark.slow
+
 STEPS, BATCH, TEST_SIZE = 20, 8, 8
 
 

@@ -6,6 +6,8 @@ import pytest
 from cdiff_jax.evaluation import miniature as M
 from cdiff_jax.evaluation import paper
 
+pytestmark = pytest.mark.slow
+
 COUNT, STEPS = 48, 25
 
 

@@ -18,6 +18,8 @@ from cdiff_jax.evaluation import paper
 from cdiff_jax.evaluation.metrics import load_metric_networks, per_example_scores
 from cdiff_jax.requests import DEMO_CHECKPOINT, DEMO_DDGI_HEADS, DEMO_GAN
 
+pytestmark = pytest.mark.slow
+
 RESOLUTION, EXAMPLES, TEST_SIZE, COUNT, BATCH = 64, 6, 4, 3, 2
 METHODS = ("collaborative (released)", "DDGI")  # the uni-modal rows run through the same program in test_miniature
 

@@ -8,6 +8,8 @@ from cdiff_jax.checkpoint import load_system
 from cdiff_jax.evaluation import miniature as M
 from cdiff_jax.evaluation import samplers as S
 
+pytestmark = pytest.mark.slow
+
 
 def test_a_row_is_the_miniature_samplers_images_scored_with_errors(tmp_path):
     count, grid = 4, (("unipc", 2, 3, 0.0),)

@@ -11,6 +11,8 @@ from cdiff_jax.evaluation import judges as J
 from cdiff_jax.evaluation import toy_edit as E
 from cdiff_jax.evaluation.miniature import DEMO_JUDGES, held_out_examples
 
+pytestmark = pytest.mark.slow
+
 
 def test_caption_targets_are_far_from_the_source():
     for beard, age in itertools.product(range(len(T.BEARD_LENGTHS)), range(len(T.AGE_DECADES))):

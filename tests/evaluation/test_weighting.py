@@ -4,10 +4,13 @@ models."""
 import json
 
 import numpy as np
+import pytest
 
 from cdiff_jax.data.masks import NUM_CLASSES
 from cdiff_jax.data.toy_faces import make_example
 from cdiff_jax.evaluation import weighting as W
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_closed_form_weight_is_the_minimiser():

@@ -1,10 +1,15 @@
-"""Training checkpoints: restore what was saved, and refuse a train state of another shape clearly."""
+"""Training checkpoints: restore what was saved, refuse a train state of another shape clearly, and report a save
+that fails (a full disk) in one line naming its checkpoint."""
+
+import errno
+import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdiff_jax.train.checkpoints import TrainCheckpoints
+from cdiff_jax.paths import CannotWrite
+from cdiff_jax.train.checkpoints import RESUME, TrainCheckpoints
 from cdiff_jax.train.step import TrainState
 
 
@@ -44,3 +49,46 @@ def test_a_checkpoint_written_before_a_field_existed_restores_with_the_field_emp
     checkpoints.close()
     assert isinstance(restored, TrainState) and restored.ema is None
     np.testing.assert_array_equal(restored.opt_state["mu"], older.opt_state["mu"])
+
+
+FULL = "RESOURCE_EXHAUSTED: Error writing \"w/c/0\": No space left on device [os_error_code='28']"  # tensorstore's
+
+
+def test_a_save_that_fails_in_the_background_names_its_checkpoint_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """orbax writes in the background and reports a failure when the next save (or close) waits for it: the one line
+    names the checkpoint that failed, not the one being started, and its partial files are removed."""
+    checkpoints = TrainCheckpoints(tmp_path)
+    failures = [ValueError(FULL)]
+
+    def wait_until_finished():
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(checkpoints.manager, "save", lambda step, **_: (tmp_path / f"{step}.orbax-checkpoint-tmp"
+                                                                         / "state").mkdir(parents=True))
+    monkeypatch.setattr(checkpoints.manager, "wait_until_finished", wait_until_finished)
+    checkpoints.save(2, state(ema=False), b"{}")
+    with pytest.raises(CannotWrite) as err:
+        checkpoints.save(4, state(ema=False), b"{}")
+    assert str(err.value) == f"cannot write {tmp_path / '2'}: No space left on device; {RESUME}"
+    assert list(tmp_path.iterdir()) == []
+    checkpoints.close()
+
+
+def test_a_save_that_fails_at_once_names_its_checkpoint_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    checkpoints = TrainCheckpoints(tmp_path, asynchronous=False)
+    checkpoints.save(2, state(ema=False), b"{}", wait=True)
+    real_save = checkpoints.manager.save
+
+    def fills_up(step, **kwargs):
+        (tmp_path / f"{step}.orbax-checkpoint-tmp").mkdir()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoints.manager, "save", fills_up)
+    with pytest.raises(CannotWrite, match=f"cannot write {tmp_path / '4'}: No space left on device"):
+        checkpoints.save(4, state(ema=False), b"{}", wait=True)
+    monkeypatch.setattr(checkpoints.manager, "save", real_save)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2"] and checkpoints.latest_step() == 2
+    restored, _ = checkpoints.restore(2, state(ema=False))
+    checkpoints.close()
+    assert int(restored.step) == 7

@@ -81,6 +81,7 @@ def setup():
     return state, run, real
 
 
+@pytest.mark.slow
 def test_an_r1_call_penalises_its_first_iteration_only_and_tracks_w_avg(setup):
     make_state, run, real = setup
     start = make_state()

@@ -22,6 +22,8 @@ from cdiff_jax.train.step import (
     trainable_prefixes,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def _official_names(system, params):
     kinds = {n: m.kind for n, m in system.cfg.modalities.items()}

@@ -17,6 +17,8 @@ from cdiff_jax.system import init_system
 from cdiff_jax.train import trainer
 from cdiff_jax.train.config import TrainConfig
 
+pytestmark = pytest.mark.slow
+
 GAN = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
 EG3D = EG3DConfig(z_dim=8, w_dim=8, img_resolution=32, neural_rendering_resolution=32, superresolution="none",
                   plane_resolution=8, plane_channels=4, mapping_layers=1, channel_base=32, channel_max=8,

@@ -8,9 +8,12 @@ import subprocess
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO
 from trainer_runs import run_train, train_cmd, train_here, trained_params
+
+pytestmark = pytest.mark.slow
 
 
 def _devices_env(count):
@@ -62,3 +65,22 @@ def test_two_processes_of_four_devices_train_like_one_process(data_dir, one_devi
     for ours, theirs in zip(multi, single):
         np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=1e-5)
         np.testing.assert_allclose(ours["grad_norm"], theirs["grad_norm"], rtol=1e-4)
+    # Both processes exported the system together: its trained parameters are the last checkpoint's, nothing is
+    # left beside it.
+    assert sorted(p.name for p in (workdir / "system").iterdir()) == ["config.json", "params"]
+    assert not [p.name for p in workdir.iterdir() if p.name.startswith(".system.")]
+    exported = _by_path(trained_params(workdir))
+    with ocp.PyTreeCheckpointer() as checkpointer:  # as numpy: the saving topology (two processes) is not this one
+        state = workdir / "checkpoints/4/state"
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                checkpointer.metadata(state).item_metadata.tree)
+        saved = _by_path(checkpointer.restore(state, args=ocp.args.PyTreeRestore(restore_args=as_numpy))["params"])
+    assert saved and set(saved) < set(exported)
+    for path, value in saved.items():
+        np.testing.assert_array_equal(exported[path], value, err_msg=path)
+
+
+def _by_path(tree) -> dict[str, np.ndarray]:
+    """A tree's arrays by their path as text (a checkpoint restored without a target has text keys)."""
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

@@ -9,6 +9,8 @@ from cdiff_jax.checkpoint import load_generator
 from cdiff_jax.train import stages, trainer
 from cdiff_jax.train.config import TrainConfig
 
+pytestmark = pytest.mark.slow
+
 TINY_GAN = """
 from cdiff_jax.config import StyleGAN2Config
 

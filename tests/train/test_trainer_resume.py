@@ -6,8 +6,11 @@ import time
 
 import jax
 import numpy as np
+import pytest
 from conftest import REPO
 from trainer_runs import run_train, train_cmd, train_here, trained_params
+
+pytestmark = pytest.mark.slow
 
 
 def _wait_for_checkpoint(workdir, step, process, timeout=240):

@@ -13,6 +13,8 @@ from cdiff_jax.nn.eg3d import map_latents
 from cdiff_jax.train import trainer
 from cdiff_jax.train.config import TrainConfig
 
+pytestmark = pytest.mark.slow
+
 TINY_EG3D = """
 from cdiff_jax.config import EG3DConfig
 from cdiff_jax.data import toy_faces_3d
