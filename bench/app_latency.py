@@ -43,10 +43,27 @@ def main():
     system = load_system(DEMO_CHECKPOINT)
 
     def request(seed):
-        return sample_command.validate(sample_command.parse_args([
-            "--checkpoint", str(DEMO_CHECKPOINT), "--mask", str(DEMO_MASK), "--text", DEMO_CAPTION, "--steps",
-            str(args.steps), "--batch", str(args.batch), "--seed", str(seed), "--save-influence",
-            "--out", f"{folder}/out"]))
+        return sample_command.validate(
+            sample_command.parse_args(
+                [
+                    "--checkpoint",
+                    str(DEMO_CHECKPOINT),
+                    "--mask",
+                    str(DEMO_MASK),
+                    "--text",
+                    DEMO_CAPTION,
+                    "--steps",
+                    str(args.steps),
+                    "--batch",
+                    str(args.batch),
+                    "--seed",
+                    str(seed),
+                    "--save-influence",
+                    "--out",
+                    f"{folder}/out",
+                ]
+            )
+        )
 
     def baseline(seed):
         sample_command.generate(system, request(seed), on_step=lambda done, total: None)  # a reporter, as sample.py
@@ -59,14 +76,23 @@ def main():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    blocks.launch(server_name="127.0.0.1", server_port=port, share=False, ssr_mode=False, quiet=True,
-                  prevent_thread_lock=True)
+    blocks.launch(
+        server_name="127.0.0.1", server_port=port, share=False, ssr_mode=False, quiet=True, prevent_thread_lock=True
+    )
     client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=folder)
     mask = handle_file(str(DEMO_MASK))
 
     def page(seed):
-        client.predict({"background": mask, "layers": [], "composite": mask}, DEMO_CAPTION, "released", args.steps,
-                       "ddim", seed, args.batch, api_name="/sample")
+        client.predict(
+            {"background": mask, "layers": [], "composite": mask},
+            DEMO_CAPTION,
+            "released",
+            args.steps,
+            "ddim",
+            seed,
+            args.batch,
+            api_name="/sample",
+        )
 
     try:
         first["page"] = seconds(page, 0)
@@ -78,10 +104,14 @@ def main():
         blocks.close()
     direct, served = statistics.median(warm["direct"]), statistics.median(warm["page"])
     print(f"| what | first request (compilation included) | warm request (median of {args.warm}) |\n|---|---|---|")
-    print(f"| sample.py's path (validate + generate), {args.steps} DDIM steps, batch {args.batch} | "
-          f"{first['direct']:.1f} s | {direct:.2f} s |")
-    print(f"| the page through gradio_client, same request | {first['page']:.1f} s "
-          f"({first['page'] / first['direct']:.2f}x) | {served:.2f} s ({served / direct:.2f}x) |")
+    print(
+        f"| sample.py's path (validate + generate), {args.steps} DDIM steps, batch {args.batch} | "
+        f"{first['direct']:.1f} s | {direct:.2f} s |"
+    )
+    print(
+        f"| the page through gradio_client, same request | {first['page']:.1f} s "
+        f"({first['page'] / first['direct']:.2f}x) | {served:.2f} s ({served / direct:.2f}x) |"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,11 @@ def scores_scaled_attention(q, k, v, heads):
 def main():
     print(f"this backend's form: {kernel_forms().attention}")
     in_form = lambda form: lambda q, k, v, heads: attention(q, k, v, heads, KernelForms(attention=form))  # noqa: E731
-    forms = {"dot_product_attention": in_form("library"), "scale on the scores": scores_scaled_attention,
-             "ours": in_form("heads_first")}
+    forms = {
+        "dot_product_attention": in_form("library"),
+        "scale on the scores": scores_scaled_attention,
+        "ours": in_form("heads_first"),
+    }
     forms = {name: jax.jit(fn, static_argnums=3) for name, fn in forms.items()}
     for batch, queries, keys, heads, width, where in SHAPES:
         q = jax.random.normal(jax.random.key(0), (batch, queries, heads * width))
@@ -53,9 +56,12 @@ def main():
             for name, fn in forms.items():
                 best[name] = min(best[name], best_time(fn, q, k, v, heads))
         ours = best["ours"]
-        print(f"{where} (batch {batch}): " + ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in best.items())
-              + f": ours {best['dot_product_attention'] / ours:.2f}x and "
-              f"{best['scale on the scores'] / ours:.2f}x faster")
+        print(
+            f"{where} (batch {batch}): "
+            + ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in best.items())
+            + f": ours {best['dot_product_attention'] / ours:.2f}x and "
+            f"{best['scale on the scores'] / ours:.2f}x faster"
+        )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,26 @@ from cdiff_jax.nn.kernels import NHWC, KernelForms, conv_form, conv_function, ke
 
 SHAPES = [  # (side, in channels, out channels, kernel)
     # the expert's res-block and skip convolutions
-    (64, 192, 192, 3), (64, 576, 192, 3), (64, 384, 192, 3),
-    (32, 384, 384, 3), (32, 768, 384, 3),
-    (16, 576, 576, 3), (16, 1152, 576, 3), (16, 1536, 576, 3), (16, 960, 960, 3),
-    (8, 576, 960, 3), (8, 960, 960, 3), (8, 1920, 960, 3), (8, 1920, 960, 1),
+    (64, 192, 192, 3),
+    (64, 576, 192, 3),
+    (64, 384, 192, 3),
+    (32, 384, 384, 3),
+    (32, 768, 384, 3),
+    (16, 576, 576, 3),
+    (16, 1152, 576, 3),
+    (16, 1536, 576, 3),
+    (16, 960, 960, 3),
+    (8, 576, 960, 3),
+    (8, 960, 960, 3),
+    (8, 1920, 960, 3),
+    (8, 1920, 960, 1),
     # the autoencoder's decoder
-    (64, 512, 512, 3), (128, 512, 512, 3), (256, 512, 256, 3), (256, 256, 256, 3),
-    (512, 256, 128, 3), (512, 128, 128, 3),
+    (64, 512, 512, 3),
+    (128, 512, 512, 3),
+    (256, 512, 256, 3),
+    (256, 256, 256, 3),
+    (512, 256, 128, 3),
+    (512, 128, 128, 3),
 ]
 
 
@@ -46,9 +59,12 @@ def main():
                 timings[form] = best_time(fn, x, w)
             flops = 2 * batch * side * side * kernel * kernel * cin * cout
             report = ", ".join(f"{form} {t * 1e3:.1f} ms ({timings['xla'] / t:.2f}x)" for form, t in timings.items())
-            print(f"batch {batch}, {side}x{side}, {kernel}x{kernel} {cin}->{cout} ({flops / 1e9:.1f} GFLOP, XLA at "
-                  f"{flops / timings['xla'] / 1e9:.0f} GFLOP/s): {report}; the rule picks "
-                  f"{conv_form(x.shape, w.shape, ((kernel // 2,) * 2,) * 2, rule)}", flush=True)
+            print(
+                f"batch {batch}, {side}x{side}, {kernel}x{kernel} {cin}->{cout} ({flops / 1e9:.1f} GFLOP, XLA at "
+                f"{flops / timings['xla'] / 1e9:.0f} GFLOP/s): {report}; the rule picks "
+                f"{conv_form(x.shape, w.shape, ((kernel // 2,) * 2,) * 2, rule)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,12 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, nargs="+", default=[16])
     p.add_argument("--steps", type=int, default=4, help="timed steps per stage after the compiling one")
-    p.add_argument("--idle-gflops", type=float, default=280.0,
-                   help="the idle machine's matmul baseline (BENCHMARKS.md: 250-336 GFLOP/s on quiet runs)")
+    p.add_argument(
+        "--idle-gflops",
+        type=float,
+        default=280.0,
+        help="the idle machine's matmul baseline (BENCHMARKS.md: 250-336 GFLOP/s on quiet runs)",
+    )
     p.add_argument("--idle-2d", type=float, default=0.48, help="seconds per 2D ddgi_mapping step at batch 16, idle")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="ddgi3d_bench_") as tmp:
@@ -72,16 +76,22 @@ def run(root: pathlib.Path, args):
     save_generator(root / "gan", TriPlaneGenerator(load_config("toy_eg3d.py"), rngs=nnx.Rngs(0)))
     faces = [make_example(i) for i in range(max(16, *args.batch))]
     examples = [{"image": f["image"], "mask": resize_label_map(f["labels"]), "caption": f["caption"]} for f in faces]
-    build_cache(load_system(load_config(f"{DEMO}:ddgi3d_mapping").system), examples, root / "cache",
-                TrajectorySettings(steps=len(KEPT), kept=KEPT, batch=len(examples)))
+    build_cache(
+        load_system(load_config(f"{DEMO}:ddgi3d_mapping").system),
+        examples,
+        root / "cache",
+        TrajectorySettings(steps=len(KEPT), kept=KEPT, batch=len(examples)),
+    )
     print("2D ddgi_mapping, batch 16 (the reference):")
-    reference, reference_gflops, *_ = timed(load_config(f"{DEMO}:ddgi_mapping").replace(
-        gan=GAN_2D, data_dir=str(root / "cache")), args.steps)
+    reference, reference_gflops, *_ = timed(
+        load_config(f"{DEMO}:ddgi_mapping").replace(gan=GAN_2D, data_dir=str(root / "cache")), args.steps
+    )
     for batch in args.batch:
         total = {"measured": 0.0, "by matmul": 0.0, "by 2D": 0.0}
         for name in ("ddgi3d_mapping", "ddgi3d_modulation"):
-            cfg = load_config(f"{DEMO}:{name}").replace(gan=str(root / "gan"), data_dir=str(root / "cache"),
-                                                        global_batch=batch)
+            cfg = load_config(f"{DEMO}:{name}").replace(
+                gan=str(root / "gan"), data_dir=str(root / "cache"), global_batch=batch
+            )
             if name == "ddgi3d_modulation":
                 cfg = cfg.replace(init_from=(("heads", str(root / f"mapping{batch}/heads")),))
             print(f"{name}, batch {batch}:")
@@ -89,10 +99,15 @@ def run(root: pathlib.Path, args):
             if name == "ddgi3d_mapping":
                 stage.export(state.params, root / f"mapping{batch}")
             ratio = seconds * gflops / reference_gflops / reference  # to the 2D step, at equal matmul speed
-            idle = {"measured": seconds, "by matmul": seconds * gflops / args.idle_gflops,
-                    "by 2D": ratio * args.idle_2d}
-            print(f"  {seconds:.2f} s/step here; idle: {idle['by matmul']:.2f} s (matmul), {idle['by 2D']:.2f} s "
-                  f"({ratio:.1f}x the 2D step)")
+            idle = {
+                "measured": seconds,
+                "by matmul": seconds * gflops / args.idle_gflops,
+                "by 2D": ratio * args.idle_2d,
+            }
+            print(
+                f"  {seconds:.2f} s/step here; idle: {idle['by matmul']:.2f} s (matmul), {idle['by 2D']:.2f} s "
+                f"({ratio:.1f}x the 2D step)"
+            )
             for way in total:
                 total[way] += idle[way] * cfg.steps
         print(f"batch {batch}, the demo's steps: " + ", ".join(f"{t / 3600:.2f} h {way}" for way, t in total.items()))

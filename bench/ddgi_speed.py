@@ -74,23 +74,33 @@ def main():
     load_after = os.getloadavg()
 
     per_image = {name: min(t) / args.batch for name, t in times.items()}
-    print(f"batch {args.batch}, {args.rounds} rounds; {jax.devices()[0].platform}, {os.cpu_count()} cores; load "
-          f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after; baseline {baseline / 1e9:.0f} GFLOP/s "
-          "float32 matmul")
-    print("| what | first call (compilation included) | s per image, best | median | against the sampler (best) "
-          "| the same, split taken off both |")
+    print(
+        f"batch {args.batch}, {args.rounds} rounds; {jax.devices()[0].platform}, {os.cpu_count()} cores; load "
+        f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after; baseline {baseline / 1e9:.0f} GFLOP/s "
+        "float32 matmul"
+    )
+    print(
+        "| what | first call (compilation included) | s per image, best | median | against the sampler (best) "
+        "| the same, split taken off both |"
+    )
     print("|---|---|---|---|---|---|")
     for name, t in times.items():
         ratio = per_image[name] / per_image[sampler]
         bare = (per_image[name] - per_image[split]) / (per_image[sampler] - per_image[split])
         cells = (f"{ratio:.3f}x", f"{bare:.3f}x") if name != split else ("", "")
-        print(f"| {name} | {first[name]:.1f} s | {per_image[name]:.4f} | {statistics.median(t) / args.batch:.4f} | "
-              f"{cells[0]} | {cells[1]} |")
+        print(
+            f"| {name} | {first[name]:.1f} s | {per_image[name]:.4f} | {statistics.median(t) / args.batch:.4f} | "
+            f"{cells[0]} | {cells[1]} |"
+        )
     readings = [f"DDGI read at step {k} of {STEPS}" for k in READ_AT]
-    print("per round, against the sampler (as called): " + "; ".join(
-        ", ".join(f"{times[name][r] / times[sampler][r]:.3f}" for name in readings) for r in range(args.rounds))
-        + f" (steps {', '.join(map(str, READ_AT))}); median per-round ratio " + ", ".join(
-            f"{statistics.median(a / b for a, b in zip(times[name], times[sampler])):.3f}" for name in readings))
+    print(
+        "per round, against the sampler (as called): "
+        + "; ".join(
+            ", ".join(f"{times[name][r] / times[sampler][r]:.3f}" for name in readings) for r in range(args.rounds)
+        )
+        + f" (steps {', '.join(map(str, READ_AT))}); median per-round ratio "
+        + ", ".join(f"{statistics.median(a / b for a, b in zip(times[name], times[sampler])):.3f}" for name in readings)
+    )
 
 
 if __name__ == "__main__":

@@ -54,21 +54,28 @@ def main():
     system = init_system(cfg, seed=0)
     modality = system.modalities[args.modality]
     m_cfg = cfg.modalities[args.modality]
-    condition = (cond.encode_captions([CAPTION], m_cfg.encoder).ids if m_cfg.kind == "text"
-                 else cond.null_condition(m_cfg))  # all-zero one-hot: any mask costs the same
+    condition = (
+        cond.encode_captions([CAPTION], m_cfg.encoder).ids if m_cfg.kind == "text" else cond.null_condition(m_cfg)
+    )  # all-zero one-hot: any mask costs the same
     context = modality.encoder(jnp.asarray(condition))
     z0 = jax.random.normal(jax.random.key(0), (1, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim))
     schedule = make_schedule(cfg.schedule)
     expert = modality.expert
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(expert, nnx.Param)))
     flops = matmul_flops_per_second()
-    print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} CPU device(s), "
-          f"jax {jax.__version__}")
-    print(f"{args.system} {args.modality} expert: {n_params / 1e6:.1f} M parameters, latent {z0.shape[1:]}, "
-          f"context {context.shape[1:]}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} CPU device(s), "
+        f"jax {jax.__version__}"
+    )
+    print(
+        f"{args.system} {args.modality} expert: {n_params / 1e6:.1f} M parameters, latent {z0.shape[1:]}, "
+        f"context {context.shape[1:]}"
+    )
     print(f"matmul baseline: {flops / 1e9:.0f} GFLOP/s")
-    variants = [("1 per call (no loop)", ImagicSettings(chunk=1), "cpu"),
-                (f"{args.chunk} per call, unrolled scan", ImagicSettings(chunk=args.chunk), "cpu")]
+    variants = [
+        ("1 per call (no loop)", ImagicSettings(chunk=1), "cpu"),
+        (f"{args.chunk} per call, unrolled scan", ImagicSettings(chunk=args.chunk), "cpu"),
+    ]
     if args.rolled:
         variants.append((f"{args.chunk} per call, rolled scan", ImagicSettings(chunk=args.chunk), "accelerator"))
     for stage, run in (("A (embedding)", optimise_embedding), ("B (fine-tune)", finetune_expert)):
@@ -77,8 +84,11 @@ def main():
             os.environ[POLICY_ENV] = policy
             first, per_iteration = time_stage(run, expert, schedule, z0, context, settings, args.calls)
             baseline = baseline or per_iteration
-            print(f"stage {stage}, {name}: {per_iteration:.3f} s/iteration ({per_iteration / baseline:.2f}x), "
-                  f"first call {first:.1f} s", flush=True)
+            print(
+                f"stage {stage}, {name}: {per_iteration:.3f} s/iteration ({per_iteration / baseline:.2f}x), "
+                f"first call {first:.1f} s",
+                flush=True,
+            )
     print(f"peak RSS {peak_rss_gb():.1f} GB")
 
 

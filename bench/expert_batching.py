@@ -30,13 +30,15 @@ def main():
     x, t = jnp.ones((b, 64, 64, 3)), jnp.full((b,), 500)
     contexts = jnp.ones((2, b, 77, cfg.context_dim))
 
-    sequential = jax.jit(lambda s1, s2, x, t, c: (nnx.merge(graphdef, s1)(x, t, c[0]),
-                                                  nnx.merge(graphdef, s2)(x, t, c[1])))
+    sequential = jax.jit(
+        lambda s1, s2, x, t, c: (nnx.merge(graphdef, s1)(x, t, c[0]), nnx.merge(graphdef, s2)(x, t, c[1]))
+    )
     batched = jax.jit(lambda st, x, t, c: jax.vmap(lambda s, ctx: nnx.merge(graphdef, s)(x, t, ctx))(st, c))
     t_seq = best_time(sequential, first, second, x, t, contexts)
     t_vmap = best_time(batched, stacked, x, t, contexts)
-    print(f"batch {b}: two calls {t_seq:.2f}s, vmapped over stacked parameters {t_vmap:.2f}s, "
-          f"ratio {t_vmap / t_seq:.2f}x")
+    print(
+        f"batch {b}: two calls {t_seq:.2f}s, vmapped over stacked parameters {t_vmap:.2f}s, ratio {t_vmap / t_seq:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -57,10 +57,12 @@ def main():
         source[i]
     render = (time.perf_counter() - start) / 64
     per_kimg = per_iteration * 1000 / args.batch
-    print(f"batch {args.batch}: {per_iteration:.2f} s per iteration, {per_kimg:.0f} s per kimg; rendering a toy face "
-          f"{render * 1e3:.1f} ms ({render * 1000:.0f} s per kimg on one core); the demo run "
-          f"({cfg.steps} iterations, {cfg.steps * cfg.global_batch / 1000:.0f} kimg) projects to "
-          f"{cfg.steps * per_iteration / 3600:.1f} h")
+    print(
+        f"batch {args.batch}: {per_iteration:.2f} s per iteration, {per_kimg:.0f} s per kimg; rendering a toy face "
+        f"{render * 1e3:.1f} ms ({render * 1000:.0f} s per kimg on one core); the demo run "
+        f"({cfg.steps} iterations, {cfg.steps * cfg.global_batch / 1000:.0f} kimg) projects to "
+        f"{cfg.steps * per_iteration / 3600:.1f} h"
+    )
     print(f"baseline: {matmul_flops_per_second() / 1e9:.0f} GFLOP/s float32 matmul")
 
 

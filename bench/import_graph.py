@@ -61,8 +61,9 @@ def import_graph(root: pathlib.Path = REPO) -> dict[str, set[str]]:
         targets = set()
         for name in imported_names(tree, module, path.name == "__init__.py"):
             parts = name.split(".")
-            known = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules),
-                         None)
+            known = next(
+                (".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules), None
+            )
             # `from cdiff_jax.nn import lpips` names that module, `from cdiff_jax.config import X` config.
             if known is not None and known != module:
                 targets.add(known)
@@ -133,7 +134,9 @@ def layer_of(module: str, layers: list[tuple[str, tuple[str, ...]]]) -> int | No
 def upward_imports(graph: dict[str, set[str]], layers) -> list[tuple[str, str]]:
     """(importer, imported) pairs where the imported module sits in a higher layer than its importer."""
     return sorted(
-        (a, b) for a, targets in graph.items() for b in targets
+        (a, b)
+        for a, targets in graph.items()
+        for b in targets
         if None not in (layer_of(a, layers), layer_of(b, layers)) and layer_of(b, layers) > layer_of(a, layers)
     )
 

@@ -72,14 +72,25 @@ def main() -> None:
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = pathlib.Path(args.data) if args.data else prepared_noise_faces(
-            pathlib.Path(tmp), 4 * args.batch, args.resolution, test_size=args.batch)
+        data = (
+            pathlib.Path(args.data)
+            if args.data
+            else prepared_noise_faces(pathlib.Path(tmp), 4 * args.batch, args.resolution, test_size=args.batch)
+        )
         base = load_config("configs/train_demo.py:expert_text").replace(
-            data_dir=str(data), resolution=args.resolution, global_batch=args.batch, init_from=(), val_every=0,
-            sample_every=0, test_size=args.batch)
+            data_dir=str(data),
+            resolution=args.resolution,
+            global_batch=args.batch,
+            init_from=(),
+            val_every=0,
+            sample_every=0,
+            test_size=args.batch,
+        )
         mesh = data_mesh()
-        print(f"| input pipeline, {args.resolution}x{args.resolution}, global batch {args.batch} | workers | "
-              "loader batches/s | s/step serial | s/step overlapped | overlapped / serial |")
+        print(
+            f"| input pipeline, {args.resolution}x{args.resolution}, global batch {args.batch} | workers | "
+            "loader batches/s | s/step serial | s/step overlapped | overlapped / serial |"
+        )
         print("|---|---|---|---|---|---|")
         for workers in args.workers:
             stage = diffusion_stage(base.replace(data_workers=workers), mesh)
@@ -87,8 +98,11 @@ def main() -> None:
             _, state = seconds_per_step(stage, mesh, stage.state, 1, overlapped=False)  # compile and warm up
             serial, state = seconds_per_step(stage, mesh, state, args.steps, overlapped=False)
             overlapped, state = seconds_per_step(stage, mesh, state, args.steps, overlapped=True)
-            print(f"| demo text expert | {workers} | {rate:.1f} | {serial:.3f} | {overlapped:.3f} | "
-                  f"{overlapped / serial:.2f} |", flush=True)
+            print(
+                f"| demo text expert | {workers} | {rate:.1f} | {serial:.3f} | {overlapped:.3f} | "
+                f"{overlapped / serial:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,19 @@ from cdiff_jax.nn.lpips import LPIPS
 
 SIDE = 512
 # OpenAI's ViT-B/32, as build_model reads it off the released state dict.
-VIT_B_32 = CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
-                      context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
-                      transformer_layers=12, vision_heads=12)
+VIT_B_32 = CLIPConfig(
+    embed_dim=512,
+    image_resolution=224,
+    vision_layers=12,
+    vision_width=768,
+    vision_patch_size=32,
+    context_length=77,
+    vocab_size=49408,
+    transformer_width=512,
+    transformer_heads=8,
+    transformer_layers=12,
+    vision_heads=12,
+)
 
 
 def networks(batch: int):
@@ -40,10 +50,18 @@ def networks(batch: int):
     return [
         ("InceptionV3 (pytorch-fid)", InceptionV3(rngs=rngs), "pool3", ((faces + 1) / 2,)),
         ("BiSeNet face parser", FaceParser(rngs=rngs), "__call__", (faces,)),
-        ("CLIP ViT-B/32 image + text", clip, "outputs",
-         (jax.image.resize(faces, (batch, 224, 224, 3), "linear"), tokens)),
-        ("ArcFace IR-SE50", ArcFace(rngs=rngs), "__call__",
-         (idloss_faces(jax.image.resize(faces, (batch, 256, 256, 3), "linear")),)),
+        (
+            "CLIP ViT-B/32 image + text",
+            clip,
+            "outputs",
+            (jax.image.resize(faces, (batch, 224, 224, 3), "linear"), tokens),
+        ),
+        (
+            "ArcFace IR-SE50",
+            ArcFace(rngs=rngs),
+            "__call__",
+            (idloss_faces(jax.image.resize(faces, (batch, 256, 256, 3), "linear")),),
+        ),
         ("LPIPS (VGG16)", LPIPS(rngs=rngs), "__call__", (faces, faces[::-1])),
     ]
 
@@ -58,8 +76,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, module, method, inputs in networks(args.batch):
         graphdef, state = nnx.split(module)
-        fn = jax.jit(lambda state, *x, graphdef=graphdef, method=method: getattr(nnx.merge(graphdef, state),
-                                                                                  method)(*x))
+        fn = jax.jit(
+            lambda state, *x, graphdef=graphdef, method=method: getattr(nnx.merge(graphdef, state), method)(*x)
+        )
         flops = fn.lower(state, *inputs).compile().cost_analysis()["flops"]
         seconds = best_time(fn, state, *inputs)
         rate = flops / seconds / baseline

@@ -25,15 +25,21 @@ def main():
     system = init_system(load_config("demo_faces.py"), seed=0)
     graphdef, state = nnx.split(system)
     rng = np.random.default_rng(0)
-    conditions = {"mask": jnp.asarray(rng.integers(0, 2, (1, 19, 1024)), jnp.float32),
-                  "text": jnp.asarray(rng.integers(1000, 3000, (1, 77)), jnp.int32)}
+    conditions = {
+        "mask": jnp.asarray(rng.integers(0, 2, (1, 19, 1024)), jnp.float32),
+        "text": jnp.asarray(rng.integers(1000, 3000, (1, 77)), jnp.int32),
+    }
     x_T = jnp.asarray(rng.normal(size=(1, 16, 16, 3)), jnp.float32)
     timings = {}
     settings = SamplerSettings(steps=STEPS)
     for progress in (False, True):
         on_step = (lambda done, total: None) if progress else None
-        run = lambda: jax.block_until_ready(sample(graphdef, state, conditions, x_T, jax.random.key(0), settings,  # noqa: E731
-                                                   on_step=on_step))
+
+        def run(on_step=on_step):
+            return jax.block_until_ready(
+                sample(graphdef, state, conditions, x_T, jax.random.key(0), settings, on_step=on_step)
+            )
+
         run()
         best = float("inf")
         for _ in range(3):
@@ -42,8 +48,10 @@ def main():
             best = min(best, time.perf_counter() - start)
         timings[progress] = best
     per_step = (timings[True] - timings[False]) / STEPS
-    print(f"{STEPS} steps: without callback {timings[False]:.3f}s, with {timings[True]:.3f}s; "
-          f"callback cost {per_step * 1e3:.3f} ms per step ({timings[True] / timings[False]:.2f}x on this tiny model)")
+    print(
+        f"{STEPS} steps: without callback {timings[False]:.3f}s, with {timings[True]:.3f}s; "
+        f"callback cost {per_step * 1e3:.3f} ms per step ({timings[True] / timings[False]:.2f}x on this tiny model)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,26 @@ import sys
 import time
 
 RENDERING = {  # train.py --cfg=ffhq, as the released ffhq512 pickles record it
-    "image_resolution": 512, "disparity_space_sampling": False, "clamp_mode": "softplus",
-    "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC", "c_gen_conditioning_zero": False,
-    "gpc_reg_prob": 0.5, "c_scale": 1.0, "superresolution_noise_mode": "none", "density_reg": 0.25,
-    "density_reg_p_dist": 0.004, "reg_type": "l1", "decoder_lr_mul": 1.0, "sr_antialias": True,
-    "depth_resolution": 48, "depth_resolution_importance": 48, "ray_start": 2.25, "ray_end": 3.3, "box_warp": 1,
-    "avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2],
+    "image_resolution": 512,
+    "disparity_space_sampling": False,
+    "clamp_mode": "softplus",
+    "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
+    "c_gen_conditioning_zero": False,
+    "gpc_reg_prob": 0.5,
+    "c_scale": 1.0,
+    "superresolution_noise_mode": "none",
+    "density_reg": 0.25,
+    "density_reg_p_dist": 0.004,
+    "reg_type": "l1",
+    "decoder_lr_mul": 1.0,
+    "sr_antialias": True,
+    "depth_resolution": 48,
+    "depth_resolution_importance": 48,
+    "ray_start": 2.25,
+    "ray_end": 3.3,
+    "box_warp": 1,
+    "avg_camera_radius": 2.7,
+    "avg_camera_pivot": [0, 0, 0.2],
 }
 
 
@@ -53,11 +67,22 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    g = TriPlaneGenerator(z_dim=512, w_dim=512, mapping_kwargs={"num_layers": 2}, channel_base=32768,
-                          channel_max=512, fused_modconv_default="inference_only", rendering_kwargs=RENDERING,
-                          num_fp16_res=0, sr_num_fp16_res=4, sr_kwargs={"channel_base": 32768, "channel_max": 512,
-                                                                         "fused_modconv_default": "inference_only"},
-                          conv_clamp=None, c_dim=25, img_resolution=512, img_channels=3).eval()
+    g = TriPlaneGenerator(
+        z_dim=512,
+        w_dim=512,
+        mapping_kwargs={"num_layers": 2},
+        channel_base=32768,
+        channel_max=512,
+        fused_modconv_default="inference_only",
+        rendering_kwargs=RENDERING,
+        num_fp16_res=0,
+        sr_num_fp16_res=4,
+        sr_kwargs={"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
+        conv_clamp=None,
+        c_dim=25,
+        img_resolution=512,
+        img_channels=3,
+    ).eval()
     g.neural_rendering_resolution = args.resolution
     pivot = torch.tensor([0, 0, 0.2])
     cam2world = LookAtPoseSampler.sample(3.14159 / 2 + 0.3, 3.14159 / 2 + 0.1, pivot, radius=2.7)
@@ -72,13 +97,16 @@ def main():
         image = features.permute(0, 2, 1).reshape(1, -1, args.resolution, args.resolution)
         times = {
             "backbone (tri-planes)": best_time(lambda: g.backbone.synthesis(ws, noise_mode="const"), args.repeats),
-            "volume rendering": best_time(lambda: g.renderer(grid, g.decoder, origins, directions,
-                                                             g.rendering_kwargs), args.repeats),
-            "super-resolution": best_time(lambda: g.superresolution(image[:, :3], image, ws, noise_mode="none"),
-                                          args.repeats),
-            "one view, planes reused": best_time(lambda: g.synthesis(ws, c, use_cached_backbone=True,
-                                                                     cache_backbone=True, noise_mode="const"),
-                                                 args.repeats),
+            "volume rendering": best_time(
+                lambda: g.renderer(grid, g.decoder, origins, directions, g.rendering_kwargs), args.repeats
+            ),
+            "super-resolution": best_time(
+                lambda: g.superresolution(image[:, :3], image, ws, noise_mode="none"), args.repeats
+            ),
+            "one view, planes reused": best_time(
+                lambda: g.synthesis(ws, c, use_cached_backbone=True, cache_backbone=True, noise_mode="const"),
+                args.repeats,
+            ),
         }
     for name, seconds in times.items():
         print(f"{name:26s} {seconds:7.3f} s")

@@ -53,8 +53,10 @@ def main():
         return seconds
 
     params = sum(p.numel() for p in g.parameters())
-    info = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, official Generator "
-            f"{args.resolution}x{args.resolution}, {params / 1e6:.1f} M parameters, load average {os.getloadavg()}")
+    info = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, official Generator "
+        f"{args.resolution}x{args.resolution}, {params / 1e6:.1f} M parameters, load average {os.getloadavg()}"
+    )
     forward()  # warm-up
     if args.serve:
         print(info, file=sys.stderr)

@@ -41,8 +41,10 @@ def main():
     torch.manual_seed(0)
     configs = os.path.join(args.source, "configs")
     codiff = OmegaConf.load(os.path.join(configs, "512_codiff_mask_text.yaml")).model.params
-    experts = {name: OmegaConf.load(os.path.join(args.source, path)).model.params
-               for name, path in (("mask", codiff.seg_mask_ldm_config_path), ("text", codiff.text_ldm_config_path))}
+    experts = {
+        name: OmegaConf.load(os.path.join(args.source, path)).model.params
+        for name, path in (("mask", codiff.seg_mask_ldm_config_path), ("text", codiff.text_ldm_config_path))
+    }
     vae = OmegaConf.load(os.path.join(configs, "512_vae.yaml")).model.params
     latent = torch.randn(1, codiff.channels, codiff.image_size, codiff.image_size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
@@ -56,18 +58,22 @@ def main():
     else:
         diffuser_cfg = OmegaConf.to_container(codiff.compose_unet_config.params.confidence_map_predictor_config.params)
         assert codiff.compose_unet_config.params.confidence_input == "x_t"
-        nets = {name: (UNetModel(**OmegaConf.to_container(cfg.unet_config.params)).eval(),
-                       UNetModel(**diffuser_cfg).eval()) for name, cfg in experts.items()}
+        nets = {
+            name: (UNetModel(**OmegaConf.to_container(cfg.unet_config.params)).eval(), UNetModel(**diffuser_cfg).eval())
+            for name, cfg in experts.items()
+        }
         t = torch.full((1,), 501, dtype=torch.long)
         # the condition encoders run once per sample, so contexts of their output shapes suffice
-        contexts = {"mask": torch.randn(1, 19, experts["mask"].cond_stage_config.params.context_dim),
-                    "text": torch.randn(1, 77, experts["text"].cond_stage_config.params.n_embed)}
+        contexts = {
+            "mask": torch.randn(1, 19, experts["mask"].cond_stage_config.params.context_dim),
+            "text": torch.randn(1, 77, experts["text"].cond_stage_config.params.n_embed),
+        }
 
         def run():
             eps = {n: expert(latent, t, context=contexts[n]) for n, (expert, _) in nets.items()}
             maps = torch.cat([diffuser(latent, t, context=contexts[n]) for n, (_, diffuser) in nets.items()], 1)
             weights = torch.softmax(maps, dim=1)
-            return sum(eps[n] * weights[:, i:i + 1] for i, n in enumerate(nets))
+            return sum(eps[n] * weights[:, i : i + 1] for i, n in enumerate(nets))
 
     with torch.no_grad():
         run()
@@ -76,8 +82,10 @@ def main():
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
-    print(f"{args.what}: best {min(times):.3f} s, mean {sum(times) / len(times):.3f} s over {args.repeats} "
-          f"(after one warm-up), peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    print(
+        f"{args.what}: best {min(times):.3f} s, mean {sum(times) / len(times):.3f} s over {args.repeats} "
+        f"(after one warm-up), peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB"
+    )
 
 
 if __name__ == "__main__":

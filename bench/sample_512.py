@@ -49,8 +49,10 @@ def main():
     p.add_argument("--what", choices=["all", "step", "sample", "loop", "decode", "parts", "fast"], default="all")
     args = p.parse_args()
 
-    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__}, "
-          f"devices {jax.devices()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cpus, jax {jax.__version__}, "
+        f"devices {jax.devices()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    )
     baseline = matmul_flops_per_second()
     print(f"baseline: float32 4096^3 matmul {baseline / 1e9:.1f} GFLOP/s")
 
@@ -94,38 +96,51 @@ def main():
         compile_s = time.perf_counter() - start
         flops = compiled.cost_analysis()["flops"]
         seconds = best_time(compiled, state, contexts, x, t)
-        print(f"step: batch {b}: {seconds:.3f} s/step ({seconds / b:.3f} s per image-step), compile {compile_s:.1f}s, "
-              f"{flops / 1e9:.1f} GFLOP/step, {flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / baseline:.2f}x "
-              f"the matmul baseline, peak RSS {peak_rss_gb():.2f} GB")
+        print(
+            f"step: batch {b}: {seconds:.3f} s/step ({seconds / b:.3f} s per image-step), compile {compile_s:.1f}s, "
+            f"{flops / 1e9:.1f} GFLOP/step, {flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / baseline:.2f}x "
+            f"the matmul baseline, peak RSS {peak_rss_gb():.2f} GB"
+        )
 
     if args.what in ("all", "sample"):
         seconds, compile_s = timed_sample(args.steps, args.sampler, args.order)
-        print(f"sample: {args.sampler}, batch {b}, {args.steps} steps: {seconds:.1f}s ({seconds / b:.1f} s/image, "
-              f"{seconds / args.steps:.3f} s/step), compile {compile_s:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
+        print(
+            f"sample: {args.sampler}, batch {b}, {args.steps} steps: {seconds:.1f}s ({seconds / b:.1f} s/image, "
+            f"{seconds / args.steps:.3f} s/step), compile {compile_s:.1f}s, peak RSS {peak_rss_gb():.2f} GB"
+        )
 
     if args.what == "fast":
         released, released_compile = timed_sample(50)
         fast, fast_compile = timed_sample(args.steps, args.sampler, args.order)
-        print(f"fast: batch {b}: ddim 50 steps {released / b:.1f} s/image (compile {released_compile:.1f}s), "
-              f"{args.sampler} {args.steps} steps {fast / b:.1f} s/image (compile {fast_compile:.1f}s): "
-              f"{released / fast:.2f}x faster per image, peak RSS {peak_rss_gb():.2f} GB")
+        print(
+            f"fast: batch {b}: ddim 50 steps {released / b:.1f} s/image (compile {released_compile:.1f}s), "
+            f"{args.sampler} {args.steps} steps {fast / b:.1f} s/image (compile {fast_compile:.1f}s): "
+            f"{released / fast:.2f}x faster per image, peak RSS {peak_rss_gb():.2f} GB"
+        )
 
     if args.what == "parts":
         for name in contexts:
             for part in ("expert", "diffuser"):
-                run = jax.jit(lambda state, x, t, c, name=name, part=part: getattr(
-                    nnx.merge(graphdef, state).modalities[name], part)(x, t, c))
+                run = jax.jit(
+                    lambda state, x, t, c, name=name, part=part: getattr(
+                        nnx.merge(graphdef, state).modalities[name], part
+                    )(x, t, c)
+                )
                 compiled = run.lower(state, x, t, contexts[name]).compile()
                 seconds = best_time(compiled, state, x, t, contexts[name])
                 flops = compiled.cost_analysis()["flops"]
-                print(f"{name} {part}: {seconds:.3f} s, {flops / 1e9:.1f} GFLOP, "
-                      f"{flops / seconds / baseline:.2f}x the matmul rate")
+                print(
+                    f"{name} {part}: {seconds:.3f} s, {flops / 1e9:.1f} GFLOP, "
+                    f"{flops / seconds / baseline:.2f}x the matmul rate"
+                )
 
     if args.what == "decode":
         decode = jax.jit(lambda state, z: nnx.merge(graphdef, state).autoencoder.decode(z)).lower(state, x).compile()
         seconds = best_time(decode, state, x, repeats=2)
-        print(f"decode: batch {b}: {seconds:.2f} s ({seconds / b:.2f} s per image), "
-              f"{decode.cost_analysis()['flops'] / 1e12:.2f} TFLOP, peak RSS {peak_rss_gb():.2f} GB")
+        print(
+            f"decode: batch {b}: {seconds:.2f} s ({seconds / b:.2f} s per image), "
+            f"{decode.cost_analysis()['flops'] / 1e12:.2f} TFLOP, peak RSS {peak_rss_gb():.2f} GB"
+        )
 
     if args.what == "loop":
         n = args.steps
@@ -139,10 +154,12 @@ def main():
         for steps in (n, 2 * n):
             totals[steps], _ = timed_sample(steps)
         in_loop = (totals[2 * n] - totals[n]) / n
-        print(f"loop: batch {b}: step alone {alone_s:.3f} s (mean of {n}), in the loop {in_loop:.3f} s "
-              f"(samples of {n} and {2 * n} steps: {totals[n]:.1f} s, {totals[2 * n]:.1f} s) = "
-              f"{in_loop / alone_s:.2f}x alone; the rest of a sample (encode, decode) {totals[n] - n * in_loop:.1f} s, "
-              f"peak RSS {peak_rss_gb():.2f} GB")
+        print(
+            f"loop: batch {b}: step alone {alone_s:.3f} s (mean of {n}), in the loop {in_loop:.3f} s "
+            f"(samples of {n} and {2 * n} steps: {totals[n]:.1f} s, {totals[2 * n]:.1f} s) = "
+            f"{in_loop / alone_s:.2f}x alone; the rest of a sample (encode, decode) {totals[n] - n * in_loop:.1f} s, "
+            f"peak RSS {peak_rss_gb():.2f} GB"
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def main():
 
     def grads(p):
         return jax.grad(
-            lambda p: jnp.mean(jnp.abs(nnx.merge(graphdef, p).decode(nnx.merge(graphdef, p).encode(x)[0]) - x)))(p)
+            lambda p: jnp.mean(jnp.abs(nnx.merge(graphdef, p).decode(nnx.merge(graphdef, p).encode(x)[0]) - x))
+        )(p)
 
     top = jax.jit(grads)
     scanned = jax.jit(lambda p: jax.lax.scan(lambda c, _: (c, grads(c)), p, None, length=1)[1])
@@ -35,8 +36,10 @@ def main():
     t_top = best_time(top, params, repeats=3)
     t_scan = best_time(scanned, params, repeats=1)
     t_cond = best_time(branch, params, True, repeats=1)
-    print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} CPU device(s), "
-          f"jax {jax.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} CPU device(s), "
+        f"jax {jax.__version__}"
+    )
     print(f"matmul baseline: {flops / 1e9:.0f} GFLOP/s")
     print(f"autoencoder gradient, top level:  {t_top:.3f} s")
     print(f"  inside a 1-step lax.scan:       {t_scan:.3f} s  ({t_scan / t_top:.0f}x)")

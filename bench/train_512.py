@@ -52,8 +52,9 @@ def main():
     }
     key = jax.random.key(0)
     start = time.perf_counter()
-    compiled = _train_steps.lower(graphdef, frozen, state, batches, schedule, key, tx, StepSettings(),
-                                  loop_policy()).compile()
+    compiled = _train_steps.lower(
+        graphdef, frozen, state, batches, schedule, key, tx, StepSettings(), loop_policy()
+    ).compile()
     compile_s = time.perf_counter() - start
     flops = compiled.cost_analysis()["flops"]
     times = []
@@ -63,11 +64,14 @@ def main():
         jax.block_until_ready(state)
         times.append(time.perf_counter() - start)
     step_s = min(times)
-    print(f"{args.stage} step, batch {b}: {step_s:.2f} s/step, {b / step_s:.3f} examples/s, compile {compile_s:.1f}s, "
-          f"{flops / b / 1e9:.0f} GFLOP/example, {flops / step_s / baseline:.2f}x the matmul rate, "
-          f"peak RSS {peak_rss_gb():.1f} GB")
+    print(
+        f"{args.stage} step, batch {b}: {step_s:.2f} s/step, {b / step_s:.3f} examples/s, compile {compile_s:.1f}s, "
+        f"{flops / b / 1e9:.0f} GFLOP/example, {flops / step_s / baseline:.2f}x the matmul rate, "
+        f"peak RSS {peak_rss_gb():.1f} GB"
+    )
 
     if args.stage == "collab":
+
         @jax.jit
         def frozen_forward(frozen, params, batch, key):
             system = nnx.merge(graphdef, params, frozen)
@@ -78,8 +82,10 @@ def main():
 
         one = jax.tree.map(lambda x: x[0], batches)
         frozen_s = best_time(frozen_forward, frozen, state.params, one, key)
-        print(f"frozen parts (autoencoder encode + both experts' forward): {frozen_s:.2f} s = "
-              f"{frozen_s / step_s:.0%} of the step")
+        print(
+            f"frozen parts (autoencoder encode + both experts' forward): {frozen_s:.2f} s = "
+            f"{frozen_s / step_s:.0%} of the step"
+        )
 
 
 if __name__ == "__main__":

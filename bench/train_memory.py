@@ -45,8 +45,9 @@ from cdiff_jax.system import abstract_system  # noqa: E402
 from cdiff_jax.train import autoencoder_step  # noqa: E402
 from cdiff_jax.train.step import StepSettings, _train_steps, init_train_state, trainable_filter, trainable_prefixes  # noqa: E402,E501
 
-RECIPES = [f"{stage}_{size}" for size in (256, 512) for stage in ("autoencoder", "expert_text", "expert_mask",
-                                                                  "collab")]
+RECIPES = [
+    f"{stage}_{size}" for size in (256, 512) for stage in ("autoencoder", "expert_text", "expert_mask", "collab")
+]
 FSDP_MIN_SIZE = 2**18
 GIB = 2**30
 
@@ -68,8 +69,10 @@ def batch_shapes(system_cfg, stage: str, global_batch: int, resolution: int, mes
         for modality in system_cfg.modalities.values():
             example = null_condition(modality)[0]  # a parsed condition of the modality: its shape and dtype
             shapes[KINDS[modality.kind].batch_key] = (example.shape, example.dtype)
-    return {k: jax.ShapeDtypeStruct((1, global_batch, *shape), dtype, sharding=split)
-            for k, (shape, dtype) in shapes.items()}
+    return {
+        k: jax.ShapeDtypeStruct((1, global_batch, *shape), dtype, sharding=split)
+        for k, (shape, dtype) in shapes.items()
+    }
 
 
 def compiled_step(recipe: str, batch: int, remat: str, sharding: str, mesh):
@@ -90,31 +93,63 @@ def compiled_step(recipe: str, batch: int, remat: str, sharding: str, mesh):
         state = jax.eval_shape(autoencoder_step.init_autoencoder_state, params, tx, disc_params, tx)
         objective = autoencoder_step.AutoencoderObjective(kl_weight=cfg.kl_weight, disc_start=0)
         return autoencoder_step._autoencoder_train_steps.lower(
-            graphdef, placed(frozen, mesh, sharding), placed(state, mesh, sharding), batches["image"], key, tx,
-            disc_graphdef, tx, (lpips_graphdef, placed(lpips_state, mesh, "replicated")), objective, True,
-            loop_policy()).compile()
+            graphdef,
+            placed(frozen, mesh, sharding),
+            placed(state, mesh, sharding),
+            batches["image"],
+            key,
+            tx,
+            disc_graphdef,
+            tx,
+            (lpips_graphdef, placed(lpips_state, mesh, "replicated")),
+            objective,
+            True,
+            loop_policy(),
+        ).compile()
     tx = adam(cfg.learning_rate, weight_decay=cfg.weight_decay)
     state = jax.eval_shape(lambda p: init_train_state(p, tx), params)
     schedule = jax.eval_shape(lambda: make_schedule(system.cfg.schedule))
-    return _train_steps.lower(graphdef, placed(frozen, mesh, sharding), placed(state, mesh, sharding), batches,
-                              placed(schedule, mesh, "replicated"), key, tx, StepSettings(), loop_policy()).compile()
+    return _train_steps.lower(
+        graphdef,
+        placed(frozen, mesh, sharding),
+        placed(state, mesh, sharding),
+        batches,
+        placed(schedule, mesh, "replicated"),
+        key,
+        tx,
+        StepSettings(),
+        loop_policy(),
+    ).compile()
 
 
 def measure(recipe: str, batch: int, remat: str, sharding: str, mesh) -> dict:
     start = time.perf_counter()
     memory = compiled_step(recipe, batch, remat, sharding, mesh).memory_analysis()
-    total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-             + memory.temp_size_in_bytes)
-    return {"recipe": recipe, "batch_per_device": batch, "remat": remat, "sharding": sharding,
-            "arguments_gib": memory.argument_size_in_bytes / GIB, "temporaries_gib": memory.temp_size_in_bytes / GIB,
-            "total_gib": total / GIB, "compile_s": round(time.perf_counter() - start, 1)}
+    total = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+    )
+    return {
+        "recipe": recipe,
+        "batch_per_device": batch,
+        "remat": remat,
+        "sharding": sharding,
+        "arguments_gib": memory.argument_size_in_bytes / GIB,
+        "temporaries_gib": memory.temp_size_in_bytes / GIB,
+        "total_gib": total / GIB,
+        "compile_s": round(time.perf_counter() - start, 1),
+    }
 
 
 def table(rows: list[dict]) -> str:
     """Markdown: per recipe and batch, the total GiB per device of each (sharding, remat) and what it fits."""
     settings = sorted({(r["sharding"], r["remat"]) for r in rows})
-    lines = ["| recipe | batch/device | " + " | ".join(f"{s}, remat {m}" for s, m in settings) + " |",
-             "|---|---|" + "---|" * len(settings)]
+    lines = [
+        "| recipe | batch/device | " + " | ".join(f"{s}, remat {m}" for s, m in settings) + " |",
+        "|---|---|" + "---|" * len(settings),
+    ]
     by_case = {(r["recipe"], r["batch_per_device"], r["sharding"], r["remat"]): r["total_gib"] for r in rows}
     for recipe in dict.fromkeys(r["recipe"] for r in rows):
         for batch in sorted({r["batch_per_device"] for r in rows if r["recipe"] == recipe}):
@@ -141,17 +176,26 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
     done = {(r["recipe"], r["batch_per_device"], r["remat"], r["sharding"]) for r in rows}
-    cases = [(r, b, m, s) for r in args.recipes for s in args.sharding for m in args.remat for b in args.batches
-             if (r, b, m, s) not in done]
+    cases = [
+        (r, b, m, s)
+        for r in args.recipes
+        for s in args.sharding
+        for m in args.remat
+        for b in args.batches
+        if (r, b, m, s) not in done
+    ]
     print(f"{len(cases)} cases to compile ({len(done)} already in {args.out})", flush=True)
     for i, case in enumerate(cases, 1):
         row = measure(*case, mesh)
         rows.append(row)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"[{i}/{len(cases)}] {row['recipe']} batch {row['batch_per_device']} {row['sharding']} remat "
-              f"{row['remat']}: {row['total_gib']:.2f} GiB per device (temporaries {row['temporaries_gib']:.2f}), "
-              f"compiled in {row['compile_s']} s", flush=True)
+        print(
+            f"[{i}/{len(cases)}] {row['recipe']} batch {row['batch_per_device']} {row['sharding']} remat "
+            f"{row['remat']}: {row['total_gib']:.2f} GiB per device (temporaries {row['temporaries_gib']:.2f}), "
+            f"compiled in {row['compile_s']} s",
+            flush=True,
+        )
     print("\nGiB per device; (16) fits a 16 GB accelerator, (32) a 32 GB one, (-) neither.")
     print(table(rows))
 

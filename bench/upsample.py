@@ -36,8 +36,10 @@ def main():
         bias = jnp.zeros((channels,))
         plain = best_time(upsample, x, kernel, bias, plain_forms)
         phases = best_time(upsample, x, kernel, bias, phases_forms)
-        print(f"{where} ({side}x{side}, {channels} channels): upsample then convolve {plain * 1e3:.1f} ms, "
-              f"four phases {phases * 1e3:.1f} ms: {plain / phases:.2f}x faster")
+        print(
+            f"{where} ({side}x{side}, {channels} channels): upsample then convolve {plain * 1e3:.1f} ms, "
+            f"four phases {phases * 1e3:.1f} ms: {plain / phases:.2f}x faster"
+        )
 
 
 if __name__ == "__main__":

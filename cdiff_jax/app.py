@@ -60,17 +60,40 @@ def mask_file(drawn: dict | None, folder: pathlib.Path) -> pathlib.Path | None:
     return path
 
 
-def command_line(checkpoint: str, mask: pathlib.Path | None, caption: str, mode: str, steps, sampler: str, seed,
-                 batch, folder: pathlib.Path) -> list[str]:
+def command_line(
+    checkpoint: str,
+    mask: pathlib.Path | None,
+    caption: str,
+    mode: str,
+    steps,
+    sampler: str,
+    seed,
+    batch,
+    folder: pathlib.Path,
+) -> list[str]:
     """The page's inputs as `sample.py` arguments. Refuses only what a command line cannot hold: an empty number
     field, or no mask for a mode that needs one."""
     for name, value in (("steps", steps), ("seed", seed), ("batch", batch)):
         if value is None:
             raise UsageError(f"{name} is empty; give a whole number")
     alone = mode.removesuffix(ALONE) if mode.endswith(ALONE) else None
-    argv = ["--checkpoint", checkpoint, "--steps", str(int(steps)), "--sampler", sampler, "--seed", str(int(seed)),
-            "--batch", str(int(batch)), "--mode", "released" if alone else mode, "--save-influence",
-            "--out", str(folder / "out")]  # never written: the page shows the results instead
+    argv = [
+        "--checkpoint",
+        checkpoint,
+        "--steps",
+        str(int(steps)),
+        "--sampler",
+        sampler,
+        "--seed",
+        str(int(seed)),
+        "--batch",
+        str(int(batch)),
+        "--mode",
+        "released" if alone else mode,
+        "--save-influence",
+        "--out",
+        str(folder / "out"),
+    ]  # never written: the page shows the results instead
     if alone in (None, "mask"):
         if mask is None:
             raise UsageError("no mask: draw or upload one (or pick the example), or choose 'text alone'")
@@ -89,8 +112,11 @@ def influence_at(samples: np.ndarray, maps: np.ndarray, name: str, when: str, co
     coloured = viz.heatmap(viz.enlarge(maps, size))
     rows = np.stack([samples, viz.blend(samples, coloured, alpha=0.5), coloured], axis=1)
     picture = viz.grid(rows, col_labels=["sample", "overlay", column])
-    return viz.titled(picture, f"influence of the {name} expert, {when}; the weights sum to 1 over the modalities",
-                      right=viz.colour_scale(min(picture.shape[0] - 20, 4 * size)))
+    return viz.titled(
+        picture,
+        f"influence of the {name} expert, {when}; the weights sum to 1 over the modalities",
+        right=viz.colour_scale(min(picture.shape[0] - 20, 4 * size)),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +135,12 @@ class Influence:
         trajectory = result.trajectory
         if trajectory is None or trajectory.logits is None:
             return None
-        return cls(samples, np.asarray(trajectory.weights[..., 0]), tuple(np.asarray(trajectory.timesteps).tolist()),
-                   tuple(names))
+        return cls(
+            samples,
+            np.asarray(trajectory.weights[..., 0]),
+            tuple(np.asarray(trajectory.timesteps).tolist()),
+            tuple(names),
+        )
 
     def picture(self, name: str, step: int) -> np.ndarray | None:
         """`name`'s picture at `step` (1-based; 0 is the mean over the steps), None for a modality not sampled."""
@@ -118,8 +148,9 @@ class Influence:
             return None
         m, steps = self.names.index(name), len(self.timesteps)
         if step == 0:
-            return influence_at(self.samples, self.weights[:, m].mean(axis=0), name, f"mean over the {steps} steps",
-                                "mean")
+            return influence_at(
+                self.samples, self.weights[:, m].mean(axis=0), name, f"mean over the {steps} steps", "mean"
+            )
         t = self.timesteps[step - 1]
         return influence_at(self.samples, self.weights[step - 1, m], name, f"step {step} of {steps} (t={t})", f"t={t}")
 
@@ -132,22 +163,25 @@ class Page:
         self.system = load_system(checkpoint)
         self.names = list(self.system.cfg.modalities)
 
-    def sample(self, drawn, caption, mode, steps, sampler, seed, batch,
-               progress=gr.Progress()):  # noqa: B008 (gradio finds its progress bar by this default)
+    def sample(self, drawn, caption, mode, steps, sampler, seed, batch, progress=gr.Progress()):  # noqa: B008 (gradio finds its progress bar by this default)
         """One request: (status, samples, the step slider, its Influence, then each modality's mean influence
         picture). Bad input raises gr.Error with `sample.py`'s message."""
         with tempfile.TemporaryDirectory(prefix="cdiff_page_") as tmp:
             folder = pathlib.Path(tmp)
             try:
-                argv = command_line(self.checkpoint, mask_file(drawn, folder), caption, mode, steps, sampler, seed,
-                                    batch, folder)
+                argv = command_line(
+                    self.checkpoint, mask_file(drawn, folder), caption, mode, steps, sampler, seed, batch, folder
+                )
                 request = sample_command.validate(sample_command.parse_args(argv))
             except UsageError as err:
-                raise gr.Error(html.escape(str(err).replace(f"{folder}{os.sep}", ""), quote=False),
-                               print_exception=False) from None
+                raise gr.Error(
+                    html.escape(str(err).replace(f"{folder}{os.sep}", ""), quote=False), print_exception=False
+                ) from None
         for name in request.truncated:
-            gr.Warning(f"the caption is longer than the text encoder's {request.conditions[name].shape[-1]} tokens "
-                       "and was truncated")
+            gr.Warning(
+                f"the caption is longer than the text encoder's {request.conditions[name].shape[-1]} tokens "
+                "and was truncated"
+            )
         context = contextvars.copy_context()  # the steps report from JAX's thread, gradio's progress reads context
 
         def on_step(done, total):
@@ -161,10 +195,14 @@ class Page:
         influence = Influence.of(samples, result, request.conditions)
         status = f"{len(samples)} samples in {seconds:.1f} s ({sample_command.describe(request)})"
         if influence is None:
-            status += "; no influence maps: " + ("one expert samples alone" if len(request.conditions) == 1 else
-                                                 "equal weights are fixed, 1/M at every pixel")
-        slider = gr.Slider(maximum=len(influence.timesteps) if influence else 1, value=0,
-                           interactive=influence is not None)
+            status += "; no influence maps: " + (
+                "one expert samples alone"
+                if len(request.conditions) == 1
+                else "equal weights are fixed, 1/M at every pixel"
+            )
+        slider = gr.Slider(
+            maximum=len(influence.timesteps) if influence else 1, value=0, interactive=influence is not None
+        )
         return status, list(samples), slider, influence, *self.show_step(influence, 0)
 
     def show_step(self, influence: Influence | None, step):
@@ -178,7 +216,8 @@ def legend() -> str:
         f'<span style="display:inline-block;margin:2px 8px 2px 0;white-space:nowrap">'
         f'<span style="display:inline-block;width:14px;height:14px;vertical-align:middle;border:1px solid #888;'
         f'background:rgb({r},{g},{b})"></span> {i} {name}</span>'
-        for i, (name, (r, g, b)) in enumerate(zip(CLASS_NAMES, PALETTE.tolist())))
+        for i, (name, (r, g, b)) in enumerate(zip(CLASS_NAMES, PALETTE.tolist()))
+    )
     return f"<div style='font-size:0.85em'>{items}</div>"
 
 
@@ -190,23 +229,39 @@ def build(checkpoint: str) -> gr.Blocks:
     colours = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in PALETTE.tolist()]
     defaults = sample_command.parse_args([])
     with gr.Blocks(title="Collaborative Diffusion", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
-        gr.Markdown(f"### Collaborative Diffusion: a face from a mask and a caption\nCheckpoint `{checkpoint}`. "
-                    "Paint with the class colours below (white and transparent are background); a colour within "
-                    f"{SNAP_DISTANCE} (RGB distance) of a class colour counts as that class, other colours are "
-                    "refused.")
+        gr.Markdown(
+            f"### Collaborative Diffusion: a face from a mask and a caption\nCheckpoint `{checkpoint}`. "
+            "Paint with the class colours below (white and transparent are background); a colour within "
+            f"{SNAP_DISTANCE} (RGB distance) of a class colour counts as that class, other colours are "
+            "refused."
+        )
         with gr.Row():
             with gr.Column():
                 brush = gr.Brush(default_size=3, colors=colours, default_color=colours[13], color_mode="fixed")
-                mask = gr.ImageEditor(value=str(requests.DEMO_MASK), label="mask", type="numpy", image_mode="RGBA",
-                                      format="png", sources=("upload", "clipboard"), layers=False, brush=brush,
-                                      canvas_size=(256, 256),  # a cleared one's: big enough to paint on
-                                      elem_id="mask")
+                mask = gr.ImageEditor(
+                    value=str(requests.DEMO_MASK),
+                    label="mask",
+                    type="numpy",
+                    image_mode="RGBA",
+                    format="png",
+                    sources=("upload", "clipboard"),
+                    layers=False,
+                    brush=brush,
+                    canvas_size=(256, 256),  # a cleared one's: big enough to paint on
+                    elem_id="mask",
+                )
                 gr.HTML(legend())
                 caption = gr.Textbox(value=requests.DEMO_CAPTION, label="caption", elem_id="caption")
-                gr.Examples([[str(requests.DEMO_MASK), requests.DEMO_CAPTION]], [mask, caption],
-                            label="shipped example (mask and caption)")
-                mode = gr.Radio(modes, value=defaults.mode if defaults.mode in modes else modes[0],
-                                label="mode (NAME alone: only that condition is given)")
+                gr.Examples(
+                    [[str(requests.DEMO_MASK), requests.DEMO_CAPTION]],
+                    [mask, caption],
+                    label="shipped example (mask and caption)",
+                )
+                mode = gr.Radio(
+                    modes,
+                    value=defaults.mode if defaults.mode in modes else modes[0],
+                    label="mode (NAME alone: only that condition is given)",
+                )
                 with gr.Row():
                     steps = gr.Number(value=defaults.steps, precision=0, label="steps")
                     sampler = gr.Dropdown(list(requests.SAMPLER_NAMES), value=defaults.sampler, label="sampler")
@@ -216,20 +271,34 @@ def build(checkpoint: str) -> gr.Blocks:
             with gr.Column():
                 status = gr.Markdown(label="status", elem_id="status")
                 samples = gr.Gallery(label="samples", columns=4, format="png", elem_id="samples")
-                step = gr.Slider(minimum=0, maximum=50, value=0, step=1, interactive=False,
-                                 label="step (0: the mean over the steps)", elem_id="step")
+                step = gr.Slider(
+                    minimum=0,
+                    maximum=50,
+                    value=0,
+                    step=1,
+                    interactive=False,
+                    label="step (0: the mean over the steps)",
+                    elem_id="step",
+                )
                 influence = gr.State()
-                maps = [gr.Image(label=f"{name} influence", format="png", elem_id=f"influence_{name}")
-                        for name in page.names]
-        run.click(page.sample, [mask, caption, mode, steps, sampler, seed, batch],
-                  [status, samples, step, influence, *maps], api_name="sample")
+                maps = [
+                    gr.Image(label=f"{name} influence", format="png", elem_id=f"influence_{name}")
+                    for name in page.names
+                ]
+        run.click(
+            page.sample,
+            [mask, caption, mode, steps, sampler, seed, batch],
+            [status, samples, step, influence, *maps],
+            api_name="sample",
+        )
         step.change(page.show_step, [influence, step], maps, api_name="show_step", show_progress="hidden")
     return blocks
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="cdiff demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="cdiff demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", help="a cdiff_jax checkpoint directory (default: the shipped demo models)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")

@@ -33,8 +33,9 @@ def look_at(yaw: float, pitch: float, *, radius: float, pivot: Sequence[float]) 
     looking at `pivot` without roll."""
     polar = np.clip(math.pi / 2 + pitch, POLAR_MARGIN, math.pi - POLAR_MARGIN) / math.pi
     theta, phi = math.pi / 2 + yaw, math.acos(1 - 2 * polar)
-    origin = radius * np.array([math.sin(phi) * math.cos(math.pi - theta), math.cos(phi),
-                                math.sin(phi) * math.sin(math.pi - theta)])
+    origin = radius * np.array(
+        [math.sin(phi) * math.cos(math.pi - theta), math.cos(phi), math.sin(phi) * math.sin(math.pi - theta)]
+    )
     forward = np.asarray(pivot, np.float64) - origin
     forward /= np.linalg.norm(forward)
     right = -np.cross([0.0, 1.0, 0.0], forward)
@@ -47,23 +48,26 @@ def look_at(yaw: float, pitch: float, *, radius: float, pivot: Sequence[float]) 
     return cam2world
 
 
-def orbit_cameras(yaws: Sequence[float], pitches: Sequence[float], *, radius: float, pivot: Sequence[float],
-                  fov_degrees: float) -> np.ndarray:
+def orbit_cameras(
+    yaws: Sequence[float], pitches: Sequence[float], *, radius: float, pivot: Sequence[float], fov_degrees: float
+) -> np.ndarray:
     """[N, 25] float32 camera labels, one per (yaw, pitch) pair (radians)."""
     if len(yaws) != len(pitches):
         raise ValueError(f"orbit_cameras: {len(yaws)} yaws but {len(pitches)} pitches")
     check_angles(yaws, "yaw")
     check_angles(pitches, "pitch")
     k = intrinsics(fov_degrees).reshape(9)
-    return np.stack([np.concatenate([look_at(y, p, radius=radius, pivot=pivot).reshape(16), k])
-                     for y, p in zip(yaws, pitches)]).astype(np.float32)
+    return np.stack(
+        [np.concatenate([look_at(y, p, radius=radius, pivot=pivot).reshape(16), k]) for y, p in zip(yaws, pitches)]
+    ).astype(np.float32)
 
 
 def check_angles(angles: Sequence[float], name: str) -> None:
     bad = [a for a in angles if not (math.isfinite(a) and abs(a) <= MAX_ANGLE)]
     if bad:
-        raise ValueError(f"{name} {bad[0]!r}: angles are radians within +-{MAX_ANGLE:.4f} (90 degrees) of the "
-                         "frontal view")
+        raise ValueError(
+            f"{name} {bad[0]!r}: angles are radians within +-{MAX_ANGLE:.4f} (90 degrees) of the frontal view"
+        )
 
 
 def split_labels(cameras):
@@ -75,16 +79,20 @@ def check_camera_labels(cameras) -> np.ndarray:
     """`cameras` as a float32 [N, 25] array, or a one-line ValueError saying what is wrong with them."""
     c = np.asarray(cameras, np.float64)
     if c.ndim != 2 or c.shape[1] != CAMERA_NUMBERS or not len(c):
-        raise ValueError(f"camera labels of shape {list(c.shape)}: expected [N, 25] (cam2world 4x4 then "
-                         "normalised intrinsics 3x3, row-major)")
+        raise ValueError(
+            f"camera labels of shape {list(c.shape)}: expected [N, 25] (cam2world 4x4 then "
+            "normalised intrinsics 3x3, row-major)"
+        )
     if not np.isfinite(c).all():
         raise ValueError("camera labels hold NaN or infinite numbers")
     for i, label in enumerate(c):
         cam2world, k = label[:16].reshape(4, 4), label[16:].reshape(3, 3)
         rotation = cam2world[:3, :3]
-        if (np.abs(rotation.T @ rotation - np.eye(3)).max() > RIGID_TOLERANCE
-                or abs(np.linalg.det(rotation) - 1) > RIGID_TOLERANCE
-                or np.abs(cam2world[3] - [0, 0, 0, 1]).max() > RIGID_TOLERANCE):
+        if (
+            np.abs(rotation.T @ rotation - np.eye(3)).max() > RIGID_TOLERANCE
+            or abs(np.linalg.det(rotation) - 1) > RIGID_TOLERANCE
+            or np.abs(cam2world[3] - [0, 0, 0, 1]).max() > RIGID_TOLERANCE
+        ):
             raise ValueError(f"camera {i}: cam2world is not rigid (a rotation and a translation, last row 0 0 0 1)")
         if k[0, 0] <= 0 or k[1, 1] <= 0 or np.abs(k[2] - [0, 0, 1]).max() > RIGID_TOLERANCE:
             raise ValueError(f"camera {i}: intrinsics need positive focal lengths and a last row 0 0 1")

@@ -43,8 +43,9 @@ def read_config(directory: pathlib.Path, parse: Callable[[str], object]):
         return parse(config_file.read_text())
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
         problem = f"missing key {err.args[0]!r}" if isinstance(err, KeyError) else str(err).splitlines()[0]
-        raise NotACheckpointError(f"{config_file} is damaged or from another version ({problem}); convert or save "
-                                  "the checkpoint again") from None
+        raise NotACheckpointError(
+            f"{config_file} is damaged or from another version ({problem}); convert or save the checkpoint again"
+        ) from None
 
 
 def read_params(directory: pathlib.Path, like):
@@ -55,12 +56,15 @@ def read_params(directory: pathlib.Path, like):
         return load_arrays(directory / PARAMS_DIR, like)
     except Exception as err:  # noqa: BLE001 -- every failure of a damaged directory becomes the same one line
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise NotACheckpointError(f"checkpoint {directory} is damaged: its {PARAMS_DIR}/ cannot be read as this "
-                                  f"config's parameters ({first[:200]}); convert or save it again") from None
+        raise NotACheckpointError(
+            f"checkpoint {directory} is damaged: its {PARAMS_DIR}/ cannot be read as this "
+            f"config's parameters ({first[:200]}); convert or save it again"
+        ) from None
 
 
-def save_system(directory: str | os.PathLike, system: LatentDiffusionSystem, *,
-                overwrite: bool = False) -> pathlib.Path:
+def save_system(
+    directory: str | os.PathLike, system: LatentDiffusionSystem, *, overwrite: bool = False
+) -> pathlib.Path:
     """Write the system's config and parameters atomically to `directory`."""
     return save_config_and_state(directory, system.cfg.to_json(), nnx.state(system, nnx.Param), overwrite)
 
@@ -73,13 +77,17 @@ def check_destination(directory: str | os.PathLike, overwrite: bool) -> pathlib.
         if not overwrite:
             raise FileExistsError(f"{directory} exists; choose a new output path or replace it with --overwrite")
         if not directory.is_dir() or {p.name for p in directory.iterdir()} != {CONFIG_FILE, PARAMS_DIR}:
-            raise FileExistsError(f"{directory} exists and is not a cdiff_jax checkpoint (config.json and params/ "
-                                  "only); --overwrite replaces only those: choose a new output path")
+            raise FileExistsError(
+                f"{directory} exists and is not a cdiff_jax checkpoint (config.json and params/ "
+                "only); --overwrite replaces only those: choose a new output path"
+            )
     try:
         creatable_parent(directory)
     except OSError as err:
-        raise FileExistsError(f"cannot write {directory}: cannot create folders in {err.filename or directory.parent} "
-                              f"({err.strerror}); choose another output path") from None
+        raise FileExistsError(
+            f"cannot write {directory}: cannot create folders in {err.filename or directory.parent} "
+            f"({err.strerror}); choose another output path"
+        ) from None
     return directory
 
 
@@ -248,8 +256,9 @@ def load_system(directory: str | os.PathLike) -> LatentDiffusionSystem:
 EG3D_MARKER = '"superresolution"'  # a field only EG3DConfig has
 
 
-def save_generator(directory: str | os.PathLike, generator: Generator | TriPlaneGenerator, *,
-                   overwrite: bool = False) -> pathlib.Path:
+def save_generator(
+    directory: str | os.PathLike, generator: Generator | TriPlaneGenerator, *, overwrite: bool = False
+) -> pathlib.Path:
     """Write a generator's config and whole state (w_avg and constant noise included) atomically."""
     return save_config_and_state(directory, generator.cfg.to_json(), nnx.state(generator), overwrite)
 
@@ -264,8 +273,9 @@ class _GeneratorKind:
 
 _GENERATOR_KINDS = {
     "StyleGAN2": _GeneratorKind(Generator, StyleGAN2Config, "a 2D StyleGAN2 generator", "a .pkl or .pt"),
-    "EG3D": _GeneratorKind(TriPlaneGenerator, EG3DConfig,
-                           "an EG3D generator: 3D-aware, 14 W+ rows; use the 3D commands", "an EG3D .pkl"),
+    "EG3D": _GeneratorKind(
+        TriPlaneGenerator, EG3DConfig, "an EG3D generator: 3D-aware, 14 W+ rows; use the 3D commands", "an EG3D .pkl"
+    ),
 }
 
 
@@ -288,7 +298,8 @@ def _load_generator_of_kind(directory, kind: str):
         raise NotACheckpointError(
             f"{directory} is not {article} {kind} generator checkpoint{holds} (expected {CONFIG_FILE} of "
             f"{article} {wanted.config.__name__} and {PARAMS_DIR}/); convert {wanted.source} with "
-            "`python -m cdiff_jax.convert SRC DST`")
+            "`python -m cdiff_jax.convert SRC DST`"
+        )
     cfg = read_config(directory, wanted.config.from_json)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: wanted.network(cfg, rngs=nnx.Rngs(0))))
     nnx.replace_by_pure_dict(state, read_params(directory, nnx.to_pure_dict(state)))

@@ -36,8 +36,10 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         if self.latent_shift and len(self.latent_shift) != self.embed_dim:
-            raise ValueError(f"AutoencoderConfig: latent_shift has {len(self.latent_shift)} entries; it needs one per "
-                             f"latent channel (embed_dim {self.embed_dim}) or none")
+            raise ValueError(
+                f"AutoencoderConfig: latent_shift has {len(self.latent_shift)} entries; it needs one per "
+                f"latent channel (embed_dim {self.embed_dim}) or none"
+            )
 
     @property
     def downsample_factor(self) -> int:
@@ -110,8 +112,10 @@ class ScribbleEncoderConfig:
 
     def __post_init__(self):
         if not self.stroke_widths or any(w < 1 or w % 2 == 0 for w in self.stroke_widths):
-            raise ValueError(f"ScribbleEncoderConfig: stroke_widths {self.stroke_widths} must be odd positive widths "
-                             "(a stroke grows by the same amount on both sides)")
+            raise ValueError(
+                f"ScribbleEncoderConfig: stroke_widths {self.stroke_widths} must be odd positive widths "
+                "(a stroke grows by the same amount on both sides)"
+            )
 
 
 # The encoder config of each modality kind, by kind: what a checkpoint's JSON "encoder" is read as.
@@ -131,8 +135,10 @@ class ScheduleConfig:
         if not (isinstance(self.timesteps, int) and self.timesteps >= 2):
             raise ValueError(f"ScheduleConfig: timesteps must be an integer of at least 2, got {self.timesteps!r}")
         if not 0 < self.linear_start <= self.linear_end < 1:
-            raise ValueError(f"ScheduleConfig: needs 0 < linear_start <= linear_end < 1, got {self.linear_start!r} "
-                             f"and {self.linear_end!r}")
+            raise ValueError(
+                f"ScheduleConfig: needs 0 < linear_start <= linear_end < 1, got {self.linear_start!r} "
+                f"and {self.linear_end!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +153,9 @@ class ModalityConfig:
     def __post_init__(self):
         expected = encoder_config_class(self.kind)
         if not isinstance(self.encoder, expected):
-            raise ValueError(f"ModalityConfig: kind {self.kind!r} needs a {expected.__name__}, "
-                             f"got a {type(self.encoder).__name__}")
+            raise ValueError(
+                f"ModalityConfig: kind {self.kind!r} needs a {expected.__name__}, got a {type(self.encoder).__name__}"
+            )
 
 
 def encoder_config_class(kind: str) -> type:
@@ -188,8 +195,13 @@ class SystemConfig:
                 raise ValueError("modalities: expected an object of named modalities")
             return {name: _modality_from_dict(m) for name, m in raw.items()}
 
-        return _from_dict(cls, json.loads(text), autoencoder=lambda raw: _from_dict(AutoencoderConfig, raw),
-                          modalities=modalities, schedule=lambda raw: _from_dict(ScheduleConfig, raw))
+        return _from_dict(
+            cls,
+            json.loads(text),
+            autoencoder=lambda raw: _from_dict(AutoencoderConfig, raw),
+            modalities=modalities,
+            schedule=lambda raw: _from_dict(ScheduleConfig, raw),
+        )
 
 
 def _from_dict(cls, raw: dict[str, Any], **parsers):
@@ -202,8 +214,11 @@ def _from_dict(cls, raw: dict[str, Any], **parsers):
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
-    missing = sorted(name for name, f in fields.items() if name not in raw and f.default is dataclasses.MISSING
-                     and f.default_factory is dataclasses.MISSING)
+    missing = sorted(
+        name
+        for name, f in fields.items()
+        if name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
     if missing:
         raise ValueError(f"{cls.__name__}: missing field(s) {missing}")
     config = cls(**{k: parsers[k](v) if k in parsers else _tuples(v) for k, v in raw.items()})
@@ -266,9 +281,13 @@ def type_name(hint) -> str:
 
 def _modality_from_dict(raw: dict[str, Any]) -> ModalityConfig:
     kind = raw.get("kind") if isinstance(raw, dict) else None
-    return _from_dict(ModalityConfig, raw, encoder=lambda r: _from_dict(encoder_config_class(kind), r),
-                      expert=lambda r: _from_dict(UNetConfig, r),
-                      diffuser=lambda r: _from_dict(UNetConfig, r) if r else None)
+    return _from_dict(
+        ModalityConfig,
+        raw,
+        encoder=lambda r: _from_dict(encoder_config_class(kind), r),
+        expert=lambda r: _from_dict(UNetConfig, r),
+        diffuser=lambda r: _from_dict(UNetConfig, r) if r else None,
+    )
 
 
 def load_config(spec: str):
@@ -340,8 +359,10 @@ class StyleGAN2Config:
         if self.img_resolution < 4 or self.img_resolution != 2**log2:
             raise ValueError(f"StyleGAN2Config: img_resolution {self.img_resolution} must be a power of two >= 4")
         if self.architecture != "skip":
-            raise ValueError(f"StyleGAN2Config: architecture {self.architecture!r} is not implemented; only 'skip' "
-                             "(config-f, every released StyleGAN2/ADA generator) is")
+            raise ValueError(
+                f"StyleGAN2Config: architecture {self.architecture!r} is not implemented; only 'skip' "
+                "(config-f, every released StyleGAN2/ADA generator) is"
+            )
         if self.mapping_layers < 1:
             raise ValueError("StyleGAN2Config: mapping_layers must be at least 1")
 
@@ -387,11 +408,14 @@ class StyleGAN2DiscriminatorConfig:
     def __post_init__(self):
         log2 = self.img_resolution.bit_length() - 1
         if self.img_resolution < 8 or self.img_resolution != 2**log2:
-            raise ValueError(f"StyleGAN2DiscriminatorConfig: img_resolution {self.img_resolution} must be a power "
-                             "of two >= 8")
+            raise ValueError(
+                f"StyleGAN2DiscriminatorConfig: img_resolution {self.img_resolution} must be a power of two >= 8"
+            )
         if self.architecture != "resnet":
-            raise ValueError(f"StyleGAN2DiscriminatorConfig: architecture {self.architecture!r} is not implemented; "
-                             "only 'resnet' (config-f, every released StyleGAN2/ADA discriminator) is")
+            raise ValueError(
+                f"StyleGAN2DiscriminatorConfig: architecture {self.architecture!r} is not implemented; "
+                "only 'resnet' (config-f, every released StyleGAN2/ADA discriminator) is"
+            )
 
     @property
     def block_resolutions(self) -> tuple[int, ...]:
@@ -437,8 +461,9 @@ EG3D_SUPERRESOLUTION = {  # training.superresolution.<name> of the EG3D release
     "SuperresolutionHybrid4X": SuperresolutionSpec(256, 128, ((False, 128), (True, 64)), resize_only_up=True),
     "SuperresolutionHybrid8X": SuperresolutionSpec(512, 128, ((True, 128), (True, 64))),
     "SuperresolutionHybrid8XDC": SuperresolutionSpec(512, 128, ((True, 256), (True, 128))),
-    "SuperresolutionHybridDeepfp32": SuperresolutionSpec(256, 128, ((False, 128), (True, 64)), resize_only_up=True,
-                                                         antialias_option=False),
+    "SuperresolutionHybridDeepfp32": SuperresolutionSpec(
+        256, 128, ((False, 128), (True, 64)), resize_only_up=True, antialias_option=False
+    ),
 }
 
 
@@ -491,27 +516,37 @@ class EG3DConfig:
     def __post_init__(self):
         if self.superresolution == NO_SUPERRESOLUTION:
             if self.img_resolution != self.neural_rendering_resolution:
-                raise ValueError(f"EG3DConfig: without super-resolution the image is the neural rendering: set "
-                                 f"img_resolution = neural_rendering_resolution ({self.neural_rendering_resolution})")
+                raise ValueError(
+                    f"EG3DConfig: without super-resolution the image is the neural rendering: set "
+                    f"img_resolution = neural_rendering_resolution ({self.neural_rendering_resolution})"
+                )
         elif self.superresolution not in EG3D_SUPERRESOLUTION:
-            raise ValueError(f"EG3DConfig: super-resolution module {self.superresolution!r} is not supported; "
-                             f"supported: {sorted(EG3D_SUPERRESOLUTION)} or {NO_SUPERRESOLUTION!r}")
+            raise ValueError(
+                f"EG3DConfig: super-resolution module {self.superresolution!r} is not supported; "
+                f"supported: {sorted(EG3D_SUPERRESOLUTION)} or {NO_SUPERRESOLUTION!r}"
+            )
         elif self.sr.img_resolution != self.img_resolution:
-            raise ValueError(f"EG3DConfig: {self.superresolution} renders {self.sr.img_resolution}x"
-                             f"{self.sr.img_resolution}, not img_resolution {self.img_resolution}")
+            raise ValueError(
+                f"EG3DConfig: {self.superresolution} renders {self.sr.img_resolution}x"
+                f"{self.sr.img_resolution}, not img_resolution {self.img_resolution}"
+            )
         if self.c_dim != 25:
             raise ValueError(f"EG3DConfig: c_dim {self.c_dim}; EG3D's camera label has 25 numbers")
         if self.depth_resolution < 2 or self.depth_resolution_importance < 0:
-            raise ValueError("EG3DConfig: depth_resolution must be at least 2 and depth_resolution_importance "
-                             "at least 0")
+            raise ValueError(
+                "EG3DConfig: depth_resolution must be at least 2 and depth_resolution_importance at least 0"
+            )
         if not 0 < self.ray_start < self.ray_end:
-            raise ValueError(f"EG3DConfig: rays from {self.ray_start} to {self.ray_end}; need 0 < start < end "
-                             "(the 'auto' box bounds of the ShapeNet models are not supported)")
+            raise ValueError(
+                f"EG3DConfig: rays from {self.ray_start} to {self.ray_end}; need 0 < start < end "
+                "(the 'auto' box bounds of the ShapeNet models are not supported)"
+            )
         if self.neural_rendering_resolution < 1:
             raise ValueError("EG3DConfig: neural_rendering_resolution must be positive")
         if self.superresolution_noise_mode not in ("none", "const"):
-            raise ValueError(f"EG3DConfig: superresolution_noise_mode {self.superresolution_noise_mode!r}; "
-                             "choose 'none' or 'const'")
+            raise ValueError(
+                f"EG3DConfig: superresolution_noise_mode {self.superresolution_noise_mode!r}; choose 'none' or 'const'"
+            )
 
     @property
     def sr(self) -> SuperresolutionSpec | None:
@@ -521,17 +556,27 @@ class EG3DConfig:
     def backbone(self) -> StyleGAN2Config:
         """The StyleGAN2 generator whose 96-channel 256x256 image is the three feature planes."""
         return StyleGAN2Config(
-            z_dim=self.z_dim, c_dim=self.c_dim, w_dim=self.w_dim, img_resolution=self.plane_resolution,
-            img_channels=self.plane_count * self.plane_channels, mapping_layers=self.mapping_layers,
-            mapping_lr_multiplier=self.mapping_lr_multiplier, mapping_layer_features=self.mapping_layer_features,
-            embed_features=self.embed_features, w_avg_beta=self.w_avg_beta, channel_base=self.channel_base,
-            channel_max=self.channel_max, conv_clamp=self.conv_clamp)
+            z_dim=self.z_dim,
+            c_dim=self.c_dim,
+            w_dim=self.w_dim,
+            img_resolution=self.plane_resolution,
+            img_channels=self.plane_count * self.plane_channels,
+            mapping_layers=self.mapping_layers,
+            mapping_lr_multiplier=self.mapping_lr_multiplier,
+            mapping_layer_features=self.mapping_layer_features,
+            embed_features=self.embed_features,
+            w_avg_beta=self.w_avg_beta,
+            channel_base=self.channel_base,
+            channel_max=self.channel_max,
+            conv_clamp=self.conv_clamp,
+        )
 
     @property
     def superresolution_blocks(self) -> StyleGAN2Config:
         """The StyleGAN2 settings of the super-resolution blocks (RGB out, their own clamp)."""
-        return StyleGAN2Config(z_dim=0, w_dim=self.w_dim, img_resolution=self.img_resolution, img_channels=3,
-                               conv_clamp=self.sr_conv_clamp)
+        return StyleGAN2Config(
+            z_dim=0, w_dim=self.w_dim, img_resolution=self.img_resolution, img_channels=3, conv_clamp=self.sr_conv_clamp
+        )
 
     @property
     def num_ws(self) -> int:

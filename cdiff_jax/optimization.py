@@ -21,8 +21,9 @@ import optax
 POLICY_ENV = "CDIFF_LOOP_POLICY"
 
 
-def adam(learning_rate, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-         weight_decay: float | None = None) -> optax.GradientTransformation:
+def adam(
+    learning_rate, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float | None = None
+) -> optax.GradientTransformation:
     """torch.optim.Adam, or AdamW when `weight_decay` is given, with torch's defaults.
 
     The decay is never defaulted: optax's adamw decays by 1e-4 unless told, torch's AdamW by 1e-2.
@@ -62,8 +63,9 @@ def loop_policy() -> LoopPolicy:
     name = os.environ.get(POLICY_ENV)
     if name:
         if name not in POLICIES:
-            raise ValueError(f"{POLICY_ENV}={name!r} is not a loop policy; set it to one of {sorted(POLICIES)} "
-                             "or unset it")
+            raise ValueError(
+                f"{POLICY_ENV}={name!r} is not a loop policy; set it to one of {sorted(POLICIES)} or unset it"
+            )
         return POLICIES[name]
     return CPU if jax.default_backend() == "cpu" else ACCELERATOR
 
@@ -90,8 +92,9 @@ def run_steps(step: Callable, carry, batches, policy: LoopPolicy, healthy=True):
 
     # unroll=0 copies every step, a single one included; 1 (or True) on a length-1 scan still lowers to a
     # one-trip while loop, the slow path on CPU.
-    (carry, _), (metrics, applied) = jax.lax.scan(guarded, (carry, jnp.asarray(healthy, jnp.bool_)), batches,
-                                                  unroll=0 if policy.unroll else 1)
+    (carry, _), (metrics, applied) = jax.lax.scan(
+        guarded, (carry, jnp.asarray(healthy, jnp.bool_)), batches, unroll=0 if policy.unroll else 1
+    )
     return carry, metrics, applied
 
 

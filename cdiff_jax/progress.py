@@ -54,8 +54,16 @@ def bar(total, desc: str, unit: str = "step") -> tqdm:
     """A progress bar on stderr when it is a terminal (a log file gets no redrawn lines), on the lead
     process only. `total` is a count, None (unknown yet), or an iterable to wrap."""
     iterable, total = (None, total) if total is None or isinstance(total, int) else (total, None)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True,
-                disable=None if is_lead() else True)  # None: off unless stderr is a terminal
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=True,
+        disable=None if is_lead() else True,
+    )  # None: off unless stderr is a terminal
 
 
 class SamplingBar:
@@ -115,8 +123,13 @@ class ProgressLine:
     interval, not a redrawn bar, because training output usually goes to a log file.
     """
 
-    def __init__(self, total_steps: int, every_seconds: float = 10.0, stream: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total_steps: int,
+        every_seconds: float = 10.0,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total_steps = total_steps
         self.every_seconds = every_seconds
         self._stream = stream  # None: sys.stdout at write time, so redirections made later are honoured

@@ -52,8 +52,10 @@ def checkpoint_config(path) -> SystemConfig:
 
 def batch(value: int) -> int:
     if not 1 <= value <= MAX_BATCH:
-        raise UsageError(f"--batch {value}: give 1..{MAX_BATCH} samples per run; for more images, run again with "
-                         "other --seed values (and --out folders)")
+        raise UsageError(
+            f"--batch {value}: give 1..{MAX_BATCH} samples per run; for more images, run again with "
+            "other --seed values (and --out folders)"
+        )
     return value
 
 
@@ -169,8 +171,14 @@ def drawing(path, modality: ModalityConfig, flag: str) -> np.ndarray:
         with open_image(path, f"--{flag} {path}") as img:
             width, height = img.size
         if height != width:
-            log.warning("note: --%s %s is %dx%d, not square; it is resized to a square as the reference does, "
-                        "which stretches the face", flag, path, width, height)
+            log.warning(
+                "note: --%s %s is %dx%d, not square; it is resized to a square as the reference does, "
+                "which stretches the face",
+                flag,
+                path,
+                width,
+                height,
+            )
         return np.asarray(kind_entry(modality.kind).parse([path], modality.encoder))
     except (ValueError, OSError) as err:
         raise UsageError(f"--{flag} {path}: {err}") from None
@@ -183,8 +191,9 @@ def conditions(cfg: SystemConfig, requested: dict[str, str]) -> tuple[dict[str, 
     encoded, truncated = {}, []
     for name, value in requested.items():
         if name not in cfg.modalities:
-            raise UsageError(f"the checkpoint has no {name} modality (it has {', '.join(sorted(cfg.modalities))}); "
-                             f"drop --{name}")
+            raise UsageError(
+                f"the checkpoint has no {name} modality (it has {', '.join(sorted(cfg.modalities))}); drop --{name}"
+            )
         modality = cfg.modalities[name]
         if modality.kind == "text":
             tokens = caption(value, modality)
@@ -194,8 +203,10 @@ def conditions(cfg: SystemConfig, requested: dict[str, str]) -> tuple[dict[str, 
         else:
             encoded[name] = drawing(value, modality, name)
     if len(encoded) > 1 and not all(cfg.modalities[n].diffuser for n in encoded):
-        raise UsageError("two conditions need a collaborative checkpoint (with dynamic diffusers); give one of "
-                         "--mask and --text, or a codiff checkpoint")
+        raise UsageError(
+            "two conditions need a collaborative checkpoint (with dynamic diffusers); give one of "
+            "--mask and --text, or a codiff checkpoint"
+        )
     return encoded, truncated
 
 
@@ -215,8 +226,10 @@ def image(path, multiple: int) -> np.ndarray:
         raise UsageError(str(err)) from None
     h, w = pixels.shape[:2]
     if h % multiple or w % multiple:
-        raise UsageError(f"--image {path} is {w}x{h}; this model needs sides that are multiples of {multiple} "
-                         f"(crop or resize it, e.g. to {max(multiple, h - h % multiple)} pixels square)")
+        raise UsageError(
+            f"--image {path} is {w}x{h}; this model needs sides that are multiples of {multiple} "
+            f"(crop or resize it, e.g. to {max(multiple, h - h % multiple)} pixels square)"
+        )
     return pixels[None] / 127.5 - 1.0
 
 
@@ -232,6 +245,8 @@ def output_folder(path, is_ours: Callable[[pathlib.Path], bool]) -> pathlib.Path
     try:
         creatable_parent(path)
     except OSError as err:
-        raise UsageError(f"--out {path}: cannot create a folder in {err.filename or path.parent} ({err.strerror}); "
-                         "choose another --out") from None
+        raise UsageError(
+            f"--out {path}: cannot create a folder in {err.filename or path.parent} ({err.strerror}); "
+            "choose another --out"
+        ) from None
     return path

@@ -80,8 +80,10 @@ def require_finite(samples: jax.Array) -> np.ndarray:
     samples = np.asarray(samples)
     finite = np.isfinite(samples).reshape(samples.shape[0], -1).all(axis=1)
     if not finite.all():
-        raise NonFiniteSamples(f"{int((~finite).sum())} of {finite.size} samples are not finite (NaN or inf); "
-                               "check the checkpoint's weights, or lower --guidance and --mask-scale")
+        raise NonFiniteSamples(
+            f"{int((~finite).sum())} of {finite.size} samples are not finite (NaN or inf); "
+            "check the checkpoint's weights, or lower --guidance and --mask-scale"
+        )
     return samples
 
 
@@ -110,8 +112,19 @@ def sample(
         raise ValueError(f"guided modalities {sorted(guided)} are not all among the conditions {sorted(conditions)}")
     if guided and (not guidance_scales or not null_conditions or guided - set(null_conditions)):
         raise ValueError("classifier-free guidance needs a scale and a null condition for every guided modality")
-    return _run(on_step, graphdef, state, conditions, {}, x_T, key, step_noise, guidance_scales or {},
-                null_conditions or {}, settings)
+    return _run(
+        on_step,
+        graphdef,
+        state,
+        conditions,
+        {},
+        x_T,
+        key,
+        step_noise,
+        guidance_scales or {},
+        null_conditions or {},
+        settings,
+    )
 
 
 def sample_from_contexts(
@@ -170,20 +183,43 @@ def _run(on_step, *args) -> SampleResult:
 
 
 @jax.jit(static_argnames=("graphdef", "settings"))
-def _sample_program(reporter, graphdef, state, conditions, contexts, x_T, key, step_noise, guidance_scales,
-                    null_conditions, settings):
+def _sample_program(
+    reporter, graphdef, state, conditions, contexts, x_T, key, step_noise, guidance_scales, null_conditions, settings
+):
     system = nnx.merge(graphdef, state)
     contexts = contexts or encode_conditions(system, conditions)
     guidance = _guidance(system, contexts, guidance_scales, null_conditions, settings.guided)
     plan = settings.plan(alphas_cumprod(system.cfg.schedule))
-    solver_state, trajectory = solver_steps(system, contexts, guidance, plan, settings, solvers.initial(plan, x_T),
-                                            key, 0, plan.timesteps.shape[0], step_noise, reporter)
+    solver_state, trajectory = solver_steps(
+        system,
+        contexts,
+        guidance,
+        plan,
+        settings,
+        solvers.initial(plan, x_T),
+        key,
+        0,
+        plan.timesteps.shape[0],
+        step_noise,
+        reporter,
+    )
     z0 = solvers.current_sample(solver_state)
     return SampleResult(latents=z0, images=system.autoencoder.decode_latent(z0), trajectory=trajectory)
 
 
-def solver_steps(system, contexts, guidance, plan, settings: SamplerSettings, solver_state, key, start: int,
-                 stop: int, step_noise=None, reporter=None):
+def solver_steps(
+    system,
+    contexts,
+    guidance,
+    plan,
+    settings: SamplerSettings,
+    solver_state,
+    key,
+    start: int,
+    stop: int,
+    step_noise=None,
+    reporter=None,
+):
     """The sampler's steps start+1 .. stop (1-based) of `plan` from `solver_state`, one `lax.scan`: (the state
     after them, their Trajectory if `settings.record`). Step i's noise is drawn from split(key, all steps)[i] (or
     is step_noise[i]) whichever steps run, so a run split into parts is the whole run. No steps: the state as
@@ -202,8 +238,9 @@ def solver_steps(system, contexts, guidance, plan, settings: SamplerSettings, so
         x = solvers.current_sample(solver_state)
         if stochastic and step_noise is None:
             noise = normal(noise, x.shape, x.dtype)
-        p = predict(system, x, jnp.full((batch,), row.timesteps), contexts, settings.reweighting, guidance,
-                    settings.freeu)
+        p = predict(
+            system, x, jnp.full((batch,), row.timesteps), contexts, settings.reweighting, guidance, settings.freeu
+        )
         solver_state, pred_x0 = solvers.step(solver_state, p.eps, row, noise)
         if reporter is not None:
             jax.debug.callback(_report_step, reporter, i, num_steps)

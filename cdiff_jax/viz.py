@@ -69,8 +69,9 @@ def colour_scale(height: int, low: str = "0", high: str = "1", pad: int = 2) -> 
     return np.asarray(picture)
 
 
-def titled(picture: np.ndarray, title: str, right: np.ndarray | None = None, thumbnail: np.ndarray | None = None,
-           pad: int = 4) -> np.ndarray:
+def titled(
+    picture: np.ndarray, title: str, right: np.ndarray | None = None, thumbnail: np.ndarray | None = None, pad: int = 4
+) -> np.ndarray:
     """`picture` under a header (an optional thumbnail, then `title` wrapped to the picture's width) and with an
     optional panel (e.g. a colour scale) to its right, on white."""
     picture = np.asarray(picture)
@@ -81,8 +82,9 @@ def titled(picture: np.ndarray, title: str, right: np.ndarray | None = None, thu
     lines = textwrap.wrap(title, chars) or [""]
     header = max(thumb_h, 11 * len(lines)) + pad
     right_w = right.shape[1] + pad if right is not None else 0
-    canvas = Image.new("RGB", (w + right_w + pad, header + max(h, right.shape[0] if right is not None else 0) + pad),
-                       (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (w + right_w + pad, header + max(h, right.shape[0] if right is not None else 0) + pad), (255, 255, 255)
+    )
     if thumbnail is not None:
         canvas.paste(Image.fromarray(np.asarray(thumbnail, np.uint8)), (pad, pad // 2))
     draw = ImageDraw.Draw(canvas)
@@ -108,8 +110,13 @@ def influence_picture(samples: np.ndarray, maps: np.ndarray, step_labels: list[s
     return titled(picture, title, right=colour_scale(min(picture.shape[0] - 20, 4 * size)))
 
 
-def grid(images: np.ndarray, cols: int | None = None, col_labels: list[str] | None = None, pad: int = 2,
-         row_labels: list[str] | None = None) -> np.ndarray:
+def grid(
+    images: np.ndarray,
+    cols: int | None = None,
+    col_labels: list[str] | None = None,
+    pad: int = 2,
+    row_labels: list[str] | None = None,
+) -> np.ndarray:
     """uint8 [N, H, W, 3] (or [rows, cols, H, W, 3]) -> one uint8 picture, with optional column labels above
     and row labels to the left."""
     images = np.asarray(images)

@@ -23,10 +23,23 @@ from cdiff_jax.config import (
 )
 
 CONTEXT = 64
-EXPERT = UNetConfig(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(2, 4),
-                    num_heads=4, context_dim=CONTEXT)
-DIFFUSER = UNetConfig(out_channels=1, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                      attention_resolutions=(2,), num_heads=2, context_dim=CONTEXT)
+EXPERT = UNetConfig(
+    model_channels=32,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2, 4),
+    num_heads=4,
+    context_dim=CONTEXT,
+)
+DIFFUSER = UNetConfig(
+    out_channels=1,
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    num_heads=2,
+    context_dim=CONTEXT,
+)
 SCHEDULE = ScheduleConfig(linear_start=0.00085, linear_end=0.012)
 AUTOENCODER = AutoencoderConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, resolution=64, scale_factor=1.0)
 

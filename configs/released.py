@@ -25,12 +25,21 @@ AUTOENCODERS = {
     512: AutoencoderConfig(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, resolution=512, scale_factor=0.141),
 }
 EXPERT = UNetConfig(
-    model_channels=192, channel_mult=(1, 2, 3, 5), num_res_blocks=2, attention_resolutions=(8, 4, 2),
-    num_heads=32, context_dim=640,
+    model_channels=192,
+    channel_mult=(1, 2, 3, 5),
+    num_res_blocks=2,
+    attention_resolutions=(8, 4, 2),
+    num_heads=32,
+    context_dim=640,
 )
 DIFFUSER = UNetConfig(
-    out_channels=1, model_channels=32, channel_mult=(1, 2, 3, 5), num_res_blocks=2,
-    attention_resolutions=(8, 4, 2), num_heads=32, context_dim=640,
+    out_channels=1,
+    model_channels=32,
+    channel_mult=(1, 2, 3, 5),
+    num_res_blocks=2,
+    attention_resolutions=(8, 4, 2),
+    num_heads=32,
+    context_dim=640,
 )
 TEXT_ENCODER = TextEncoderConfig(width=640, depth=32)
 MASK_ENCODER = MaskEncoderConfig(mask_size=32, context_dim=640)

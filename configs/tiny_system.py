@@ -15,10 +15,18 @@ from cdiff_jax.config import (
     UNetConfig,
 )
 
-EXPERT = UNetConfig(model_channels=32, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(1,),
-                    num_heads=2, context_dim=16)
-DIFFUSER = UNetConfig(out_channels=1, model_channels=32, channel_mult=(1,), num_res_blocks=1,
-                      attention_resolutions=(), num_heads=2, context_dim=16)
+EXPERT = UNetConfig(
+    model_channels=32, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(1,), num_heads=2, context_dim=16
+)
+DIFFUSER = UNetConfig(
+    out_channels=1,
+    model_channels=32,
+    channel_mult=(1,),
+    num_res_blocks=1,
+    attention_resolutions=(),
+    num_heads=2,
+    context_dim=16,
+)
 MODALITIES = {
     "mask": ModalityConfig("mask", MaskEncoderConfig(context_dim=16), EXPERT, DIFFUSER),
     "text": ModalityConfig("text", TextEncoderConfig(width=16, depth=1), EXPERT, DIFFUSER),

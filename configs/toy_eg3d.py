@@ -12,8 +12,23 @@ from cdiff_jax.data import toy_faces_3d
 
 
 def get_config(arg: str = "") -> EG3DConfig:
-    return EG3DConfig(z_dim=64, w_dim=128, img_resolution=64, neural_rendering_resolution=64, superresolution="none",
-                      plane_resolution=64, plane_channels=16, mapping_layers=2, channel_base=2048, channel_max=128,
-                      depth_resolution=24, depth_resolution_importance=24, ray_start=2.3, ray_end=3.1,
-                      c_gen_conditioning_zero=True, avg_camera_radius=toy_faces_3d.RADIUS,
-                      avg_camera_pivot=toy_faces_3d.PIVOT, fov_degrees=toy_faces_3d.FOV_DEGREES)
+    return EG3DConfig(
+        z_dim=64,
+        w_dim=128,
+        img_resolution=64,
+        neural_rendering_resolution=64,
+        superresolution="none",
+        plane_resolution=64,
+        plane_channels=16,
+        mapping_layers=2,
+        channel_base=2048,
+        channel_max=128,
+        depth_resolution=24,
+        depth_resolution_importance=24,
+        ray_start=2.3,
+        ray_end=3.1,
+        c_gen_conditioning_zero=True,
+        avg_camera_radius=toy_faces_3d.RADIUS,
+        avg_camera_pivot=toy_faces_3d.PIVOT,
+        fov_degrees=toy_faces_3d.FOV_DEGREES,
+    )

@@ -8,5 +8,6 @@ from cdiff_jax.config import StyleGAN2Config
 
 
 def get_config(arg: str = "") -> StyleGAN2Config:
-    return StyleGAN2Config(z_dim=128, w_dim=128, img_resolution=64, mapping_layers=2, channel_base=1024,
-                           channel_max=128)
+    return StyleGAN2Config(
+        z_dim=128, w_dim=128, img_resolution=64, mapping_layers=2, channel_base=1024, channel_max=128
+    )

@@ -59,54 +59,127 @@ GAN_STEPS = 3125  # 100k images
 # Fewer steps left artefacts in the autoencoder and a text expert that ignored its caption; both experts
 # train equally long so that neither wins the weighting by training length (docs/research_log.md,
 # "Measurement history moved from the code").
-STEPS = {"autoencoder": 4000, "expert_text": 4000, "expert_mask": 4000, "collab": 500, "gan": GAN_STEPS,
-         "triplane": 8000,
-         # sized to a working session on 2 cores (BENCHMARKS.md, "DDGI training"), not to convergence
-         "ddgi_mapping": 1200, "ddgi_modulation": 600,
-         # about 1.8 s per step each at batch 16 rendering at 32x32, so about 3 h together on the idle machine
-         # (bench/ddgi3d_train.py; BENCHMARKS.md, "DDGI-3D training")
-         "ddgi3d_mapping": 4000, "ddgi3d_modulation": 2000}
+STEPS = {
+    "autoencoder": 4000,
+    "expert_text": 4000,
+    "expert_mask": 4000,
+    "collab": 500,
+    "gan": GAN_STEPS,
+    "triplane": 8000,
+    # sized to a working session on 2 cores (BENCHMARKS.md, "DDGI training"), not to convergence
+    "ddgi_mapping": 1200,
+    "ddgi_modulation": 600,
+    # about 1.8 s per step each at batch 16 rendering at 32x32, so about 3 h together on the idle machine
+    # (bench/ddgi3d_train.py; BENCHMARKS.md, "DDGI-3D training")
+    "ddgi3d_mapping": 4000,
+    "ddgi3d_modulation": 2000,
+}
 
 
 def get_config(arg: str = "collab") -> TrainConfig:
     """`arg`: autoencoder, expert_text, expert_mask, collab, gan, triplane, ddgi_mapping, ddgi_modulation,
     ddgi_modulation_ungated (the attention-gating ablation), or the same three DDGI stages on the toy tri-plane
     generator: ddgi3d_mapping, ddgi3d_modulation, ddgi3d_modulation_ungated."""
-    common = dict(data_dir="data/toy_tfds", resolution=64, test_size=1000, log_every=25, checkpoint_every=250,
-                  keep_checkpoints=2, val_batches=4, sample_count=8, sample_steps=50)
+    common = dict(
+        data_dir="data/toy_tfds",
+        resolution=64,
+        test_size=1000,
+        log_every=25,
+        checkpoint_every=250,
+        keep_checkpoints=2,
+        val_batches=4,
+        sample_count=8,
+        sample_steps=50,
+    )
     autoencoder = ("autoencoder", f"{RUNS}/autoencoder/system")
     if arg == "autoencoder":
         # L1 + KL only: no LPIPS weights can ship with the repo, and the GAN term is for long runs (LDM
         # switches it on at step 50k); switched on early it paints artefacts over still-blurry reconstructions.
-        return TrainConfig(stage="autoencoder", system="demo_faces.py:text", global_batch=8,
-                           base_learning_rate=5e-5, steps=STEPS["autoencoder"], perceptual_weight=0.0,
-                           disc_start=10**9, val_every=250, sample_every=500, **common)
+        return TrainConfig(
+            stage="autoencoder",
+            system="demo_faces.py:text",
+            global_batch=8,
+            base_learning_rate=5e-5,
+            steps=STEPS["autoencoder"],
+            perceptual_weight=0.0,
+            disc_start=10**9,
+            val_every=250,
+            sample_every=500,
+            **common,
+        )
     if arg in ("expert_text", "expert_mask"):
         kind = arg.removeprefix("expert_")
-        return TrainConfig(stage="expert", modality=kind, system=f"demo_faces.py:{kind}", init_from=(autoencoder,),
-                           global_batch=32, base_learning_rate=1e-5, steps=STEPS[arg], condition_dropout=0.1,
-                           val_every=200, sample_every=300, **common)
+        return TrainConfig(
+            stage="expert",
+            modality=kind,
+            system=f"demo_faces.py:{kind}",
+            init_from=(autoencoder,),
+            global_batch=32,
+            base_learning_rate=1e-5,
+            steps=STEPS[arg],
+            condition_dropout=0.1,
+            val_every=200,
+            sample_every=300,
+            **common,
+        )
     if arg == "collab":
-        return TrainConfig(stage="collab", system="demo_faces.py", global_batch=32, base_learning_rate=3e-6,
-                           steps=STEPS["collab"], val_every=200, sample_every=300,
-                           init_from=(autoencoder,
-                                      ("modalities.text", f"{RUNS}/expert_text/system"),
-                                      ("modalities.mask", f"{RUNS}/expert_mask/system")), **common)
+        return TrainConfig(
+            stage="collab",
+            system="demo_faces.py",
+            global_batch=32,
+            base_learning_rate=3e-6,
+            steps=STEPS["collab"],
+            val_every=200,
+            sample_every=300,
+            init_from=(
+                autoencoder,
+                ("modalities.text", f"{RUNS}/expert_text/system"),
+                ("modalities.mask", f"{RUNS}/expert_mask/system"),
+            ),
+            **common,
+        )
     if arg == "gan":
         # stylegan2-ada-pytorch's "auto" settings for 64x64 at batch 32 (lr 0.0025, gamma 0.0256, ema 10 kimg with
         # ramp-up); one worker process renders the faces while the other core trains.
-        return TrainConfig(stage="gan", system="toy_gan.py", data_dir="fresh-toy-faces:1000", resolution=64,
-                           global_batch=GAN_BATCH, base_learning_rate=0.0025 / GAN_BATCH, steps=STEPS["gan"],
-                           steps_per_call=1, data_workers=1, log_every=25, checkpoint_every=250, keep_checkpoints=2,
-                           val_every=0, sample_every=250, sample_count=16)
+        return TrainConfig(
+            stage="gan",
+            system="toy_gan.py",
+            data_dir="fresh-toy-faces:1000",
+            resolution=64,
+            global_batch=GAN_BATCH,
+            base_learning_rate=0.0025 / GAN_BATCH,
+            steps=STEPS["gan"],
+            steps_per_call=1,
+            data_workers=1,
+            log_every=25,
+            checkpoint_every=250,
+            keep_checkpoints=2,
+            val_every=0,
+            sample_every=250,
+            sample_count=16,
+        )
     if arg == "triplane":
         # Trained at half the rendering resolution (a quarter of the rays); 256 identities, each seen from a new
         # view every time. Adam at 1e-3 with 1000 identities stayed at the average colour for 600 steps; 5e-3 with
         # 64 showed each identity's colours by step 200 (BENCHMARKS.md, "The toy tri-plane generator").
-        return TrainConfig(stage="triplane", system="toy_eg3d.py", data_dir="toy-3d-world:2000", resolution=64,
-                           global_batch=8, base_learning_rate=5e-3 / 8, steps=STEPS["triplane"],
-                           triplane_identities=256, triplane_resolution=32, data_workers=1, log_every=25,
-                           checkpoint_every=250, keep_checkpoints=2, val_every=0, sample_every=500, sample_count=4)
+        return TrainConfig(
+            stage="triplane",
+            system="toy_eg3d.py",
+            data_dir="toy-3d-world:2000",
+            resolution=64,
+            global_batch=8,
+            base_learning_rate=5e-3 / 8,
+            steps=STEPS["triplane"],
+            triplane_identities=256,
+            triplane_resolution=32,
+            data_workers=1,
+            log_every=25,
+            checkpoint_every=250,
+            keep_checkpoints=2,
+            val_every=0,
+            sample_every=500,
+            sample_count=4,
+        )
     ddgi = arg.replace("ddgi3d_", "ddgi_")
     if ddgi in ("ddgi_mapping", "ddgi_modulation", "ddgi_modulation_ungated"):
         # Widths and the learning rate are first choices, not tuned on the toy world. DDGI-3D drives the toy
@@ -114,12 +187,25 @@ def get_config(arg: str = "collab") -> TrainConfig:
         three_d, stage = ddgi != arg, ddgi.removesuffix("_ungated")
         runs = f"{RUNS}/ddgi3d" if three_d else f"{RUNS}/ddgi"
         start = () if stage == "ddgi_mapping" else (("heads", f"{runs}/mapping/heads"),)
-        return TrainConfig(stage=stage, system="cdiff_jax/demo_models/collab",
-                           gan=f"{RUNS}/triplane/generator" if three_d else f"{RUNS}/gan/generator",
-                           data_dir=f"{RUNS}/ddgi/trajectories", resolution=64, global_batch=16,
-                           base_learning_rate=1e-4 / 16, steps=STEPS[arg.removesuffix("_ungated")], init_from=start,
-                           ddgi_mapping_channels=128, ddgi_modulation_channels=64,
-                           ddgi_attention_gating=not arg.endswith("_ungated"),
-                           triplane_resolution=32 if three_d else None, log_every=25, checkpoint_every=200,
-                           keep_checkpoints=2, val_every=0, sample_every=200, sample_count=8)
+        return TrainConfig(
+            stage=stage,
+            system="cdiff_jax/demo_models/collab",
+            gan=f"{RUNS}/triplane/generator" if three_d else f"{RUNS}/gan/generator",
+            data_dir=f"{RUNS}/ddgi/trajectories",
+            resolution=64,
+            global_batch=16,
+            base_learning_rate=1e-4 / 16,
+            steps=STEPS[arg.removesuffix("_ungated")],
+            init_from=start,
+            ddgi_mapping_channels=128,
+            ddgi_modulation_channels=64,
+            ddgi_attention_gating=not arg.endswith("_ungated"),
+            triplane_resolution=32 if three_d else None,
+            log_every=25,
+            checkpoint_every=200,
+            keep_checkpoints=2,
+            val_every=0,
+            sample_every=200,
+            sample_count=8,
+        )
     raise ValueError(f"unknown demo stage {arg!r}")

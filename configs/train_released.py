@@ -60,10 +60,14 @@ RUNS = "runs/released"
 STEPS = 100_000
 # recipe: (batch per GPU, accumulate_grad_batches, base_learning_rate) of its official YAML
 OFFICIAL = {
-    "autoencoder_256": (8, 2, 4.5e-6), "autoencoder_512": (2, 2, 4.5e-6),
-    "expert_text_256": (8, 1, 2e-6), "expert_text_512": (8, 1, 2e-6),
-    "expert_mask_256": (8, 1, 2e-6), "expert_mask_512": (8, 1, 1e-6),
-    "collab_256": (8, 1, 2e-6), "collab_512": (8, 1, 2e-6),
+    "autoencoder_256": (8, 2, 4.5e-6),
+    "autoencoder_512": (2, 2, 4.5e-6),
+    "expert_text_256": (8, 1, 2e-6),
+    "expert_text_512": (8, 1, 2e-6),
+    "expert_mask_256": (8, 1, 2e-6),
+    "expert_mask_512": (8, 1, 1e-6),
+    "collab_256": (8, 1, 2e-6),
+    "collab_512": (8, 1, 2e-6),
 }
 
 
@@ -72,17 +76,45 @@ def get_config(arg: str = "collab_512") -> TrainConfig:
     batch, accumulate, base_learning_rate = OFFICIAL[arg]
     stage, _, size = arg.rpartition("_")
     runs = f"{RUNS}/{size}"
-    common = dict(resolution=int(size), global_batch=GPUS * batch * accumulate, base_learning_rate=base_learning_rate,
-                  steps=STEPS, test_size=3000, ema_decay=0.0, crop_zoom=None)
+    common = dict(
+        resolution=int(size),
+        global_batch=GPUS * batch * accumulate,
+        base_learning_rate=base_learning_rate,
+        steps=STEPS,
+        test_size=3000,
+        ema_decay=0.0,
+        crop_zoom=None,
+    )
     autoencoder = ("autoencoder", f"{runs}/autoencoder/system")
     if stage == "autoencoder":
-        return TrainConfig(stage="autoencoder", system=f"released.py:{size}_vae", kl_weight=1e-6, disc_start=50_001,
-                           disc_weight=0.5, perceptual_weight=1.0, disc_layers=3, gradient_accumulation=accumulate,
-                           **common)
+        return TrainConfig(
+            stage="autoencoder",
+            system=f"released.py:{size}_vae",
+            kl_weight=1e-6,
+            disc_start=50_001,
+            disc_weight=0.5,
+            perceptual_weight=1.0,
+            disc_layers=3,
+            gradient_accumulation=accumulate,
+            **common,
+        )
     if stage == "collab":
-        return TrainConfig(stage="collab", system=f"released.py:{size}_codiff", **common,
-                           init_from=(autoencoder, ("modalities.text", f"{runs}/expert_text/system"),
-                                      ("modalities.mask", f"{runs}/expert_mask/system")))
+        return TrainConfig(
+            stage="collab",
+            system=f"released.py:{size}_codiff",
+            **common,
+            init_from=(
+                autoencoder,
+                ("modalities.text", f"{runs}/expert_text/system"),
+                ("modalities.mask", f"{runs}/expert_mask/system"),
+            ),
+        )
     kind = stage.removeprefix("expert_")
-    return TrainConfig(stage="expert", modality=kind, system=f"released.py:{size}_{kind}", init_from=(autoencoder,),
-                       condition_dropout=0.0, **common)
+    return TrainConfig(
+        stage="expert",
+        modality=kind,
+        system=f"released.py:{size}_{kind}",
+        init_from=(autoencoder,),
+        condition_dropout=0.0,
+        **common,
+    )

@@ -45,7 +45,8 @@ def fixtures_root() -> pathlib.Path:
     if not (root / "manifest.json").exists():
         pytest.fail(
             f"reference fixtures of the official code not found at {root} (no manifest.json): set "
-            "CDIFF_REFERENCE_FIXTURES to the fixture root, or deselect the parity tests", pytrace=False
+            "CDIFF_REFERENCE_FIXTURES to the fixture root, or deselect the parity tests",
+            pytrace=False,
         )
     return root
 
@@ -174,8 +175,9 @@ def lpips_state_dict(rng) -> dict[str, np.ndarray]:
             continue
         index = LPIPS_VGG_CONV_INDICES[conv]
         s = next(i for i, end in enumerate(slice_ends, 1) if index < end)
-        tensors[f"{LPIPS_PREFIX}net.slice{s}.{index}.weight"] = rng.normal(0, (2 / (9 * width)) ** 0.5,
-                                                                           (spec, width, 3, 3))
+        tensors[f"{LPIPS_PREFIX}net.slice{s}.{index}.weight"] = rng.normal(
+            0, (2 / (9 * width)) ** 0.5, (spec, width, 3, 3)
+        )
         tensors[f"{LPIPS_PREFIX}net.slice{s}.{index}.bias"] = rng.normal(0, 0.1, (spec,))
         width, conv = spec, conv + 1
     for k, w in enumerate(TAPPED_WIDTHS):
@@ -191,15 +193,19 @@ def with_random_zero_layers(module, seed: int = 11):
     and context; random values there make outputs (and gradients) depend on everything."""
     state = nnx.state(module, nnx.Param)
     keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(state))))
-    nnx.update(module, jax.tree.map(
-        lambda p: p if np.any(np.asarray(p)) else 0.05 * normal(next(keys), p.shape), state))
+    nnx.update(
+        module, jax.tree.map(lambda p: p if np.any(np.asarray(p)) else 0.05 * normal(next(keys), p.shape), state)
+    )
     return module
 
 
 def png_header_only(path, width: int, height: int) -> None:
     """A PNG of a few bytes that declares width x height pixels (grayscale) and holds almost no data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )

@@ -35,8 +35,9 @@ def free_port() -> int:
 def server():
     blocks = app.build(str(DEMO_CHECKPOINT))
     port = free_port()
-    blocks.launch(server_name="127.0.0.1", server_port=port, share=False, ssr_mode=False, quiet=True,
-                  prevent_thread_lock=True)
+    blocks.launch(
+        server_name="127.0.0.1", server_port=port, share=False, ssr_mode=False, quiet=True, prevent_thread_lock=True
+    )
     yield f"http://127.0.0.1:{port}/"
     blocks.close()
 
@@ -52,8 +53,9 @@ def drawn(path) -> dict:
 
 
 def ask(client, mask, caption=CAPTION, mode="released", steps=4, sampler="ddim", seed=0, batch=2):
-    return client.predict(None if mask is None else drawn(mask), caption, mode, steps, sampler, seed, batch,
-                          api_name="/sample")
+    return client.predict(
+        None if mask is None else drawn(mask), caption, mode, steps, sampler, seed, batch, api_name="/sample"
+    )
 
 
 def pixels(path) -> np.ndarray:
@@ -82,8 +84,26 @@ def test_a_mask_and_a_caption_give_samples_and_influence_maps_as_sample_py(clien
     assert pixels(last_mask).shape[1] == pixels(mask_map).shape[1]
     assert not np.array_equal(pixels(last_mask), pixels(mask_map))
     # the same request through sample.py gives the same pictures
-    assert sample_main(["--checkpoint", str(DEMO_CHECKPOINT), "--mask", str(DEMO_MASK), "--text", CAPTION,
-                        "--steps", "4", "--batch", "2", "--save-influence", "--out", str(tmp_path / "out")]) == 0
+    assert (
+        sample_main(
+            [
+                "--checkpoint",
+                str(DEMO_CHECKPOINT),
+                "--mask",
+                str(DEMO_MASK),
+                "--text",
+                CAPTION,
+                "--steps",
+                "4",
+                "--batch",
+                "2",
+                "--save-influence",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     for i, picture in enumerate(samples):
         np.testing.assert_array_equal(picture, pixels(tmp_path / f"out/images/{i:03d}.png"))
     capsys.readouterr()
@@ -100,8 +120,11 @@ def test_bad_inputs_give_sample_py_messages_and_the_server_goes_on(client, tmp_p
         ask(client, tmp_path / "mask.png")
     assert refused.value.message == expected.replace(f"{tmp_path}/", "")
 
-    for caption, steps, flags in (("  ", 4, ["--text", "  "]), (CAPTION, 0, ["--steps", "0"]),
-                                  (CAPTION, 5000, ["--steps", "5000"])):
+    for caption, steps, flags in (
+        ("  ", 4, ["--text", "  "]),
+        (CAPTION, 0, ["--steps", "0"]),
+        (CAPTION, 5000, ["--steps", "5000"]),
+    ):
         expected = sample_py_error(capsys, *flags, "--out", tmp_path / "o")
         assert expected.startswith(flags[0])
         with pytest.raises(AppError) as refused:
@@ -146,8 +169,16 @@ def test_a_cleared_or_transparent_canvas_is_background(tmp_path):
     assert app.mask_file({"composite": None}, tmp_path) is None
 
 
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium (CI installs it)")
@@ -155,8 +186,12 @@ def test_the_page_in_a_real_browser(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(  # a fresh profile (user data dir), no network but ours
-            tmp_path / "profile", executable_path=str(CHROMIUM), args=BROWSER_FLAGS, headless=True,
-            viewport={"width": 1280, "height": 1400})
+            tmp_path / "profile",
+            executable_path=str(CHROMIUM),
+            args=BROWSER_FLAGS,
+            headless=True,
+            viewport={"width": 1280, "height": 1400},
+        )
         try:
             page = browser.new_page()
             visited = []
@@ -168,8 +203,10 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             page.wait_for_selector("#mask canvas")
             page.screenshot(path=tmp_path / "before.png")
             page.click("#run")
-            loaded = ("[...document.querySelectorAll('#samples img, #influence_mask img, #influence_text img')]"
-                      ".filter(i => i.complete && i.naturalWidth > 0)")
+            loaded = (
+                "[...document.querySelectorAll('#samples img, #influence_mask img, #influence_text img')]"
+                ".filter(i => i.complete && i.naturalWidth > 0)"
+            )
             page.wait_for_function(f"{loaded}.length >= 4", timeout=120_000)
             sizes = page.evaluate(f"{loaded}.map(i => [i.closest('[id]').id, i.naturalWidth, i.naturalHeight])")
             box = page.locator("#samples").bounding_box()
@@ -181,5 +218,5 @@ def test_the_page_in_a_real_browser(server, tmp_path):
     assert all(url.startswith(server) or url.startswith(("data:", "blob:")) for url in visited), visited
     before, after = pixels(tmp_path / "before.png"), pixels(tmp_path / "after.png")
     x, y, w, h = (round(v) for v in (box["x"], box["y"], box["width"], box["height"]))
-    region, blank = after[y:y + h, x:x + w], before[y:y + h, x:x + w]
+    region, blank = after[y : y + h, x : x + w], before[y : y + h, x : x + w]
     assert region.std() > 20 and np.abs(region.astype(int) - blank).mean() > 10  # faces where the page was blank

@@ -26,8 +26,13 @@ def test_orbit_cameras_equal_the_official_poses(fixtures_root):
     yaws, pitches = zip(*camera["poses_yaw_pitch_offsets"])
     ours = orbit_cameras(yaws, pitches, radius=camera["radius"], pivot=camera["pivot"], fov_degrees=camera["fov_deg"])
     np.testing.assert_allclose(ours, io["c_cam"], atol=2e-6)
-    frontal = orbit_cameras([0.0] * len(yaws), [0.0] * len(yaws), radius=camera["radius"], pivot=camera["pivot"],
-                            fov_degrees=camera["fov_deg"])
+    frontal = orbit_cameras(
+        [0.0] * len(yaws),
+        [0.0] * len(yaws),
+        radius=camera["radius"],
+        pivot=camera["pivot"],
+        fov_degrees=camera["fov_deg"],
+    )
     np.testing.assert_allclose(frontal, io["c_cond"], atol=2e-6)
 
 
@@ -50,8 +55,9 @@ def test_labels_are_validated():
         check_camera_labels(flat)
 
 
-@pytest.mark.parametrize("yaw, pitch, name", [(math.radians(91), 0.0, "yaw"), (0.0, -2.0, "pitch"),
-                                              (float("nan"), 0.0, "yaw")])
+@pytest.mark.parametrize(
+    "yaw, pitch, name", [(math.radians(91), 0.0, "yaw"), (0.0, -2.0, "pitch"), (float("nan"), 0.0, "yaw")]
+)
 def test_angles_beyond_ninety_degrees_are_refused(yaw, pitch, name):
     with pytest.raises(ValueError, match=f"^{name} .*90 degrees"):
         orbit_cameras([yaw], [pitch], radius=2.7, pivot=(0, 0, 0.2), fov_degrees=18.837)
@@ -67,9 +73,11 @@ def test_ray_directions_are_the_pinhole_closed_form():
     camera_dirs /= np.linalg.norm(camera_dirs, axis=-1, keepdims=True)
     expected = np.einsum("bij,mj->bmi", np.asarray(cam2world)[:, :3, :3], camera_dirs)
     np.testing.assert_allclose(np.asarray(directions), expected, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(origins), np.broadcast_to(np.asarray(cam2world)[:, None, :3, 3],
-                                                                   origins.shape), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(origins), np.broadcast_to(np.asarray(cam2world)[:, None, :3, 3], origins.shape), atol=1e-6
+    )
     centre_ray = np.asarray(directions)[:, RESOLUTION // 2 * RESOLUTION + RESOLUTION // 2]
-    to_pivot = -np.asarray(cam2world)[:, :3, 3] / np.linalg.norm(np.asarray(cam2world)[:, :3, 3], axis=-1,
-                                                                   keepdims=True)
+    to_pivot = -np.asarray(cam2world)[:, :3, 3] / np.linalg.norm(
+        np.asarray(cam2world)[:, :3, 3], axis=-1, keepdims=True
+    )
     assert (np.sum(centre_ray * to_pivot, -1) > np.cos(1.5 / RESOLUTION)).all()  # cameras look at the pivot

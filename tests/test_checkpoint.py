@@ -20,9 +20,20 @@ from cdiff_jax.system import init_system
 
 TINY = SystemConfig(
     autoencoder=AutoencoderConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, resolution=16),
-    modalities={"mask": ModalityConfig("mask", MaskEncoderConfig(mask_size=4, context_dim=8),
-                                       UNetConfig(model_channels=32, channel_mult=(1,), num_res_blocks=1,
-                                                  attention_resolutions=(), num_heads=2, context_dim=8))},
+    modalities={
+        "mask": ModalityConfig(
+            "mask",
+            MaskEncoderConfig(mask_size=4, context_dim=8),
+            UNetConfig(
+                model_channels=32,
+                channel_mult=(1,),
+                num_res_blocks=1,
+                attention_resolutions=(),
+                num_heads=2,
+                context_dim=8,
+            ),
+        )
+    },
     latent_size=8,
 )
 
@@ -69,15 +80,18 @@ def saved(tmp_path_factory):
     return directory
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (lambda c: c.pop("autoencoder"), "missing field(s) ['autoencoder']"),
-    (lambda c: c.update(bogus=1), "unknown field(s) ['bogus']"),
-    (lambda c: c["autoencoder"].update(bogus=1), "AutoencoderConfig: unknown field(s) ['bogus']"),
-    (lambda c: c.update(latent_size="x"), "latent_size='x': expected an integer"),
-    (lambda c: c["schedule"].update(timesteps=-6), "timesteps must be an integer of at least 2"),
-    (lambda c: c["modalities"]["mask"].update(kind="smell"), "unknown modality kind 'smell'"),
-    (lambda c: c["modalities"]["mask"]["expert"].update(channel_mult=[1, "2"]), "channel_mult"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda c: c.pop("autoencoder"), "missing field(s) ['autoencoder']"),
+        (lambda c: c.update(bogus=1), "unknown field(s) ['bogus']"),
+        (lambda c: c["autoencoder"].update(bogus=1), "AutoencoderConfig: unknown field(s) ['bogus']"),
+        (lambda c: c.update(latent_size="x"), "latent_size='x': expected an integer"),
+        (lambda c: c["schedule"].update(timesteps=-6), "timesteps must be an integer of at least 2"),
+        (lambda c: c["modalities"]["mask"].update(kind="smell"), "unknown modality kind 'smell'"),
+        (lambda c: c["modalities"]["mask"]["expert"].update(channel_mult=[1, "2"]), "channel_mult"),
+    ],
+)
 def test_a_damaged_config_is_one_line_naming_the_file_and_the_key(saved, tmp_path, change, fragment):
     directory = tmp_path / "ckpt"
     shutil.copytree(saved, directory)
@@ -111,7 +125,7 @@ def test_fuzzed_parameter_files_load_or_fail_in_one_line(saved, tmp_path):
         if trial % 3 == 0:
             victim.unlink()
         elif trial % 3 == 1:
-            victim.write_bytes(bytes(data[:int(rng.integers(0, max(len(data), 1)))]))
+            victim.write_bytes(bytes(data[: int(rng.integers(0, max(len(data), 1)))]))
         elif data:
             for at in rng.integers(0, len(data), size=4):
                 data[at] ^= int(rng.integers(1, 256))
@@ -130,10 +144,25 @@ def test_a_damaged_checkpoint_through_sample_py_is_one_line(saved, tmp_path):
     for data_file in (tmp_path / "ckpt" / "params").rglob("*"):
         if data_file.is_file() and data_file.parent.name == "d":
             data_file.write_bytes(data_file.read_bytes()[:100])
-    result = subprocess.run([sys.executable, str(REPO / "sample.py"), "--checkpoint", str(tmp_path / "ckpt"),
-                             "--mask", str(REPO / "cdiff_jax/data/examples/face_mask.png"), "--steps", "2",
-                             "--batch", "1", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "sample.py"),
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--mask",
+            str(REPO / "cdiff_jax/data/examples/face_mask.png"),
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "is damaged" in errors[0] and len(result.stderr.strip().splitlines()) <= 3

@@ -80,7 +80,12 @@ def test_released_recipes_have_the_official_numbers(name):
     assert load_config(cfg.system).autoencoder.resolution == int(size)  # the released architecture of that size
     if stage == "autoencoder":
         assert (cfg.disc_start, cfg.kl_weight, cfg.disc_weight, cfg.perceptual_weight, cfg.disc_layers) == (
-            50_001, 1e-6, 0.5, 1.0, 3)
+            50_001,
+            1e-6,
+            0.5,
+            1.0,
+            3,
+        )
     else:
         assert cfg.weight_decay == 0.01 and cfg.condition_dropout == 0  # torch's AdamW default; no unconditional mode
         assert ("autoencoder", f"runs/released/{size}/autoencoder/system") in cfg.init_from

@@ -13,8 +13,24 @@ import sys
 
 LAYERS = [
     # name         module prefixes under cdiff_jax (a prefix covers its sub-modules)
-    ("foundation", ("", "config", "weights", "text", "data.images", "data.masks", "data.scribbles", "parallel",
-                    "paths", "progress", "noise", "optimization", "cameras")),
+    (
+        "foundation",
+        (
+            "",
+            "config",
+            "weights",
+            "text",
+            "data.images",
+            "data.masks",
+            "data.scribbles",
+            "parallel",
+            "paths",
+            "progress",
+            "noise",
+            "optimization",
+            "cameras",
+        ),
+    ),
     ("data", ("data", "viz")),
     ("nn", ("nn",)),
     ("modalities", ("modalities", "conditions", "data.pipeline")),  # the kinds table names encoders and parsers

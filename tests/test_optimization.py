@@ -74,8 +74,8 @@ def test_adam_is_torchs_adam_and_adamw():
 
     # torch.optim.Adam's first step is lr * g / (|g| + eps); AdamW also subtracts lr * decay * w.
     np.testing.assert_allclose(first_update(adam(0.1)), -0.1 * grads["w"] / (jnp.abs(grads["w"]) + 1e-8), rtol=1e-5)
-    np.testing.assert_allclose(first_update(adam(0.1, weight_decay=0.01)),
-                               first_update(adam(0.1)) - 0.1 * 0.01 * params["w"], rtol=1e-5)
+    np.testing.assert_allclose(
+        first_update(adam(0.1, weight_decay=0.01)), first_update(adam(0.1)) - 0.1 * 0.01 * params["w"], rtol=1e-5
+    )
     schedule = optax.linear_schedule(0.0, 1.0, 10)
     np.testing.assert_array_equal(first_update(adam(schedule)), 0.0)
-

@@ -22,8 +22,10 @@ def test_a_folder_nothing_can_be_created_in_is_named(tmp_path):
     assert err.value.filename == "/proc"
 
 
-FULL = "RESOURCE_EXHAUSTED: Error writing \"w/c/0\": Failed to write 3505159 bytes: No space left on device " \
-       "[os_error_code='28']"  # what tensorstore, orbax's writer, raises on a full disk: a ValueError
+FULL = (
+    'RESOURCE_EXHAUSTED: Error writing "w/c/0": Failed to write 3505159 bytes: No space left on device '
+    "[os_error_code='28']"
+)  # what tensorstore, orbax's writer, raises on a full disk: a ValueError
 
 
 def test_the_os_error_behind_a_failure_is_found_in_its_chain_or_in_tensorstore_words():
@@ -42,8 +44,10 @@ def test_the_os_error_behind_a_failure_is_found_in_its_chain_or_in_tensorstore_w
 def test_a_failed_write_becomes_one_line_naming_the_path(tmp_path):
     with pytest.raises(CannotWrite) as err, writing(tmp_path / "out"):
         raise ValueError(FULL)
-    assert str(err.value) == (f"cannot write {tmp_path / 'out'}: No space left on device; nothing was written "
-                              "(free space or choose another --out)")
+    assert str(err.value) == (
+        f"cannot write {tmp_path / 'out'}: No space left on device; nothing was written "
+        "(free space or choose another --out)"
+    )
     with pytest.raises(ValueError, match="a shape mismatch"), writing(tmp_path / "out"):
         raise ValueError("a shape mismatch")  # not a failed write: as it was
 
@@ -67,8 +71,10 @@ def test_orbax_tracebacks_of_a_failed_write_are_dropped_and_others_kept(tmp_path
     try:
         for message in (FULL, "a shape mismatch"):
             try:
-                exec(compile("raise ValueError(message)", "/venv/orbax/checkpoint/future.py", "exec"),
-                     {"message": message})
+                exec(
+                    compile("raise ValueError(message)", "/venv/orbax/checkpoint/future.py", "exec"),
+                    {"message": message},
+                )
             except ValueError:
                 logger.error("thread raised", exc_info=True)
     finally:

@@ -14,12 +14,20 @@ def test_the_demo_defaults_ship_inside_the_package():
     assert R.DEMO_MASK.is_relative_to(R.PACKAGE) and R.DEMO_MASK.is_file()
 
 
-@pytest.mark.parametrize("check, value, flag", [
-    (R.eta, -0.1, "--eta"), (R.eta, math.inf, "--eta"), (R.eta, math.nan, "--eta"),
-    (R.mask_scale, 0.0, "--mask-scale"), (R.mask_scale, -math.inf, "--mask-scale"),
-    (R.columns, 0, "--columns"), (R.batch, 0, "--batch"), (R.batch, R.MAX_BATCH + 1, "--seed"),
-    (R.mode, "loud", "--mode"),
-])
+@pytest.mark.parametrize(
+    "check, value, flag",
+    [
+        (R.eta, -0.1, "--eta"),
+        (R.eta, math.inf, "--eta"),
+        (R.eta, math.nan, "--eta"),
+        (R.mask_scale, 0.0, "--mask-scale"),
+        (R.mask_scale, -math.inf, "--mask-scale"),
+        (R.columns, 0, "--columns"),
+        (R.batch, 0, "--batch"),
+        (R.batch, R.MAX_BATCH + 1, "--seed"),
+        (R.mode, "loud", "--mode"),
+    ],
+)
 def test_each_check_names_its_flag_in_one_line(check, value, flag):
     with pytest.raises(UsageError, match=flag) as err:
         check(value)
@@ -27,8 +35,13 @@ def test_each_check_names_its_flag_in_one_line(check, value, flag):
 
 
 def test_accepted_values_pass_through():
-    assert (R.eta(0.0), R.eta(1.0), R.mask_scale(2.0), R.columns(1), R.batch(R.MAX_BATCH)) == (0.0, 1.0, 2.0, 1,
-                                                                                             R.MAX_BATCH)
+    assert (R.eta(0.0), R.eta(1.0), R.mask_scale(2.0), R.columns(1), R.batch(R.MAX_BATCH)) == (
+        0.0,
+        1.0,
+        2.0,
+        1,
+        R.MAX_BATCH,
+    )
 
 
 def test_steps_follow_the_schedule():
@@ -44,15 +57,18 @@ def test_steps_follow_the_solvers_spacing():
         R.steps(1000, 1000, "unipc", "linspace")
 
 
-@pytest.mark.parametrize("args, message", [
-    (("euler", None, None, None), "--sampler euler: expected one of: ddim, dpmpp, unipc, dpmpp2m, dpmpp3m"),
-    (("ddim", 2, None, None), "--order 2: sampler 'ddim' has order(s) 1, not 2"),
-    (("dpmpp3m", 2, None, None), "--order 2: --sampler dpmpp3m is order 3; give --sampler dpmpp --order 2"),
-    (("unipc", 4, None, None), "--order 4: sampler 'unipc' has order(s) 1, 2, 3, not 4"),
-    (("dpmpp2m", None, "trailing", None), "--spacing trailing: expected one of: leading, linspace"),
-    (("unipc", None, None, 0.5), "--eta 0.5: only DDIM draws noise; unipc is deterministic, drop --eta"),
-    (("ddim", None, None, 2.0), "--eta 2.0: give a number in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("euler", None, None, None), "--sampler euler: expected one of: ddim, dpmpp, unipc, dpmpp2m, dpmpp3m"),
+        (("ddim", 2, None, None), "--order 2: sampler 'ddim' has order(s) 1, not 2"),
+        (("dpmpp3m", 2, None, None), "--order 2: --sampler dpmpp3m is order 3; give --sampler dpmpp --order 2"),
+        (("unipc", 4, None, None), "--order 4: sampler 'unipc' has order(s) 1, 2, 3, not 4"),
+        (("dpmpp2m", None, "trailing", None), "--spacing trailing: expected one of: leading, linspace"),
+        (("unipc", None, None, 0.5), "--eta 0.5: only DDIM draws noise; unipc is deterministic, drop --eta"),
+        (("ddim", None, None, 2.0), "--eta 2.0: give a number in [0, 1]"),
+    ],
+)
 def test_a_bad_sampler_is_one_line_naming_the_flag(args, message):
     with pytest.raises(UsageError) as err:
         R.sampler(*args)
@@ -69,8 +85,12 @@ def test_freeu_is_four_numbers():
 
 def test_sampler_shorthands_and_defaults():
     assert R.sampler("ddim", None, None, None) == {"solver": "ddim", "order": None, "spacing": None, "eta": 1.0}
-    assert R.sampler("dpmpp3m", None, "leading", None) == {"solver": "dpmpp", "order": 3, "spacing": "leading",
-                                                          "eta": 0.0}
+    assert R.sampler("dpmpp3m", None, "leading", None) == {
+        "solver": "dpmpp",
+        "order": 3,
+        "spacing": "leading",
+        "eta": 0.0,
+    }
     assert R.sampler("unipc", 3, None, None)["order"] == 3
 
 

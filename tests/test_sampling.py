@@ -48,17 +48,34 @@ def test_collaborative_ddim_matches_reference(fixtures_root):
         steps, eta = int(io["ddim_steps"]), float(io["eta"])
         coeffs = ddim_coefficients(alphas_cumprod(system.cfg.schedule), steps, eta)
         np.testing.assert_array_equal(coeffs.timesteps, io["timesteps"])
-        for ours, ref in [("a_t", "a_t"), ("a_prev", "a_prev"), ("sigma", "sigma_t"),
-                          ("sqrt_one_minus_a_t", "sqrt_one_minus_a_t")]:
+        for ours, ref in [
+            ("a_t", "a_t"),
+            ("a_prev", "a_prev"),
+            ("sigma", "sigma_t"),
+            ("sqrt_one_minus_a_t", "sqrt_one_minus_a_t"),
+        ]:
             assert_close_rel(getattr(coeffs, ours), io[ref], tol=1e-6, name=f"{run.name} {ref}")
-        result = sample(graphdef, state, _conditions(io), nhwc(io["x_T"]), jax.random.key(0),
-                        SamplerSettings(steps=steps, eta=eta, record=True),
-                        step_noise=jnp.asarray(steps_nhwc(io["step_noise"])))
+        result = sample(
+            graphdef,
+            state,
+            _conditions(io),
+            nhwc(io["x_T"]),
+            jax.random.key(0),
+            SamplerSettings(steps=steps, eta=eta, record=True),
+            step_noise=jnp.asarray(steps_nhwc(io["step_noise"])),
+        )
         tr = result.trajectory
-        checks = {"x_t_in": tr.x_t, "eps_combined": tr.eps, "pred_x0": tr.pred_x0,
-                  "influence_seg_mask": tr.weights[:, 0], "influence_text": tr.weights[:, 1],
-                  "raw_seg_mask_dd_out": tr.logits[:, 0], "raw_text_dd_out": tr.logits[:, 1],
-                  "eps_seg_mask_unet": tr.expert_eps[:, 0], "eps_text_unet": tr.expert_eps[:, 1]}
+        checks = {
+            "x_t_in": tr.x_t,
+            "eps_combined": tr.eps,
+            "pred_x0": tr.pred_x0,
+            "influence_seg_mask": tr.weights[:, 0],
+            "influence_text": tr.weights[:, 1],
+            "raw_seg_mask_dd_out": tr.logits[:, 0],
+            "raw_text_dd_out": tr.logits[:, 1],
+            "eps_seg_mask_unet": tr.expert_eps[:, 0],
+            "eps_text_unet": tr.expert_eps[:, 1],
+        }
         for name, ours in checks.items():
             assert_close_rel(ours, steps_nhwc(io[name]), tol=1e-4, name=f"{run.name} {name}")
         assert_close_rel(result.latents, nhwc(io["z_0"]), tol=1e-4, name="z_0")
@@ -80,8 +97,9 @@ PRNG_FUNCTIONS = ("threefry", "uniform", "random", "bits", "normal")  # jax's ow
 def _denoising_loops(stablehlo: str) -> int:
     """While loops outside the PRNG's own functions (threefry hashing and, in newer jax, uniform draws loop)."""
     functions = stablehlo.split("func.func ")[1:]
-    return sum(f.count("stablehlo.while") for f in functions
-               if not any(name in f.split("(", 1)[0] for name in PRNG_FUNCTIONS))
+    return sum(
+        f.count("stablehlo.while") for f in functions if not any(name in f.split("(", 1)[0] for name in PRNG_FUNCTIONS)
+    )
 
 
 def _program_ops(stablehlo: str) -> int:
@@ -122,20 +140,31 @@ def test_a_multistep_solver_samples_the_collaborative_system_step_by_step(fixtur
     contexts = encode_conditions(system, conditions)
     null_mask = jnp.zeros_like(conditions["mask"][:1])
     null = jnp.broadcast_to(encode_conditions(system, {"mask": null_mask})["mask"], contexts["mask"].shape)
-    guidance = Guidance(scales={"mask": jnp.float32(2.0), "text": jnp.float32(1.0)},
-                        null_contexts={"mask": null, "text": contexts["text"]})
+    guidance = Guidance(
+        scales={"mask": jnp.float32(2.0), "text": jnp.float32(1.0)},
+        null_contexts={"mask": null, "text": contexts["text"]},
+    )
 
     @jax.jit
     def by_hand(params, solver_state, row):
         x = solvers.current_sample(solver_state)
-        eps = predict(nnx.merge(graphdef, params), x, jnp.full((x.shape[0],), row.timesteps), contexts,
-                      Reweighting(), guidance).eps
+        eps = predict(
+            nnx.merge(graphdef, params), x, jnp.full((x.shape[0],), row.timesteps), contexts, Reweighting(), guidance
+        ).eps
         return solvers.step(solver_state, eps, row, None)[0]
 
     # UniPC: its corrector reads the sample before the last step too (DPM-Solver++ runs the same step).
     settings = SamplerSettings(steps=4, solver="unipc", reweighting=Reweighting(), guided=("mask",), record=True)
-    result = sample(graphdef, state, conditions, x_T, jax.random.key(0), settings,
-                    guidance_scales={"mask": 2.0}, null_conditions={"mask": null_mask})
+    result = sample(
+        graphdef,
+        state,
+        conditions,
+        x_T,
+        jax.random.key(0),
+        settings,
+        guidance_scales={"mask": 2.0},
+        null_conditions={"mask": null_mask},
+    )
     plan = settings.plan(alphas_cumprod(system.cfg.schedule))
     np.testing.assert_array_equal(result.trajectory.timesteps, plan.timesteps)
     solver_state = solvers.initial(plan, x_T)
@@ -149,8 +178,9 @@ def test_trajectory_only_on_request(fixtures_root):
     io = np.load(_reference_runs(fixtures_root)[0])
     graphdef, state = nnx.split(system)
     plain = sample(graphdef, state, _conditions(io), nhwc(io["x_T"]), jax.random.key(1), SamplerSettings(steps=4))
-    recorded = sample(graphdef, state, _conditions(io), nhwc(io["x_T"]), jax.random.key(1),
-                      SamplerSettings(steps=4, record=True))
+    recorded = sample(
+        graphdef, state, _conditions(io), nhwc(io["x_T"]), jax.random.key(1), SamplerSettings(steps=4, record=True)
+    )
     assert plain.trajectory is None and recorded.trajectory.x_t.shape[0] == 4
     # The same computation in another program: equal up to the last float bits XLA's fusion may change.
     assert_close_rel(recorded.latents, plain.latents, tol=1e-6, name="z_0 with and without the trajectory")
@@ -171,15 +201,17 @@ def test_uni_modal_sampling_is_the_same_loop_with_one_expert(fixtures_root):
     ids = jnp.asarray(caption_tokenizer().encode(["a man with a beard", "a woman"]).ids)
     x_T = normal(jax.random.key(2), (2, 8, 8, 3))
     noise = normal(jax.random.key(3), (4, 2, 8, 8, 3))
-    result = sample(graphdef, state, {"text": ids}, x_T, jax.random.key(0),
-                    SamplerSettings(steps=4, eta=0.5), step_noise=noise)
+    result = sample(
+        graphdef, state, {"text": ids}, x_T, jax.random.key(0), SamplerSettings(steps=4, eta=0.5), step_noise=noise
+    )
     coeffs = ddim_coefficients(alphas_cumprod(system.cfg.schedule), 4, 0.5)
     context = system.modalities["text"].encoder(ids)
     x = x_T
     for i in range(4):
         eps = system.modalities["text"].expert(x, jnp.full((2,), coeffs.timesteps[i]), context)
-        x, _ = ddim_step(x, eps, coeffs.a_t[i], coeffs.a_prev[i], coeffs.sigma[i], coeffs.sqrt_one_minus_a_t[i],
-                         noise[i])
+        x, _ = ddim_step(
+            x, eps, coeffs.a_t[i], coeffs.a_prev[i], coeffs.sigma[i], coeffs.sqrt_one_minus_a_t[i], noise[i]
+        )
     assert_close_rel(result.latents, x, tol=1e-5, name="uni-modal z_0")
 
 
@@ -208,9 +240,13 @@ def test_classifier_free_guidance_per_modality(fixtures_root):
     scale_one = Guidance(scales={"mask": 1.0, "text": 1.0}, null_contexts={"mask": null_b, "text": contexts["text"]})
     assert_close_rel(predict(system, x, t, contexts, guidance=scale_one).eps, plain.eps, tol=1e-6)
     g = 3.0
-    guided = predict(system, x, t, contexts,
-                     guidance=Guidance(scales={"mask": g, "text": 1.0},
-                                       null_contexts={"mask": null_b, "text": contexts["text"]}))
+    guided = predict(
+        system,
+        x,
+        t,
+        contexts,
+        guidance=Guidance(scales={"mask": g, "text": 1.0}, null_contexts={"mask": null_b, "text": contexts["text"]}),
+    )
     e_null = system.modalities["mask"].expert(x, t, null_b)
     expected = e_null + g * (plain.expert_eps[0] - e_null)
     assert_close_rel(guided.expert_eps[0], expected, tol=1e-5)
@@ -222,14 +258,20 @@ def test_guidance_arguments_are_checked(fixtures_root):
     system = reference_system(fixtures_root, "codiff")
     graphdef, state = nnx.split(system)
     with pytest.raises(ValueError, match="null condition"):
-        sample(graphdef, state, {"mask": jnp.zeros((1, 19, 1024)), "text": jnp.zeros((1, 77), jnp.int32)},
-               jnp.zeros((1, 8, 8, 3)), jax.random.key(0), SamplerSettings(steps=2, guided=("mask",)))
+        sample(
+            graphdef,
+            state,
+            {"mask": jnp.zeros((1, 19, 1024)), "text": jnp.zeros((1, 77), jnp.int32)},
+            jnp.zeros((1, 8, 8, 3)),
+            jax.random.key(0),
+            SamplerSettings(steps=2, guided=("mask",)),
+        )
 
 
 def test_eight_devices_give_the_same_images_as_one_with_every_solver_kind(fixtures_root):
     script = textwrap.dedent(f"""
         import sys, numpy as np, jax, jax.numpy as jnp
-        sys.path.insert(0, {str(REPO / 'tests')!r})
+        sys.path.insert(0, {str(REPO / "tests")!r})
         from flax import nnx
         import pathlib
         from conftest import reference_system
@@ -264,14 +306,22 @@ def test_step_reporters_reach_only_their_own_call_and_share_one_program():
 
     system = init_system(load_config("tiny_system.py:text"), seed=0)
     graphdef, state = nnx.split(system)
-    conditions = {"text": jnp.asarray(caption_tokenizer(system.cfg.modalities["text"].encoder.max_len)
-                                      .encode(["a man"]).ids)}
+    conditions = {
+        "text": jnp.asarray(caption_tokenizer(system.cfg.modalities["text"].encoder.max_len).encode(["a man"]).ids)
+    }
     x_T = jnp.zeros((1, system.cfg.latent_size, system.cfg.latent_size, system.cfg.autoencoder.embed_dim))
     settings = SamplerSettings(steps=4)
     seen = {"a": [], "b": []}
     for name in ("a", "b"):
-        sample(graphdef, state, conditions, x_T, jax.random.key(0), settings,
-               on_step=lambda done, total, name=name: seen[name].append((done, total)))
+        sample(
+            graphdef,
+            state,
+            conditions,
+            x_T,
+            jax.random.key(0),
+            settings,
+            on_step=lambda done, total, name=name: seen[name].append((done, total)),
+        )
     assert seen["a"] == seen["b"] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     compiled = sampling._sample_program._cache_size()
     sample(graphdef, state, conditions, x_T, jax.random.key(0), settings, on_step=lambda done, total: None)

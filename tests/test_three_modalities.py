@@ -36,8 +36,14 @@ def batches():
     for i in range(STEPS * BATCH):
         face = make_example(example_seed(0, i))
         image = face["image"].reshape(32, 2, 32, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)
-        examples.append({"image": image, "mask": resize_label_map(face["labels"], 32), "caption": face["caption"],
-                         "scribble": face["scribble"]})
+        examples.append(
+            {
+                "image": image,
+                "mask": resize_label_map(face["labels"], 32),
+                "caption": face["caption"],
+                "scribble": face["scribble"],
+            }
+        )
     loader = make_loader(examples, global_batch=BATCH, seed=0, process_index=0, process_count=1, shuffle=False)
     return [jax.tree.map(lambda x: x[None], b) for b in itertools.islice(loader, STEPS)]  # [k=1, B, ...] each
 
@@ -64,8 +70,9 @@ def _moved(before, after, path):
     flat_before, flat_after = dict(nnx.to_flat_state(before)), dict(nnx.to_flat_state(after))
     keys = [k for k in flat_after if k[: len(path)] == path]
     assert keys, path
-    return all(not np.array_equal(np.asarray(flat_before[k].get_value()), np.asarray(flat_after[k].get_value()))
-               for k in keys)
+    return all(
+        not np.array_equal(np.asarray(flat_before[k].get_value()), np.asarray(flat_after[k].get_value())) for k in keys
+    )
 
 
 def test_scribble_expert_stage_trains(batches):

@@ -6,8 +6,12 @@ from cdiff_jax import viz
 def find(picture: np.ndarray, tile: np.ndarray) -> list[tuple[int, int]]:
     """Where `tile` sits in `picture`, exactly (top-left corners)."""
     h, w = tile.shape[:2]
-    return [(y, x) for y in range(picture.shape[0] - h + 1) for x in range(picture.shape[1] - w + 1)
-            if np.array_equal(picture[y : y + h, x : x + w], tile)]
+    return [
+        (y, x)
+        for y in range(picture.shape[0] - h + 1)
+        for x in range(picture.shape[1] - w + 1)
+        if np.array_equal(picture[y : y + h, x : x + w], tile)
+    ]
 
 
 def test_influence_picture_shows_each_sample_its_mean_map_and_every_step_on_one_scale():
@@ -17,8 +21,8 @@ def test_influence_picture_shows_each_sample_its_mean_map_and_every_step_on_one_
     maps[:, 1] = 1.0  # the second sample is this expert's everywhere, the first nowhere
     maps[1, 0, :2] = 1.0  # at the middle step, the first sample's top half
     picture = viz.influence_picture(samples, maps, ["t=3", "t=2", "t=1"], "text")
-    (y0, x0), = find(picture, samples[0])
-    (y1, x1), = find(picture, samples[1])
+    ((y0, x0),) = find(picture, samples[0])
+    ((y1, x1),) = find(picture, samples[1])
     assert x0 == x1 and y1 > y0  # a row per sample
     step = x1 + 2 * (16 + 2)  # after the sample and its mean map
     low, high = viz.heatmap(np.zeros((1, 1)))[0, 0], viz.heatmap(np.ones((1, 1)))[0, 0]

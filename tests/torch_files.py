@@ -25,8 +25,17 @@ from cdiff_jax.weights.torch_writer import (
     write_state_dict,
 )
 
-__all__ = ["assert_damage_is_read_or_refused", "fixture_state_dict", "full_file", "pickled_dict", "pickled_int",
-           "pickled_str", "pickled_tensor", "write_archive", "write_state_dict"]
+__all__ = [
+    "assert_damage_is_read_or_refused",
+    "fixture_state_dict",
+    "full_file",
+    "pickled_dict",
+    "pickled_int",
+    "pickled_str",
+    "pickled_tensor",
+    "write_archive",
+    "write_state_dict",
+]
 
 
 def fixture_state_dict(folder: pathlib.Path) -> dict[str, np.ndarray]:
@@ -52,7 +61,7 @@ def assert_damage_is_read_or_refused(raw: bytes, path, trials: int, seed: int) -
     for trial in range(trials):
         data = bytearray(raw)
         if trial % 2:
-            data = data[:int(rng.integers(0, len(raw)))]
+            data = data[: int(rng.integers(0, len(raw)))]
         else:
             for at in rng.integers(0, len(raw), size=4):
                 data[at] ^= int(rng.integers(1, 256))

@@ -30,7 +30,8 @@ def prepared_noise_faces(root, examples: int, resolution: int, test_size: int):
     captions = {}
     for i in range(examples):
         Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(
-            root / "manual/image" / f"{i}.png")
+            root / "manual/image" / f"{i}.png"
+        )
         save_label_png(root / "manual/mask" / f"{i}.png", rng.integers(0, 19, (32, 32)).astype(np.uint8))
         captions[f"{i}.png"] = {"Beard_and_Age": f"This man has beard of length {i}. He is in his thirties."}
     (root / "manual/text/captions.json").write_text(json.dumps(captions))
@@ -44,16 +45,25 @@ def data_dir(tmp_path_factory):
 
 
 def train_cmd(workdir, data_dir, *sets, config="configs/train_tiny.py"):
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / config), "--workdir", str(workdir),
-           "--set", f"data_dir={data_dir}"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--config",
+        str(REPO / config),
+        "--workdir",
+        str(workdir),
+        "--set",
+        f"data_dir={data_dir}",
+    ]
     for s in sets:
         cmd += ["--set", s]
     return cmd
 
 
 def run_train(workdir, data_dir, *sets, env=None, config="configs/train_tiny.py"):
-    result = subprocess.run(train_cmd(workdir, data_dir, *sets, config=config), capture_output=True, text=True,
-                            env=env, cwd=REPO)
+    result = subprocess.run(
+        train_cmd(workdir, data_dir, *sets, config=config), capture_output=True, text=True, env=env, cwd=REPO
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 

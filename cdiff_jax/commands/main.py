@@ -16,8 +16,10 @@ from cdiff_jax import __version__
 COMMANDS = {
     "sample": ("cdiff_jax.commands.sample:main", "sample faces from a mask, a caption or both"),
     "edit": ("cdiff_jax.editing.run:main", "edit a real face by caption, mask or both (Imagic + collaboration)"),
-    "train": ("cdiff_jax.commands.train:main",
-              "train the autoencoder, an expert, the dynamic diffusers or a StyleGAN2"),
+    "train": (
+        "cdiff_jax.commands.train:main",
+        "train the autoencoder, an expert, the dynamic diffusers or a StyleGAN2",
+    ),
     "convert": ("cdiff_jax.convert.__main__:main", "convert an official checkpoint into ours, or back (--to-official)"),
     "demo": ("cdiff_jax.app:main", "serve the interactive page on localhost: draw a mask, type a caption, sample"),
     "evaluate": (None, "evaluate on real or toy faces (default: the miniature evaluation); `cdiff evaluate --help`"),
@@ -47,7 +49,8 @@ def _usage(table: dict[str, tuple[str | None, str]], prog: str, intro: str) -> s
 
 USAGE = _usage(COMMANDS, "cdiff", f"cdiff_jax {__version__}: Collaborative Diffusion in JAX.")
 EVALUATE_USAGE = _usage(
-    EVALUATIONS, "cdiff evaluate",
+    EVALUATIONS,
+    "cdiff evaluate",
     f"Without a command, `cdiff evaluate ARGS...` runs `cdiff evaluate {DEFAULT_EVALUATION} ARGS...`.",
 )
 
@@ -77,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (`cdiff --help`)",
-              file=sys.stderr)
+        print(
+            f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (`cdiff --help`)", file=sys.stderr
+        )
         return 2
     if command == "evaluate":
         return _evaluate(rest)

@@ -48,17 +48,25 @@ SETTINGS_FILE = "settings.json"  # also what marks a folder as a previous run's,
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sample.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", help="a cdiff_jax checkpoint directory (default: the shipped demo models)")
     p.add_argument("--mask", help="face-parsing mask: label PNG (ids 0..18) or RGB PNG in CelebAMask-HQ colours")
     p.add_argument("--text", help="caption, e.g. 'This man has beard of medium length. He is in his thirties.'")
     p.add_argument("--scribble", help="strokes PNG, white on black, for a checkpoint with a scribble modality")
-    p.add_argument("--batch", type=int, default=4,
-                   help=f"samples per run, 1..{requests.MAX_BATCH} (default 4, as the released scripts)")
-    p.add_argument("--sampler", default="ddim",
-                   help=f"{', '.join(requests.SAMPLER_NAMES)} (default ddim, as the released scripts; dpmpp2m and "
-                        "unipc reach deterministic DDIM's images in 5-10 steps: README, Fast sampling)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=4,
+        help=f"samples per run, 1..{requests.MAX_BATCH} (default 4, as the released scripts)",
+    )
+    p.add_argument(
+        "--sampler",
+        default="ddim",
+        help=f"{', '.join(requests.SAMPLER_NAMES)} (default ddim, as the released scripts; dpmpp2m and "
+        "unipc reach deterministic DDIM's images in 5-10 steps: README, Fast sampling)",
+    )
     p.add_argument("--order", type=int, help="the solver's order (default: ddim 1, dpmpp 2, unipc 2)")
     p.add_argument("--spacing", help="timesteps: leading (the released DDIM's) or linspace (default: the solver's)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
@@ -66,15 +74,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--freeu", help="FreeU on the experts: b1,b2,s1,s2 (the official FreeU scripts: 1.1,1.2,1,1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", default="1", help="classifier-free guidance: one scale for all, or mask=2,text=3")
-    p.add_argument("--mode", choices=MODES, default="released",
-                   help="collaboration: released (cosine decay of the mask weight, then x mask-scale), "
-                        "plain (the softmax of training), linear (linear decay, then x mask-scale), "
-                        "equal (fixed 1/M weights, Composable Diffusion's rule, the diffusers unused)")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="released",
+        help="collaboration: released (cosine decay of the mask weight, then x mask-scale), "
+        "plain (the softmax of training), linear (linear decay, then x mask-scale), "
+        "equal (fixed 1/M weights, Composable Diffusion's rule, the diffusers unused)",
+    )
     p.add_argument("--mask-scale", type=float, default=2.0, help="mask weight boost of the released modes")
     p.add_argument("--save-influence", action="store_true", help="write influence-map heatmaps of the steps")
     p.add_argument("--save-trajectory", action="store_true", help="write decoded x_t and pred_x0 of the steps")
-    p.add_argument("--save-z", action="store_true",
-                   help="write the sampled latents z_0: latents.npy [B, h, w, c] and latents.png (a row per sample)")
+    p.add_argument(
+        "--save-z",
+        action="store_true",
+        help="write the sampled latents z_0: latents.npy [B, h, w, c] and latents.png (a row per sample)",
+    )
     p.add_argument("--columns", type=int, default=10, help="steps shown in trajectory grids (evenly spaced)")
     p.add_argument("--out", default="outputs/sample", help="output folder (replaced if a previous run's)")
     return p.parse_args(argv)
@@ -108,13 +123,18 @@ def validate(args: argparse.Namespace) -> SampleRequest:
     demo = args.checkpoint is None
     if demo:
         checkpoint = str(requests.DEMO_CHECKPOINT)
-        wanted = {"mask": args.mask or str(requests.DEMO_MASK),
-                  "text": args.text if args.text is not None else requests.DEMO_CAPTION,
-                  **({"scribble": args.scribble} if args.scribble is not None else {})}
+        wanted = {
+            "mask": args.mask or str(requests.DEMO_MASK),
+            "text": args.text if args.text is not None else requests.DEMO_CAPTION,
+            **({"scribble": args.scribble} if args.scribble is not None else {}),
+        }
     else:
         checkpoint = args.checkpoint
-        wanted = {name: value for name, value in (("mask", args.mask), ("text", args.text),
-                                                  ("scribble", args.scribble)) if value is not None}
+        wanted = {
+            name: value
+            for name, value in (("mask", args.mask), ("text", args.text), ("scribble", args.scribble))
+            if value is not None
+        }
     requests.batch(args.batch)
     sampler = requests.sampler(args.sampler, args.order, args.spacing, args.eta)
     freeu = requests.freeu(args.freeu)
@@ -128,11 +148,31 @@ def validate(args: argparse.Namespace) -> SampleRequest:
     guided = tuple(n for n, s in scales.items() if s != 1.0)
     save_influence = args.save_influence or demo  # the demo is there to be looked at
     settings = SamplerSettings(
-        steps=args.steps, **sampler, freeu=freeu, guided=guided, record=save_influence or args.save_trajectory,
-        reweighting=rule_for_mode(args.mode, list(conditions), args.mask_scale, cfg.schedule.timesteps))
-    return SampleRequest(checkpoint, wanted, conditions, tuple(truncated), args.batch, args.seed, settings,
-                         {n: scales[n] for n in guided}, args.guidance, args.mode, args.mask_scale, save_influence,
-                         args.save_trajectory, args.save_z, args.columns, out)
+        steps=args.steps,
+        **sampler,
+        freeu=freeu,
+        guided=guided,
+        record=save_influence or args.save_trajectory,
+        reweighting=rule_for_mode(args.mode, list(conditions), args.mask_scale, cfg.schedule.timesteps),
+    )
+    return SampleRequest(
+        checkpoint,
+        wanted,
+        conditions,
+        tuple(truncated),
+        args.batch,
+        args.seed,
+        settings,
+        {n: scales[n] for n in guided},
+        args.guidance,
+        args.mode,
+        args.mask_scale,
+        save_influence,
+        args.save_trajectory,
+        args.save_z,
+        args.columns,
+        out,
+    )
 
 
 def run(request: SampleRequest) -> float:
@@ -159,8 +199,17 @@ def generate(system, request: SampleRequest, on_step=None) -> tuple[SampleResult
         mesh = data_mesh()
         state, conditions, x_T = replicate(state, mesh), shard_batch(conditions, mesh), shard_batch(x_T, mesh)
     start = time.perf_counter()
-    result = sample(graphdef, state, conditions, x_T, key, request.settings, on_step=on_step,
-                    guidance_scales=request.guidance or None, null_conditions=nulls or None)
+    result = sample(
+        graphdef,
+        state,
+        conditions,
+        x_T,
+        key,
+        request.settings,
+        on_step=on_step,
+        guidance_scales=request.guidance or None,
+        null_conditions=nulls or None,
+    )
     require_finite(result.latents)
     return result, time.perf_counter() - start
 
@@ -195,22 +244,34 @@ def write_outputs(out: pathlib.Path, system, request: SampleRequest, result, sec
                 decoded = np.stack([np.asarray(latents.decode_latent(*autoencoder, z)) for z in steps_latents])
                 viz.save_png(out / f"{field}.png", viz.grid(viz.to_uint8(decoded).swapaxes(0, 1), col_labels=labels))
     record = {
-        "checkpoint": request.checkpoint, "mask": request.inputs.get("mask"), "text": request.inputs.get("text"),
+        "checkpoint": request.checkpoint,
+        "mask": request.inputs.get("mask"),
+        "text": request.inputs.get("text"),
         "scribble": request.inputs.get("scribble"),
-        "batch": request.batch, "seed": request.seed, "sampler": request.settings.solver,
-        "order": request.settings.order, "spacing": request.settings.spacing, "steps": request.settings.steps,
+        "batch": request.batch,
+        "seed": request.seed,
+        "sampler": request.settings.solver,
+        "order": request.settings.order,
+        "spacing": request.settings.spacing,
+        "steps": request.settings.steps,
         "eta": request.settings.eta,
         "freeu": None if request.settings.freeu is None else dataclasses.asdict(request.settings.freeu),
-        "mode": request.mode, "mask_scale": request.mask_scale, "guidance": request.guidance_text,
-        "devices": jax.device_count(), "seconds": round(seconds, 2),
+        "mode": request.mode,
+        "mask_scale": request.mask_scale,
+        "guidance": request.guidance_text,
+        "devices": jax.device_count(),
+        "seconds": round(seconds, 2),
     }
     (out / SETTINGS_FILE).write_text(json.dumps(record, indent=2))
 
 
 def describe(request: SampleRequest) -> str:
     """The run in one line, for the grid's header: the conditions (a mask is shown as its thumbnail) and sampler."""
-    given = [f'{n}: "{v}"' if n == "text" else f"{n}: {pathlib.Path(v).name}" for n, v in request.inputs.items()
-             if n in request.conditions]
+    given = [
+        f'{n}: "{v}"' if n == "text" else f"{n}: {pathlib.Path(v).name}"
+        for n, v in request.inputs.items()
+        if n in request.conditions
+    ]
     s = request.settings
     return f"{'; '.join(given)} | {request.mode} weights, {s.solver} {s.steps} steps, seed {request.seed}"
 
@@ -254,11 +315,16 @@ def main(argv=None) -> int:
         return 2
     if args.checkpoint is None:
         defaulted = [what for what, given in (("example mask", args.mask), ("example caption", args.text)) if not given]
-        log.info("no --checkpoint: sampling the shipped demo models (64x64 toy faces)%s",
-                 f" with their {' and '.join(defaulted)}" if defaulted else "")
+        log.info(
+            "no --checkpoint: sampling the shipped demo models (64x64 toy faces)%s",
+            f" with their {' and '.join(defaulted)}" if defaulted else "",
+        )
     for name in request.truncated:
-        log.warning("note: the --%s caption is longer than the text encoder's %d tokens and was truncated", name,
-                    request.conditions[name].shape[-1])
+        log.warning(
+            "note: the --%s caption is longer than the text encoder's %d tokens and was truncated",
+            name,
+            request.conditions[name].shape[-1],
+        )
     try:
         seconds = run(request)
     except (NonFiniteSamples, NotACheckpointError, CannotWrite) as err:  # broken weights, a full disk

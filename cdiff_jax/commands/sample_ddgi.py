@@ -51,20 +51,29 @@ SETTINGS_FILE = "settings.json"
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sample.py ddgi", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="sample.py ddgi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", help="the diffusion system the heads read (default: the shipped demo models)")
-    p.add_argument("--gan", help="the generator checkpoint the heads were trained for (default with the demo "
-                   "models: the shipped toy GAN)")
-    p.add_argument("--heads", help="trained DDGI heads, a ddgi stage's WORKDIR/heads (default with the demo models: "
-                   "the shipped toy heads)")
+    p.add_argument(
+        "--gan",
+        help="the generator checkpoint the heads were trained for (default with the demo models: the shipped toy GAN)",
+    )
+    p.add_argument(
+        "--heads",
+        help="trained DDGI heads, a ddgi stage's WORKDIR/heads (default with the demo models: the shipped toy heads)",
+    )
     p.add_argument("--mask", help="face-parsing mask PNG (default with the demo models: the example mask)")
     p.add_argument("--text", help="caption (default with the demo models: the example caption)")
     p.add_argument("--at-step", type=int, help="the sampler step DDGI reads, 1..--steps (default the last)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--diffusion-image", action="store_true", help="also sample the diffusion model's own image "
-                   "I^d_0 (the remaining steps after --at-step, and the autoencoder's decoder) and write it beside "
-                   "DDGI's (default: the sampler stops at --at-step)")
+    p.add_argument(
+        "--diffusion-image",
+        action="store_true",
+        help="also sample the diffusion model's own image "
+        "I^d_0 (the remaining steps after --at-step, and the autoencoder's decoder) and write it beside "
+        "DDGI's (default: the sampler stops at --at-step)",
+    )
     p.add_argument("--batch", type=int, default=4, help=f"samples, 1..{requests.MAX_BATCH} (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--yaw", help="with an EG3D --gan: yaw angles of the views, radians (a,b or start:stop:count)")
@@ -85,14 +94,17 @@ def main(argv=None) -> int:
         gan = args.gan or (str(requests.DEMO_GAN) if args.checkpoint is None else None)
         heads_dir = args.heads or (str(requests.DEMO_DDGI_HEADS) if args.checkpoint is None else None)
         if gan is None or heads_dir is None:
-            raise UsageError("give --gan and --heads with --checkpoint: the GAN and the DDGI heads trained on that "
-                             "system's features")
+            raise UsageError(
+                "give --gan and --heads with --checkpoint: the GAN and the DDGI heads trained on that system's features"
+            )
         cfg = requests.checkpoint_config(checkpoint)
         requests.steps(args.steps, cfg.schedule.timesteps)
         at_step = args.steps if args.at_step is None else args.at_step
         if not 1 <= at_step <= args.steps:
-            raise UsageError(f"--at-step {at_step}: give 1..{args.steps}, the step of the {args.steps}-step sampler "
-                             "whose x_t DDGI reads (1 is pure noise)")
+            raise UsageError(
+                f"--at-step {at_step}: give 1..{args.steps}, the step of the {args.steps}-step sampler "
+                "whose x_t DDGI reads (1 is pure noise)"
+            )
         conditions, _ = requests.conditions(cfg, wanted)
         generator, heads = load_gan(gan), load_heads(heads_dir)
         views = parse_views(args.yaw, args.pitch) if args.yaw is not None else []
@@ -105,8 +117,9 @@ def main(argv=None) -> int:
             raise UsageError(f"--gan {gan} and --heads {heads_dir}: {err}") from None
         experts = heads.cfg.experts
         if sorted(experts) != sorted(conditions):
-            raise UsageError(f"the heads read the {' and '.join(experts)} experts: give "
-                             f"{', '.join('--' + name for name in experts)}")
+            raise UsageError(
+                f"the heads read the {' and '.join(experts)} experts: give {', '.join('--' + name for name in experts)}"
+            )
     except (UsageError, NotACheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -119,17 +132,36 @@ def main(argv=None) -> int:
     key, init_key = jax.random.split(jax.random.key(args.seed))
     x_T = normal(init_key, (args.batch,) + latent_shape(cfg))
     start = time.perf_counter()
-    result = ddgi_sample(system, heads, generator, conditions, x_T, key, SamplerSettings(steps=args.steps), at_step,
-                         experts, diffusion_images=args.diffusion_image)
+    result = ddgi_sample(
+        system,
+        heads,
+        generator,
+        conditions,
+        x_T,
+        key,
+        SamplerSettings(steps=args.steps),
+        at_step,
+        experts,
+        diffusion_images=args.diffusion_image,
+    )
     gan_images = viz.to_uint8(np.asarray(result.images))
     diffusion = viz.to_uint8(np.asarray(result.diffusion_images)) if args.diffusion_image else None
     if views:
         view_images, depths = render_views(*nnx.split(generator), result.ws, cameras, jax.random.fold_in(key, 1))
     seconds = time.perf_counter() - start
-    settings = {"checkpoint": checkpoint, "gan": gan, "heads": heads_dir, **wanted, "at_step": at_step,
-                "diffusion_image": args.diffusion_image,
-                "views": [{"yaw": yaw, "pitch": pitch} for pitch, yaw in views], "steps": args.steps,
-                "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 2)}
+    settings = {
+        "checkpoint": checkpoint,
+        "gan": gan,
+        "heads": heads_dir,
+        **wanted,
+        "at_step": at_step,
+        "diffusion_image": args.diffusion_image,
+        "views": [{"yaw": yaw, "pitch": pitch} for pitch, yaw in views],
+        "steps": args.steps,
+        "batch": args.batch,
+        "seed": args.seed,
+        "seconds": round(seconds, 2),
+    }
     try:
         with writing(out), atomic_directory(out) as tmp:
             tmp.mkdir()
@@ -140,8 +172,11 @@ def main(argv=None) -> int:
                 if diffusion is not None:
                     viz.save_png(tmp / "diffusion" / f"{i:03d}.png", diffusion[i])
             label = f"DDGI at step {at_step}"
-            grid = (viz.grid(np.stack([diffusion, gan_images], axis=1), col_labels=["diffusion I_0", label])
-                    if diffusion is not None else viz.grid(gan_images[:, None], col_labels=[label]))
+            grid = (
+                viz.grid(np.stack([diffusion, gan_images], axis=1), col_labels=["diffusion I_0", label])
+                if diffusion is not None
+                else viz.grid(gan_images[:, None], col_labels=[label])
+            )
             viz.save_png(tmp / "grid.png", grid)
             np.save(tmp / "ws.npy", np.asarray(result.ws))
             (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
@@ -151,4 +186,3 @@ def main(argv=None) -> int:
     beside = " and the diffusion model's own" if args.diffusion_image else ""
     print(f"wrote {args.batch} DDGI samples{beside} to {out} ({seconds:.1f}s including compilation)")
     return 0
-

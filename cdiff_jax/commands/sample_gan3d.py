@@ -44,8 +44,9 @@ def angles(text: str, flag: str) -> list[float]:
         start, stop, count = text.split(":")
         start, stop, count = float(start), float(stop), int(count)
     except ValueError:
-        raise UsageError(f"{flag} {text!r}: give radians as a list (0.3,-0.3) or a range start:stop:count "
-                         "(-0.4:0.4:5)") from None
+        raise UsageError(
+            f"{flag} {text!r}: give radians as a list (0.3,-0.3) or a range start:stop:count (-0.4:0.4:5)"
+        ) from None
     if count < 1:
         raise UsageError(f"{flag} {text}: the count of a start:stop:count range must be at least 1")
     return [float(v) for v in np.linspace(start, stop, count)]
@@ -71,15 +72,17 @@ def attach_angle_values(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sample.py gan3d", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="sample.py gan3d", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True, help="an EG3D checkpoint directory (`cdiff convert G.pkl DIR`)")
     p.add_argument("--count", type=int, default=2, help=f"identities, 1..{requests.MAX_BATCH} (default 2)")
     p.add_argument("--seed", type=int, default=0, help="z of identity i is drawn from the seed (default 0)")
     p.add_argument("--yaw", default="-0.4:0.4:5", help="yaw angles, radians (default -0.4:0.4:5)")
     p.add_argument("--pitch", default="0", help="pitch angles, radians (default 0)")
-    p.add_argument("--cameras", help="instead of --yaw/--pitch: a .npy of [V, 25] EG3D camera labels (e.g. a "
-                   "dataset's poses)")
+    p.add_argument(
+        "--cameras", help="instead of --yaw/--pitch: a .npy of [V, 25] EG3D camera labels (e.g. a dataset's poses)"
+    )
     p.add_argument("--truncation", type=float, default=1.0, help="psi: 1 none, 0 the average face (default 1)")
     p.add_argument("--truncation-cutoff", type=int, help="truncate only the first N rows of W+ (default all)")
     p.add_argument("--noise", choices=NOISE_MODES, default="const", help="the backbone's noise (default const)")
@@ -91,8 +94,9 @@ def view_cameras(cfg, views: list[tuple[float, float]]) -> np.ndarray:
     """[V, 25] cameras of the generator's orbit (its average radius, pivot and field of view) at each view."""
     pitches, yaws = zip(*views)
     try:
-        return orbit_cameras(yaws, pitches, radius=cfg.avg_camera_radius, pivot=cfg.avg_camera_pivot,
-                             fov_degrees=cfg.fov_degrees)
+        return orbit_cameras(
+            yaws, pitches, radius=cfg.avg_camera_radius, pivot=cfg.avg_camera_pivot, fov_degrees=cfg.fov_degrees
+        )
     except ValueError as err:
         raise UsageError(f"--yaw/--pitch: {err}") from None
 
@@ -115,8 +119,16 @@ def camera_file(path: str) -> np.ndarray:
 def render_views(graphdef, state, ws, cameras, key, *, noise_mode="const", noise_key=None):
     """uint8 images [B, V, R, R, 3] and depths [B, V, r, r, 1] of W+ codes seen by every camera [V, 25]."""
     with bar(len(cameras), "rendering", unit="view") as progress:
-        images, depths = eg3d.orbit_views(graphdef, state, ws, cameras, key, noise_mode=noise_mode,
-                                          noise_key=noise_key, on_view=lambda: progress.update(1))
+        images, depths = eg3d.orbit_views(
+            graphdef,
+            state,
+            ws,
+            cameras,
+            key,
+            noise_mode=noise_mode,
+            noise_key=noise_key,
+            on_view=lambda: progress.update(1),
+        )
     return viz.to_uint8(images), depths
 
 
@@ -140,8 +152,10 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if not 1 <= args.count <= requests.MAX_BATCH:
-            raise UsageError(f"--count {args.count}: give 1..{requests.MAX_BATCH} identities per run; for more, run "
-                             "again with other --seed values")
+            raise UsageError(
+                f"--count {args.count}: give 1..{requests.MAX_BATCH} identities per run; for more, run "
+                "again with other --seed values"
+            )
         views = parse_views(args.yaw, args.pitch)
         out = requests.output_folder(args.out, lambda path: (path / SETTINGS_FILE).is_file())
         generator = load_eg3d_generator(args.checkpoint)
@@ -156,15 +170,27 @@ def main(argv=None) -> int:
     graphdef, state = nnx.split(generator)
     z_key, noise_key, render_key = jax.random.split(jax.random.key(args.seed), 3)
     start = time.perf_counter()
-    ws = eg3d.map_latents(graphdef, state, normal(z_key, (args.count, cfg.z_dim)), frontal_cameras(cfg, args.count),
-                          truncation_psi=args.truncation, truncation_cutoff=args.truncation_cutoff)
+    ws = eg3d.map_latents(
+        graphdef,
+        state,
+        normal(z_key, (args.count, cfg.z_dim)),
+        frontal_cameras(cfg, args.count),
+        truncation_psi=args.truncation,
+        truncation_cutoff=args.truncation_cutoff,
+    )
     images, depths = render_views(graphdef, state, ws, cameras, render_key, noise_mode=args.noise, noise_key=noise_key)
     seconds = time.perf_counter() - start
     settings = {
-        "checkpoint": args.checkpoint, "count": args.count, "seed": args.seed, "cameras": args.cameras, "views": [
-            {"yaw": yaw, "pitch": pitch} for pitch, yaw in views] if args.cameras is None else None,
+        "checkpoint": args.checkpoint,
+        "count": args.count,
+        "seed": args.seed,
+        "cameras": args.cameras,
+        "views": [{"yaw": yaw, "pitch": pitch} for pitch, yaw in views] if args.cameras is None else None,
         "truncation": args.truncation,
-        "truncation_cutoff": args.truncation_cutoff, "noise": args.noise, "seconds": round(seconds, 2)}
+        "truncation_cutoff": args.truncation_cutoff,
+        "noise": args.noise,
+        "seconds": round(seconds, 2),
+    }
     try:
         with writing(out), atomic_directory(out) as tmp:
             tmp.mkdir()

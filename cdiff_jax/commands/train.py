@@ -39,14 +39,18 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="cdiff train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="cdiff train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="a training config, FILE.py[:ARG]")
     p.add_argument("--workdir", required=True, help="run directory: checkpoints, logs, samples")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host: TPU pods, GPU clusters); "
-                        "on TPU and SLURM it finds the other hosts itself")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host: TPU pods, GPU clusters); "
+        "on TPU and SLURM it finds the other hosts itself",
+    )
     p.add_argument("--coordinator", help="host:port of process 0, where the cluster is not detected")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)

@@ -27,18 +27,27 @@ def main(argv=None) -> int:
         "into a cdiff_jax checkpoint directory (config.json + orbax params/), or with --to-official "
         "export one of ours back to the official format.",
     )
-    parser.add_argument("src", help="official checkpoint: {256,512}_{vae,mask,text,codiff_mask_text}.ckpt or "
-                        ".safetensors; or a StyleGAN2 generator: NVIDIA .pkl, rosinality / pSp / e4e .pt; "
-                        "with --to-official: our checkpoint directory")
-    parser.add_argument("dst", help="output directory (written atomically); with --to-official: the official file, "
-                        ".safetensors or .ckpt (Lightning's {'state_dict': ...}), written atomically")
+    parser.add_argument(
+        "src",
+        help="official checkpoint: {256,512}_{vae,mask,text,codiff_mask_text}.ckpt or "
+        ".safetensors; or a StyleGAN2 generator: NVIDIA .pkl, rosinality / pSp / e4e .pt; "
+        "with --to-official: our checkpoint directory",
+    )
+    parser.add_argument(
+        "dst",
+        help="output directory (written atomically); with --to-official: the official file, "
+        ".safetensors or .ckpt (Lightning's {'state_dict': ...}), written atomically",
+    )
     parser.add_argument(
         "--config",
         help="architecture: one of ours (FILE.py[:ARG], e.g. released.py:512_codiff) or the official YAML "
         "it was trained with; default: the released config matching the detected type and resolution",
     )
-    parser.add_argument("--to-official", action="store_true",
-                        help="export SRC, one of our checkpoints, to the official key names and layouts")
+    parser.add_argument(
+        "--to-official",
+        action="store_true",
+        help="export SRC, one of our checkpoints, to the official key names and layouts",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
     configure_logging()

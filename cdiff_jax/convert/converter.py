@@ -158,9 +158,7 @@ def _check_schedule(tensors: dict[str, np.ndarray], cfg: SystemConfig) -> bool:
     return True
 
 
-def convert_checkpoint(
-    src, dst, config: SystemConfig | None = None, *, overwrite: bool = False
-) -> ConversionReport:
+def convert_checkpoint(src, dst, config: SystemConfig | None = None, *, overwrite: bool = False) -> ConversionReport:
     """Read an official .ckpt/.safetensors, convert it strictly and save it as our checkpoint.
 
     Without `config`, the released config matching the detected type and resolution is used.

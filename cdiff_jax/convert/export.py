@@ -71,28 +71,38 @@ def official_differences(cfg: SystemConfig) -> list[str]:
     official = [kind for kind, entry in KINDS.items() if entry.official_name]
     differences = [
         f"modality {name!r} is of kind {m.kind!r}, which the official code does not have (only {', '.join(official)})"
-        for name, m in cfg.modalities.items() if m.kind not in official
+        for name, m in cfg.modalities.items()
+        if m.kind not in official
     ]
     kinds = sorted(m.kind for m in cfg.modalities.values())
     diffusers = {name: m.diffuser for name, m in cfg.modalities.items() if m.diffuser is not None}
     if diffusers:
         if len(diffusers) < len(cfg.modalities):
-            differences.append(f"dynamic diffusers only for {', '.join(diffusers)}; the official collaborative model "
-                               "has one for each modality")
+            differences.append(
+                f"dynamic diffusers only for {', '.join(diffusers)}; the official collaborative model "
+                "has one for each modality"
+            )
         if kinds != sorted(official):
-            differences.append(f"the official collaborative model holds one modality of each kind "
-                               f"({', '.join(official)}); this system holds {', '.join(kinds)}")
+            differences.append(
+                f"the official collaborative model holds one modality of each kind "
+                f"({', '.join(official)}); this system holds {', '.join(kinds)}"
+            )
         if len(set(diffusers.values())) > 1:
-            differences.append("the dynamic diffusers differ; the official collaborative config builds both from one "
-                               "confidence_map_predictor_config")
+            differences.append(
+                "the dynamic diffusers differ; the official collaborative config builds both from one "
+                "confidence_map_predictor_config"
+            )
     elif len(kinds) > 1:
-        differences.append(f"{len(kinds)} modalities without dynamic diffusers; an official model of one expert holds "
-                           "one modality")
+        differences.append(
+            f"{len(kinds)} modalities without dynamic diffusers; an official model of one expert holds one modality"
+        )
     for (config_class, field), value in OFFICIAL_CONSTANTS.items():
         for name, m in cfg.modalities.items():
             if isinstance(m.encoder, config_class) and getattr(m.encoder, field) != value:
-                differences.append(f"modalities.{name}.encoder.{field} is {getattr(m.encoder, field)!r}; the official "
-                                   f"code has no setting for it and always uses {value!r}")
+                differences.append(
+                    f"modalities.{name}.encoder.{field} is {getattr(m.encoder, field)!r}; the official "
+                    f"code has no setting for it and always uses {value!r}"
+                )
     return differences
 
 
@@ -139,31 +149,36 @@ def check_export_destination(out: str | os.PathLike, overwrite: bool) -> pathlib
     """Where an export may be written: a new `.safetensors` or `.ckpt` path, or with `overwrite` an existing file."""
     out = pathlib.Path(out).absolute()
     if out.suffix not in EXPORT_SUFFIXES:
-        raise ExportError(f"{out}: the export is written as {' or '.join(EXPORT_SUFFIXES)}, chosen by the suffix; "
-                          f"{out.suffix or 'no suffix'} is neither")
+        raise ExportError(
+            f"{out}: the export is written as {' or '.join(EXPORT_SUFFIXES)}, chosen by the suffix; "
+            f"{out.suffix or 'no suffix'} is neither"
+        )
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{out} exists; choose a new output path or replace it with --overwrite")
         if not out.is_file():
-            raise FileExistsError(f"{out} exists and is not a file; --overwrite replaces only files: choose a new "
-                                  "output path")
+            raise FileExistsError(
+                f"{out} exists and is not a file; --overwrite replaces only files: choose a new output path"
+            )
     try:
         creatable_parent(out)
     except OSError as err:
-        raise FileExistsError(f"cannot write {out}: cannot create folders in {err.filename or out.parent} "
-                              f"({err.strerror}); choose another output path") from None
+        raise FileExistsError(
+            f"cannot write {out}: cannot create folders in {err.filename or out.parent} "
+            f"({err.strerror}); choose another output path"
+        ) from None
     return out
 
 
-def export_checkpoint(directory: str | os.PathLike, out: str | os.PathLike, *,
-                      overwrite: bool = False) -> ExportReport:
+def export_checkpoint(directory: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> ExportReport:
     """Write our checkpoint `directory` as an official file `out` (format by its suffix), atomically."""
     out = check_export_destination(out, overwrite)
     cfg = load_config(directory)
     differences = official_differences(cfg)
     if differences:
-        raise ExportError(f"{directory} cannot be exported: the official code cannot build this system: "
-                          + "; ".join(differences))
+        raise ExportError(
+            f"{directory} cannot be exported: the official code cannot build this system: " + "; ".join(differences)
+        )
     state = nnx.to_flat_state(nnx.state(load_system(directory), nnx.Param))
     tensors = official_state_dict(cfg, {".".join(map(str, path)): var.get_value() for path, var in state})
     out.parent.mkdir(parents=True, exist_ok=True)

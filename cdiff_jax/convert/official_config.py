@@ -47,7 +47,8 @@ def load_official_yaml(path: str | pathlib.Path) -> SystemConfig:
         return _latent_diffusion(params)
     if target == _TARGETS["codiff"]:
         mask = _latent_diffusion(
-            _read_model_section(_find_referenced(path, params["seg_mask_ldm_config_path"]))["params"])
+            _read_model_section(_find_referenced(path, params["seg_mask_ldm_config_path"]))["params"]
+        )
         text = _latent_diffusion(_read_model_section(_find_referenced(path, params["text_ldm_config_path"]))["params"])
         predictor = params["compose_unet_config"]["params"]["confidence_map_predictor_config"]["params"]
         diffuser = _unet(predictor)
@@ -64,8 +65,9 @@ def load_official_yaml(path: str | pathlib.Path) -> SystemConfig:
             schedule=_schedule(params),
             latent_size=params.get("image_size", text.latent_size),
         )
-    raise OfficialConfigError(f"{path}: unsupported model target {target!r}; "
-                              f"expected one of {sorted(_TARGETS.values())}")
+    raise OfficialConfigError(
+        f"{path}: unsupported model target {target!r}; expected one of {sorted(_TARGETS.values())}"
+    )
 
 
 def _read_model_section(path: pathlib.Path) -> dict[str, Any]:
@@ -128,9 +130,7 @@ def _autoencoder(params: dict[str, Any], scale_factor: float) -> AutoencoderConf
 
 def _unet(p: dict[str, Any]) -> UNetConfig:
     unsupported = {
-        key: p[key]
-        for key in ("use_scale_shift_norm", "resblock_updown", "num_classes", "enable_freeu")
-        if p.get(key)
+        key: p[key] for key in ("use_scale_shift_norm", "resblock_updown", "num_classes", "enable_freeu") if p.get(key)
     }
     if unsupported or not p.get("use_spatial_transformer", False):
         raise OfficialConfigError(
@@ -154,11 +154,14 @@ def _latent_diffusion(params: dict[str, Any]) -> SystemConfig:
     cond = params["cond_stage_config"]
     cond_target, cond_params = cond["target"], cond.get("params", {})
     if cond_target.endswith("BERTEmbedder"):
-        name, encoder = "text", TextEncoderConfig(
-            width=cond_params["n_embed"],
-            depth=cond_params["n_layer"],
-            vocab_size=cond_params.get("vocab_size", 30522),
-            max_len=cond_params.get("max_seq_len", 77),
+        name, encoder = (
+            "text",
+            TextEncoderConfig(
+                width=cond_params["n_embed"],
+                depth=cond_params["n_layer"],
+                vocab_size=cond_params.get("vocab_size", 30522),
+                max_len=cond_params.get("max_seq_len", 77),
+            ),
         )
     elif cond_target.endswith("SegMaskEncoder"):
         embed = cond_params.get("mask_embed_dim", 1024)

@@ -34,9 +34,11 @@ from cdiff_jax.weights.state_dict_io import read_torch_object
 NVIDIA_GENERATOR = "Generator"  # the persistent class name of training.networks.Generator
 PICKLE_SUFFIX = ".pkl"
 TORCH_SUFFIXES = (".pt", ".pth")
-SUPPORTED = ("NVIDIA stylegan2-ada-pytorch network pickle (.pkl with G_ema)",
-             "rosinality .pt ({'g_ema': state_dict, 'latent_avg'})",
-             "pSp / e4e .pt (generator under 'decoder.' in 'state_dict', top-level 'latent_avg')")
+SUPPORTED = (
+    "NVIDIA stylegan2-ada-pytorch network pickle (.pkl with G_ema)",
+    "rosinality .pt ({'g_ema': state_dict, 'latent_avg'})",
+    "pSp / e4e .pt (generator under 'decoder.' in 'state_dict', top-level 'latent_avg')",
+)
 
 
 class GANConversionError(ValueError):
@@ -66,11 +68,20 @@ def _fc(a):  # [out, in] -> [in, out]
 
 # --- architecture -----------------------------------------------------------------------------
 
-_MAPPING_KWARGS = {"num_layers": "mapping_layers", "lr_multiplier": "mapping_lr_multiplier",
-                   "layer_features": "mapping_layer_features", "embed_features": "embed_features",
-                   "w_avg_beta": "w_avg_beta"}
-_SYNTHESIS_KWARGS = {"channel_base": "channel_base", "channel_max": "channel_max", "conv_clamp": "conv_clamp",
-                     "architecture": "architecture", "resample_filter": "resample_filter"}
+_MAPPING_KWARGS = {
+    "num_layers": "mapping_layers",
+    "lr_multiplier": "mapping_lr_multiplier",
+    "layer_features": "mapping_layer_features",
+    "embed_features": "embed_features",
+    "w_avg_beta": "w_avg_beta",
+}
+_SYNTHESIS_KWARGS = {
+    "channel_base": "channel_base",
+    "channel_max": "channel_max",
+    "conv_clamp": "conv_clamp",
+    "architecture": "architecture",
+    "resample_filter": "resample_filter",
+}
 # Precision / memory-layout switches of the official code; float32 forward passes do not use them.
 _IGNORED_KWARGS = {"num_fp16_res", "fp16_channels_last", "fused_modconv_default"}
 _REQUIRED = {"activation": "lrelu", "use_noise": True, "kernel_size": 3}
@@ -113,12 +124,21 @@ def config_from_rosinality_shapes(shapes: Mapping[str, tuple], *, lr_multiplier:
     except KeyError as err:
         raise GANConversionError(f"not a rosinality StyleGAN2 generator state dict: no {err.args[0]!r}") from None
     resolution = 2 ** (n_up + 2)
-    cfg = StyleGAN2Config(z_dim=style_dim, w_dim=style_dim, img_resolution=resolution, img_channels=img_channels,
-                          mapping_layers=n_mlp, mapping_lr_multiplier=lr_multiplier,
-                          channel_base=channels[resolution] * resolution, channel_max=max(channels.values()))
+    cfg = StyleGAN2Config(
+        z_dim=style_dim,
+        w_dim=style_dim,
+        img_resolution=resolution,
+        img_channels=img_channels,
+        mapping_layers=n_mlp,
+        mapping_lr_multiplier=lr_multiplier,
+        channel_base=channels[resolution] * resolution,
+        channel_max=max(channels.values()),
+    )
     if any(cfg.channels(r) != c for r, c in channels.items()):
-        raise GANConversionError(f"channel widths {channels} do not follow min(base / res, max) for any base and max; "
-                                 "this generator's channel table is not supported")
+        raise GANConversionError(
+            f"channel widths {channels} do not follow min(base / res, max) for any base and max; "
+            "this generator's channel table is not supported"
+        )
     return cfg
 
 
@@ -145,23 +165,31 @@ def nvidia_block_entries(src: str, dst: LeafPath, taps, *, first: bool = False) 
         entries[f"{src}.const"] = Entry((*dst, "const"), lambda a: a.transpose(1, 2, 0))
     for conv in ("conv1",) if first else ("conv0", "conv1"):
         s, d = f"{src}.{conv}", (*dst, conv)
-        entries |= {f"{s}.weight": Entry((*d, "weight"), _conv), f"{s}.bias": Entry((*d, "bias")),
-                    f"{s}.noise_strength": Entry((*d, "noise_strength")),
-                    f"{s}.noise_const": Entry((*d, "noise_const")), f"{s}.resample_filter": filt,
-                    f"{s}.affine.weight": Entry((*d, "affine", "weight"), _fc),
-                    f"{s}.affine.bias": Entry((*d, "affine", "bias"))}
+        entries |= {
+            f"{s}.weight": Entry((*d, "weight"), _conv),
+            f"{s}.bias": Entry((*d, "bias")),
+            f"{s}.noise_strength": Entry((*d, "noise_strength")),
+            f"{s}.noise_const": Entry((*d, "noise_const")),
+            f"{s}.resample_filter": filt,
+            f"{s}.affine.weight": Entry((*d, "affine", "weight"), _fc),
+            f"{s}.affine.bias": Entry((*d, "affine", "bias")),
+        }
     s, d = f"{src}.torgb", (*dst, "torgb")
-    return entries | {f"{s}.weight": Entry((*d, "weight"), lambda a: a[:, :, 0, 0].T), f"{s}.bias": Entry((*d, "bias")),
-                      f"{s}.affine.weight": Entry((*d, "affine", "weight"), _fc),
-                      f"{s}.affine.bias": Entry((*d, "affine", "bias"))}
+    return entries | {
+        f"{s}.weight": Entry((*d, "weight"), lambda a: a[:, :, 0, 0].T),
+        f"{s}.bias": Entry((*d, "bias")),
+        f"{s}.affine.weight": Entry((*d, "affine", "weight"), _fc),
+        f"{s}.affine.bias": Entry((*d, "affine", "bias")),
+    }
 
 
 def nvidia_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
     """stylegan2-ada-pytorch `Generator.state_dict()` keys -> our leaves."""
     entries = {"mapping.w_avg": Entry(("mapping", "w_avg")), **_nvidia_mapping_entries(cfg)}
     for b, res in enumerate(cfg.block_resolutions):
-        entries |= nvidia_block_entries(f"synthesis.b{res}", ("synthesis", "blocks", b), cfg.resample_filter,
-                                        first=b == 0)
+        entries |= nvidia_block_entries(
+            f"synthesis.b{res}", ("synthesis", "blocks", b), cfg.resample_filter, first=b == 0
+        )
     return entries
 
 
@@ -176,22 +204,26 @@ def rosinality_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
 
     def styled_conv(src: str, dst: LeafPath, up_conv: bool) -> dict[str, Entry]:
         nonlocal noise_index
-        out = {f"{src}.conv.weight": Entry((*dst, "weight"), lambda a: _conv(a[0])),
-               f"{src}.conv.modulation.weight": Entry((*dst, "affine", "weight"), _fc),
-               f"{src}.conv.modulation.bias": Entry((*dst, "affine", "bias")),
-               f"{src}.noise.weight": Entry((*dst, "noise_strength"), lambda a: a.reshape(())),
-               f"{src}.activate.bias": Entry((*dst, "bias")),
-               f"noises.noise_{noise_index}": Entry((*dst, "noise_const"), lambda a: a.reshape(a.shape[-2:]))}
+        out = {
+            f"{src}.conv.weight": Entry((*dst, "weight"), lambda a: _conv(a[0])),
+            f"{src}.conv.modulation.weight": Entry((*dst, "affine", "weight"), _fc),
+            f"{src}.conv.modulation.bias": Entry((*dst, "affine", "bias")),
+            f"{src}.noise.weight": Entry((*dst, "noise_strength"), lambda a: a.reshape(())),
+            f"{src}.activate.bias": Entry((*dst, "bias")),
+            f"noises.noise_{noise_index}": Entry((*dst, "noise_const"), lambda a: a.reshape(a.shape[-2:])),
+        }
         if up_conv:
             out[f"{src}.conv.blur.kernel"] = up
         noise_index += 1
         return out
 
     def to_rgb(src: str, dst: LeafPath) -> dict[str, Entry]:
-        return {f"{src}.conv.weight": Entry((*dst, "weight"), lambda a: a[0, :, :, 0, 0].T),
-                f"{src}.conv.modulation.weight": Entry((*dst, "affine", "weight"), _fc),
-                f"{src}.conv.modulation.bias": Entry((*dst, "affine", "bias")),
-                f"{src}.bias": Entry((*dst, "bias"), lambda a: a.reshape(-1))}
+        return {
+            f"{src}.conv.weight": Entry((*dst, "weight"), lambda a: a[0, :, :, 0, 0].T),
+            f"{src}.conv.modulation.weight": Entry((*dst, "affine", "weight"), _fc),
+            f"{src}.conv.modulation.bias": Entry((*dst, "affine", "bias")),
+            f"{src}.bias": Entry((*dst, "bias"), lambda a: a.reshape(-1)),
+        }
 
     block = ("synthesis", "blocks", 0)
     entries["input.input"] = Entry((*block, "const"), lambda a: a[0].transpose(1, 2, 0))
@@ -209,11 +241,25 @@ def rosinality_key_map(cfg: StyleGAN2Config) -> dict[str, Entry]:
 def discriminator_config_from_init_kwargs(kwargs: Mapping) -> StyleGAN2DiscriminatorConfig:
     """StyleGAN2DiscriminatorConfig from `Discriminator.init_kwargs` as the persistence module records them."""
     kwargs = dict(kwargs)
-    fields = {k: kwargs.pop(k) for k in ("c_dim", "img_resolution", "img_channels", "channel_base", "channel_max",
-                                         "conv_clamp", "cmap_dim", "architecture") if k in kwargs}
-    groups = {"block_kwargs": {"resample_filter": "resample_filter"},
-              "mapping_kwargs": {"num_layers": "mapping_layers", "lr_multiplier": "mapping_lr_multiplier"},
-              "epilogue_kwargs": {"mbstd_group_size": "mbstd_group_size", "mbstd_num_channels": "mbstd_num_channels"}}
+    fields = {
+        k: kwargs.pop(k)
+        for k in (
+            "c_dim",
+            "img_resolution",
+            "img_channels",
+            "channel_base",
+            "channel_max",
+            "conv_clamp",
+            "cmap_dim",
+            "architecture",
+        )
+        if k in kwargs
+    }
+    groups = {
+        "block_kwargs": {"resample_filter": "resample_filter"},
+        "mapping_kwargs": {"num_layers": "mapping_layers", "lr_multiplier": "mapping_lr_multiplier"},
+        "epilogue_kwargs": {"mbstd_group_size": "mbstd_group_size", "mbstd_num_channels": "mbstd_num_channels"},
+    }
     unknown = []
     for group, names in groups.items():
         for key, value in dict(kwargs.pop(group, None) or {}).items():
@@ -223,8 +269,9 @@ def discriminator_config_from_init_kwargs(kwargs: Mapping) -> StyleGAN2Discrimin
                 unknown.append(f"{group}.{key}={value!r}")
     unknown += [f"{k}={v!r}" for k, v in kwargs.items() if k not in _IGNORED_KWARGS]
     if unknown:
-        raise GANConversionError(f"discriminator kwargs not supported by our StyleGAN2 discriminator: "
-                                 f"{', '.join(unknown)}")
+        raise GANConversionError(
+            f"discriminator kwargs not supported by our StyleGAN2 discriminator: {', '.join(unknown)}"
+        )
     try:
         return StyleGAN2DiscriminatorConfig(**fields)
     except (TypeError, ValueError) as err:
@@ -243,8 +290,11 @@ def nvidia_discriminator_key_map(cfg: StyleGAN2DiscriminatorConfig) -> dict[str,
             entries[f"{src}.{name}.resample_filter"] = filt
             if name != "skip":
                 entries[f"{src}.{name}.bias"] = Entry((*dst, name, "bias"))
-    entries |= {"b4.conv.weight": Entry(("epilogue", "conv", "weight"), _conv),
-                "b4.conv.bias": Entry(("epilogue", "conv", "bias")), "b4.conv.resample_filter": filt}
+    entries |= {
+        "b4.conv.weight": Entry(("epilogue", "conv", "weight"), _conv),
+        "b4.conv.bias": Entry(("epilogue", "conv", "bias")),
+        "b4.conv.resample_filter": filt,
+    }
     for name in ("fc", "out"):
         entries[f"b4.{name}.weight"] = Entry(("epilogue", name, "weight"), _fc)
         entries[f"b4.{name}.bias"] = Entry(("epilogue", name, "bias"))
@@ -274,8 +324,11 @@ def abstract_network(cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig | EG3DC
     return nnx.eval_shape(lambda: NETWORKS[type(cfg)](cfg, rngs=nnx.Rngs(0)))
 
 
-def check_key_map(entries: Mapping[str, Entry], shapes: Mapping[str, tuple],
-                  cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig | EG3DConfig) -> None:
+def check_key_map(
+    entries: Mapping[str, Entry],
+    shapes: Mapping[str, tuple],
+    cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig | EG3DConfig,
+) -> None:
     """Raise unless the source keys and our leaves correspond one to one with matching shapes."""
     ours = {p: tuple(v.shape) for p, v in _leaves(nnx.to_pure_dict(nnx.state(abstract_network(cfg)))).items()}
     targets = {e.path for e in entries.values() if e.path is not None}
@@ -298,17 +351,25 @@ def check_key_map(entries: Mapping[str, Entry], shapes: Mapping[str, tuple],
         raise GANConversionError(f"{len(problems)} key problem(s): " + "; ".join(problems))
 
 
-def network_from_state_dict(tensors: Mapping[str, np.ndarray],
-                            cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig | EG3DConfig,
-                            entries: Mapping[str, Entry]):
+def network_from_state_dict(
+    tensors: Mapping[str, np.ndarray],
+    cfg: StyleGAN2Config | StyleGAN2DiscriminatorConfig | EG3DConfig,
+    entries: Mapping[str, Entry],
+):
     """Our generator or discriminator with every leaf taken from `tensors` through `entries` (the key maps)."""
     check_key_map(entries, {k: np.shape(v) for k, v in tensors.items()}, cfg)
-    bad = [k for k, e in entries.items() if e.path is None and e.expected is not None
-           and not np.allclose(tensors[k], e.expected, rtol=0, atol=1e-6)]
+    bad = [
+        k
+        for k, e in entries.items()
+        if e.path is None and e.expected is not None and not np.allclose(tensors[k], e.expected, rtol=0, atol=1e-6)
+    ]
     if bad:
         raise GANConversionError(f"FIR filter buffers differ from resample_filter {cfg.resample_filter}: {bad}")
-    values = {e.path: np.asarray(e.transform(np.asarray(tensors[k])), np.float32)
-              for k, e in entries.items() if e.path is not None}
+    values = {
+        e.path: np.asarray(e.transform(np.asarray(tensors[k])), np.float32)
+        for k, e in entries.items()
+        if e.path is not None
+    }
     graphdef, state = nnx.split(abstract_network(cfg))
     pure = nnx.to_pure_dict(state)
     for path, value in values.items():
@@ -337,13 +398,16 @@ def generator_from_snapshot(snapshot, path) -> LoadedGenerator:
     """`G_ema` of a read stylegan2-ada-pytorch snapshot (`path` only names it in errors)."""
     if not isinstance(snapshot, Mapping) or "G_ema" not in snapshot:
         have = sorted(map(str, snapshot)) if isinstance(snapshot, Mapping) else type(snapshot).__name__
-        raise GANConversionError(f"{path}: no 'G_ema' in the network pickle (it has {have}); "
-                                 "expected a stylegan2-ada-pytorch snapshot")
+        raise GANConversionError(
+            f"{path}: no 'G_ema' in the network pickle (it has {have}); expected a stylegan2-ada-pytorch snapshot"
+        )
     g = snapshot["G_ema"]
     if g.class_name != NVIDIA_GENERATOR or g.init_args:
-        raise GANConversionError(f"{path}: G_ema is a persistent {g.class_name!r} "
-                                 f"(positional args {list(g.init_args)}); "
-                                 "only stylegan2-ada-pytorch's Generator, built from keyword arguments, is supported")
+        raise GANConversionError(
+            f"{path}: G_ema is a persistent {g.class_name!r} "
+            f"(positional args {list(g.init_args)}); "
+            "only stylegan2-ada-pytorch's Generator, built from keyword arguments, is supported"
+        )
     cfg = config_from_init_kwargs(g.init_kwargs)
     return LoadedGenerator(network_from_state_dict(g.state_dict(), cfg, nvidia_key_map(cfg)), "nvidia-pickle")
 
@@ -354,8 +418,9 @@ def load_nvidia_discriminator(path) -> Discriminator:
     d = snapshot.get("D") if isinstance(snapshot, Mapping) else None
     if d is None or d.class_name != "Discriminator" or d.init_args:
         have = sorted(map(str, snapshot)) if isinstance(snapshot, Mapping) else type(snapshot).__name__
-        raise GANConversionError(f"{path}: no stylegan2-ada-pytorch 'D' (Discriminator) in the network pickle "
-                                 f"(it has {have})")
+        raise GANConversionError(
+            f"{path}: no stylegan2-ada-pytorch 'D' (Discriminator) in the network pickle (it has {have})"
+        )
     cfg = discriminator_config_from_init_kwargs(d.init_kwargs)
     return network_from_state_dict(d.state_dict(), cfg, nvidia_discriminator_key_map(cfg))
 
@@ -376,12 +441,13 @@ def generator_from_torch_object(top, path) -> LoadedGenerator:
     if isinstance(top, Mapping) and "g_ema" in top and "latent_avg" in top:
         return LoadedGenerator(rosinality_generator(top["g_ema"], top["latent_avg"]), "rosinality")
     if isinstance(top, Mapping) and isinstance(top.get("state_dict"), Mapping) and "latent_avg" in top:
-        decoder = {k[len("decoder."):]: v for k, v in top["state_dict"].items() if k.startswith("decoder.")}
+        decoder = {k[len("decoder.") :]: v for k, v in top["state_dict"].items() if k.startswith("decoder.")}
         if decoder:
             return LoadedGenerator(rosinality_generator(decoder, top["latent_avg"]), "psp")
     have = sorted(map(str, top))[:12] if isinstance(top, Mapping) else type(top).__name__
-    raise GANConversionError(f"{path}: not a recognised GAN checkpoint (top level: {have}); supported: "
-                             + "; ".join(SUPPORTED))
+    raise GANConversionError(
+        f"{path}: not a recognised GAN checkpoint (top level: {have}); supported: " + "; ".join(SUPPORTED)
+    )
 
 
 def load_gan_file(src) -> LoadedGenerator:

@@ -159,11 +159,14 @@ class CelebAMultiModal(tfds.core.GeneratorBasedBuilder):
         "and optionally scribble/ (<id>.png line drawings, white lines on black)."
     )
 
-    def __init__(self, *, resolution: int | None = None, test_size: int | None = None,
-                 skip_bad_examples: bool = False, **kwargs):
+    def __init__(
+        self, *, resolution: int | None = None, test_size: int | None = None, skip_bad_examples: bool = False, **kwargs
+    ):
         if resolution is not None or test_size is not None:
-            config = _make_config(DEFAULT_RESOLUTION if resolution is None else resolution,
-                                  DEFAULT_TEST_SIZE if test_size is None else test_size)
+            config = _make_config(
+                DEFAULT_RESOLUTION if resolution is None else resolution,
+                DEFAULT_TEST_SIZE if test_size is None else test_size,
+            )
             # TFDS refuses a custom config that shares the name of a predefined one.
             kwargs["config"] = self.builder_configs.get(config.name, config)
         kwargs.setdefault("file_format", "array_record")
@@ -195,13 +198,15 @@ class CelebAMultiModal(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(r, r, 3), encoding_format="png"),
-                "mask": tfds.features.Tensor(shape=(MASK_SIZE, MASK_SIZE), dtype=np.uint8),
-                "caption": tfds.features.Text(),
-                "scribble": tfds.features.Tensor(shape=(SCRIBBLE_SIZE, SCRIBBLE_SIZE), dtype=np.uint8),
-                "name": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(r, r, 3), encoding_format="png"),
+                    "mask": tfds.features.Tensor(shape=(MASK_SIZE, MASK_SIZE), dtype=np.uint8),
+                    "caption": tfds.features.Text(),
+                    "scribble": tfds.features.Tensor(shape=(SCRIBBLE_SIZE, SCRIBBLE_SIZE), dtype=np.uint8),
+                    "name": tfds.features.Text(),
+                }
+            ),
             metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,  # keep the caption-JSON order, like the reference's test split
             homepage="https://github.com/ziqihuangg/Collaborative-Diffusion",
@@ -253,8 +258,11 @@ def load_example(root: pathlib.Path, name: str, caption, resolution: int) -> dic
         "image": _load_image(_find_file(root / "image", stem, IMAGE_SUFFIXES, "image"), resolution),
         "mask": mask,
         "caption": _caption_text(caption),
-        "scribble": (_load_scribble(_find_file(scribble_dir, stem, (".png",), "scribble"))
-                     if scribble_dir.is_dir() else _scribble_of_mask(mask)),
+        "scribble": (
+            _load_scribble(_find_file(scribble_dir, stem, (".png",), "scribble"))
+            if scribble_dir.is_dir()
+            else _scribble_of_mask(mask)
+        ),
         "name": name,
     }
 
@@ -273,19 +281,29 @@ def check_release(manual_dir, resolution: int = DEFAULT_RESOLUTION) -> list[str]
         except ValueError as err:
             problems.append(f"{name}: {err}")
     captioned = {pathlib.PurePath(name).stem for name in captions}
-    images = sorted(p for p in (root / "image").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-        if (root / "image").is_dir() else []
+    images = (
+        sorted(p for p in (root / "image").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if (root / "image").is_dir()
+        else []
+    )
     problems += [f"{p.name}: no caption names it (a build leaves it out)" for p in images if p.stem not in captioned]
     return problems
 
 
-def build_dataset(manual_dir, data_dir, *, resolution: int = DEFAULT_RESOLUTION,
-                  test_size: int = DEFAULT_TEST_SIZE, skip_bad_examples: bool = False) -> CelebAMultiModal:
+def build_dataset(
+    manual_dir,
+    data_dir,
+    *,
+    resolution: int = DEFAULT_RESOLUTION,
+    test_size: int = DEFAULT_TEST_SIZE,
+    skip_bad_examples: bool = False,
+) -> CelebAMultiModal:
     """Prepare the dataset in ``data_dir`` from the release files in ``manual_dir`` (a no-op if already built)."""
     if not pathlib.Path(manual_dir).is_dir():
         raise FileNotFoundError(f"manual dir {manual_dir} not found; it must hold image/, text/ and mask/")
-    builder = CelebAMultiModal(data_dir=os.fspath(data_dir), resolution=resolution, test_size=test_size,
-                               skip_bad_examples=skip_bad_examples)
+    builder = CelebAMultiModal(
+        data_dir=os.fspath(data_dir), resolution=resolution, test_size=test_size, skip_bad_examples=skip_bad_examples
+    )
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
     return builder
 
@@ -307,8 +325,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Prepare the CelebA-HQ multi-modal TFDS dataset from the release files.")
     p.add_argument("manual_dir", help="folder with image/, text/ (caption JSON), mask/ and optionally scribble/")
     p.add_argument("data_dir", nargs="?", help="TFDS data dir to write (the training config's data_dir)")
-    p.add_argument("--check", action="store_true",
-                   help="only list what is wrong with the manual dir's examples (writes nothing, no data_dir)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only list what is wrong with the manual dir's examples (writes nothing, no data_dir)",
+    )
     p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
     p.add_argument("--test-size", type=int, default=DEFAULT_TEST_SIZE, help="last N caption keys form the test split")
     p.add_argument("--skip-bad-examples", action="store_true", help="leave out unusable examples instead of failing")
@@ -325,8 +346,13 @@ def main(argv=None) -> int:
     if args.data_dir is None:
         p.error("give the data_dir to write (or --check to only check the manual dir)")
     try:
-        builder = build_dataset(args.manual_dir, args.data_dir, resolution=args.resolution,
-                                test_size=args.test_size, skip_bad_examples=args.skip_bad_examples)
+        builder = build_dataset(
+            args.manual_dir,
+            args.data_dir,
+            resolution=args.resolution,
+            test_size=args.test_size,
+            skip_bad_examples=args.skip_bad_examples,
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -43,8 +43,10 @@ def merge_parts(anno_dir: pathlib.Path, face: int) -> np.ndarray | None:
             continue
         blue = np.asarray(open_image(path, f"part image {path}", "RGB"))[..., 2]
         if blue.shape != labels.shape:
-            raise ValueError(f"part image {path} is {blue.shape[1]}x{blue.shape[0]}, not {PART_SIZE}x{PART_SIZE}; "
-                             "is this CelebAMask-HQ-mask-anno?")
+            raise ValueError(
+                f"part image {path} is {blue.shape[1]}x{blue.shape[0]}, not {PART_SIZE}x{PART_SIZE}; "
+                "is this CelebAMask-HQ-mask-anno?"
+            )
         labels[blue != 0] = class_id
         found = True
     return labels if found else None
@@ -72,8 +74,10 @@ def main(argv=None) -> int:
     p.add_argument("--faces", type=int, default=FACES, help=f"merge faces 0 .. N-1 (default all {FACES})")
     args = p.parse_args(argv)
     if not (args.anno_dir / "0").is_dir():
-        print(f"error: {args.anno_dir} has no folder 0; pass CelebAMask-HQ's CelebAMask-HQ-mask-anno folder",
-              file=sys.stderr)
+        print(
+            f"error: {args.anno_dir} has no folder 0; pass CelebAMask-HQ's CelebAMask-HQ-mask-anno folder",
+            file=sys.stderr,
+        )
         return 2
     if not 1 <= args.faces <= FACES:
         p.error(f"--faces must be in 1..{FACES}")
@@ -82,8 +86,10 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote label maps to {args.out_dir}; {len(missing)} face(s) had no part file"
-          + (f" (first: {missing[:5]})" if missing else ""))
+    print(
+        f"wrote label maps to {args.out_dir}; {len(missing)} face(s) had no part file"
+        + (f" (first: {missing[:5]})" if missing else "")
+    )
     return 0
 
 

@@ -31,12 +31,15 @@ def open_image(path: str | os.PathLike, what: str, mode: str | None = None) -> I
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise ValueError(f"{what} is {img.width}x{img.height} pixels, more than any face or mask "
-                                     f"(at most {MAX_PIXELS} pixels); resize it")
+                    raise ValueError(
+                        f"{what} is {img.width}x{img.height} pixels, more than any face or mask "
+                        f"(at most {MAX_PIXELS} pixels); resize it"
+                    )
                 img.load()
                 return img.convert(mode) if mode else img.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"{what} declares more pixels than any face or mask (at most {MAX_PIXELS}); "
-                         "resize it") from None
+        raise ValueError(
+            f"{what} declares more pixels than any face or mask (at most {MAX_PIXELS}); resize it"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:  # PIL raises SyntaxError for some broken files
         raise UnreadableImage(f"cannot read {what} as an image ({err})") from None

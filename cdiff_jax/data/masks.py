@@ -20,16 +20,51 @@ from PIL import Image
 from cdiff_jax.data.images import UnreadableImage, open_image
 
 CLASS_NAMES = (
-    "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
-    "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
+    "background",
+    "skin",
+    "nose",
+    "eye_g",
+    "l_eye",
+    "r_eye",
+    "l_brow",
+    "r_brow",
+    "l_ear",
+    "r_ear",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "hair",
+    "hat",
+    "ear_r",
+    "neck_l",
+    "neck",
+    "cloth",
 )
 NUM_CLASSES = 19
 MASK_SIZE = 32
 
 PALETTE = np.array(
-    [[0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
-     [255, 204, 204], [102, 51, 0], [255, 0, 0], [102, 204, 0], [255, 255, 0], [0, 0, 153], [0, 0, 204],
-     [255, 51, 153], [0, 204, 204], [0, 51, 0], [255, 153, 51], [0, 204, 0]],
+    [
+        [0, 0, 0],
+        [204, 0, 0],
+        [76, 153, 0],
+        [204, 204, 0],
+        [51, 51, 255],
+        [204, 0, 204],
+        [0, 255, 255],
+        [255, 204, 204],
+        [102, 51, 0],
+        [255, 0, 0],
+        [102, 204, 0],
+        [255, 255, 0],
+        [0, 0, 153],
+        [0, 0, 204],
+        [255, 51, 153],
+        [0, 204, 204],
+        [0, 51, 0],
+        [255, 153, 51],
+        [0, 204, 0],
+    ],
     dtype=np.uint8,
 )
 PALETTE.flags.writeable = False
@@ -39,8 +74,10 @@ SNAP_DISTANCE = 25
 
 LabelSource = str | os.PathLike | np.ndarray | Image.Image
 
-_HELP = ("use a label PNG whose pixel values are class ids 0..18 (palette or grayscale) "
-         "or an RGB mask painted in the CelebAMask-HQ colours (cdiff_jax.data.masks.PALETTE)")
+_HELP = (
+    "use a label PNG whose pixel values are class ids 0..18 (palette or grayscale) "
+    "or an RGB mask painted in the CelebAMask-HQ colours (cdiff_jax.data.masks.PALETTE)"
+)
 
 
 def _rgb_codes(rgb: np.ndarray) -> np.ndarray:
@@ -77,9 +114,7 @@ def _rgb_to_labels(rgb: np.ndarray, what: str) -> np.ndarray:
     if (lut < 0).any():
         off = np.flatnonzero(lut < 0)
         off = off[np.argsort(-counts[off], kind="stable")]
-        shown = ", ".join(
-            f"({uniq[i] >> 16}, {(uniq[i] >> 8) & 255}, {uniq[i] & 255}) x{counts[i]}" for i in off[:5]
-        )
+        shown = ", ".join(f"({uniq[i] >> 16}, {(uniq[i] >> 8) & 255}, {uniq[i] & 255}) x{counts[i]}" for i in off[:5])
         more = f" and {off.size - 5} more" if off.size > 5 else ""
         raise ValueError(
             f"{what} has {int(counts[off].sum())} pixels in colours that are not CelebAMask-HQ classes: "

@@ -62,7 +62,7 @@ class ZoomCrop(grain.transforms.RandomMap):
         zoomed = int(rng.integers(size, round(self.zoom * size) + 1))
         top, left = (int(rng.integers(0, max(zoomed - size, 1))) for _ in range(2))
         image = np.asarray(Image.fromarray(image).resize((zoomed, zoomed), Image.Resampling.BICUBIC))
-        cropped = {**example, "image": image[top:top + size, left:left + size]}
+        cropped = {**example, "image": image[top : top + size, left : left + size]}
         for name in ("mask", "scribble"):
             if name in example:
                 grid = np.asarray(example[name])
@@ -88,8 +88,16 @@ class GlobalBatchSampler:
     on the process count either, and a record's draws differ from epoch to epoch.
     """
 
-    def __init__(self, num_records: int, global_batch: int, seed: int, shuffle: bool = True,
-                 process_index: int = 0, process_count: int = 1, num_epochs: int | None = None):
+    def __init__(
+        self,
+        num_records: int,
+        global_batch: int,
+        seed: int,
+        shuffle: bool = True,
+        process_index: int = 0,
+        process_count: int = 1,
+        num_epochs: int | None = None,
+    ):
         if global_batch % process_count:
             raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
         if num_records < global_batch:
@@ -101,9 +109,11 @@ class GlobalBatchSampler:
         self.max_index = None if num_epochs is None else num_epochs * self.per_epoch // process_count
 
     def __repr__(self) -> str:  # grain compares it with the one saved in an iterator state
-        return (f"GlobalBatchSampler(num_records={self.num_records}, global_batch={self.global_batch}, "
-                f"seed={self.seed}, shuffle={self.shuffle}, process_index={self.process_index}, "
-                f"local_batch={self.local_batch}, max_index={self.max_index})")
+        return (
+            f"GlobalBatchSampler(num_records={self.num_records}, global_batch={self.global_batch}, "
+            f"seed={self.seed}, shuffle={self.shuffle}, process_index={self.process_index}, "
+            f"local_batch={self.local_batch}, max_index={self.max_index})"
+        )
 
     # The sampler lives as long as its loader; the cache keeps at most two epochs' permutations.
     @functools.lru_cache(maxsize=2)  # noqa: B019
@@ -158,8 +168,9 @@ def make_loader(
     read = ReadBatch(source, sampler, [*([ZoomCrop(crop_zoom)] if crop_zoom else []), inputs or ToModelInputs()])
     # No reading threads by default: not every transform is thread-safe (two threads loading the caption tokenizer at
     # once fail), and the trainer reads the next batches while the devices run a step anyway.
-    return Loader(read, worker_count, worker_buffer_size,
-                  read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    return Loader(
+        read, worker_count, worker_buffer_size, read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    )
 
 
 class ReadBatch:
@@ -176,8 +187,11 @@ class ReadBatch:
             record = self.sampler[step * self.sampler.local_batch + offset]
             example = self.source[record.record_key]
             for op in self.operations:
-                example = op.random_map(example, record.rng) if isinstance(op, grain.transforms.RandomMap) \
+                example = (
+                    op.random_map(example, record.rng)
+                    if isinstance(op, grain.transforms.RandomMap)
                     else op.map(example)
+                )
             examples.append(example)
         return {name: np.stack([ex[name] for ex in examples]) for name in examples[0]}
 
@@ -243,8 +257,10 @@ def _next_step(state: dict, local_batch: int) -> int:
     if "step" in state:
         return int(state["step"])
     if state.get("worker_count", 1) > 1:
-        raise ValueError("this checkpoint's data position was saved by an older version with data workers; resume "
-                         "it with that version, or start a new run")
+        raise ValueError(
+            "this checkpoint's data position was saved by an older version with data workers; resume "
+            "it with that version, or start a new run"
+        )
     return (int(state["last_seen_indices"]["0"]) + 1) // local_batch
 
 

@@ -52,8 +52,27 @@ HAIR_STYLES = ("none", "short", "long", "fringe")
 ATTRIBUTES_JSON = "attributes.json"
 
 # Class ids, in CLASS_NAMES order.
-(BACKGROUND, SKIN, NOSE, EYE_G, L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR, MOUTH, U_LIP, L_LIP, HAIR, HAT,
- EAR_R, NECK_L, NECK, CLOTH) = range(len(CLASS_NAMES))
+(
+    BACKGROUND,
+    SKIN,
+    NOSE,
+    EYE_G,
+    L_EYE,
+    R_EYE,
+    L_BROW,
+    R_BROW,
+    L_EAR,
+    R_EAR,
+    MOUTH,
+    U_LIP,
+    L_LIP,
+    HAIR,
+    HAT,
+    EAR_R,
+    NECK_L,
+    NECK,
+    CLOTH,
+) = range(len(CLASS_NAMES))
 
 # Pixel-centre coordinates, shared by every shape below.
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) + 0.5
@@ -158,7 +177,10 @@ def _sample_layout(rng: np.random.Generator) -> _Layout:
     brow_gap = rng.uniform(3.2, 4.2)
     fringe_line = eye_y - brow_gap - rng.uniform(1.0, 2.0)
     return _Layout(
-        cx=cx, cy=cy, rx=rx, ry=ry,
+        cx=cx,
+        cy=cy,
+        rx=rx,
+        ry=ry,
         jaw_rx=rx * rng.uniform(0.8, 0.95),
         turn=rng.uniform(-1, 1),
         eye_y=eye_y,
@@ -258,8 +280,12 @@ _BEARD_PATTERNS = (r"\bno beard\b", r"\bshort\b", r"\bmedium\b", r"\blong\b")
 def _sample_caption_choices(rng: np.random.Generator) -> tuple[int, int, int, int]:
     """Beard length, age decade, sentence template and beard phrasing; always all four, so overriding
     beard or age leaves the phrasing unchanged."""
-    return (int(rng.integers(len(BEARD_LENGTHS))), int(rng.integers(len(AGE_DECADES))),
-            int(rng.integers(len(_CAPTION_TEMPLATES))), int(rng.integers(len(_BEARD_PHRASES[0]))))
+    return (
+        int(rng.integers(len(BEARD_LENGTHS))),
+        int(rng.integers(len(AGE_DECADES))),
+        int(rng.integers(len(_CAPTION_TEMPLATES))),
+        int(rng.integers(len(_BEARD_PHRASES[0]))),
+    )
 
 
 def _caption(beard: int, age: int, template: int, phrase: int) -> str:
@@ -315,8 +341,10 @@ def _ears(lay: _Layout) -> list[tuple[int, np.ndarray]]:
     """The ear on the side the head turns away from shows wider."""
     y = lay.eye_y + 3.0
     widths = (2.5 * (1 + 0.35 * lay.turn), 2.5 * (1 - 0.35 * lay.turn))
-    return [(L_EAR, _ellipse(lay.cx - lay.rx, y, widths[0], 4.0)),
-            (R_EAR, _ellipse(lay.cx + lay.rx, y, widths[1], 4.0))]
+    return [
+        (L_EAR, _ellipse(lay.cx - lay.rx, y, widths[0], 4.0)),
+        (R_EAR, _ellipse(lay.cx + lay.rx, y, widths[1], 4.0)),
+    ]
 
 
 def _earrings(lay: _Layout) -> np.ndarray:
@@ -344,8 +372,9 @@ def _neckline(lay: _Layout) -> np.ndarray:
 def _necklace(lay: _Layout) -> np.ndarray:
     ncx, top = lay.neck_x, lay.cloth_top
     img = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
-    ImageDraw.Draw(img).arc([ncx - lay.neck_w - 0.5, top - 7, ncx + lay.neck_w + 0.5, top + 1.5], 10, 170,
-                            fill=1, width=1)
+    ImageDraw.Draw(img).arc(
+        [ncx - lay.neck_w - 0.5, top - 7, ncx + lay.neck_w + 0.5, top + 1.5], 10, 170, fill=1, width=1
+    )
     return np.asarray(img, bool)
 
 
@@ -362,7 +391,7 @@ def _hair_front(lay: _Layout) -> np.ndarray:
     head = _ellipse(lay.cx, lay.cy - 1.5, lay.rx + volume, lay.ry + volume)
     side = np.clip(np.abs(_XX - lay.cx) / lay.rx, 0, 1)
     power = 6.0 if lay.hair_style == "fringe" else 2.5  # a fringe stays low across the whole forehead
-    hairline = lay.hairline + (lay.eye_y + 1 - lay.hairline) * side ** power
+    hairline = lay.hairline + (lay.eye_y + 1 - lay.hairline) * side**power
     return head & (_YY < hairline)
 
 
@@ -383,9 +412,13 @@ def _glasses(lay: _Layout) -> np.ndarray:
     left, right = lay.eye_xs
     outer = lay.eye_rx + 2.0
     y = lay.eye_y - 0.5
-    frame = _lines([[(left + outer - 0.5, y), (right - outer + 0.5, y)],
-                    [(left - outer, y), (lay.cx - lay.rx - 1, y)],
-                    [(right + outer, y), (lay.cx + lay.rx + 1, y)]])
+    frame = _lines(
+        [
+            [(left + outer - 0.5, y), (right - outer + 0.5, y)],
+            [(left - outer, y), (lay.cx - lay.rx - 1, y)],
+            [(right + outer, y), (lay.cx + lay.rx + 1, y)],
+        ]
+    )
     return frame | np.logical_or.reduce(_lenses(lay))
 
 
@@ -508,16 +541,16 @@ def _add_details(image: np.ndarray, labels: np.ndarray, lay: _Layout, look: _Loo
     image[eyes & iris] = look.iris
 
     nx = lay.nose_x
-    nostrils = (_ellipse(nx - lay.nose_w * 0.5, lay.nose_bottom - 0.5, 0.8, 0.8)
-                | _ellipse(nx + lay.nose_w * 0.5, lay.nose_bottom - 0.5, 0.8, 0.8))
+    nostrils = _ellipse(nx - lay.nose_w * 0.5, lay.nose_bottom - 0.5, 0.8, 0.8) | _ellipse(
+        nx + lay.nose_w * 0.5, lay.nose_bottom - 0.5, 0.8, 0.8
+    )
     image[nostrils & (labels == NOSE)] *= 0.6
 
     teeth = (labels == MOUTH) & (_YY < lay.mouth_y) & (lay.mouth_gap >= 2.2)
     image[teeth] = (228, 222, 205)
 
     if lay.glasses:
-        inner = np.logical_or.reduce(
-            [_ellipse(x, lay.eye_y, lay.eye_rx + 1.0, lay.eye_ry + 0.8) for x in lay.eye_xs])
+        inner = np.logical_or.reduce([_ellipse(x, lay.eye_y, lay.eye_rx + 1.0, lay.eye_ry + 0.8) for x in lay.eye_xs])
         lens = inner & (labels == EYE_G)
         tinted = _skin_layer(lay, look) * 0.75 + np.array([175, 200, 225], np.float32) * 0.25
         image[lens] = tinted[lens]
@@ -536,8 +569,12 @@ def _wrinkles(lay: _Layout, age: int) -> np.ndarray:
     nx = lay.nose_x
     if age >= 2:
         for side in (-1, 1):
-            segments.append([(nx + side * (lay.nose_w + 1.5), lay.nose_bottom - 1),
-                             (lay.fx + side * (lay.mouth_w + 1.0), lay.mouth_y + 2)])
+            segments.append(
+                [
+                    (nx + side * (lay.nose_w + 1.5), lay.nose_bottom - 1),
+                    (lay.fx + side * (lay.mouth_w + 1.0), lay.mouth_y + 2),
+                ]
+            )
     if age >= 3:
         for side, x in zip((-1, 1), lay.eye_xs):
             corner = x + side * (lay.eye_rx + 1.0)
@@ -574,8 +611,9 @@ def _beard_region(labels: np.ndarray, lay: _Layout, beard: int) -> np.ndarray:
     return region
 
 
-def _apply_beard(image: np.ndarray, labels: np.ndarray, lay: _Layout, look: _Look, beard: int, age: int,
-                 tex: _Texture) -> None:
+def _apply_beard(
+    image: np.ndarray, labels: np.ndarray, lay: _Layout, look: _Look, beard: int, age: int, tex: _Texture
+) -> None:
     """A solid beard with strand shading over its region: young, darker than both hair and skin; greying with age.
 
     It greys less than the hair (60% of the way to white), and a grey that comes out as bright as the skin
@@ -698,7 +736,6 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 def _write_json(path: pathlib.Path, obj) -> None:
     _write_atomic(path, json.dumps(obj, indent=1).encode())
-
 
 
 def write_dataset(root, count: int, seed: int = 0) -> pathlib.Path:

@@ -104,8 +104,13 @@ def _background_rows(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return means[np.searchsorted(rows, nearest)]
 
 
-def render(image: np.ndarray, labels: np.ndarray, camera_labels: np.ndarray, resolution: int = toy_faces.IMAGE_SIZE,
-           proxy: Proxy = PROXY) -> dict[str, np.ndarray]:
+def render(
+    image: np.ndarray,
+    labels: np.ndarray,
+    camera_labels: np.ndarray,
+    resolution: int = toy_faces.IMAGE_SIZE,
+    proxy: Proxy = PROXY,
+) -> dict[str, np.ndarray]:
     """A toy face (image [64, 64, 3] in [-1, 1], label map [64, 64]) seen by cameras [V, 25]:
     image [V, R, R, 3] float32, labels [V, R, R] uint8, depth [V, R, R, 1] float32.
 
@@ -123,9 +128,11 @@ def render(image: np.ndarray, labels: np.ndarray, camera_labels: np.ndarray, res
     colours = np.where(hidden_by_head[..., None], _background_rows(image, labels)[nearest[..., 1]], colours)
     seen = np.where(hidden_by_head, toy_faces.BACKGROUND, seen)
     views = len(camera_labels)
-    return {"image": colours.reshape(views, resolution, resolution, 3).astype(np.float32),
-            "labels": seen.reshape(views, resolution, resolution).astype(np.uint8),
-            "depth": depth.reshape(views, resolution, resolution, 1).astype(np.float32)}
+    return {
+        "image": colours.reshape(views, resolution, resolution, 3).astype(np.float32),
+        "labels": seen.reshape(views, resolution, resolution).astype(np.uint8),
+        "depth": depth.reshape(views, resolution, resolution, 1).astype(np.float32),
+    }
 
 
 class ToyViews:

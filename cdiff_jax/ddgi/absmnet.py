@@ -48,7 +48,8 @@ class AbSMNet(nnx.Module):
         channels = 2 * sum(c for _, c in cfg.levels)
         widths = [channels] + [cfg.modulation_channels] * int(math.log2(cfg.modulation_size))
         self.convs = nnx.List(
-            [conv(a, b, 3, stride=2, padding=1, forms=forms, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+            [conv(a, b, 3, stride=2, padding=1, forms=forms, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+        )
         # Zero-initialised: gamma 1 and beta 0, so that w = w^m at the start.
         self.gamma = linear(widths[-1], cfg.num_ws * cfg.w_dim, zero_init=True, forms=forms, rngs=rngs)
         self.beta = linear(widths[-1], cfg.num_ws * cfg.w_dim, zero_init=True, forms=forms, rngs=rngs)

@@ -22,13 +22,15 @@ def is_3d(generator) -> bool:
 
 def frontal_cameras(cfg: EG3DConfig, batch: int) -> np.ndarray:
     """[batch, 25] labels of the frontal camera at the generator's average radius and pivot."""
-    camera = orbit_cameras([0.0], [0.0], radius=cfg.avg_camera_radius, pivot=cfg.avg_camera_pivot,
-                           fov_degrees=cfg.fov_degrees)
+    camera = orbit_cameras(
+        [0.0], [0.0], radius=cfg.avg_camera_radius, pivot=cfg.avg_camera_pivot, fov_degrees=cfg.fov_degrees
+    )
     return np.repeat(camera, batch, axis=0)
 
 
-def gan_images(generator, ws: jax.Array, key: jax.Array | None, cameras: jax.Array | None = None,
-               resolution: int | None = None) -> jax.Array:
+def gan_images(
+    generator, ws: jax.Array, key: jax.Array | None, cameras: jax.Array | None = None, resolution: int | None = None
+) -> jax.Array:
     """Images [B, R, R, 3] of W+ codes ws [B, num_ws, w_dim]; `key`, `cameras` [B, 25] and the neural rendering
     `resolution` (default the generator's; fewer rays where a cheaper rendering will do) for EG3D only."""
     batch = ws.shape[0]

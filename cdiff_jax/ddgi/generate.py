@@ -33,9 +33,19 @@ class DDGIResult:
     diffusion_images: jax.Array | None  # I^d_0, the sampler's own decoded images (None unless asked for)
 
 
-def ddgi_sample(system, heads, generator, conditions: dict, x_T: jax.Array, key: jax.Array,
-                settings: SamplerSettings, at_step: int, experts: tuple[str, ...], *,
-                diffusion_images: bool = False) -> DDGIResult:
+def ddgi_sample(
+    system,
+    heads,
+    generator,
+    conditions: dict,
+    x_T: jax.Array,
+    key: jax.Array,
+    settings: SamplerSettings,
+    at_step: int,
+    experts: tuple[str, ...],
+    *,
+    diffusion_images: bool = False,
+) -> DDGIResult:
     """DDGI's images of `conditions` (as `sample` takes them); `experts` are the modalities the heads read.
 
     The sampler runs `at_step - 1` steps before the reading; with `diffusion_images` it then runs on to I^d_0, the
@@ -43,23 +53,39 @@ def ddgi_sample(system, heads, generator, conditions: dict, x_T: jax.Array, key:
     if not 1 <= at_step <= settings.steps:
         raise ValueError(f"at_step {at_step}: DDGI reads one of the sampler's steps 1..{settings.steps}")
     if settings.guided:
-        raise ValueError("DDGI samples without classifier-free guidance (the heads were trained on unguided "
-                         "trajectories); give settings with guided=()")
+        raise ValueError(
+            "DDGI samples without classifier-free guidance (the heads were trained on unguided "
+            "trajectories); give settings with guided=()"
+        )
     settings = dataclasses.replace(settings, record=False)  # nothing is recorded: one program for either value
     plan = settings.plan(alphas_cumprod(system.cfg.schedule))
     # The timestep read is an input of the program, as in training and the toy evaluation (a constant could be
     # folded at compile time and round the time embedding differently).
     t = jnp.full((x_T.shape[0],), plan.timesteps[at_step - 1], jnp.int32)
     system_parts = nnx.split(system)
-    images, ws, contexts, state = _read_program(*system_parts, *nnx.split(heads), *nnx.split(generator), conditions,
-                                                x_T, t, key, settings, at_step, experts)
+    images, ws, contexts, state = _read_program(
+        *system_parts, *nnx.split(heads), *nnx.split(generator), conditions, x_T, t, key, settings, at_step, experts
+    )
     diffusion = _finish_program(*system_parts, contexts, state, key, settings, at_step) if diffusion_images else None
     return DDGIResult(images=images, ws=ws, diffusion_images=diffusion)
 
 
 @jax.jit(static_argnames=("system_graphdef", "heads_graphdef", "gan_graphdef", "settings", "at_step", "experts"))
-def _read_program(system_graphdef, system_state, heads_graphdef, heads_state, gan_graphdef, gan_state, conditions,
-                  x_T, t, key, settings, at_step, experts):
+def _read_program(
+    system_graphdef,
+    system_state,
+    heads_graphdef,
+    heads_state,
+    gan_graphdef,
+    gan_state,
+    conditions,
+    x_T,
+    t,
+    key,
+    settings,
+    at_step,
+    experts,
+):
     """(G's images, W+ codes, the contexts, the solver state at the input of step `at_step`)."""
     system = nnx.merge(system_graphdef, system_state)
     generator = nnx.merge(gan_graphdef, gan_state)
@@ -67,8 +93,9 @@ def _read_program(system_graphdef, system_state, heads_graphdef, heads_state, ga
     plan = settings.plan(alphas_cumprod(system.cfg.schedule))
     state, _ = solver_steps(system, contexts, None, plan, settings, solvers.initial(plan, x_T), key, 0, at_step - 1)
     features = read_features(system, solvers.current_sample(state), t, conditions, experts)
-    codes = nnx.merge(heads_graphdef, heads_state)(features.middle, features.decoder, features.attention,
-                                                   features.content, generator.mapping.w_avg[...])
+    codes = nnx.merge(heads_graphdef, heads_state)(
+        features.middle, features.decoder, features.attention, features.content, generator.mapping.w_avg[...]
+    )
     images = gan_images(generator, codes.w, jax.random.fold_in(key, at_step))
     return images, codes.w, contexts, state
 

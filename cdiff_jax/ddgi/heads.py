@@ -58,10 +58,15 @@ def load_heads(directory: str | os.PathLike) -> DDGIHeads:
     """Rebuild `DDGIHeads` from a directory written by `save_heads` (a DDGI stage's WORKDIR/heads)."""
     directory = pathlib.Path(directory).absolute()
     config_file = directory / CONFIG_FILE
-    if (not config_file.is_file() or not (directory / PARAMS_DIR).is_dir()
-            or '"num_ws"' not in config_file.read_text(errors="replace")):
-        raise NotACheckpointError(f"{directory} holds no DDGI heads (expected {CONFIG_FILE} of a DDGIHeadsConfig and "
-                                  f"{PARAMS_DIR}/): train them with the ddgi_mapping stage")
+    if (
+        not config_file.is_file()
+        or not (directory / PARAMS_DIR).is_dir()
+        or '"num_ws"' not in config_file.read_text(errors="replace")
+    ):
+        raise NotACheckpointError(
+            f"{directory} holds no DDGI heads (expected {CONFIG_FILE} of a DDGIHeadsConfig and "
+            f"{PARAMS_DIR}/): train them with the ddgi_mapping stage"
+        )
     cfg = read_config(directory, DDGIHeadsConfig.from_json)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: DDGIHeads(cfg, rngs=nnx.Rngs(0))))
     nnx.replace_by_pure_dict(state, read_params(directory, nnx.to_pure_dict(state)))

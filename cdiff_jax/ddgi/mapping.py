@@ -27,7 +27,8 @@ class StyleHead(nnx.Module):
         forms = kernel_forms()
         widths = [in_channels] + [channels] * int(math.log2(size))
         self.convs = nnx.List(
-            [conv(a, b, 3, stride=2, padding=1, forms=forms, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+            [conv(a, b, 3, stride=2, padding=1, forms=forms, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+        )
         self.out = linear(widths[-1], w_dim, zero_init=True, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -58,8 +58,12 @@ class TrajectorySettings:
             raise ValueError(f"TrajectorySettings: kept steps {bad or '()'} must lie in 1..{self.steps}")
 
 
-def build_cache(system: LatentDiffusionSystem, examples: Sequence[dict], directory: str | os.PathLike,
-                settings: TrajectorySettings = TrajectorySettings()) -> pathlib.Path:
+def build_cache(
+    system: LatentDiffusionSystem,
+    examples: Sequence[dict],
+    directory: str | os.PathLike,
+    settings: TrajectorySettings = TrajectorySettings(),
+) -> pathlib.Path:
     """Sample every example with all of the system's modalities and write the cache to `directory`
     (which must not exist). `examples`: dicts with "image" (uint8 [R, R, 3]) and each modality's field."""
     directory = pathlib.Path(directory)
@@ -82,9 +86,15 @@ def build_cache(system: LatentDiffusionSystem, examples: Sequence[dict], directo
     parts = {name: [] for name in ARRAYS}
     timesteps = None
     for start in bar(range(0, len(examples), settings.batch), "trajectories", unit="batch"):
-        chunk = examples[start:start + settings.batch]
-        result = sample(graphdef, state, parse_conditions(cfg, chunk), noise[start:start + len(chunk)],
-                        jax.random.fold_in(jax.random.key(settings.seed + 1), start), sampler)
+        chunk = examples[start : start + settings.batch]
+        result = sample(
+            graphdef,
+            state,
+            parse_conditions(cfg, chunk),
+            noise[start : start + len(chunk)],
+            jax.random.fold_in(jax.random.key(settings.seed + 1), start),
+            sampler,
+        )
         trajectory = result.trajectory
         parts["x_t"].append(np.asarray(trajectory.x_t)[kept].swapaxes(0, 1))
         parts["diffusion_image"].append(viz.to_uint8(result.images))
@@ -103,9 +113,15 @@ def build_cache(system: LatentDiffusionSystem, examples: Sequence[dict], directo
             else:
                 np.save(tmp / f"condition_{name}.npy", np.stack(values))
                 conditions[name] = {"field": field}
-        header = {"count": len(examples), "steps": settings.steps, "kept": list(settings.kept),
-                  "timesteps": timesteps.tolist(), "eta": settings.eta, "seed": settings.seed,
-                  "conditions": conditions}
+        header = {
+            "count": len(examples),
+            "steps": settings.steps,
+            "kept": list(settings.kept),
+            "timesteps": timesteps.tolist(),
+            "eta": settings.eta,
+            "seed": settings.seed,
+            "conditions": conditions,
+        }
         (tmp / HEADER).write_text(json.dumps(header, indent=1))
         os.replace(tmp, directory)
     except BaseException:
@@ -131,8 +147,10 @@ class TrajectoryCache:
         self.directory = pathlib.Path(directory)
         header_file = self.directory / HEADER
         if not header_file.is_file():
-            raise FileNotFoundError(f"{self.directory} is not a DDGI trajectory cache (no {HEADER}); write one with "
-                                    "cdiff_jax.ddgi.trajectories.build_cache")
+            raise FileNotFoundError(
+                f"{self.directory} is not a DDGI trajectory cache (no {HEADER}); write one with "
+                "cdiff_jax.ddgi.trajectories.build_cache"
+            )
         self.header = json.loads(header_file.read_text())
         self.timesteps = np.asarray(self.header["timesteps"], np.int32)
         self.kept = tuple(self.header["kept"])

@@ -50,8 +50,9 @@ class EqualWeights:
 MODES = ("released", "plain", "linear", "equal")
 
 
-def rule_for_mode(mode: str, modalities: Mapping[str, str] | Sequence[str], mask_scale: float = 2.0,
-                  num_timesteps: int = 1000) -> Reweighting | EqualWeights | None:
+def rule_for_mode(
+    mode: str, modalities: Mapping[str, str] | Sequence[str], mask_scale: float = 2.0, num_timesteps: int = 1000
+) -> Reweighting | EqualWeights | None:
     """The combination rule a sampler's `--mode` names: released (cosine decay of the spatial modalities'
     weight, then x mask_scale), linear (linear decay, then x mask_scale), plain (the softmax of training)
     or equal. `modalities` maps the sampled modalities' names to their kinds (plain names: see
@@ -64,8 +65,12 @@ def rule_for_mode(mode: str, modalities: Mapping[str, str] | Sequence[str], mask
     spatial = spatial_names(modalities)
     if mode == "plain" or not spatial or len(spatial) == len(modalities):
         return None
-    return Reweighting(decayed=spatial, schedule="cosine" if mode == "released" else "linear", scale=mask_scale,
-                       num_timesteps=num_timesteps)
+    return Reweighting(
+        decayed=spatial,
+        schedule="cosine" if mode == "released" else "linear",
+        scale=mask_scale,
+        num_timesteps=num_timesteps,
+    )
 
 
 def decay(t: jax.Array, schedule: str, num_timesteps: int = 1000) -> jax.Array:

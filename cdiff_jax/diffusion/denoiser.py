@@ -51,8 +51,9 @@ def predict(
     names = tuple(contexts)
     expert_eps = jnp.stack([_expert_eps(system, n, x, t, contexts[n], guidance, freeu) for n in names])
     if len(names) == 1:
-        return Prediction(eps=expert_eps[0], expert_eps=expert_eps, logits=None,
-                          weights=jnp.ones_like(expert_eps[..., :1]))
+        return Prediction(
+            eps=expert_eps[0], expert_eps=expert_eps, logits=None, weights=jnp.ones_like(expert_eps[..., :1])
+        )
     if isinstance(reweighting, EqualWeights):
         weights = jnp.full_like(expert_eps[..., :1], 1.0 / len(names))
         return Prediction(eps=combine(expert_eps, weights), expert_eps=expert_eps, logits=None, weights=weights)
@@ -99,7 +100,9 @@ def _expert_eps(system, name, x, t, context, guidance, freeu):
     if guidance is None:
         return expert(x, t, context, freeu)
     both = expert(
-        jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([context, guidance.null_contexts[name]]),
+        jnp.concatenate([x, x]),
+        jnp.concatenate([t, t]),
+        jnp.concatenate([context, guidance.null_contexts[name]]),
         freeu,
     )
     cond, null = jnp.split(both, 2)

@@ -65,8 +65,9 @@ def visited_timesteps(name: str, spacing: str | None, num_timesteps: int, steps:
     return multistep_timesteps(num_timesteps, steps, spacing)
 
 
-def make_plan(name: str, order: int | None, spacing: str | None, alphas_cumprod: np.ndarray, steps: int,
-              eta: float) -> DDIMCoefficients | MultistepPlan:
+def make_plan(
+    name: str, order: int | None, spacing: str | None, alphas_cumprod: np.ndarray, steps: int, eta: float
+) -> DDIMCoefficients | MultistepPlan:
     """The per-step constants of `steps` steps of solver `name` on the schedule `alphas_cumprod`."""
     order, spacing = resolve(name, order, spacing)
     if name == "ddim":

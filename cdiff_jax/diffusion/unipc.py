@@ -34,8 +34,17 @@ def _r_and_b(rks: np.ndarray, h: float, order: int) -> tuple[np.ndarray, np.ndar
     return np.stack(rows), np.array(b), h_phi_1, b_h
 
 
-def _update(lam: np.ndarray, alpha: np.ndarray, sigma: np.ndarray, start: int, end: int, order: int,
-            newest: np.ndarray, older: list[np.ndarray], corrector_input: np.ndarray | None):
+def _update(
+    lam: np.ndarray,
+    alpha: np.ndarray,
+    sigma: np.ndarray,
+    start: int,
+    end: int,
+    order: int,
+    newest: np.ndarray,
+    older: list[np.ndarray],
+    corrector_input: np.ndarray | None,
+):
     """The weights of one UniP (corrector_input None) or UniC update from the sample at `start` to `end`:
     (weight of the starting sample, weights on the history). `newest` is m0 of the update, `older`
     the predictions before it (at start - 1, start - 2, ...), `corrector_input` UniC's new prediction."""
@@ -65,8 +74,9 @@ def unipc_plan(alphas_cumprod: np.ndarray, steps: int, order: int, spacing: str 
     for i in range(steps):
         row = {}
         if i > 0:  # UniC: correct the sample at i (started from i - 1) with the prediction just made
-            with_previous, correct = _update(lam, alpha, sigma, i - 1, i, previous_order, history[1], history[2:],
-                                             corrector_input=history[0])
+            with_previous, correct = _update(
+                lam, alpha, sigma, i - 1, i, previous_order, history[1], history[2:], corrector_input=history[0]
+            )
             row = {"keep": 0.0, "from_previous": with_previous, "correct": correct}
         this_order = min(order, steps - i, i + 1)
         with np.errstate(divide="ignore", invalid="ignore"):  # the last step (sigma 0) is first order

@@ -46,21 +46,57 @@ def imagic_loss(expert: nnx.Module, schedule: Schedule, z0: jax.Array, context: 
     return jnp.mean((expert(q_sample(schedule, z0, t, noise), t, context) - noise) ** 2)
 
 
-def optimise_embedding(expert: nnx.Module, schedule: Schedule, z0: jax.Array, context: jax.Array, key: jax.Array,
-                       settings: ImagicSettings = ImagicSettings(), progress: Callable | None = None):
+def optimise_embedding(
+    expert: nnx.Module,
+    schedule: Schedule,
+    z0: jax.Array,
+    context: jax.Array,
+    key: jax.Array,
+    settings: ImagicSettings = ImagicSettings(),
+    progress: Callable | None = None,
+):
     """Stage A: (optimised context, per-iteration losses), starting from the target `context`."""
     graphdef, params = nnx.split(expert)
-    context, losses = _iterate("embedding", graphdef, context, params, settings.embedding_lr, schedule, z0, key,
-                               settings.embedding_iterations, settings, progress)
+    context, losses = _iterate(
+        "embedding",
+        graphdef,
+        context,
+        params,
+        settings.embedding_lr,
+        schedule,
+        z0,
+        key,
+        settings.embedding_iterations,
+        settings,
+        progress,
+    )
     return context, losses
 
 
-def finetune_expert(expert: nnx.Module, schedule: Schedule, z0: jax.Array, context: jax.Array, key: jax.Array,
-                    settings: ImagicSettings = ImagicSettings(), progress: Callable | None = None):
+def finetune_expert(
+    expert: nnx.Module,
+    schedule: Schedule,
+    z0: jax.Array,
+    context: jax.Array,
+    key: jax.Array,
+    settings: ImagicSettings = ImagicSettings(),
+    progress: Callable | None = None,
+):
     """Stage B: (fine-tuned expert parameters as an nnx.State, per-iteration losses) for a fixed context."""
     graphdef, params = nnx.split(expert)
-    params, losses = _iterate("finetune", graphdef, params, context, settings.finetune_lr, schedule, z0, key,
-                              settings.finetune_iterations, settings, progress)
+    params, losses = _iterate(
+        "finetune",
+        graphdef,
+        params,
+        context,
+        settings.finetune_lr,
+        schedule,
+        z0,
+        key,
+        settings.finetune_iterations,
+        settings,
+        progress,
+    )
     return params, losses
 
 
@@ -75,13 +111,28 @@ def _iterate(stage, graphdef, trained, fixed, learning_rate, schedule, z0, key, 
     while done < iterations:
         count = min(chunk, iterations - done)
         trained, opt_state, chunk_losses, applied = _adam_iterations(
-            graphdef, trained, fixed, opt_state, schedule, z0, key, jnp.int32(done), stage=stage,
-            learning_rate=learning_rate, count=count, policy=policy)
+            graphdef,
+            trained,
+            fixed,
+            opt_state,
+            schedule,
+            z0,
+            key,
+            jnp.int32(done),
+            stage=stage,
+            learning_rate=learning_rate,
+            count=count,
+            policy=policy,
+        )
         rejected = first_rejected(applied)
         if rejected is not None:
             bad = done + rejected + 1
-            raise NonFiniteStep(f"Imagic stage {stage!r}: non-finite loss or gradient at iteration {bad}; "
-                                "check the image's latent and the learning rate", bad, trained)
+            raise NonFiniteStep(
+                f"Imagic stage {stage!r}: non-finite loss or gradient at iteration {bad}; "
+                "check the image's latent and the learning rate",
+                bad,
+                trained,
+            )
         losses.append(np.asarray(chunk_losses))
         done += count
         if progress is not None:
@@ -89,11 +140,14 @@ def _iterate(stage, graphdef, trained, fixed, learning_rate, schedule, z0, key, 
     return trained, np.concatenate(losses) if losses else np.zeros((0,), np.float32)
 
 
-@jax.jit(static_argnames=("graphdef", "stage", "learning_rate", "count", "policy"),
-         donate_argnames=("trained", "opt_state"))
-def _adam_iterations(graphdef, trained, fixed, opt_state, schedule, z0, key, start, *, stage, learning_rate, count,
-                     policy: LoopPolicy):
+@jax.jit(
+    static_argnames=("graphdef", "stage", "learning_rate", "count", "policy"), donate_argnames=("trained", "opt_state")
+)
+def _adam_iterations(
+    graphdef, trained, fixed, opt_state, schedule, z0, key, start, *, stage, learning_rate, count, policy: LoopPolicy
+):
     tx = adam(learning_rate)  # built here, not passed: an optax object is a new static argument every time
+
     def loss_fn(variable, iteration_key):
         if stage == "embedding":  # the variable is the context, `fixed` the expert's parameters
             return imagic_loss(nnx.merge(graphdef, fixed), schedule, z0, variable, iteration_key)

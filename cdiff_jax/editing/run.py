@@ -91,8 +91,9 @@ def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> 
     autoencoder = nnx.split(system.autoencoder)
     latent = latents.latent_shape(cfg, *image.shape[1:3])
     # The reference edits a posterior sample of the image's latent, drawn once.
-    z0 = latents.encode_latent(*autoencoder, image, normal(jax.random.fold_in(key, POSTERIOR_STREAM),
-                                                                      (1,) + latent, image.dtype))
+    z0 = latents.encode_latent(
+        *autoencoder, image, normal(jax.random.fold_in(key, POSTERIOR_STREAM), (1,) + latent, image.dtype)
+    )
     viz.save_png(out / "input.png", viz.to_uint8(np.asarray(image[0])))
     viz.save_png(out / "reconstruction.png", viz.to_uint8(np.asarray(latents.decode_latent(*autoencoder, z0)[0])))
 
@@ -100,20 +101,37 @@ def edit(request: EditRequest, sweep: SweepRequest, out: str | pathlib.Path) -> 
     for index, (name, condition) in enumerate(conditions.items()):
         modality = system.modalities[name]
         stage_key = jax.random.fold_in(key, MODALITY_STREAMS + index)
-        targets[name], optimised[name] = _stage_a(out / name, modality, condition, schedule, z0,
-                                                   jax.random.fold_in(stage_key, STAGE_A_STREAM), request.imagic)
-        tuned = _stage_b(out / name, modality.expert, schedule, z0, optimised[name],
-                         jax.random.fold_in(stage_key, STAGE_B_STREAM), request.imagic)
+        targets[name], optimised[name] = _stage_a(
+            out / name, modality, condition, schedule, z0, jax.random.fold_in(stage_key, STAGE_A_STREAM), request.imagic
+        )
+        tuned = _stage_b(
+            out / name,
+            modality.expert,
+            schedule,
+            z0,
+            optimised[name],
+            jax.random.fold_in(stage_key, STAGE_B_STREAM),
+            request.imagic,
+        )
         nnx.update(modality.expert, tuned)
 
     rule = rule_for_mode(sweep.mode, list(targets), sweep.mask_scale, cfg.schedule.timesteps)
-    settings = SamplerSettings(steps=sweep.steps, eta=sweep.eta, solver=sweep.solver, order=sweep.order,
-                               reweighting=rule)
+    settings = SamplerSettings(
+        steps=sweep.steps, eta=sweep.eta, solver=sweep.solver, order=sweep.order, reweighting=rule
+    )
     x_T = normal(jax.random.fold_in(key, START_NOISE_STREAM), (sweep.batch,) + latent)
     log.info("sampling %d alphas x %d ...", len(next(iter(sweep.alphas.values()))), sweep.batch)
     with SamplingBar("sweep") as progress:
-        images = alpha_sweep(system, targets, optimised, {n: np.asarray(sweep.alphas[n]) for n in targets}, x_T,
-                             jax.random.fold_in(key, STEP_NOISE_STREAM), settings, on_step=progress)
+        images = alpha_sweep(
+            system,
+            targets,
+            optimised,
+            {n: np.asarray(sweep.alphas[n]) for n in targets},
+            x_T,
+            jax.random.fold_in(key, STEP_NOISE_STREAM),
+            settings,
+            on_step=progress,
+        )
     require_finite(images.reshape((-1,) + images.shape[2:]))
     return _write_sweep(out, request, sweep, viz.to_uint8(images))
 
@@ -148,11 +166,17 @@ def validate(request: EditRequest, sweep: SweepRequest):
 
 def edit_identity(request: EditRequest, cfg) -> dict:
     """What the stored stages depend on; files are identified by their content, not their names."""
-    targets = {name: {"caption": target} if cfg.modalities[name].kind == "text" else {"mask_sha256": _sha256(target)}
-               for name, target in request.targets.items()}
-    return {"checkpoint": str(pathlib.Path(request.checkpoint).resolve()), "image_sha256": _sha256(request.image),
-            "targets": targets, "seed": request.seed,
-            "imagic": {k: v for k, v in dataclasses.asdict(request.imagic).items() if k != "chunk"}}
+    targets = {
+        name: {"caption": target} if cfg.modalities[name].kind == "text" else {"mask_sha256": _sha256(target)}
+        for name, target in request.targets.items()
+    }
+    return {
+        "checkpoint": str(pathlib.Path(request.checkpoint).resolve()),
+        "image_sha256": _sha256(request.image),
+        "targets": targets,
+        "seed": request.seed,
+        "imagic": {k: v for k, v in dataclasses.asdict(request.imagic).items() if k != "chunk"},
+    }
 
 
 def _sha256(path) -> str:
@@ -167,8 +191,10 @@ def _claim(out: pathlib.Path, identity: dict) -> None:
         stored = json.loads(manifest.read_text())
         differs = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
         if differs:
-            raise UsageError(f"{out} holds another edit (it differs in {', '.join(differs)}); "
-                             "choose a new --out, or give the same inputs to resume it")
+            raise UsageError(
+                f"{out} holds another edit (it differs in {', '.join(differs)}); "
+                "choose a new --out, or give the same inputs to resume it"
+            )
         log.info("resuming the edit in %s", out)
         return
     _write_json(manifest, identity)
@@ -183,8 +209,9 @@ def _stage_a(directory, modality, condition, schedule, z0, key, settings):
         saved = load_arrays(stored, {"target": e_target, "optimised": e_target})
         return saved["target"], saved["optimised"]
     with bar(settings.embedding_iterations, f"{directory.name} stage A (embedding)") as progress:
-        e_optimised, losses = optimise_embedding(modality.expert, schedule, z0, e_target, key, settings,
-                                                 _report(progress))
+        e_optimised, losses = optimise_embedding(
+            modality.expert, schedule, z0, e_target, key, settings, _report(progress)
+        )
     _write_json(directory / "losses_embedding.json", losses.tolist())
     save_arrays(stored, {"target": e_target, "optimised": e_optimised})
     return e_target, e_optimised
@@ -215,8 +242,10 @@ def _report(progress):
 
 def _write_sweep(out, request, sweep, images) -> pathlib.Path:
     """The sweep as a grid (rows: samples, columns: alphas) and one PNG per alpha and sample."""
-    record = {"alphas": {n: list(map(float, a)) for n, a in sweep.alphas.items() if n in request.targets},
-              **{k: v for k, v in dataclasses.asdict(sweep).items() if k != "alphas"}}
+    record = {
+        "alphas": {n: list(map(float, a)) for n, a in sweep.alphas.items() if n in request.targets},
+        **{k: v for k, v in dataclasses.asdict(sweep).items() if k != "alphas"},
+    }
     tag = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:8]
     directory = out / "sweeps" / f"seed{request.seed}-{tag}"
     names = list(record["alphas"])
@@ -230,7 +259,7 @@ def _write_sweep(out, request, sweep, images) -> pathlib.Path:
 
 
 def _alpha_label(alphas: dict) -> str:
-    """"a=0.5" when every modality has the same alpha, else "mask 1 text 0.5"."""
+    """ "a=0.5" when every modality has the same alpha, else "mask 1 text 0.5"."""
     if len(set(alphas.values())) == 1:
         return f"a={next(iter(alphas.values())):g}"
     return " ".join(f"{n} {a:g}" for n, a in alphas.items())
@@ -252,7 +281,7 @@ def parse_alphas(values: list[str], names: list[str]) -> dict:
             parsed = tuple(float(x) for x in numbers.split(","))
         except ValueError:
             raise UsageError(f"--alphas {value!r}: give numbers like 0,0.5,1 or text:0,0.5,1") from None
-        for target in ([name] if name else names):
+        for target in [name] if name else names:
             alphas[target] = parsed
     for name in names:
         if name not in alphas:
@@ -261,10 +290,12 @@ def parse_alphas(values: list[str], names: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="sample.py edit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(requests.DEMO_CHECKPOINT),
-                   help="our checkpoint (default: the demo models)")
+    p = argparse.ArgumentParser(
+        prog="sample.py edit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--checkpoint", default=str(requests.DEMO_CHECKPOINT), help="our checkpoint (default: the demo models)"
+    )
     p.add_argument("--image", required=True, help="the face to edit (PNG/JPEG, sides a multiple of the model's)")
     p.add_argument("--text", help="target caption")
     p.add_argument("--mask", help="target face-parsing mask (label PNG or CelebAMask-HQ colours)")
@@ -275,8 +306,12 @@ def main(argv=None) -> int:
     p.add_argument("--embedding-lr", type=float, default=defaults.embedding_lr)
     p.add_argument("--finetune-iterations", type=int, default=defaults.finetune_iterations, help="stage B")
     p.add_argument("--finetune-lr", type=float, default=defaults.finetune_lr)
-    p.add_argument("--chunk", type=int, default=defaults.chunk,
-                   help="iterations per compiled call (default: the backend's loop policy)")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=defaults.chunk,
+        help="iterations per compiled call (default: the backend's loop policy)",
+    )
     p.add_argument("--alphas", action="append", help=f"interpolation weights (default {DEFAULT_ALPHAS})")
     p.add_argument("--sampler", default="ddim", help=f"the sweep's sampler: {', '.join(requests.SAMPLER_NAMES)}")
     p.add_argument("--order", type=int, help="the solver's order (default: its own)")
@@ -289,12 +324,30 @@ def main(argv=None) -> int:
     configure_logging()
     targets = {name: value for name, value in (("mask", args.mask), ("text", args.text)) if value is not None}
     try:
-        request = EditRequest(args.checkpoint, args.image, targets, args.seed, ImagicSettings(
-            embedding_lr=args.embedding_lr, embedding_iterations=args.embedding_iterations,
-            finetune_lr=args.finetune_lr, finetune_iterations=args.finetune_iterations, chunk=args.chunk))
+        request = EditRequest(
+            args.checkpoint,
+            args.image,
+            targets,
+            args.seed,
+            ImagicSettings(
+                embedding_lr=args.embedding_lr,
+                embedding_iterations=args.embedding_iterations,
+                finetune_lr=args.finetune_lr,
+                finetune_iterations=args.finetune_iterations,
+                chunk=args.chunk,
+            ),
+        )
         sampler = requests.sampler(args.sampler, args.order, None, args.eta)
-        sweep = SweepRequest(parse_alphas(args.alphas, list(targets)), args.steps, sampler["eta"], args.mode,
-                             args.mask_scale, args.batch, sampler["solver"], sampler["order"])
+        sweep = SweepRequest(
+            parse_alphas(args.alphas, list(targets)),
+            args.steps,
+            sampler["eta"],
+            args.mode,
+            args.mask_scale,
+            args.batch,
+            sampler["solver"],
+            sampler["order"],
+        )
         with writing(args.out, "the finished stages are kept (free space, then run again to resume)", reads_too=True):
             directory = edit(request, sweep, args.out)
     except UsageError as err:

@@ -22,9 +22,17 @@ def interpolate(target: jax.Array, optimised: jax.Array, alpha) -> jax.Array:
     return alpha * target + (1 - alpha) * optimised
 
 
-def alpha_sweep(system, targets: dict[str, jax.Array], optimised: dict[str, jax.Array], alphas: dict[str, np.ndarray],
-                x_T: jax.Array, key: jax.Array, settings: SamplerSettings, per_call: int = 4,
-                on_step=None) -> np.ndarray:
+def alpha_sweep(
+    system,
+    targets: dict[str, jax.Array],
+    optimised: dict[str, jax.Array],
+    alphas: dict[str, np.ndarray],
+    x_T: jax.Array,
+    key: jax.Array,
+    settings: SamplerSettings,
+    per_call: int = 4,
+    on_step=None,
+) -> np.ndarray:
     """Images [K, n, H, W, 3] for K alphas (per modality, equal lengths) and n starting points x_T [n, ...].
 
     Contexts are [1, L, D] per modality. `per_call` alphas are sampled per device call (the last call
@@ -50,8 +58,9 @@ def alpha_sweep(system, targets: dict[str, jax.Array], optimised: dict[str, jax.
             contexts[name] = jnp.repeat(mixed, n, axis=0)
         tiled_x = jnp.tile(x_T, (per_call, 1, 1, 1))
         tiled_noise = jnp.tile(noise, (1, per_call, 1, 1, 1))
-        result = sample_from_contexts(graphdef, state, contexts, tiled_x, key, settings, step_noise=tiled_noise,
-                                      on_step=on_step)
+        result = sample_from_contexts(
+            graphdef, state, contexts, tiled_x, key, settings, step_noise=tiled_noise, on_step=on_step
+        )
         batch = np.asarray(result.images).reshape((per_call, n) + result.images.shape[1:])
         images.append(batch[: min(per_call, count - start)])
     return np.concatenate(images)

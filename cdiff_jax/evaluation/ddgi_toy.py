@@ -68,9 +68,15 @@ def sample_trajectories(system, examples: list[dict], *, steps: int, batch: int,
     noise = M.starting_noise(system.cfg, len(examples), seed)
     images, x_t, timesteps, seconds = [], [], None, 0.0
     for start in bar(range(0, len(examples), batch), "sampling", unit="batch"):
-        chunk = examples[start:start + batch]
-        args = (graphdef, state, M.example_conditions(system.cfg, ("mask", "text"), chunk),
-                noise[start:start + len(chunk)], M.step_noise_key(seed, start), settings)
+        chunk = examples[start : start + batch]
+        args = (
+            graphdef,
+            state,
+            M.example_conditions(system.cfg, ("mask", "text"), chunk),
+            noise[start : start + len(chunk)],
+            M.step_noise_key(seed, start),
+            settings,
+        )
         if start == 0:
             jax.block_until_ready(sample(*args))  # compile outside the timing
         began = time.perf_counter()
@@ -84,18 +90,30 @@ def sample_trajectories(system, examples: list[dict], *, steps: int, batch: int,
 
 @jax.jit(static_argnames=("system_graphdef", "heads_graphdef", "experts"))
 def _codes(system_graphdef, system_state, heads_graphdef, heads_state, w_avg, x_t, t, conditions, experts):
-    features = read_features(nnx.merge(system_graphdef, system_state), x_t, jnp.full((x_t.shape[0],), t), conditions,
-                             experts)
-    return nnx.merge(heads_graphdef, heads_state)(features.middle, features.decoder, features.attention,
-                                                  features.content, w_avg).w
+    features = read_features(
+        nnx.merge(system_graphdef, system_state), x_t, jnp.full((x_t.shape[0],), t), conditions, experts
+    )
+    return nnx.merge(heads_graphdef, heads_state)(
+        features.middle, features.decoder, features.attention, features.content, w_avg
+    ).w
 
 
 @jax.jit(static_argnames=("system_graphdef", "heads_graphdef", "gan_graphdef", "experts"))
-def _render(system_graphdef, system_state, heads_graphdef, heads_state, gan_graphdef, gan_state, x_t, t,
-            conditions, experts):
+def _render(
+    system_graphdef, system_state, heads_graphdef, heads_state, gan_graphdef, gan_state, x_t, t, conditions, experts
+):
     generator = nnx.merge(gan_graphdef, gan_state)
-    ws = _codes(system_graphdef, system_state, heads_graphdef, heads_state, generator.mapping.w_avg[...], x_t, t,
-                conditions, experts)
+    ws = _codes(
+        system_graphdef,
+        system_state,
+        heads_graphdef,
+        heads_state,
+        generator.mapping.w_avg[...],
+        x_t,
+        t,
+        conditions,
+        experts,
+    )
     return generator.synthesis(ws, generator.synthesis.noises(x_t.shape[0], "const", None, None))
 
 
@@ -104,13 +122,17 @@ def _readings(system, heads, examples: list[dict], trajectories: Trajectories, a
     conditions of the heads' experts."""
     t = trajectories.timesteps[at_step - 1]
     for start in range(0, len(examples), batch):
-        chunk = examples[start:start + batch]
-        yield (trajectories.x_t[start:start + len(chunk), at_step - 1], t,
-               M.example_conditions(system.cfg, heads.cfg.experts, chunk))
+        chunk = examples[start : start + batch]
+        yield (
+            trajectories.x_t[start : start + len(chunk), at_step - 1],
+            t,
+            M.example_conditions(system.cfg, heads.cfg.experts, chunk),
+        )
 
 
-def render(system, heads, generator, examples: list[dict], trajectories: Trajectories, at_step: int,
-           batch: int) -> tuple[np.ndarray, float]:
+def render(
+    system, heads, generator, examples: list[dict], trajectories: Trajectories, at_step: int, batch: int
+) -> tuple[np.ndarray, float]:
     """DDGI's uint8 images of the examples read at sampler step `at_step` (1-based), and the seconds per
     image of the heads and G (compilation excluded)."""
     parts = (*nnx.split(system), *nnx.split(heads), *nnx.split(generator))
@@ -126,13 +148,18 @@ def render(system, heads, generator, examples: list[dict], trajectories: Traject
     return np.concatenate(out), seconds / len(examples)
 
 
-def codes(system, heads, w_avg, examples: list[dict], trajectories: Trajectories, at_step: int,
-          batch: int) -> np.ndarray:
+def codes(
+    system, heads, w_avg, examples: list[dict], trajectories: Trajectories, at_step: int, batch: int
+) -> np.ndarray:
     """DDGI's W+ codes [N, num_ws, w_dim] of the examples read at sampler step `at_step` (1-based), for a
     generator whose w_avg is `w_avg` (EG3D's views are rendered from them)."""
     parts = (*nnx.split(system), *nnx.split(heads), w_avg)
-    return np.concatenate([np.asarray(_codes(*parts, *args, heads.cfg.experts))
-                           for args in _readings(system, heads, examples, trajectories, at_step, batch)])
+    return np.concatenate(
+        [
+            np.asarray(_codes(*parts, *args, heads.cfg.experts))
+            for args in _readings(system, heads, examples, trajectories, at_step, batch)
+        ]
+    )
 
 
 def _area_average(images: jax.Array, size: int) -> jax.Array:
@@ -143,8 +170,7 @@ def _area_average(images: jax.Array, size: int) -> jax.Array:
 
 
 @jax.jit(static_argnames=("gan_graphdef", "ae_graphdef", "tx", "policy", "resolution"))
-def _invert_steps(gan_graphdef, gan_state, ae_graphdef, ae_state, ws, opt_state, target, key, tx, policy,
-                  resolution):
+def _invert_steps(gan_graphdef, gan_state, ae_graphdef, ae_state, ws, opt_state, target, key, tx, policy, resolution):
     """One call's Adam steps of the inversion, and G's images of the codes after them. EG3D draws step n's
     uniforms from fold_in(key, n) and renders at `resolution`, the targets area-averaged to its images' size."""
     generator, autoencoder = nnx.merge(gan_graphdef, gan_state), nnx.merge(ae_graphdef, ae_state)
@@ -164,9 +190,17 @@ def _invert_steps(gan_graphdef, gan_state, ae_graphdef, ae_state, ws, opt_state,
     return ws, opt_state, gan_images(generator, ws, key, resolution=resolution)
 
 
-def invert(generator, autoencoder, targets: np.ndarray, *, steps: int, learning_rate: float = 0.05,
-           batch: int = 50, key: jax.Array | None = None,
-           resolution: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+def invert(
+    generator,
+    autoencoder,
+    targets: np.ndarray,
+    *,
+    steps: int,
+    learning_rate: float = 0.05,
+    batch: int = 50,
+    key: jax.Array | None = None,
+    resolution: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """W+ codes optimised (Adam, from w_avg) against each uint8 target, uint8 G(w) of them, and seconds per
     image. EG3D renders at its frontal camera and neural `resolution` (default its own; a lower one is a
     cheaper inversion), its renderer's uniforms drawn afresh at every step from `key`."""
@@ -176,7 +210,7 @@ def invert(generator, autoencoder, targets: np.ndarray, *, steps: int, learning_
     cfg = generator.cfg
     found, out, began = [], [], time.perf_counter()
     for start in bar(range(0, len(targets), batch), "inverting", unit="batch"):
-        target = J.from_uint8(targets[start:start + batch])
+        target = J.from_uint8(targets[start : start + batch])
         ws = jnp.broadcast_to(generator.mapping.w_avg[...], (target.shape[0], cfg.num_ws, cfg.w_dim))
         # committed to the device, as the steps' outputs are: an uncommitted start compiles the steps twice
         ws, opt_state = jax.device_put((ws, tx.init(ws)), jax.devices()[0])
@@ -194,9 +228,20 @@ def fidelity(images: np.ndarray, real: np.ndarray) -> dict:
     return {"ssim": float(jnp.mean(ssim(x, y))), "l2": float(jnp.mean(jnp.square(x - y)))}
 
 
-def run(gan_dir, mapping_heads_dir, heads_dir, *, checkpoint=DEMO_CHECKPOINT, judges_dir=M.DEMO_JUDGES,
-        ungated_heads_dir=None, count: int = 200, steps: int = 50, inversion_steps: int = 200,
-        batch: int = 50, seed: int = 0) -> tuple[dict, dict]:
+def run(
+    gan_dir,
+    mapping_heads_dir,
+    heads_dir,
+    *,
+    checkpoint=DEMO_CHECKPOINT,
+    judges_dir=M.DEMO_JUDGES,
+    ungated_heads_dir=None,
+    count: int = 200,
+    steps: int = 50,
+    inversion_steps: int = 200,
+    batch: int = 50,
+    seed: int = 0,
+) -> tuple[dict, dict]:
     """(results per row, uint8 images per row)."""
     system, generator = load_system(checkpoint), load_generator(gan_dir)
     heads = {"M": load_heads(mapping_heads_dir), "M + T": load_heads(heads_dir)}
@@ -209,7 +254,8 @@ def run(gan_dir, mapping_heads_dir, heads_dir, *, checkpoint=DEMO_CHECKPOINT, ju
     images, seconds = {"real images": real}, {"real images": None}
     log.info("W+ inversion of the real faces (%d steps)", inversion_steps)
     _, images["GAN W+ inversion (ceiling)"], seconds["GAN W+ inversion (ceiling)"] = invert(
-        generator, system.autoencoder, real, steps=inversion_steps, batch=batch)
+        generator, system.autoencoder, real, steps=inversion_steps, batch=batch
+    )
     trajectories = sample_trajectories(system, examples, steps=steps, batch=batch, seed=seed)
     images["diffusion I^d_0"] = trajectories.diffusion_images
     seconds["diffusion I^d_0"] = trajectories.seconds_per_image
@@ -228,13 +274,17 @@ def run(gan_dir, mapping_heads_dir, heads_dir, *, checkpoint=DEMO_CHECKPOINT, ju
 
 def table(results: dict) -> str:
     """The results as a Markdown table."""
-    lines = ["| row | mask accuracy | mIoU | beard accuracy | age accuracy | Frechet distance | SSIM | L2 | s/image |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | mask accuracy | mIoU | beard accuracy | age accuracy | Frechet distance | SSIM | L2 | s/image |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         frechet = f"{r['frechet']:.2f}" if "frechet" in r else "-"
         secs = f"{r['seconds_per_image']:.4f}" if r["seconds_per_image"] is not None else "-"
-        lines.append(f"| {name} | {r['mask_accuracy']:.3f} | {r['mask_miou']:.3f} | {r['beard_accuracy']:.3f} | "
-                     f"{r['age_accuracy']:.3f} | {frechet} | {r['ssim']:.3f} | {r['l2']:.4f} | {secs} |")
+        lines.append(
+            f"| {name} | {r['mask_accuracy']:.3f} | {r['mask_miou']:.3f} | {r['beard_accuracy']:.3f} | "
+            f"{r['age_accuracy']:.3f} | {frechet} | {r['ssim']:.3f} | {r['l2']:.4f} | {secs} |"
+        )
     return "\n".join(lines)
 
 
@@ -277,17 +327,44 @@ def main(argv=None) -> int:
     if args.steps < 10 or args.inversion_steps < 1:
         p.error("--steps must be at least 10 (rows read steps 1, 10 and the last) and --inversion-steps at least 1")
     try:
-        results, images = run(args.gan, args.mapping_heads, args.heads, checkpoint=args.checkpoint,
-                              judges_dir=args.judges, ungated_heads_dir=args.ungated_heads, count=args.count,
-                              steps=args.steps, inversion_steps=args.inversion_steps, batch=args.batch,
-                              seed=args.seed)
+        results, images = run(
+            args.gan,
+            args.mapping_heads,
+            args.heads,
+            checkpoint=args.checkpoint,
+            judges_dir=args.judges,
+            ungated_heads_dir=args.ungated_heads,
+            count=args.count,
+            steps=args.steps,
+            inversion_steps=args.inversion_steps,
+            batch=args.batch,
+            seed=args.seed,
+        )
     except (FileNotFoundError, NotACheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    settings = {k: getattr(args, k) for k in ("checkpoint", "gan", "mapping_heads", "heads", "ungated_heads",
-                                              "judges", "count", "steps", "inversion_steps", "seed")}
-    write_results(pathlib.Path(args.out), settings, results, table(results),
-                  picture(M.held_out_examples(min(8, args.count)), images))
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "checkpoint",
+            "gan",
+            "mapping_heads",
+            "heads",
+            "ungated_heads",
+            "judges",
+            "count",
+            "steps",
+            "inversion_steps",
+            "seed",
+        )
+    }
+    write_results(
+        pathlib.Path(args.out),
+        settings,
+        results,
+        table(results),
+        picture(M.held_out_examples(min(8, args.count)), images),
+    )
     return 0
 
 

@@ -81,9 +81,11 @@ def view_cameras(side_yaws, pitch: float) -> tuple[np.ndarray, list[str]]:
         raise ValueError("give at least one side view (a yaw in degrees)")
     bad = [y for y in side_yaws if abs(y) > math.degrees(toy_faces_3d.MAX_YAW)]
     if bad or abs(pitch) > math.degrees(toy_faces_3d.MAX_PITCH):
-        raise ValueError(f"yaw {bad[0] if bad else side_yaws[0]:g}, pitch {pitch:g} degrees: the toy 3D world "
-                         f"covers yaw within +-{math.degrees(toy_faces_3d.MAX_YAW):g} and pitch within "
-                         f"+-{math.degrees(toy_faces_3d.MAX_PITCH):g} degrees")
+        raise ValueError(
+            f"yaw {bad[0] if bad else side_yaws[0]:g}, pitch {pitch:g} degrees: the toy 3D world "
+            f"covers yaw within +-{math.degrees(toy_faces_3d.MAX_YAW):g} and pitch within "
+            f"+-{math.degrees(toy_faces_3d.MAX_PITCH):g} degrees"
+        )
     cameras = toy_faces_3d.cameras([0.0, *map(math.radians, side_yaws)], [0.0] + [math.radians(pitch)] * len(side_yaws))
     names = ["frontal"] + [f"yaw {y:+g}" + (f" pitch {pitch:+g}" if pitch else "") for y in side_yaws]
     return cameras, names
@@ -92,13 +94,17 @@ def view_cameras(side_yaws, pitch: float) -> tuple[np.ndarray, list[str]]:
 def check_generator(cfg: EG3DConfig) -> None:
     """ValueError unless the generator renders the judges' 64x64 faces from the toy world's frontal camera."""
     if cfg.img_resolution != toy_faces.IMAGE_SIZE:
-        raise ValueError(f"the generator makes {cfg.img_resolution}x{cfg.img_resolution} images; the judges take the "
-                         f"toy world's {toy_faces.IMAGE_SIZE}x{toy_faces.IMAGE_SIZE}")
+        raise ValueError(
+            f"the generator makes {cfg.img_resolution}x{cfg.img_resolution} images; the judges take the "
+            f"toy world's {toy_faces.IMAGE_SIZE}x{toy_faces.IMAGE_SIZE}"
+        )
     if not np.allclose(frontal_cameras(cfg, 1), toy_faces_3d.FRONTAL, atol=1e-5):
-        raise ValueError(f"the generator's frontal camera (radius {cfg.avg_camera_radius}, pivot "
-                         f"{cfg.avg_camera_pivot}, field of view {cfg.fov_degrees}) is not the toy 3D world's (radius "
-                         f"{toy_faces_3d.RADIUS}, pivot {toy_faces_3d.PIVOT}, {toy_faces_3d.FOV_DEGREES}): give one "
-                         "fitted to the world (configs/toy_eg3d.py)")
+        raise ValueError(
+            f"the generator's frontal camera (radius {cfg.avg_camera_radius}, pivot "
+            f"{cfg.avg_camera_pivot}, field of view {cfg.fov_degrees}) is not the toy 3D world's (radius "
+            f"{toy_faces_3d.RADIUS}, pivot {toy_faces_3d.PIVOT}, {toy_faces_3d.FOV_DEGREES}): give one "
+            "fitted to the world (configs/toy_eg3d.py)"
+        )
 
 
 def world_views(examples: list[dict], cameras: np.ndarray) -> tuple[Seen, np.ndarray]:
@@ -119,7 +125,7 @@ def generator_views(generator, ws: np.ndarray, cameras: np.ndarray, key: jax.Arr
     graphdef, state = nnx.split(generator)
     images, depth = [], []
     for start in bar(range(0, len(ws), batch), "rendering views", unit="batch"):
-        seen_images, seen_depth = orbit_views(graphdef, state, jnp.asarray(ws[start:start + batch]), cameras, key)
+        seen_images, seen_depth = orbit_views(graphdef, state, jnp.asarray(ws[start : start + batch]), cameras, key)
         images.append(viz.to_uint8(seen_images))
         depth.append(seen_depth)
     return Seen(np.concatenate(images), np.concatenate(depth))
@@ -136,8 +142,9 @@ def _predictions(judges, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tuple(np.asarray(p) for p in J.attribute_predictions(judges, J.from_uint8(images)))
 
 
-def score(judges, seen: Seen, examples: list[dict], world_labels: np.ndarray, names: list[str],
-          cameras: np.ndarray | None) -> dict:
+def score(
+    judges, seen: Seen, examples: list[dict], world_labels: np.ndarray, names: list[str], cameras: np.ndarray | None
+) -> dict:
     """One row's columns: the frontal judges (`miniature.score`), then per side view the parser against the
     world's label maps, the depth error against the proxy seen by `cameras` (None: not applicable) and the
     agreement of the attribute predictions with the frontal ones."""
@@ -151,21 +158,39 @@ def score(judges, seen: Seen, examples: list[dict], world_labels: np.ndarray, na
         side_beard, side_age = _predictions(judges, seen.images[:, v])
         agree = (side_beard == beard) & (side_age == age)
         agree_everywhere &= agree
-        view = {"parser_accuracy": float(np.mean(parsed == world_labels[:, v])),
-                "parser_miou": mean_iou(parsed, world_labels[:, v]), "agreement": float(np.mean(agree))}
+        view = {
+            "parser_accuracy": float(np.mean(parsed == world_labels[:, v])),
+            "parser_miou": mean_iou(parsed, world_labels[:, v]),
+            "agreement": float(np.mean(agree)),
+        }
         if proxy is not None:
             error = np.abs(seen.depth[:, v, ..., 0] - proxy[0][v])
-            view |= {"depth_error_head": float(np.mean(error[:, proxy[1][v]])),
-                     "depth_error_all": float(np.mean(error))}
+            view |= {
+                "depth_error_head": float(np.mean(error[:, proxy[1][v]])),
+                "depth_error_all": float(np.mean(error)),
+            }
         row["views"][name] = view
     row["view_agreement"] = float(np.mean(agree_everywhere))
     return row
 
 
-def run(gan_dir, mapping_heads_dir, heads_dir, *, checkpoint=DEMO_CHECKPOINT, judges_dir=M.DEMO_JUDGES,
-        side_yaws=(-20.0, 20.0), pitch: float = 0.0, count: int = 100, steps: int = 50, inversion_steps: int = 100,
-        inversion_resolution: int | None = INVERSION_RESOLUTION, batch: int = 50, render_batch: int = 10,
-        seed: int = 0) -> tuple[dict, dict, list[str]]:
+def run(
+    gan_dir,
+    mapping_heads_dir,
+    heads_dir,
+    *,
+    checkpoint=DEMO_CHECKPOINT,
+    judges_dir=M.DEMO_JUDGES,
+    side_yaws=(-20.0, 20.0),
+    pitch: float = 0.0,
+    count: int = 100,
+    steps: int = 50,
+    inversion_steps: int = 100,
+    inversion_resolution: int | None = INVERSION_RESOLUTION,
+    batch: int = 50,
+    render_batch: int = 10,
+    seed: int = 0,
+) -> tuple[dict, dict, list[str]]:
     """(results per row, `Seen` per row, the views' names). Every input is checked before any work."""
     cameras, names = view_cameras(side_yaws, pitch)
     generator = load_eg3d_generator(gan_dir)
@@ -182,19 +207,31 @@ def run(gan_dir, mapping_heads_dir, heads_dir, *, checkpoint=DEMO_CHECKPOINT, ju
     key = jax.random.key(seed)
     seen = {}
     seen[GROUND_TRUTH], world_labels = world_views(examples, cameras)
-    log.info("W+ inversion of the frontal ground truth (%d steps, rendered at %dx%d)", inversion_steps,
-             *(2 * [inversion_resolution or generator.cfg.neural_rendering_resolution]))
-    ws, _, _ = ddgi_toy.invert(generator, system.autoencoder, seen[GROUND_TRUTH].images[:, 0],
-                               steps=inversion_steps, batch=render_batch, key=jax.random.fold_in(key, 1),
-                               resolution=inversion_resolution)
+    log.info(
+        "W+ inversion of the frontal ground truth (%d steps, rendered at %dx%d)",
+        inversion_steps,
+        *(2 * [inversion_resolution or generator.cfg.neural_rendering_resolution]),
+    )
+    ws, _, _ = ddgi_toy.invert(
+        generator,
+        system.autoencoder,
+        seen[GROUND_TRUTH].images[:, 0],
+        steps=inversion_steps,
+        batch=render_batch,
+        key=jax.random.fold_in(key, 1),
+        resolution=inversion_resolution,
+    )
     seen[CEILING] = generator_views(generator, ws, cameras, key, render_batch)
     trajectories = ddgi_toy.sample_trajectories(system, examples, steps=steps, batch=batch, seed=seed)
     for name, (_, step_heads) in heads.items():
-        ws = ddgi_toy.codes(system, step_heads, generator.mapping.w_avg[...], examples, trajectories, steps,
-                            render_batch)
+        ws = ddgi_toy.codes(
+            system, step_heads, generator.mapping.w_avg[...], examples, trajectories, steps, render_batch
+        )
         seen[f"DDGI-3D {name}, step {steps}/{steps}"] = generator_views(generator, ws, cameras, key, render_batch)
-    results = {row: score(judges, row_seen, examples, world_labels, names, None if row == GROUND_TRUTH else cameras)
-               for row, row_seen in seen.items()}
+    results = {
+        row: score(judges, row_seen, examples, world_labels, names, None if row == GROUND_TRUTH else cameras)
+        for row, row_seen in seen.items()
+    }
     return results, seen, names
 
 
@@ -209,8 +246,9 @@ def table(results: dict) -> str:
     for row, r in results.items():
         cells = [row, *(f"{r[k]:.3f}" for k in ("mask_accuracy", "mask_miou", "beard_accuracy", "age_accuracy"))]
         for view in r["views"].values():
-            depth = (f"{view['depth_error_head']:.4f} / {view['depth_error_all']:.4f}" if "depth_error_head" in view
-                     else "-")
+            depth = (
+                f"{view['depth_error_head']:.4f} / {view['depth_error_all']:.4f}" if "depth_error_head" in view else "-"
+            )
             cells += [f"{view['parser_accuracy']:.3f}", f"{view['parser_miou']:.3f}", depth]
         cells.append(f"{r['view_agreement']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -235,8 +273,13 @@ def picture(examples: list[dict], seen: dict, names: list[str], faces: int = 4) 
         for row, row_seen in seen.items():
             depth = viz.depth_picture(row_seen.depth[i, -1], near, far)
             scale = row_seen.images.shape[2] // depth.shape[0]
-            tiles.append([colorize(examples[i]["labels"]), *row_seen.images[i],
-                          depth.repeat(scale, axis=0).repeat(scale, axis=1)])
+            tiles.append(
+                [
+                    colorize(examples[i]["labels"]),
+                    *row_seen.images[i],
+                    depth.repeat(scale, axis=0).repeat(scale, axis=1),
+                ]
+            )
             labels.append(_short(row))
     return viz.grid(np.stack(tiles), col_labels=["map", *names, f"depth {names[-1].split()[1]}"], row_labels=labels)
 
@@ -248,22 +291,40 @@ def _degrees(text: str) -> list[float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="collaborative system (default: the demo)")
-    p.add_argument("--gan", required=True, help="the tri-plane generator the heads drive, fitted to the toy world "
-                                                "(the demo's: runs/demo/triplane/generator)")
-    p.add_argument("--mapping-heads", required=True, help="the ddgi_mapping stage's heads, M only (the demo's "
-                                                          "ddgi3d_mapping: runs/demo/ddgi3d/mapping/heads)")
-    p.add_argument("--heads", required=True, help="the ddgi_modulation stage's heads, M + T (the demo's "
-                                                  "ddgi3d_modulation: runs/demo/ddgi3d/modulation/heads)")
+    p.add_argument(
+        "--gan",
+        required=True,
+        help="the tri-plane generator the heads drive, fitted to the toy world "
+        "(the demo's: runs/demo/triplane/generator)",
+    )
+    p.add_argument(
+        "--mapping-heads",
+        required=True,
+        help="the ddgi_mapping stage's heads, M only (the demo's ddgi3d_mapping: runs/demo/ddgi3d/mapping/heads)",
+    )
+    p.add_argument(
+        "--heads",
+        required=True,
+        help="the ddgi_modulation stage's heads, M + T (the demo's "
+        "ddgi3d_modulation: runs/demo/ddgi3d/modulation/heads)",
+    )
     p.add_argument("--judges", default=str(M.DEMO_JUDGES), help="judges directory (default: the shipped ones)")
     p.add_argument("--count", type=int, default=100, help="held-out (mask, caption) pairs")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (the heads read the last)")
-    p.add_argument("--yaw", type=_degrees, default=[20.0],
-                   help="side views, degrees: each Y of `Y[,Y...]` seen at -Y and +Y (default 20)")
+    p.add_argument(
+        "--yaw",
+        type=_degrees,
+        default=[20.0],
+        help="side views, degrees: each Y of `Y[,Y...]` seen at -Y and +Y (default 20)",
+    )
     p.add_argument("--pitch", type=float, default=0.0, help="the side views' pitch, degrees (default 0)")
     p.add_argument("--inversion-steps", type=int, default=100, help="Adam steps of the W+ inversion ceiling")
-    p.add_argument("--inversion-resolution", type=int, default=INVERSION_RESOLUTION,
-                   help=f"neural rendering resolution of the inversion, a divisor of 64 (default "
-                        f"{INVERSION_RESOLUTION})")
+    p.add_argument(
+        "--inversion-resolution",
+        type=int,
+        default=INVERSION_RESOLUTION,
+        help=f"neural rendering resolution of the inversion, a divisor of 64 (default {INVERSION_RESOLUTION})",
+    )
     p.add_argument("--batch", type=int, default=50, help="sampler batch (50: the 2D evaluation's trajectories)")
     p.add_argument("--render-batch", type=int, default=10, help="faces per rendering and inversion call")
     p.add_argument("--seed", type=int, default=0)
@@ -280,18 +341,48 @@ def main(argv=None) -> int:
         p.error(f"--inversion-resolution {args.inversion_resolution}: give a divisor of {toy_faces.IMAGE_SIZE}")
     side_yaws = [sign * y for y in args.yaw for sign in (-1, 1)]
     try:
-        results, seen, names = run(args.gan, args.mapping_heads, args.heads, checkpoint=args.checkpoint,
-                                   judges_dir=args.judges, side_yaws=side_yaws, pitch=args.pitch, count=args.count,
-                                   steps=args.steps, inversion_steps=args.inversion_steps,
-                                   inversion_resolution=args.inversion_resolution, batch=args.batch,
-                                   render_batch=args.render_batch, seed=args.seed)
+        results, seen, names = run(
+            args.gan,
+            args.mapping_heads,
+            args.heads,
+            checkpoint=args.checkpoint,
+            judges_dir=args.judges,
+            side_yaws=side_yaws,
+            pitch=args.pitch,
+            count=args.count,
+            steps=args.steps,
+            inversion_steps=args.inversion_steps,
+            inversion_resolution=args.inversion_resolution,
+            batch=args.batch,
+            render_batch=args.render_batch,
+            seed=args.seed,
+        )
     except (FileNotFoundError, NotACheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    settings = {k: getattr(args, k) for k in ("checkpoint", "gan", "mapping_heads", "heads", "judges", "count",
-                                              "steps", "pitch", "inversion_steps", "inversion_resolution", "seed")}
-    write_results(pathlib.Path(args.out), {**settings, "views": names}, results, table(results),
-                  picture(M.held_out_examples(min(4, args.count)), seen, names))
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "checkpoint",
+            "gan",
+            "mapping_heads",
+            "heads",
+            "judges",
+            "count",
+            "steps",
+            "pitch",
+            "inversion_steps",
+            "inversion_resolution",
+            "seed",
+        )
+    }
+    write_results(
+        pathlib.Path(args.out),
+        {**settings, "views": names},
+        results,
+        table(results),
+        picture(M.held_out_examples(min(4, args.count)), seen, names),
+    )
     return 0
 
 

@@ -34,8 +34,10 @@ def image_files(folder: pathlib.Path) -> list[pathlib.Path]:
     """The images directly in `folder`, sorted by name; at least two (a covariance needs them)."""
     files = sorted(p for ext in IMAGE_EXTENSIONS for p in folder.glob(f"*.{ext}"))
     if len(files) < 2:
-        raise ValueError(f"{folder} holds {len(files)} image(s) ({', '.join(IMAGE_EXTENSIONS)}); FID needs at "
-                         "least 2 (the papers use 50 to 50000)")
+        raise ValueError(
+            f"{folder} holds {len(files)} image(s) ({', '.join(IMAGE_EXTENSIONS)}); FID needs at "
+            "least 2 (the papers use 50 to 50000)"
+        )
     return files
 
 
@@ -45,8 +47,10 @@ def read_images(files: list[pathlib.Path]) -> np.ndarray:
     for path in files:
         image = np.asarray(open_image(path, f"image {path}", "RGB"), np.float32) / 255
         if images and image.shape != images[0].shape:
-            raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]} but {files[0]} is "
-                             f"{images[0].shape[1]}x{images[0].shape[0]}; resize the folder's images to one size")
+            raise ValueError(
+                f"{path} is {image.shape[1]}x{image.shape[0]} but {files[0]} is "
+                f"{images[0].shape[1]}x{images[0].shape[0]}; resize the folder's images to one size"
+            )
         images.append(image)
     return np.stack(images)
 
@@ -59,17 +63,19 @@ def features(model: InceptionV3, images: np.ndarray, batch: int = 50, desc: str 
     state = replicate(state, mesh)
     out = []
     for start in bar(range(0, len(images), batch), desc, unit="batch"):
-        chunk = images[start:start + batch]
+        chunk = images[start : start + batch]
         padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(pool3_features(graphdef, state, shard_batch(padded, mesh)))[:len(chunk)])
+        out.append(np.asarray(pool3_features(graphdef, state, shard_batch(padded, mesh)))[: len(chunk)])
     return np.concatenate(out)
 
 
 def load_statistics(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as stats:
         if "mu" not in stats or "sigma" not in stats:
-            raise ValueError(f"{path} holds {sorted(stats.files)}, not FID statistics; expected arrays mu and sigma "
-                             "(as --save-stats or pytorch-fid writes them)")
+            raise ValueError(
+                f"{path} holds {sorted(stats.files)}, not FID statistics; expected arrays mu and sigma "
+                "(as --save-stats or pytorch-fid writes them)"
+            )
         return stats["mu"], stats["sigma"]
 
 
@@ -98,11 +104,18 @@ def _check_source(path: pathlib.Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs=2, type=pathlib.Path, help="two image folders or .npz statistics files")
-    p.add_argument("--weights", required=True, type=pathlib.Path,
-                   help="pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        type=pathlib.Path,
+        help="pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth)",
+    )
     p.add_argument("--batch-size", type=int, default=50, help="images per forward pass (over all devices)")
-    p.add_argument("--save-stats", action="store_true",
-                   help="write the statistics of the first path (a folder) to the second (.npz) instead")
+    p.add_argument(
+        "--save-stats",
+        action="store_true",
+        help="write the statistics of the first path (a folder) to the second (.npz) instead",
+    )
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -106,8 +106,7 @@ HE_NORMAL = fan_in_truncated_normal(2.0)  # nnx.initializers.he_normal(), drawn 
 
 def _conv(in_ch: int, out_ch: int, *, stride: int = 1, kernel: int = 3, rngs: nnx.Rngs) -> nnx.Conv:
     """He-initialised, as every convolution here feeds a ReLU (or the logits)."""
-    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding="SAME",
-                    kernel_init=HE_NORMAL, rngs=rngs)
+    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding="SAME", kernel_init=HE_NORMAL, rngs=rngs)
 
 
 class _DoubleConv(nnx.Module):
@@ -260,8 +259,10 @@ def load_toy_faces(data_dir: str | os.PathLike) -> ToyFaces:
         raise FileNotFoundError(f"toy-face dataset {root} not found; {_TOY_FACES_HINT}")
     captions_file = root / "text" / CAPTIONS_JSON
     if not captions_file.is_file():
-        raise ValueError(f"{root} is not a complete toy-face dataset: text/{CAPTIONS_JSON} is missing "
-                         f"(it is written last, so the writer did not finish); {_TOY_FACES_HINT}")
+        raise ValueError(
+            f"{root} is not a complete toy-face dataset: text/{CAPTIONS_JSON} is missing "
+            f"(it is written last, so the writer did not finish); {_TOY_FACES_HINT}"
+        )
     attributes_file = root / ATTRIBUTES_JSON
     if not attributes_file.is_file():
         raise ValueError(f"{root} is not a complete toy-face dataset: {ATTRIBUTES_JSON} is missing; {_TOY_FACES_HINT}")
@@ -270,16 +271,20 @@ def load_toy_faces(data_dir: str | os.PathLike) -> ToyFaces:
     missing = [f"{kind}/{n}" for n in names for kind in ("image", "mask") if not (root / kind / n).is_file()]
     missing += [f"{ATTRIBUTES_JSON}[{n}]" for n in names if n not in attributes]
     if missing:
-        raise ValueError(f"{root} is not a complete toy-face dataset: {len(missing)} of its {len(names)} examples' "
-                         f"files are missing (first: {missing[0]}); {_TOY_FACES_HINT}")
+        raise ValueError(
+            f"{root} is not a complete toy-face dataset: {len(missing)} of its {len(names)} examples' "
+            f"files are missing (first: {missing[0]}); {_TOY_FACES_HINT}"
+        )
     images = np.empty((len(names), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     labels = np.empty((len(names), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     for i, name in enumerate(names):
         image = np.asarray(open_image(root / "image" / name, f"toy face {root / 'image' / name}", "RGB"))
         label_map = load_label_map(root / "mask" / name)
         if image.shape != images.shape[1:] or label_map.shape != labels.shape[1:]:
-            raise ValueError(f"{root}: example {name} has image {image.shape} and mask {label_map.shape}; "
-                             f"toy faces are {IMAGE_SIZE}x{IMAGE_SIZE}")
+            raise ValueError(
+                f"{root}: example {name} has image {image.shape} and mask {label_map.shape}; "
+                f"toy faces are {IMAGE_SIZE}x{IMAGE_SIZE}"
+            )
         images[i], labels[i] = image, label_map
     beard = np.array([attributes[n]["beard"] for n in names], np.int32)
     age = np.array([attributes[n]["age"] for n in names], np.int32)
@@ -363,8 +368,17 @@ def _batch_order(n: int, steps: int, batch: int, seed: int) -> np.ndarray:
     return np.concatenate([rng.permutation(n) for _ in range(epochs)])[: steps * batch].reshape(steps, batch)
 
 
-def fit(judges: Judges, data: ToyFaces, *, steps: int, batch: int, seed: int = 0, learning_rate: float = 3e-3,
-        steps_per_call: int | None = None, progress: bool = True) -> tuple[Judges, dict[str, np.ndarray]]:
+def fit(
+    judges: Judges,
+    data: ToyFaces,
+    *,
+    steps: int,
+    batch: int,
+    seed: int = 0,
+    learning_rate: float = 3e-3,
+    steps_per_call: int | None = None,
+    progress: bool = True,
+) -> tuple[Judges, dict[str, np.ndarray]]:
     """Train both judges in place for `steps` Adam steps (warmup, then cosine decay) on randomly
     mirrored examples; returns them and the per-step losses {"parser", "beard", "age"}, float [steps].
 
@@ -373,8 +387,13 @@ def fit(judges: Judges, data: ToyFaces, *, steps: int, batch: int, seed: int = 0
     for name, value in (("steps", steps), ("batch", batch)):
         if type(value) is not int or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps=max(1, min(100, steps // 10)),
-                                                  decay_steps=steps, end_value=learning_rate * 0.02)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0,
+        learning_rate,
+        warmup_steps=max(1, min(100, steps // 10)),
+        decay_steps=steps,
+        end_value=learning_rate * 0.02,
+    )
     tx = adam(schedule)
     policy = loop_policy()
     steps_per_call = steps_per_call or policy.judge_steps_per_call
@@ -386,15 +405,18 @@ def fit(judges: Judges, data: ToyFaces, *, steps: int, batch: int, seed: int = 0
     line = bar(steps, "training the judges") if progress else None
     history = []
     for start in range(0, steps, steps_per_call):
-        chunk = mirror(data.take(order[start:start + steps_per_call]), flips[start:start + steps_per_call])
+        chunk = mirror(data.take(order[start : start + steps_per_call]), flips[start : start + steps_per_call])
         batches = {"images": chunk.images, "labels": chunk.labels, "beard": chunk.beard, "age": chunk.age}
         state, opt_state, losses, applied = _train_steps(graphdef, state, opt_state, batches, weights, tx, policy)
         rejected = first_rejected(applied)
         if rejected is not None:
             nnx.update(judges, state)
-            raise NonFiniteStep(f"non-finite judge loss or gradient at step {start + rejected + 1}; the judges hold "
-                                "the last good parameters (check the data and the learning rate)",
-                                start + rejected + 1, state)
+            raise NonFiniteStep(
+                f"non-finite judge loss or gradient at step {start + rejected + 1}; the judges hold "
+                "the last good parameters (check the data and the learning rate)",
+                start + rejected + 1,
+                state,
+            )
         history.append(jax.device_get(losses))
         if line:
             done = start + len(chunk.images)
@@ -419,8 +441,9 @@ def evaluate(judges: Judges, data: ToyFaces) -> dict:
         chunk = data.take(slice(start, start + EVAL_CHUNK))
         images = from_uint8(chunk.images)
         predicted = np.asarray(parse(judges, images))
-        confusion += np.bincount(chunk.labels.astype(np.int64).ravel() * NUM_CLASSES + predicted.ravel(),
-                                 minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+        confusion += np.bincount(
+            chunk.labels.astype(np.int64).ravel() * NUM_CLASSES + predicted.ravel(), minlength=NUM_CLASSES**2
+        ).reshape(NUM_CLASSES, NUM_CLASSES)
         beard, age = attribute_predictions(judges, images)
         beard_hits += int((np.asarray(beard) == chunk.beard).sum())
         age_hits += int((np.asarray(age) == chunk.age).sum())
@@ -440,9 +463,12 @@ def evaluate(judges: Judges, data: ToyFaces) -> dict:
 
 def frechet_between(judges: Judges, a: ToyFaces, b: ToyFaces) -> float:
     """Frechet distance between the judges' features of two sets of toy faces (the FID stand-in)."""
+
     def stats(data: ToyFaces):
-        feats = [np.asarray(features(judges, from_uint8(data.images[i:i + EVAL_CHUNK])))
-                 for i in range(0, len(data), EVAL_CHUNK)]
+        feats = [
+            np.asarray(features(judges, from_uint8(data.images[i : i + EVAL_CHUNK])))
+            for i in range(0, len(data), EVAL_CHUNK)
+        ]
         return gaussian_statistics(np.concatenate(feats))
 
     return frechet_distance(*stats(a), *stats(b))
@@ -475,8 +501,10 @@ def read_judges_info(directory: str | os.PathLike) -> dict:
     directory = pathlib.Path(directory)
     info_file = directory / JUDGES_JSON
     if not info_file.is_file() or not all((directory / d).is_dir() for d in (PARSER_DIR, CLASSIFIER_DIR)):
-        raise ValueError(f"{directory} is not a judges directory (expected {JUDGES_JSON}, {PARSER_DIR}/ and "
-                         f"{CLASSIFIER_DIR}/); train one with `python -m cdiff_jax.evaluation.judges DATA_DIR OUT_DIR`")
+        raise ValueError(
+            f"{directory} is not a judges directory (expected {JUDGES_JSON}, {PARSER_DIR}/ and "
+            f"{CLASSIFIER_DIR}/); train one with `python -m cdiff_jax.evaluation.judges DATA_DIR OUT_DIR`"
+        )
     return json.loads(info_file.read_text())
 
 
@@ -492,20 +520,35 @@ def load_judges(directory: str | os.PathLike) -> Judges:
     return judges
 
 
-def train_judges(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, steps: int = 2000, batch: int = 32,
-                 test_size: int = 1000, seed: int = 0, learning_rate: float = 3e-3, overwrite: bool = False,
-                 config: JudgesConfig = JudgesConfig(), progress: bool = True) -> dict:
+def train_judges(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    steps: int = 2000,
+    batch: int = 32,
+    test_size: int = 1000,
+    seed: int = 0,
+    learning_rate: float = 3e-3,
+    overwrite: bool = False,
+    config: JudgesConfig = JudgesConfig(),
+    progress: bool = True,
+) -> dict:
     """Train both judges on all but the last `test_size` toy faces, score them on those, and write
     `out_dir`. Returns what judges.json holds besides the config."""
     out_dir = pathlib.Path(out_dir).absolute()
     _check_out_dir(out_dir, overwrite)  # before the work, not after it
     started = time.monotonic()
     train, held_out = split_held_out(load_toy_faces(data_dir), test_size)
-    log.info("judges: %d training and %d held-out toy faces (loaded in %.1fs)", len(train), len(held_out),
-             time.monotonic() - started)
+    log.info(
+        "judges: %d training and %d held-out toy faces (loaded in %.1fs)",
+        len(train),
+        len(held_out),
+        time.monotonic() - started,
+    )
     judges = Judges(config, rngs=nnx.Rngs(seed))
-    judges, losses = fit(judges, train, steps=steps, batch=batch, seed=seed, learning_rate=learning_rate,
-                         progress=progress)
+    judges, losses = fit(
+        judges, train, steps=steps, batch=batch, seed=seed, learning_rate=learning_rate, progress=progress
+    )
     metrics = evaluate(judges, held_out)
     # The distance between two real sets of the held-out size: the floor a generated set is compared against.
     reference = train.take(slice(0, min(len(train), len(held_out))))
@@ -522,7 +565,7 @@ def train_judges(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ste
             "learning_rate": learning_rate,
             "class_weight_power": CLASS_WEIGHT_POWER,
             "mirror_augmentation": True,
-            "final_losses": {k: float(v[-min(50, steps):].mean()) for k, v in losses.items()},
+            "final_losses": {k: float(v[-min(50, steps) :].mean()) for k, v in losses.items()},
             "seconds": round(time.monotonic() - started, 1),
         },
     }
@@ -533,7 +576,8 @@ def train_judges(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ste
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m cdiff_jax.evaluation.judges",
-        description="Train the face parser and attribute classifier that judge generated toy faces.")
+        description="Train the face parser and attribute classifier that judge generated toy faces.",
+    )
     p.add_argument("data_dir", help="toy-face dataset written by `python -m cdiff_jax.data.toy_faces`")
     p.add_argument("out_dir", help="output directory (judges.json, parser/, classifier/), written atomically")
     p.add_argument("--steps", type=int, default=2000, help="Adam steps (both judges train in each)")
@@ -544,15 +588,24 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     configure_logging()
     try:
-        info = train_judges(args.data_dir, args.out_dir, steps=args.steps, batch=args.batch,
-                            test_size=args.test_size, seed=args.seed, overwrite=args.overwrite)
+        info = train_judges(
+            args.data_dir,
+            args.out_dir,
+            steps=args.steps,
+            batch=args.batch,
+            test_size=args.test_size,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     m = info["metrics"]
-    print(f"held out ({m['examples']}): parser pixel accuracy {m['parser_pixel_accuracy']:.4f}, "
-          f"mean IoU {m['parser_mean_iou']:.4f}; beard accuracy {m['beard_accuracy']:.4f}, "
-          f"age accuracy {m['age_accuracy']:.4f}; Frechet train vs held out {m['frechet_train_vs_held_out']:.4f}")
+    print(
+        f"held out ({m['examples']}): parser pixel accuracy {m['parser_pixel_accuracy']:.4f}, "
+        f"mean IoU {m['parser_mean_iou']:.4f}; beard accuracy {m['beard_accuracy']:.4f}, "
+        f"age accuracy {m['age_accuracy']:.4f}; Frechet train vs held out {m['frechet_train_vs_held_out']:.4f}"
+    )
     print(f"wrote {pathlib.Path(args.out_dir).absolute()}")
     return 0
 

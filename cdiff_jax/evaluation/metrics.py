@@ -44,8 +44,9 @@ class MetricNetworks:
 def load_metric_networks(paths: dict[str, str | None]) -> MetricNetworks:
     """Each network from its users' weight file (`METRIC_FILES` names the keys); None leaves it out."""
     loaders = {"inception": InceptionV3, "parser": FaceParser, "clip": CLIP, "arcface": ArcFace, "lpips": LPIPS}
-    return MetricNetworks(**{name: loaders[name].from_checkpoint(path) for name, path in paths.items()
-                             if path is not None})
+    return MetricNetworks(
+        **{name: loaders[name].from_checkpoint(path) for name, path in paths.items() if path is not None}
+    )
 
 
 def inception_features(networks: MetricNetworks, images: np.ndarray) -> np.ndarray:

@@ -86,21 +86,42 @@ def step_noise_key(seed: int, start: int) -> jax.Array:
     return Sampling(seed=seed).step_key(start)
 
 
-def generate(system, examples: list[dict], method: Method, *, steps: int, batch: int, seed: int,
-             solver: str = "ddim", order: int | None = None, eta: float = 1.0) -> np.ndarray:
+def generate(
+    system,
+    examples: list[dict],
+    method: Method,
+    *,
+    steps: int,
+    batch: int,
+    seed: int,
+    solver: str = "ddim",
+    order: int | None = None,
+    eta: float = 1.0,
+) -> np.ndarray:
     """uint8 images [N, 64, 64, 3] of `method` for the examples; example i starts from the same noise
     in every method."""
     graphdef, state = nnx.split(system)
     cfg = system.cfg
-    settings = SamplerSettings(steps=steps, solver=solver, order=order, eta=eta,
-                               reweighting=method.rule if len(method.modalities) > 1 else None)
+    settings = SamplerSettings(
+        steps=steps,
+        solver=solver,
+        order=order,
+        eta=eta,
+        reweighting=method.rule if len(method.modalities) > 1 else None,
+    )
     noise = starting_noise(cfg, len(examples), seed)
     out = []
     for start in range(0, len(examples), batch):
-        chunk = examples[start:start + batch]
-        x_T = noise[start:start + len(chunk)]
-        result = sample(graphdef, state, example_conditions(cfg, method.modalities, chunk), x_T,
-                        step_noise_key(seed, start), settings)
+        chunk = examples[start : start + batch]
+        x_T = noise[start : start + len(chunk)]
+        result = sample(
+            graphdef,
+            state,
+            example_conditions(cfg, method.modalities, chunk),
+            x_T,
+            step_noise_key(seed, start),
+            settings,
+        )
         out.append(viz.to_uint8(np.asarray(result.images)))
     return np.concatenate(out)
 
@@ -108,10 +129,14 @@ def generate(system, examples: list[dict], method: Method, *, steps: int, batch:
 def as_arrays(examples: list[dict]) -> dict[str, np.ndarray]:
     """Toy examples as the evaluation program takes them: `image`, `mask` (the 64x64 label map, which the
     mask encoder resizes), `caption`, and the truth the judges score against (`labels`, `beard`, `age`)."""
-    return {"image": np.stack([e["image"] for e in examples]), "mask": np.stack([e["labels"] for e in examples]),
-            "labels": np.stack([e["labels"] for e in examples]), "caption": np.array([e["caption"] for e in examples]),
-            "beard": np.array([e["attributes"]["beard"] for e in examples]),
-            "age": np.array([e["attributes"]["age"] for e in examples])}
+    return {
+        "image": np.stack([e["image"] for e in examples]),
+        "mask": np.stack([e["labels"] for e in examples]),
+        "labels": np.stack([e["labels"] for e in examples]),
+        "caption": np.array([e["caption"] for e in examples]),
+        "beard": np.array([e["attributes"]["beard"] for e in examples]),
+        "age": np.array([e["attributes"]["age"] for e in examples]),
+    }
 
 
 def judge_scores(judges, images: np.ndarray, examples: dict) -> dict[str, np.ndarray]:
@@ -123,45 +148,75 @@ def judge_scores(judges, images: np.ndarray, examples: dict) -> dict[str, np.nda
     beard, age = (np.asarray(a) for a in J.attribute_predictions(judges, x))
     beard_right = (beard == examples["beard"]).astype(float)
     age_right = (age == examples["age"]).astype(float)
-    return {"mask_accuracy": np.mean(parsed == examples["labels"], axis=(1, 2)), "beard_accuracy": beard_right,
-            "age_accuracy": age_right, "attribute_accuracy": (beard_right + age_right) / 2, "parsed": parsed,
-            "parsed_target": examples["labels"], "features": np.asarray(J.features(judges, x))}
+    return {
+        "mask_accuracy": np.mean(parsed == examples["labels"], axis=(1, 2)),
+        "beard_accuracy": beard_right,
+        "age_accuracy": age_right,
+        "attribute_accuracy": (beard_right + age_right) / 2,
+        "parsed": parsed,
+        "parsed_target": examples["labels"],
+        "features": np.asarray(J.features(judges, x)),
+    }
 
 
 def score(judges, images: np.ndarray, examples: list[dict], real_stats) -> dict:
     """The judges' means for one set of images (the other toy evaluations' row), with the per-example
     accuracies and, given the real images' statistics, the Frechet distance."""
     scores = judge_scores(judges, images, as_arrays(examples))
-    row = {name: float(np.mean(scores[name]))
-           for name in ("mask_accuracy", "beard_accuracy", "age_accuracy", "attribute_accuracy")}
-    row |= {"mask_miou": mean_iou(scores["parsed"], scores["parsed_target"]),
-            "per_example_mask_accuracy": scores["mask_accuracy"].tolist(),
-            "per_example_attribute_accuracy": scores["attribute_accuracy"].tolist()}
+    row = {
+        name: float(np.mean(scores[name]))
+        for name in ("mask_accuracy", "beard_accuracy", "age_accuracy", "attribute_accuracy")
+    }
+    row |= {
+        "mask_miou": mean_iou(scores["parsed"], scores["parsed_target"]),
+        "per_example_mask_accuracy": scores["mask_accuracy"].tolist(),
+        "per_example_attribute_accuracy": scores["attribute_accuracy"].tolist(),
+    }
     if real_stats is not None:
         row["frechet"] = frechet_distance(*gaussian_statistics(scores["features"]), *real_stats)
     return row
 
 
-def run(checkpoint, judges_dir, count: int, out: pathlib.Path, *, steps: int = 50, batch: int = 50, seed: int = 0,
-        methods=METHODS) -> dict:
+def run(
+    checkpoint,
+    judges_dir,
+    count: int,
+    out: pathlib.Path,
+    *,
+    steps: int = 50,
+    batch: int = 50,
+    seed: int = 0,
+    methods=METHODS,
+) -> dict:
     """The evaluation program (`paper.evaluate`) with the toy configuration; the samples go to out/samples.
     Returns the results per row."""
     system = load_system(checkpoint)
     judges = J.load_judges(judges_dir)
     examples = as_arrays(held_out_examples(count))
     # The ceiling of any method: the judges on the real faces and on their autoencoder reconstructions.
-    reconstructed = viz.to_uint8(np.asarray(reconstruct(*nnx.split(system.autoencoder),
-                                                        J.from_uint8(examples["image"]))))
+    reconstructed = viz.to_uint8(
+        np.asarray(reconstruct(*nnx.split(system.autoencoder), J.from_uint8(examples["image"])))
+    )
     sampling = Sampling(steps=steps, eta=1.0, batch=batch, seed=seed, noise="one_draw")
-    return evaluate(system, examples, methods, sampling, functools.partial(judge_scores, judges), out,
-                    distance="frechet", extra_rows={"autoencoder reconstructions": reconstructed})
+    return evaluate(
+        system,
+        examples,
+        methods,
+        sampling,
+        functools.partial(judge_scores, judges),
+        out,
+        distance="frechet",
+        extra_rows={"autoencoder reconstructions": reconstructed},
+    )
 
 
 def picture(examples: list[dict], images: dict, rows: int = 8) -> np.ndarray:
     """Rows of mask | real | one column per method."""
     rows = min(rows, len(examples))
-    columns = [np.stack([colorize(e["labels"]) for e in examples[:rows]]),
-               np.stack([e["image"] for e in examples[:rows]])] + [im[:rows] for im in images.values()]
+    columns = [
+        np.stack([colorize(e["labels"]) for e in examples[:rows]]),
+        np.stack([e["image"] for e in examples[:rows]]),
+    ] + [im[:rows] for im in images.values()]
     labels = ["mask", "real"] + [name.replace("collaborative", "collab") for name in images]
     return viz.grid(np.stack(columns, axis=1), col_labels=labels)
 
@@ -181,19 +236,20 @@ def main(argv=None) -> int:
         p.error(f"--count must be in 2..{TEST_SIZE} (the held-out split; standard errors need two)")
     settings = {k: getattr(args, k) for k in ("checkpoint", "judges", "count", "steps", "batch", "seed")}
     try:
-        out = requests.output_folder(args.out, is_ours=lambda path: (path / "results.json").is_file()
-                                     or (path / "samples").is_dir())
+        out = requests.output_folder(
+            args.out, is_ours=lambda path: (path / "results.json").is_file() or (path / "samples").is_dir()
+        )
         previous = out / "results.json"
         if previous.is_file() and json.loads(previous.read_text()).get("settings") != settings:
             raise requests.UsageError(f"--out {out} holds an evaluation with other settings; choose a new --out")
-        results = run(args.checkpoint, args.judges, args.count, out, steps=args.steps, batch=args.batch,
-                      seed=args.seed)
+        results = run(args.checkpoint, args.judges, args.count, out, steps=args.steps, batch=args.batch, seed=args.seed)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     shown = min(8, args.count)
-    viz.save_png(out / "grid.png", picture(held_out_examples(shown),
-                                           {m.name: read_samples(out, m, shown) for m in METHODS}))
+    viz.save_png(
+        out / "grid.png", picture(held_out_examples(shown), {m.name: read_samples(out, m, shown) for m in METHODS})
+    )
     write_tables(out, {"settings": settings}, results)
     print(table(results))
     return 0

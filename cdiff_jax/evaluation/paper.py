@@ -84,10 +84,19 @@ STEP_NOISE_SEED_OFFSET = 1
 DDGI_METHOD = Method("DDGI", (), Reweighting())
 # Every column either configuration fills (the toy judges' attribute accuracies and Frechet distance on their
 # features stand in for the CLIP score and FID); a table shows those its rows have.
-COLUMNS = (("fid", "FID"), ("frechet", "Frechet distance"), ("clip_score", "CLIP score"),
-           ("mask_accuracy", "mask accuracy"), ("miou", "mIoU"), ("beard_accuracy", "beard accuracy"),
-           ("age_accuracy", "age accuracy"), ("attribute_accuracy", "attribute accuracy"), ("lpips", "LPIPS"),
-           ("ssim", "SSIM"), ("identity", "ID"))
+COLUMNS = (
+    ("fid", "FID"),
+    ("frechet", "Frechet distance"),
+    ("clip_score", "CLIP score"),
+    ("mask_accuracy", "mask accuracy"),
+    ("miou", "mIoU"),
+    ("beard_accuracy", "beard accuracy"),
+    ("age_accuracy", "age accuracy"),
+    ("attribute_accuracy", "attribute accuracy"),
+    ("lpips", "LPIPS"),
+    ("ssim", "SSIM"),
+    ("identity", "ID"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +117,9 @@ class Sampling:
         shape = latent_shape(cfg)
         if self.noise == "one_draw":
             return np.asarray(normal(jax.random.key(self.seed), (count, *shape)))[rows]
-        return np.stack([np.asarray(normal(jax.random.fold_in(jax.random.key(self.seed), int(i)), shape))
-                         for i in rows])
+        return np.stack(
+            [np.asarray(normal(jax.random.fold_in(jax.random.key(self.seed), int(i)), shape)) for i in rows]
+        )
 
     def step_key(self, start: int) -> jax.Array:
         """The sampler's key for the batch that begins at example `start`."""
@@ -151,8 +161,9 @@ def evaluation_split(data_dir: str, resolution: int, test_size: int, count: int)
     """The prepared dataset's test split, if it holds `count` examples."""
     split = data_sources(data_dir, resolution=resolution, test_size=test_size)["test"]
     if count > len(split):
-        raise requests.UsageError(f"--count {count}: the test split of {data_dir} holds {len(split)} examples; "
-                                  "ask for at most that many")
+        raise requests.UsageError(
+            f"--count {count}: the test split of {data_dir} holds {len(split)} examples; ask for at most that many"
+        )
     return split
 
 
@@ -160,9 +171,13 @@ def evaluation_examples(data_dir: str, resolution: int, test_size: int, count: i
     """The first `count` test triples: `image` [N, R, R, 3] uint8, `mask` [N, 32, 32] uint8, `caption` [N] str."""
     split = evaluation_split(data_dir, resolution, test_size, count)
     records = [split[i] for i in range(count)]
-    return {"image": np.stack([r["image"] for r in records]), "mask": np.stack([r["mask"] for r in records]),
-            "caption": np.array([r["caption"].decode() if isinstance(r["caption"], bytes) else r["caption"]
-                                 for r in records])}
+    return {
+        "image": np.stack([r["image"] for r in records]),
+        "mask": np.stack([r["mask"] for r in records]),
+        "caption": np.array(
+            [r["caption"].decode() if isinstance(r["caption"], bytes) else r["caption"] for r in records]
+        ),
+    }
 
 
 def sample_path(out: pathlib.Path, method: Method, index: int) -> pathlib.Path:
@@ -171,8 +186,12 @@ def sample_path(out: pathlib.Path, method: Method, index: int) -> pathlib.Path:
 
 def encoded_conditions(cfg, modalities, examples: dict, rows) -> dict:
     """The conditions of `modalities` for the examples `rows`, each parsed as its kind parses user input."""
-    return {name: cond.encode_inputs([examples[INPUT_FIELDS[cfg.modalities[name].kind]][i] for i in rows],
-                                     cfg.modalities[name]) for name in modalities}
+    return {
+        name: cond.encode_inputs(
+            [examples[INPUT_FIELDS[cfg.modalities[name].kind]][i] for i in rows], cfg.modalities[name]
+        )
+        for name in modalities
+    }
 
 
 def padded_rows(start: int, batch: int, count: int) -> np.ndarray:
@@ -180,14 +199,26 @@ def padded_rows(start: int, batch: int, count: int) -> np.ndarray:
     return np.minimum(np.arange(start, start + batch), count - 1)
 
 
-def generate(system, examples: dict, method: Method, sampling: Sampling, out: pathlib.Path, progress,
-             ddgi: DDGIParts | None = None) -> None:
+def generate(
+    system,
+    examples: dict,
+    method: Method,
+    sampling: Sampling,
+    out: pathlib.Path,
+    progress,
+    ddgi: DDGIParts | None = None,
+) -> None:
     """Sample every batch of `method` whose images are not all on disk yet, writing each as it completes
     (the modules' states already replicated over the data mesh)."""
     cfg, count = system.cfg, len(examples["caption"])
     mesh = data_mesh()
-    settings = SamplerSettings(steps=sampling.steps, solver=sampling.solver, order=sampling.order, eta=sampling.eta,
-                               reweighting=method.rule if len(method.modalities) > 1 else None)
+    settings = SamplerSettings(
+        steps=sampling.steps,
+        solver=sampling.solver,
+        order=sampling.order,
+        eta=sampling.eta,
+        reweighting=method.rule if len(method.modalities) > 1 else None,
+    )
     for start in range(0, count, sampling.batch):
         indices = range(start, min(start + sampling.batch, count))
         if all(sample_path(out, method, i).is_file() for i in indices):
@@ -199,8 +230,9 @@ def generate(system, examples: dict, method: Method, sampling: Sampling, out: pa
         key = sampling.step_key(start)
         conditions, x_T = shard_batch(conditions, mesh), shard_batch(x_T, mesh)
         if method.name == DDGI_METHOD.name:
-            result = ddgi_sample(system, ddgi.heads, ddgi.generator, conditions, x_T, key, settings, ddgi.at_step,
-                                 method.modalities)
+            result = ddgi_sample(
+                system, ddgi.heads, ddgi.generator, conditions, x_T, key, settings, ddgi.at_step, method.modalities
+            )
         else:
             result = sample(*nnx.split(system), conditions, x_T, key, settings)
         require_finite(result.images)
@@ -221,8 +253,9 @@ def summarise(values: np.ndarray) -> dict:
     return {"mean": float(values.mean()), "stderr": float(error), "per_image": values.tolist()}
 
 
-def score(scorer, images: np.ndarray, examples: dict, batch: int, reference_stats=None,
-          distance: str = "fid") -> tuple[dict, np.ndarray | None]:
+def score(
+    scorer, images: np.ndarray, examples: dict, batch: int, reference_stats=None, distance: str = "fid"
+) -> tuple[dict, np.ndarray | None]:
     """One table row and the images' features. `scorer(images, examples)` gives per-image metrics, and
     optionally `parsed` / `parsed_target` label maps (pooled into mIoU) and `features` (whose Frechet distance
     to `reference_stats` is the `distance` column)."""
@@ -243,9 +276,19 @@ def score(scorer, images: np.ndarray, examples: dict, batch: int, reference_stat
     return row, features
 
 
-def evaluate(system, examples: dict, methods, sampling: Sampling, scorer, out: pathlib.Path, *,
-             distance: str = "fid", reference_stats=None, extra_rows: dict | None = None,
-             ddgi: DDGIParts | None = None) -> dict:
+def evaluate(
+    system,
+    examples: dict,
+    methods,
+    sampling: Sampling,
+    scorer,
+    out: pathlib.Path,
+    *,
+    distance: str = "fid",
+    reference_stats=None,
+    extra_rows: dict | None = None,
+    ddgi: DDGIParts | None = None,
+) -> dict:
     """Every method's samples (those missing written to out/samples), then one row per image set: the real
     images, `extra_rows` ({name: uint8 images}), each method (its samples read back one method at a time).
     The distance column is against `reference_stats`, by default the real images' own."""
@@ -275,8 +318,11 @@ def table(results: dict) -> str:
         cells = []
         for key, _ in shown:
             value = row.get(key)
-            cells.append("-" if value is None else f"{value['mean']:.4g}" + (
-                f" ± {value['stderr']:.2g}" if value["stderr"] is not None else ""))
+            cells.append(
+                "-"
+                if value is None
+                else f"{value['mean']:.4g}" + (f" ± {value['stderr']:.2g}" if value["stderr"] is not None else "")
+            )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -286,8 +332,14 @@ def csv_text(results: dict) -> str:
     writer = csv.writer(buffer)
     writer.writerow(["method"] + [f"{key}{suffix}" for key, _ in COLUMNS for suffix in ("", "_stderr")])
     for method, row in results.items():
-        writer.writerow([method] + [(row[key][part] if key in row and row[key][part] is not None else "")
-                                    for key, _ in COLUMNS for part in ("mean", "stderr")])
+        writer.writerow(
+            [method]
+            + [
+                (row[key][part] if key in row and row[key][part] is not None else "")
+                for key, _ in COLUMNS
+                for part in ("mean", "stderr")
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -307,17 +359,27 @@ def write_results(out: pathlib.Path, settings: dict, results: dict, markdown: st
     print(markdown)
 
 
-def run(protocol: Protocol, networks: MetricNetworks, out: pathlib.Path, fid_reference=None,
-        ddgi: DDGIParts | None = None) -> dict:
+def run(
+    protocol: Protocol, networks: MetricNetworks, out: pathlib.Path, fid_reference=None, ddgi: DDGIParts | None = None
+) -> dict:
     """Sample what is missing, score every method, write the tables; returns the results."""
     examples = evaluation_examples(protocol.data, protocol.resolution, protocol.test_size, protocol.count)
     system = load_system(protocol.checkpoint)
     methods = [m for m in (*METHODS, DDGI_METHOD) if m.name in protocol.methods]
     if ddgi is not None:
-        methods = [dataclasses.replace(m, modalities=ddgi.heads.cfg.experts) if m == DDGI_METHOD else m
-                   for m in methods]
-    results = evaluate(system, examples, methods, protocol.sampling(), functools.partial(per_example_scores, networks),
-                       out, reference_stats=fid_reference, ddgi=ddgi)
+        methods = [
+            dataclasses.replace(m, modalities=ddgi.heads.cfg.experts) if m == DDGI_METHOD else m for m in methods
+        ]
+    results = evaluate(
+        system,
+        examples,
+        methods,
+        protocol.sampling(),
+        functools.partial(per_example_scores, networks),
+        out,
+        reference_stats=fid_reference,
+        ddgi=ddgi,
+    )
     write_tables(out, {"protocol": dataclasses.asdict(protocol)}, results)
     return results
 
@@ -340,8 +402,10 @@ def validate(args) -> tuple[Protocol, pathlib.Path]:
     methods = args.methods or known
     unknown = set(methods) - set(known)
     if unknown:
-        raise requests.UsageError(f"--methods {', '.join(sorted(unknown))}: expected some of: {', '.join(known)}"
-                                  + ("" if args.ddgi_heads else " (DDGI with --ddgi-heads and --ddgi-gan)"))
+        raise requests.UsageError(
+            f"--methods {', '.join(sorted(unknown))}: expected some of: {', '.join(known)}"
+            + ("" if args.ddgi_heads else " (DDGI with --ddgi-heads and --ddgi-gan)")
+        )
     if bool(args.ddgi_heads) != bool(args.ddgi_gan):
         raise requests.UsageError("give --ddgi-heads and --ddgi-gan together: the heads and the GAN they drive")
     sampler = requests.sampler(args.sampler, None, None, args.eta)
@@ -349,8 +413,10 @@ def validate(args) -> tuple[Protocol, pathlib.Path]:
     requests.steps(args.steps, cfg.schedule.timesteps, sampler["solver"], sampler["spacing"])
     if cfg.autoencoder.resolution != args.resolution:
         side = cfg.autoencoder.resolution
-        raise requests.UsageError(f"--resolution {args.resolution}: the system makes {side}x{side} images; evaluate "
-                                  "it on the dataset prepared at that size")
+        raise requests.UsageError(
+            f"--resolution {args.resolution}: the system makes {side}x{side} images; evaluate "
+            "it on the dataset prepared at that size"
+        )
     if args.ddgi_at_step is not None and not 1 <= args.ddgi_at_step <= args.steps:
         raise requests.UsageError(f"--ddgi-at-step {args.ddgi_at_step}: give 1..{args.steps} (1 is pure noise)")
     evaluation_split(args.data, args.resolution, args.test_size, args.count)
@@ -362,18 +428,35 @@ def validate(args) -> tuple[Protocol, pathlib.Path]:
         raise requests.UsageError(f"--fid-reference {args.fid_reference}: no such file; pass pytorch-fid statistics")
     ddgi = {}
     if args.ddgi_heads:
-        ddgi = {"ddgi_heads": str(pathlib.Path(args.ddgi_heads).absolute()),
-                "ddgi_gan": str(pathlib.Path(args.ddgi_gan).absolute()),
-                "ddgi_at_step": args.steps if args.ddgi_at_step is None else args.ddgi_at_step}
-    protocol = Protocol(str(pathlib.Path(args.checkpoint).absolute()), str(pathlib.Path(args.data).absolute()),
-                        args.resolution, args.test_size, args.count, tuple(methods), sampler["solver"],
-                        sampler["order"], args.steps, sampler["eta"], args.batch, args.seed, **ddgi)
+        ddgi = {
+            "ddgi_heads": str(pathlib.Path(args.ddgi_heads).absolute()),
+            "ddgi_gan": str(pathlib.Path(args.ddgi_gan).absolute()),
+            "ddgi_at_step": args.steps if args.ddgi_at_step is None else args.ddgi_at_step,
+        }
+    protocol = Protocol(
+        str(pathlib.Path(args.checkpoint).absolute()),
+        str(pathlib.Path(args.data).absolute()),
+        args.resolution,
+        args.test_size,
+        args.count,
+        tuple(methods),
+        sampler["solver"],
+        sampler["order"],
+        args.steps,
+        sampler["eta"],
+        args.batch,
+        args.seed,
+        **ddgi,
+    )
     out = requests.output_folder(args.out, is_ours=lambda p: (p / SETTINGS_FILE).is_file())
     settings = out / SETTINGS_FILE
     if settings.is_file() and json.loads(settings.read_text()) != dataclasses.asdict(protocol) | {
-            "methods": list(protocol.methods)}:
-        raise requests.UsageError(f"--out {out} holds samples made with other settings ({settings}); rerun with "
-                                  "those settings to continue, or choose a new --out")
+        "methods": list(protocol.methods)
+    }:
+        raise requests.UsageError(
+            f"--out {out} holds samples made with other settings ({settings}); rerun with "
+            "those settings to continue, or choose a new --out"
+        )
     return protocol, out
 
 

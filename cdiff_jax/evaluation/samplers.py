@@ -32,10 +32,22 @@ from cdiff_jax.requests import DEMO_CHECKPOINT
 
 # (solver, order, steps, eta): the released sampler first, then each solver at fewer steps; deterministic
 # DDIM (eta 0) separates what the step count costs from what dropping DDIM's noise does.
-GRID = (("ddim", None, 50, 1.0), ("ddim", None, 25, 1.0), ("ddim", None, 15, 1.0), ("ddim", None, 10, 1.0),
-        ("ddim", None, 50, 0.0), ("ddim", None, 15, 0.0),
-        ("dpmpp", 2, 25, 0.0), ("dpmpp", 2, 15, 0.0), ("dpmpp", 2, 10, 0.0), ("dpmpp", 2, 5, 0.0),
-        ("unipc", 2, 25, 0.0), ("unipc", 2, 15, 0.0), ("unipc", 2, 10, 0.0), ("unipc", 2, 5, 0.0))
+GRID = (
+    ("ddim", None, 50, 1.0),
+    ("ddim", None, 25, 1.0),
+    ("ddim", None, 15, 1.0),
+    ("ddim", None, 10, 1.0),
+    ("ddim", None, 50, 0.0),
+    ("ddim", None, 15, 0.0),
+    ("dpmpp", 2, 25, 0.0),
+    ("dpmpp", 2, 15, 0.0),
+    ("dpmpp", 2, 10, 0.0),
+    ("dpmpp", 2, 5, 0.0),
+    ("unipc", 2, 25, 0.0),
+    ("unipc", 2, 15, 0.0),
+    ("unipc", 2, 10, 0.0),
+    ("unipc", 2, 5, 0.0),
+)
 METHOD = M.METHODS[-1]  # the collaborative system with the released re-weighting
 BOOTSTRAP = 100  # resamples for the Frechet distance's standard error
 
@@ -58,8 +70,10 @@ def standard_error(values) -> float:
 
 def frechet_with_error(features: np.ndarray, real_stats, rng: np.random.Generator) -> tuple[float, float]:
     """The Frechet distance of the features to the real statistics, and its bootstrap standard error."""
-    resampled = [frechet_distance(*gaussian_statistics(features[rng.integers(0, len(features), len(features))]),
-                                  *real_stats) for _ in range(BOOTSTRAP)]
+    resampled = [
+        frechet_distance(*gaussian_statistics(features[rng.integers(0, len(features), len(features))]), *real_stats)
+        for _ in range(BOOTSTRAP)
+    ]
     return frechet_distance(*gaussian_statistics(features), *real_stats), float(np.std(resampled, ddof=1))
 
 
@@ -83,14 +97,27 @@ def run(checkpoint, judges_dir, count: int, *, batch: int = 50, seed: int = 0, g
         features = np.asarray(J.features(judges, J.from_uint8(generated)))
         frechet, frechet_se = frechet_with_error(features, real_stats, rng)
         results[name] = {
-            "solver": solver, "order": order, "steps": steps, "eta": eta, "seconds_per_image": seconds,
-            "mask_accuracy": row["mask_accuracy"], "mask_accuracy_se": standard_error(row["per_example_mask_accuracy"]),
+            "solver": solver,
+            "order": order,
+            "steps": steps,
+            "eta": eta,
+            "seconds_per_image": seconds,
+            "mask_accuracy": row["mask_accuracy"],
+            "mask_accuracy_se": standard_error(row["per_example_mask_accuracy"]),
             "attribute_accuracy": row["attribute_accuracy"],
             "attribute_accuracy_se": standard_error(row["per_example_attribute_accuracy"]),
-            "frechet": frechet, "frechet_se": frechet_se}
+            "frechet": frechet,
+            "frechet_se": frechet_se,
+        }
         images[short_name(solver, order, steps, eta)] = generated
-        log.info("%s: mask %.3f, attributes %.3f, Frechet %.1f, %.3f s/image", name, row["mask_accuracy"],
-                 row["attribute_accuracy"], frechet, seconds)
+        log.info(
+            "%s: mask %.3f, attributes %.3f, Frechet %.1f, %.3f s/image",
+            name,
+            row["mask_accuracy"],
+            row["attribute_accuracy"],
+            frechet,
+            seconds,
+        )
     return results, images
 
 
@@ -98,21 +125,28 @@ def matches_the_first_row(results: dict) -> dict[str, bool]:
     """Rows whose mask and attribute accuracy are both no more than one standard error (of the first row's)
     below the first row's: as good, within the noise of the measurement, or better."""
     first = next(iter(results.values()))
-    return {name: all(r[k] >= first[k] - first[f"{k}_se"] for k in ("mask_accuracy", "attribute_accuracy"))
-            for name, r in results.items()}
+    return {
+        name: all(r[k] >= first[k] - first[f"{k}_se"] for k in ("mask_accuracy", "attribute_accuracy"))
+        for name, r in results.items()
+    }
 
 
 def table(results: dict) -> str:
     matches = matches_the_first_row(results)
     first = next(iter(results.values()))
-    lines = ["| sampler, steps | mask accuracy | attribute accuracy | Frechet distance | s / image | "
-             "as good as the first row (1 SE) | time vs the first row |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| sampler, steps | mask accuracy | attribute accuracy | Frechet distance | s / image | "
+        "as good as the first row (1 SE) | time vs the first row |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['mask_accuracy']:.3f} ± {r['mask_accuracy_se']:.3f} | "
-                     f"{r['attribute_accuracy']:.3f} ± {r['attribute_accuracy_se']:.3f} | "
-                     f"{r['frechet']:.1f} ± {r['frechet_se']:.1f} | {r['seconds_per_image']:.4f} | "
-                     f"{'yes' if matches[name] else 'no'} | "
-                     f"{r['seconds_per_image'] / first['seconds_per_image']:.2f}x |")
+        lines.append(
+            f"| {name} | {r['mask_accuracy']:.3f} ± {r['mask_accuracy_se']:.3f} | "
+            f"{r['attribute_accuracy']:.3f} ± {r['attribute_accuracy_se']:.3f} | "
+            f"{r['frechet']:.1f} ± {r['frechet_se']:.1f} | {r['seconds_per_image']:.4f} | "
+            f"{'yes' if matches[name] else 'no'} | "
+            f"{r['seconds_per_image'] / first['seconds_per_image']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -135,8 +169,13 @@ def main(argv=None) -> int:
         return 2
     shown = M.held_out_examples(min(8, args.count))
     settings = {k: getattr(args, k) for k in ("checkpoint", "judges", "count", "batch", "seed")}
-    write_results(pathlib.Path(args.out), settings, results, table(results),
-                  M.picture(shown, {name: im[: len(shown)] for name, im in images.items()}))
+    write_results(
+        pathlib.Path(args.out),
+        settings,
+        results,
+        table(results),
+        M.picture(shown, {name: im[: len(shown)] for name, im in images.items()}),
+    )
     return 0
 
 

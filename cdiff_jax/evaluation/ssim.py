@@ -23,8 +23,8 @@ def gaussian_window(size: int = WINDOW, sigma: float = SIGMA) -> np.ndarray:
 def _filter(x: jax.Array, taps: jax.Array) -> jax.Array:
     """Separable 'valid' filtering of [B, H, W, C] along H then W, each channel alone."""
     n = taps.shape[0]
-    rows = sum(taps[i] * x[:, i:x.shape[1] - n + 1 + i] for i in range(n))
-    return sum(taps[i] * rows[:, :, i:x.shape[2] - n + 1 + i] for i in range(n))
+    rows = sum(taps[i] * x[:, i : x.shape[1] - n + 1 + i] for i in range(n))
+    return sum(taps[i] * rows[:, :, i : x.shape[2] - n + 1 + i] for i in range(n))
 
 
 @jax.jit

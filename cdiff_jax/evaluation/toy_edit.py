@@ -69,8 +69,11 @@ def judge(judges, images: np.ndarray, source: dict, target: dict) -> dict:
     parsed = np.asarray(J.parse(judges, x))
     probabilities = dict(zip(("beard", "age"), (np.asarray(p) for p in J.attribute_probabilities(judges, x))))
     moved = source["labels"] != target["labels"]
-    scores = {f"{name}_to_{who}": (p.argmax(axis=-1) == face["attributes"][name]).astype(float)
-              for who, face in (("target", target), ("source", source)) for name, p in probabilities.items()}
+    scores = {
+        f"{name}_to_{who}": (p.argmax(axis=-1) == face["attributes"][name]).astype(float)
+        for who, face in (("target", target), ("source", source))
+        for name, p in probabilities.items()
+    }
     scores.update({f"{name}_target_probability": p[:, target["attributes"][name]] for name, p in probabilities.items()})
     scores["kept_pixels"] = np.mean(parsed[:, ~moved] == source["labels"][~moved], axis=1)
     if moved.any():
@@ -79,8 +82,15 @@ def judge(judges, images: np.ndarray, source: dict, target: dict) -> dict:
     return scores
 
 
-def run(count: int, out: pathlib.Path, alphas: tuple[float, ...], settings: ImagicSettings, steps: int,
-        checkpoint=DEMO_CHECKPOINT, kinds=tuple(KINDS)) -> dict:
+def run(
+    count: int,
+    out: pathlib.Path,
+    alphas: tuple[float, ...],
+    settings: ImagicSettings,
+    steps: int,
+    checkpoint=DEMO_CHECKPOINT,
+    kinds=tuple(KINDS),
+) -> dict:
     """Scores per kind of edit: {"mean": {field: per alpha}, "per_face": [{field: per alpha}, ...]}, over
     `count` source faces (the spread across faces is what a margin on these numbers must allow for).
     Writes `grid.png`: one row per face, its source image, then each kind's sweep."""
@@ -97,17 +107,22 @@ def run(count: int, out: pathlib.Path, alphas: tuple[float, ...], settings: Imag
             target = targets(source, faces[i + count], kind)
             save_label_png(inputs / f"{kind}_target_mask.png", target["labels"])
             given = {"text": target["caption"], "mask": str(inputs / f"{kind}_target_mask.png")}
-            request = EditRequest(str(checkpoint), str(inputs / "image.png"), {n: given[n] for n in KINDS[kind]},
-                                  seed=i, imagic=settings)
+            request = EditRequest(
+                str(checkpoint), str(inputs / "image.png"), {n: given[n] for n in KINDS[kind]}, seed=i, imagic=settings
+            )
             sweep = edit(request, SweepRequest({n: alphas for n in KINDS[kind]}, steps=steps), out / kind / f"{i:03d}")
             images = np.stack([np.asarray(Image.open(sweep / f"alpha{k:02d}_sample0.png")) for k in range(len(alphas))])
             scores[kind].append(judge(judges, images, source, target))
             grid_rows[-1].extend(images)
     labels = ["source"] + [f"{kind} {alpha:g}" for kind in kinds for alpha in alphas]
     viz.save_png(out / "grid.png", viz.grid(np.stack(grid_rows), col_labels=labels))
-    return {kind: {"mean": {field: np.mean([r[field] for r in rows], axis=0).round(3).tolist() for field in rows[0]},
-                   "per_face": [{field: np.round(v, 3).tolist() for field, v in r.items()} for r in rows]}
-            for kind, rows in scores.items()}
+    return {
+        kind: {
+            "mean": {field: np.mean([r[field] for r in rows], axis=0).round(3).tolist() for field in rows[0]},
+            "per_face": [{field: np.round(v, 3).tolist() for field, v in r.items()} for r in rows],
+        }
+        for kind, rows in scores.items()
+    }
 
 
 def main(argv=None) -> int:
@@ -123,13 +138,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="outputs/toy_edit")
     args = p.parse_args(argv)
     alphas = tuple(float(a) for a in args.alphas.split(","))
-    settings = ImagicSettings(embedding_iterations=args.embedding_iterations,
-                              finetune_iterations=args.finetune_iterations, finetune_lr=args.finetune_lr,
-                              chunk=args.chunk)
+    settings = ImagicSettings(
+        embedding_iterations=args.embedding_iterations,
+        finetune_iterations=args.finetune_iterations,
+        finetune_lr=args.finetune_lr,
+        chunk=args.chunk,
+    )
     out = pathlib.Path(args.out)
     results = run(args.count, out, alphas, settings, args.steps, kinds=tuple(args.kinds.split(",")))
-    (out / "results.json").write_text(json.dumps({"alphas": alphas, "settings": vars(args), "results": results},
-                                                 indent=1))
+    (out / "results.json").write_text(
+        json.dumps({"alphas": alphas, "settings": vars(args), "results": results}, indent=1)
+    )
     for kind, result in results.items():
         print(f"\n{kind} edit, alphas {alphas}, means over {args.count} faces")
         for field, values in result["mean"].items():

@@ -74,7 +74,7 @@ CAPTION_REGIONS = ("caption shows", "elsewhere")
 def region_ids(labels: np.ndarray, latent_size: int) -> np.ndarray:
     """[N, S, S] index into REGIONS of each latent pixel (the label at the centre of its patch)."""
     factor = labels.shape[1] // latent_size
-    centres = labels[:, factor // 2::factor, factor // 2::factor]
+    centres = labels[:, factor // 2 :: factor, factor // 2 :: factor]
     ids = np.full(centres.shape, -1, np.int32)
     for i, classes in enumerate(REGIONS.values()):
         ids[np.isin(centres, [CLASS_NAMES.index(c) for c in classes])] = i
@@ -84,8 +84,9 @@ def region_ids(labels: np.ndarray, latent_size: int) -> np.ndarray:
 def caption_region_ids(examples: list[dict], latent_size: int) -> np.ndarray:
     """[N, S, S] index into CAPTION_REGIONS: 0 where over a quarter of the latent pixel's patch changes
     when the face is re-rendered with no beard at the youngest age."""
-    shown = np.stack([np.any(e["image"] != make_example(e["seed"], beard=0, age=0)["image"], axis=-1)
-                      for e in examples])
+    shown = np.stack(
+        [np.any(e["image"] != make_example(e["seed"], beard=0, age=0)["image"], axis=-1) for e in examples]
+    )
     factor = shown.shape[1] // latent_size
     patches = shown.reshape(len(examples), latent_size, factor, latent_size, factor).mean(axis=(2, 4))
     return np.where(patches > 0.25, 0, 1).astype(np.int32)
@@ -99,10 +100,14 @@ def measure(system, examples: list[dict], timesteps=TIMESTEPS, *, batch: int = 6
     if len(names) != 2 or set(names) != {"text", "mask"}:
         raise ValueError(f"the diagnostic compares a text and a mask expert; this system has {list(names)}")
     images = J.from_uint8(np.stack([e["image"] for e in examples]))
-    conditions = {"text": cond.encode_captions([e["caption"] for e in examples], cfg.modalities["text"].encoder).ids,
-                  "mask": cond.encode_masks([e["labels"] for e in examples], cfg.modalities["mask"].encoder)}
-    partitions = {"face part": (tuple(REGIONS), region_ids(np.stack([e["labels"] for e in examples]), cfg.latent_size)),
-                  "caption area": (CAPTION_REGIONS, caption_region_ids(examples, cfg.latent_size))}
+    conditions = {
+        "text": cond.encode_captions([e["caption"] for e in examples], cfg.modalities["text"].encoder).ids,
+        "mask": cond.encode_masks([e["labels"] for e in examples], cfg.modalities["mask"].encoder),
+    }
+    partitions = {
+        "face part": (tuple(REGIONS), region_ids(np.stack([e["labels"] for e in examples]), cfg.latent_size)),
+        "caption area": (CAPTION_REGIONS, caption_region_ids(examples, cfg.latent_size)),
+    }
     fit = np.arange(len(examples)) < len(examples) // 2
     schedule = make_schedule(cfg.schedule)
     graphdef, state = nnx.split(system)
@@ -120,19 +125,35 @@ def measure(system, examples: list[dict], timesteps=TIMESTEPS, *, batch: int = 6
 
     rows = []
     for t in timesteps:
-        parts = [errors(state, images[i:i + batch], {n: jnp.asarray(c[i:i + batch]) for n, c in conditions.items()},
-                        t, jax.random.fold_in(jax.random.key(seed), i * STREAMS_PER_BATCH + t))
-                 for i in range(0, len(examples), batch)]
+        parts = [
+            errors(
+                state,
+                images[i : i + batch],
+                {n: jnp.asarray(c[i : i + batch]) for n, c in conditions.items()},
+                t,
+                jax.random.fold_in(jax.random.key(seed), i * STREAMS_PER_BATCH + t),
+            )
+            for i in range(0, len(examples), batch)
+        ]
         first, second = np.concatenate([np.asarray(p[0]) for p in parts], axis=1)  # [M, N, ...]: examples second
         learned, learned_weight = (np.concatenate([np.asarray(p[k]) for p in parts]) for k in (1, 2))
         constant_w = best_weight(first[fit], second[fit])
         constant = constant_w * first + (1 - constant_w) * second
         mse = lambda e: float(np.mean(e[~fit] ** 2))  # noqa: E731 - scored on the held-out half only
-        row = {"t": int(t), "mse": {names[0]: mse(first), names[1]: mse(second),
-                                    "equal weights": mse(0.5 * (first + second)), "learned maps": mse(learned),
-                                    "best constant": mse(constant)},
-               "constant_weight": constant_w, "learned_weight_mean": float(learned_weight.mean()),
-               "learned_weight_spatial_std": float(learned_weight.std(axis=(1, 2)).mean()), "region_weights": {}}
+        row = {
+            "t": int(t),
+            "mse": {
+                names[0]: mse(first),
+                names[1]: mse(second),
+                "equal weights": mse(0.5 * (first + second)),
+                "learned maps": mse(learned),
+                "best constant": mse(constant),
+            },
+            "constant_weight": constant_w,
+            "learned_weight_mean": float(learned_weight.mean()),
+            "learned_weight_spatial_std": float(learned_weight.std(axis=(1, 2)).mean()),
+            "region_weights": {},
+        }
         for partition, (regions, ids) in partitions.items():
             by_region, weights = constant.copy(), {}
             for i, region in enumerate(regions):
@@ -141,8 +162,11 @@ def measure(system, examples: list[dict], timesteps=TIMESTEPS, *, batch: int = 6
                     continue  # a region absent from either half has nothing to fit or score
                 w = best_weight(first[fit_inside], second[fit_inside])
                 by_region[inside] = w * first[inside] + (1 - w) * second[inside]
-                weights[region] = {"fitted": w, "learned": float(learned_weight[inside].mean()),
-                                   "pixels": int(inside.sum())}
+                weights[region] = {
+                    "fitted": w,
+                    "learned": float(learned_weight[inside].mean()),
+                    "pixels": int(inside.sum()),
+                }
             row["mse"][f"best per {partition}"] = mse(by_region)
             row["region_weights"][partition] = weights
         rows.append(row)
@@ -154,19 +178,30 @@ def tables(result: dict) -> str:
     of each partition."""
     rows, first = result["rows"], result["first_modality"]
     methods = list(rows[0]["mse"])
-    lines = ["| t | " + " | ".join(methods) + f" | best constant weight on {first} | learned maps: mean, spatial std |",
-             "|---" * (len(methods) + 3) + "|"]
+    lines = [
+        "| t | " + " | ".join(methods) + f" | best constant weight on {first} | learned maps: mean, spatial std |",
+        "|---" * (len(methods) + 3) + "|",
+    ]
     for r in rows:
-        lines.append(f"| {r['t']} | " + " | ".join(f"{r['mse'][m]:.5f}" for m in methods)
-                     + f" | {r['constant_weight']:.2f} | {r['learned_weight_mean']:.2f}, "
-                       f"{r['learned_weight_spatial_std']:.3f} |")
+        lines.append(
+            f"| {r['t']} | "
+            + " | ".join(f"{r['mse'][m]:.5f}" for m in methods)
+            + f" | {r['constant_weight']:.2f} | {r['learned_weight_mean']:.2f}, "
+            f"{r['learned_weight_spatial_std']:.3f} |"
+        )
     for partition, regions in (("face part", tuple(REGIONS)), ("caption area", CAPTION_REGIONS)):
-        lines += ["", f"Weight on {first} per {partition}, fitted / learned:", "",
-                  "| t | " + " | ".join(regions) + " |", "|---" * (len(regions) + 1) + "|"]
+        lines += [
+            "",
+            f"Weight on {first} per {partition}, fitted / learned:",
+            "",
+            "| t | " + " | ".join(regions) + " |",
+            "|---" * (len(regions) + 1) + "|",
+        ]
         for r in rows:
             fitted = r["region_weights"][partition]
-            cells = [f"{w['fitted']:.2f} / {w['learned']:.2f}" if (w := fitted.get(region)) else "-"
-                     for region in regions]
+            cells = [
+                f"{w['fitted']:.2f} / {w['learned']:.2f}" if (w := fitted.get(region)) else "-" for region in regions
+            ]
             lines.append(f"| {r['t']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

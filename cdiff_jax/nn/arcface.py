@@ -44,8 +44,16 @@ class PReLU(nnx.Module):
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
     pad = kernel // 2
-    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                    use_bias=False, precision=PRECISION, rngs=rngs)
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        (kernel, kernel),
+        strides=stride,
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        precision=PRECISION,
+        rngs=rngs,
+    )
 
 
 def _batch_norm(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -95,8 +103,9 @@ class ArcFace(nnx.Module):
         self.input_prelu = PReLU(STAGE_DEPTHS[0])
         body, in_ch = [], STAGE_DEPTHS[0]
         for count, depth in zip(units, STAGE_DEPTHS, strict=True):
-            body += [BottleneckIRSE(in_ch if i == 0 else depth, depth, 2 if i == 0 else 1, rngs=rngs)
-                     for i in range(count)]
+            body += [
+                BottleneckIRSE(in_ch if i == 0 else depth, depth, 2 if i == 0 else 1, rngs=rngs) for i in range(count)
+            ]
             in_ch = depth
         self.body = nnx.List(body)
         self.stage_ends = tuple(np.cumsum(units).tolist())
@@ -124,24 +133,47 @@ class ArcFace(nnx.Module):
         return self.stages(faces)["embedding"]
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, units: tuple[int, ...] = IR_SE50_UNITS,
-                        face_size: int = FACE_SIZE) -> ArcFace:
+    def from_checkpoint(
+        cls, path: str | os.PathLike, units: tuple[int, ...] = IR_SE50_UNITS, face_size: int = FACE_SIZE
+    ) -> ArcFace:
         """pSp's `model_ir_se50.pth` (a plain Backbone state dict); `num_batches_tracked` may be absent."""
         model = nnx.eval_shape(lambda: cls(units, face_size, rngs=nnx.Rngs(0)))
-        return load_state_dict(model, read_state_dict(path).tensors, arcface_key_map(model), source=str(path),
-                               network="ArcFace IR-SE", ignored=lambda key: key.endswith(".num_batches_tracked"))
+        return load_state_dict(
+            model,
+            read_state_dict(path).tensors,
+            arcface_key_map(model),
+            source=str(path),
+            network="ArcFace IR-SE",
+            ignored=lambda key: key.endswith(".num_batches_tracked"),
+        )
 
 
 # Our module names -> the official Sequential indices; leaves: our variable names -> torch's.
 _MODULES = {
-    "input_conv": "input_layer.0", "input_bn": "input_layer.1", "input_prelu": "input_layer.2",
-    "output_bn": "output_layer.0", "linear": "output_layer.3", "embedding_bn": "output_layer.4",
-    "shortcut_conv": "shortcut_layer.0", "shortcut_bn": "shortcut_layer.1",
-    "bn_in": "res_layer.0", "conv1": "res_layer.1", "prelu": "res_layer.2", "conv2": "res_layer.3",
-    "bn_out": "res_layer.4", "se_reduce": "res_layer.5.fc1", "se_expand": "res_layer.5.fc2",
+    "input_conv": "input_layer.0",
+    "input_bn": "input_layer.1",
+    "input_prelu": "input_layer.2",
+    "output_bn": "output_layer.0",
+    "linear": "output_layer.3",
+    "embedding_bn": "output_layer.4",
+    "shortcut_conv": "shortcut_layer.0",
+    "shortcut_bn": "shortcut_layer.1",
+    "bn_in": "res_layer.0",
+    "conv1": "res_layer.1",
+    "prelu": "res_layer.2",
+    "conv2": "res_layer.3",
+    "bn_out": "res_layer.4",
+    "se_reduce": "res_layer.5.fc1",
+    "se_expand": "res_layer.5.fc2",
 }
-_LEAVES = {"kernel": "weight", "slope": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-           "var": "running_var"}
+_LEAVES = {
+    "kernel": "weight",
+    "slope": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
 
 
 def arcface_key_map(model: ArcFace) -> dict[str, str]:
@@ -165,8 +197,10 @@ def adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
 def idloss_faces(images: jax.Array) -> jax.Array:
     """pSp IDLoss's input to the network: the face crop of 256x256 images, average-pooled to 112x112."""
     if images.ndim != 4 or images.shape[1:] != (IDLOSS_IMAGE_SIZE, IDLOSS_IMAGE_SIZE, 3):
-        raise ValueError(f"images must be [N, {IDLOSS_IMAGE_SIZE}, {IDLOSS_IMAGE_SIZE}, 3] (FFHQ-aligned, in "
-                         f"[-1, 1]), got shape {images.shape}")
+        raise ValueError(
+            f"images must be [N, {IDLOSS_IMAGE_SIZE}, {IDLOSS_IMAGE_SIZE}, 3] (FFHQ-aligned, in "
+            f"[-1, 1]), got shape {images.shape}"
+        )
     (top, bottom), (left, right) = IDLOSS_CROP
     rows = adaptive_pool_matrix(bottom - top, FACE_SIZE)
     cols = adaptive_pool_matrix(right - left, FACE_SIZE)

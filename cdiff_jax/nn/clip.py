@@ -52,15 +52,22 @@ class CLIPConfig:
     vision_heads: int
 
     @classmethod
-    def from_state_dict(cls, tensors: Mapping[str, np.ndarray], source: str, transformer_heads: int | None = None,
-                        vision_heads: int | None = None) -> CLIPConfig:
+    def from_state_dict(
+        cls,
+        tensors: Mapping[str, np.ndarray],
+        source: str,
+        transformer_heads: int | None = None,
+        vision_heads: int | None = None,
+    ) -> CLIPConfig:
         """The configuration `build_model` reads off the tensor shapes. Head counts are not in the file: they
         default to width // 64 as build_model assumes, which holds for OpenAI's models but not every file."""
 
         def shape(key: str) -> tuple[int, ...]:
             if key not in tensors:
-                raise CheckpointReadError(f"{source}: not CLIP (ViT) weights: missing {key}; pass an OpenAI CLIP "
-                                          "state dict (ModifiedResNet image towers are not supported)")
+                raise CheckpointReadError(
+                    f"{source}: not CLIP (ViT) weights: missing {key}; pass an OpenAI CLIP "
+                    "state dict (ModifiedResNet image towers are not supported)"
+                )
             return tuple(tensors[key].shape)
 
         def layers(prefix: str) -> int:
@@ -71,10 +78,15 @@ class CLIPConfig:
         grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
         width = shape("ln_final.weight")[0]
         return cls(
-            embed_dim=shape("text_projection")[1], image_resolution=patch * grid,
-            vision_layers=layers("visual.transformer.resblocks."), vision_width=vision_width, vision_patch_size=patch,
-            context_length=shape("positional_embedding")[0], vocab_size=shape("token_embedding.weight")[0],
-            transformer_width=width, transformer_heads=transformer_heads or width // HEAD_WIDTH,
+            embed_dim=shape("text_projection")[1],
+            image_resolution=patch * grid,
+            vision_layers=layers("visual.transformer.resblocks."),
+            vision_width=vision_width,
+            vision_patch_size=patch,
+            context_length=shape("positional_embedding")[0],
+            vocab_size=shape("token_embedding.weight")[0],
+            transformer_width=width,
+            transformer_heads=transformer_heads or width // HEAD_WIDTH,
             transformer_layers=layers("transformer.resblocks."),
             vision_heads=vision_heads or vision_width // HEAD_WIDTH,
         )
@@ -157,8 +169,9 @@ class VisionTransformer(nnx.Module):
         width, patch = cfg.vision_width, cfg.vision_patch_size
         self.resolution = cfg.image_resolution
         tokens = (cfg.image_resolution // patch) ** 2 + 1
-        self.conv1 = nnx.Conv(3, width, (patch, patch), strides=patch, padding="VALID", use_bias=False,
-                              precision=PRECISION, rngs=rngs)
+        self.conv1 = nnx.Conv(
+            3, width, (patch, patch), strides=patch, padding="VALID", use_bias=False, precision=PRECISION, rngs=rngs
+        )
         self.class_embedding = nnx.Param(jnp.zeros((width,), jnp.float32))
         self.positional_embedding = nnx.Param(jnp.zeros((tokens, width), jnp.float32))
         self.ln_pre = _layer_norm(width, rngs)
@@ -171,8 +184,10 @@ class VisionTransformer(nnx.Module):
         `features` ([N, embed_dim])."""
         size = self.resolution
         if np.ndim(images) != 4 or np.shape(images)[1:] != (size, size, 3):
-            raise ValueError(f"images must be [N, {size}, {size}, 3] NHWC, as preprocess(images, {size}) gives, "
-                             f"got shape {np.shape(images)}")
+            raise ValueError(
+                f"images must be [N, {size}, {size}, 3] NHWC, as preprocess(images, {size}) gives, "
+                f"got shape {np.shape(images)}"
+            )
         x = self.conv1(jnp.asarray(images, jnp.float32))
         n, _, _, width = x.shape
         x = x.reshape(n, -1, width)  # row-major over the patch grid, as torch flattens [width, grid, grid]
@@ -244,13 +259,15 @@ class CLIP(nnx.Module):
     def clip_score(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
         """[N] 100 * max(cosine, 0) of image i and caption i (torchmetrics' CLIPScore, per pair)."""
         if len(images) != len(tokens):
-            raise ValueError(f"the CLIP score pairs image i with caption i: got {len(images)} images and "
-                             f"{len(tokens)} captions")
+            raise ValueError(
+                f"the CLIP score pairs image i with caption i: got {len(images)} images and {len(tokens)} captions"
+            )
         return self.outputs(images, tokens)["clip_score"]
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, transformer_heads: int | None = None,
-                        vision_heads: int | None = None) -> CLIP:
+    def from_checkpoint(
+        cls, path: str | os.PathLike, transformer_heads: int | None = None, vision_heads: int | None = None
+    ) -> CLIP:
         """An OpenAI CLIP state dict (ViT image tower; float16 or float32, upcast exactly). The sizes are read
         off the shapes as `build_model` does; the head counts are not in the file (default width // 64).
 
@@ -262,8 +279,14 @@ class CLIP(nnx.Module):
         tensors = read_state_dict(path).tensors
         cfg = CLIPConfig.from_state_dict(tensors, str(path), transformer_heads, vision_heads)
         model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
-        return load_state_dict(model, tensors, clip_key_map(model), source=str(path), network="OpenAI CLIP (ViT)",
-                               ignored=lambda key: key in NON_WEIGHT_KEYS)
+        return load_state_dict(
+            model,
+            tensors,
+            clip_key_map(model),
+            source=str(path),
+            network="OpenAI CLIP (ViT)",
+            ignored=lambda key: key in NON_WEIGHT_KEYS,
+        )
 
 
 # Our variable names -> torch's, by leaf. Our module tree is the original's, except that the packed q, k, v

@@ -40,8 +40,16 @@ class BatchStatNorm(nnx.Module):
 
 def _patch_conv(in_ch: int, out_ch: int, stride: int, *, bias: bool, rngs: nnx.Rngs) -> nnx.Conv:
     """4x4 convolution with padding 1, N(0, 0.02) weights as the reference initialises them."""
-    return nnx.Conv(in_ch, out_ch, (4, 4), strides=stride, padding=((1, 1), (1, 1)), use_bias=bias,
-                    kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        (4, 4),
+        strides=stride,
+        padding=((1, 1), (1, 1)),
+        use_bias=bias,
+        kernel_init=nnx.initializers.normal(0.02),
+        rngs=rngs,
+    )
 
 
 class PatchDiscriminator(nnx.Module):

@@ -90,21 +90,27 @@ class TriPlaneGenerator(nnx.Module):
         """The backbone's mapping network (z, c -> w, and w_avg), as a StyleGAN2 generator has it."""
         return self.backbone.mapping
 
-    def views(self, ws: jax.Array, cameras: jax.Array, draws: vr.RenderDraws, noises,
-              resolution: int | None = None) -> Views:
+    def views(
+        self, ws: jax.Array, cameras: jax.Array, draws: vr.RenderDraws, noises, resolution: int | None = None
+    ) -> Views:
         """ws [B, num_ws, w_dim] seen by cameras [B, 25]: tri-planes, then `look`."""
-        return self.look(self.planes(ws, noises), ws, cameras, resolution or self.cfg.neural_rendering_resolution,
-                         draws)
+        return self.look(
+            self.planes(ws, noises), ws, cameras, resolution or self.cfg.neural_rendering_resolution, draws
+        )
 
-    def look(self, planes: jax.Array, ws: jax.Array, cameras: jax.Array, resolution: int,
-             draws: vr.RenderDraws) -> Views:
+    def look(
+        self, planes: jax.Array, ws: jax.Array, cameras: jax.Array, resolution: int, draws: vr.RenderDraws
+    ) -> Views:
         """Tri-planes seen by cameras [B, 25]: rendering at `resolution`, then super-resolution."""
         batch = planes.shape[0]
         rendering = self.render(planes, cameras, resolution, draws)
         features = rendering.features.reshape(batch, resolution, resolution, -1)
         rgb = features[..., :3]
-        image = rgb if self.superresolution is None else self.superresolution(
-            rgb, features, ws[:, -1], self.cfg.superresolution_noise_mode)
+        image = (
+            rgb
+            if self.superresolution is None
+            else self.superresolution(rgb, features, ws[:, -1], self.cfg.superresolution_noise_mode)
+        )
         return Views(image, rgb, rendering.depth.reshape(batch, resolution, resolution, 1), rendering)
 
     def planes(self, ws: jax.Array, noises) -> jax.Array:
@@ -118,20 +124,30 @@ class TriPlaneGenerator(nnx.Module):
         """Volume rendering of the tri-planes through the decoder, seen by cameras [B, 25]."""
         cfg = self.cfg
         origins, directions = rays(*split_labels(cameras), resolution)
-        return vr.render(lambda points: self.decoder(vr.sample_planes(planes, points, cfg.box_warp)), origins,
-                         directions, draws, ray_start=cfg.ray_start, ray_end=cfg.ray_end,
-                         disparity=cfg.disparity_space_sampling, white_back=cfg.white_back)
+        return vr.render(
+            lambda points: self.decoder(vr.sample_planes(planes, points, cfg.box_warp)),
+            origins,
+            directions,
+            draws,
+            ray_start=cfg.ray_start,
+            ray_end=cfg.ray_end,
+            disparity=cfg.disparity_space_sampling,
+            white_back=cfg.white_back,
+        )
 
 
 def _camera_shape(cameras: jax.Array, batch: int, name: str) -> None:
     if cameras.shape != (batch, CAMERA_NUMBERS):
-        raise ValueError(f"{name}: shape {cameras.shape}; EG3D takes camera labels [{batch}, {CAMERA_NUMBERS}] "
-                         "(cam2world 4x4 then normalised intrinsics 3x3, see cdiff_jax.cameras)")
+        raise ValueError(
+            f"{name}: shape {cameras.shape}; EG3D takes camera labels [{batch}, {CAMERA_NUMBERS}] "
+            "(cam2world 4x4 then normalised intrinsics 3x3, see cdiff_jax.cameras)"
+        )
 
 
 @jax.jit(static_argnames=("graphdef", "truncation_cutoff"))
-def map_latents(graphdef, state, z: jax.Array, c: jax.Array, *, truncation_psi=1.0,
-                truncation_cutoff: int | None = None) -> jax.Array:
+def map_latents(
+    graphdef, state, z: jax.Array, c: jax.Array, *, truncation_psi=1.0, truncation_cutoff: int | None = None
+) -> jax.Array:
     """z [B, z_dim] and the conditioning camera c [B, 25] -> ws [B, num_ws, w_dim], truncated towards w_avg."""
     g = nnx.merge(graphdef, state)
     _camera_shape(c, z.shape[0], "c")
@@ -156,14 +172,24 @@ def draw_uniforms(key: jax.Array, cfg: EG3DConfig, batch: int, resolution: int) 
     """The random draws of one rendering of `batch` views at `resolution`."""
     stratified_key, importance_key = jax.random.split(key)
     rays = resolution * resolution
-    return vr.RenderDraws(jax.random.uniform(stratified_key, (batch, rays, cfg.depth_resolution)),
-                          jax.random.uniform(importance_key, (batch, rays, cfg.depth_resolution_importance)))
+    return vr.RenderDraws(
+        jax.random.uniform(stratified_key, (batch, rays, cfg.depth_resolution)),
+        jax.random.uniform(importance_key, (batch, rays, cfg.depth_resolution_importance)),
+    )
 
 
 @jax.jit(static_argnames=("graphdef", "resolution"))
-def render_views(graphdef, state, planes: jax.Array, ws: jax.Array, cameras: jax.Array, *,
-                 key: jax.Array | None = None, draws: vr.RenderDraws | None = None,
-                 resolution: int | None = None) -> Views:
+def render_views(
+    graphdef,
+    state,
+    planes: jax.Array,
+    ws: jax.Array,
+    cameras: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    draws: vr.RenderDraws | None = None,
+    resolution: int | None = None,
+) -> Views:
     """Tri-planes and ws of B identities, seen by cameras [B, 25] -> `Views`.
 
     The renderer's uniforms come from `draws` if given, else from `key`. `resolution` is the neural
@@ -180,9 +206,17 @@ def render_views(graphdef, state, planes: jax.Array, ws: jax.Array, cameras: jax
     return g.look(planes, ws, cameras, resolution, draws)
 
 
-def synthesize(graphdef, state, ws: jax.Array, cameras: jax.Array, *, noise_mode: str = "const",
-               key: jax.Array | None = None, draws: vr.RenderDraws | None = None,
-               resolution: int | None = None) -> Views:
+def synthesize(
+    graphdef,
+    state,
+    ws: jax.Array,
+    cameras: jax.Array,
+    *,
+    noise_mode: str = "const",
+    key: jax.Array | None = None,
+    draws: vr.RenderDraws | None = None,
+    resolution: int | None = None,
+) -> Views:
     """ws and cameras -> `Views`: `triplanes` then `render_views` (the backbone's random noise and the
     renderer's uniforms both come from `key` when not given)."""
     noise_key, render_key = jax.random.split(key) if key is not None else (None, None)
@@ -190,16 +224,31 @@ def synthesize(graphdef, state, ws: jax.Array, cameras: jax.Array, *, noise_mode
     return render_views(graphdef, state, planes, ws, cameras, key=render_key, draws=draws, resolution=resolution)
 
 
-def orbit_views(graphdef, state, ws: jax.Array, cameras, key: jax.Array, *, noise_mode: str = "const",
-                noise_key: jax.Array | None = None, on_view=None) -> tuple[np.ndarray, np.ndarray]:
+def orbit_views(
+    graphdef,
+    state,
+    ws: jax.Array,
+    cameras,
+    key: jax.Array,
+    *,
+    noise_mode: str = "const",
+    noise_key: jax.Array | None = None,
+    on_view=None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Images [B, V, R, R, 3] and depths [B, V, r, r, 1] of ws [B, ...] seen by every camera [V, 25]: the
     tri-planes once, then one rendering per view (view v's uniforms from fold_in(key, v); `on_view()` after
     each, e.g. for a progress bar)."""
     planes = triplanes(graphdef, state, ws, noise_mode=noise_mode, key=noise_key)
     images, depths = [], []
     for v, camera in enumerate(np.asarray(cameras)):
-        seen = render_views(graphdef, state, planes, ws, jnp.broadcast_to(camera, (ws.shape[0], CAMERA_NUMBERS)),
-                            key=jax.random.fold_in(key, v))
+        seen = render_views(
+            graphdef,
+            state,
+            planes,
+            ws,
+            jnp.broadcast_to(camera, (ws.shape[0], CAMERA_NUMBERS)),
+            key=jax.random.fold_in(key, v),
+        )
         images.append(np.asarray(seen.image))
         depths.append(np.asarray(seen.depth))
         if on_view is not None:

@@ -34,8 +34,25 @@ STD = (0.229, 0.224, 0.225)
 
 # The parser's class order: prepropess_data.py's `atts` enumerated from 1, 0 = background.
 PARSER_CLASS_NAMES = (
-    "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
-    "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat",
+    "background",
+    "skin",
+    "l_brow",
+    "r_brow",
+    "l_eye",
+    "r_eye",
+    "eye_g",
+    "l_ear",
+    "r_ear",
+    "ear_r",
+    "nose",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "neck",
+    "neck_l",
+    "cloth",
+    "hair",
+    "hat",
 )
 # Parser label -> our label (CLASS_NAMES, CelebAMask-HQ's g_mask.py order), by class name.
 PARSER_TO_CELEBAMASKHQ = np.array([CLASS_NAMES.index(name) for name in PARSER_CLASS_NAMES], np.int32)
@@ -59,10 +76,14 @@ def preprocess(images, size: int | tuple[int, int] = INPUT_SIZE) -> np.ndarray:
     if not np.issubdtype(images.dtype, np.integer) or images.min() < 0 or images.max() > 255:
         raise ValueError("expected uint8 RGB values (integers 0..255)")
     height, width = (size, size) if isinstance(size, int) else size
-    resized = np.stack([
-        np.asarray(Image.fromarray(image.astype(np.uint8), "RGB").resize((width, height), Image.Resampling.BILINEAR))
-        for image in images
-    ])
+    resized = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(image.astype(np.uint8), "RGB").resize((width, height), Image.Resampling.BILINEAR)
+            )
+            for image in images
+        ]
+    )
     mean, std = np.asarray(MEAN, np.float32), np.asarray(STD, np.float32)
     return (resized.astype(np.float32) / np.float32(255) - mean) / std
 
@@ -70,8 +91,16 @@ def preprocess(images, size: int | tuple[int, int] = INPUT_SIZE) -> np.ndarray:
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, *, rngs: nnx.Rngs) -> nnx.Conv:
     """Every convolution of the network: bias-free, padding kernel // 2 as the original's."""
     pad = kernel // 2
-    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                    use_bias=False, precision=PRECISION, rngs=rngs)
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        (kernel, kernel),
+        strides=stride,
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        precision=PRECISION,
+        rngs=rngs,
+    )
 
 
 def _bn(channels: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -245,8 +274,14 @@ class FaceParser(nnx.Module):
     def from_checkpoint(cls, path: str | os.PathLike) -> FaceParser:
         """face-parsing.PyTorch's `79999_iter.pth` (a plain state dict), strictly, as test.py loads it."""
         model = nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0)))
-        return load_state_dict(model, read_state_dict(path).tensors, face_parser_key_map(model), source=str(path),
-                               network="face-parsing BiSeNet", ignored=lambda key: key.endswith("num_batches_tracked"))
+        return load_state_dict(
+            model,
+            read_state_dict(path).tensors,
+            face_parser_key_map(model),
+            source=str(path),
+            network="face-parsing BiSeNet",
+            ignored=lambda key: key.endswith("num_batches_tracked"),
+        )
 
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}

@@ -31,7 +31,7 @@ def fourier_filter(x: jax.Array, scale: float, threshold: int = THRESHOLD) -> ja
     """x [B, H, W, C] with the centred 2t x 2t box of its (shifted) 2-D spectrum multiplied by `scale`."""
     spectrum = jnp.fft.fftshift(jnp.fft.fftn(x, axes=(1, 2)), axes=(1, 2))
     h, w = x.shape[1] // 2, x.shape[2] // 2
-    box = jnp.ones(x.shape[1:3], x.dtype).at[h - threshold:h + threshold, w - threshold:w + threshold].set(scale)
+    box = jnp.ones(x.shape[1:3], x.dtype).at[h - threshold : h + threshold, w - threshold : w + threshold].set(scale)
     spectrum = spectrum * box[None, :, :, None]
     return jnp.fft.ifftn(jnp.fft.ifftshift(spectrum, axes=(1, 2)), axes=(1, 2)).real.astype(x.dtype)
 

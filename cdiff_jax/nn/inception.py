@@ -33,8 +33,16 @@ class BasicConv(nnx.Module):
     def __init__(self, in_ch: int, out_ch: int, kernel, *, stride: int = 1, padding=(0, 0), rngs: nnx.Rngs):
         kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
         padding = (padding, padding) if isinstance(padding, int) else padding
-        self.conv = nnx.Conv(in_ch, out_ch, kernel, strides=stride, padding=tuple((p, p) for p in padding),
-                             use_bias=False, precision=PRECISION, rngs=rngs)
+        self.conv = nnx.Conv(
+            in_ch,
+            out_ch,
+            kernel,
+            strides=stride,
+            padding=tuple((p, p) for p in padding),
+            use_bias=False,
+            precision=PRECISION,
+            rngs=rngs,
+        )
         self.bn = nnx.BatchNorm(out_ch, use_running_average=True, epsilon=BN_EPS, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -45,8 +53,9 @@ def _avg_pool_3x3_valid_count(x: jax.Array) -> jax.Array:
     """3x3, stride 1, padding 1, dividing by the number of real pixels (count_include_pad=False)."""
     window, strides, pad = (1, 3, 3, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pad)
-    count = jax.lax.reduce_window(jnp.ones(x.shape[1:3], x.dtype)[None, :, :, None], 0.0, jax.lax.add,
-                                  window, strides, pad)
+    count = jax.lax.reduce_window(
+        jnp.ones(x.shape[1:3], x.dtype)[None, :, :, None], 0.0, jax.lax.add, window, strides, pad
+    )
     return total / count
 
 
@@ -65,12 +74,15 @@ class InceptionA(nnx.Module):
         self.branch_pool = BasicConv(in_ch, pool_features, 1, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.concatenate([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg_pool_3x3_valid_count(x)),
-        ], axis=-1)
+        return jnp.concatenate(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg_pool_3x3_valid_count(x)),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionB(nnx.Module):
@@ -81,11 +93,14 @@ class InceptionB(nnx.Module):
         self.branch3x3dbl_3 = BasicConv(96, 96, 3, stride=2, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.concatenate([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            _max_pool_3x3(x, 2),
-        ], axis=-1)
+        return jnp.concatenate(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                _max_pool_3x3(x, 2),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionC(nnx.Module):
@@ -104,15 +119,23 @@ class InceptionC(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         double = x
-        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                      self.branch7x7dbl_5):
+        for layer in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             double = layer(double)
-        return jnp.concatenate([
-            self.branch1x1(x),
-            self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-            double,
-            self.branch_pool(_avg_pool_3x3_valid_count(x)),
-        ], axis=-1)
+        return jnp.concatenate(
+            [
+                self.branch1x1(x),
+                self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
+                double,
+                self.branch_pool(_avg_pool_3x3_valid_count(x)),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionD(nnx.Module):
@@ -150,12 +173,17 @@ class InceptionE(nnx.Module):
         single = self.branch3x3_1(x)
         double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = _max_pool_3x3(x, 1, padding=1) if self.max_pool else _avg_pool_3x3_valid_count(x)
-        return jnp.concatenate([
-            self.branch1x1(x),
-            self.branch3x3_2a(single), self.branch3x3_2b(single),
-            self.branch3x3dbl_3a(double), self.branch3x3dbl_3b(double),
-            self.branch_pool(pooled),
-        ], axis=-1)
+        return jnp.concatenate(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(single),
+                self.branch3x3_2b(single),
+                self.branch3x3dbl_3a(double),
+                self.branch3x3dbl_3b(double),
+                self.branch_pool(pooled),
+            ],
+            axis=-1,
+        )
 
 
 def resize_for_fid(images: jax.Array) -> jax.Array:
@@ -191,8 +219,19 @@ class InceptionV3(nnx.Module):
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(_max_pool_3x3(x, 2)))
         x = _max_pool_3x3(x, 2)
-        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+        for name in (
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
+        ):
             x = outputs[name] = getattr(self, name)(x)
         outputs["pool3"] = x.mean(axis=(1, 2))
         return outputs
@@ -204,9 +243,14 @@ class InceptionV3(nnx.Module):
     def from_checkpoint(cls, path: str | os.PathLike) -> InceptionV3:
         """pytorch-fid's weight file (`pt_inception-2015-12-05-*.pth`); its unused 1008-way `fc` is ignored."""
         model = nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0)))
-        return load_state_dict(model, read_state_dict(path).tensors, inception_key_map(model), source=str(path),
-                               network="pytorch-fid InceptionV3",
-                               ignored=lambda key: key.startswith("fc.") or key.endswith("num_batches_tracked"))
+        return load_state_dict(
+            model,
+            read_state_dict(path).tensors,
+            inception_key_map(model),
+            source=str(path),
+            network="pytorch-fid InceptionV3",
+            ignored=lambda key: key.startswith("fc.") or key.endswith("num_batches_tracked"),
+        )
 
 
 _BATCHNORM_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}

@@ -44,8 +44,12 @@ class KernelForms:
     precision: str | None = None
 
     def __post_init__(self):
-        for field, allowed in (("conv", CONV_FORMS), ("upsample", UPSAMPLE_FORMS),
-                               ("attention", ATTENTION_FORMS), ("precision", PRECISIONS)):
+        for field, allowed in (
+            ("conv", CONV_FORMS),
+            ("upsample", UPSAMPLE_FORMS),
+            ("attention", ATTENTION_FORMS),
+            ("precision", PRECISIONS),
+        ):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"KernelForms: {field}={getattr(self, field)!r}; choose one of {allowed}")
 
@@ -108,13 +112,30 @@ class Convolution:
 
     rule: str
 
-    def __call__(self, lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
-                 dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-        simple = (lhs.ndim == 4 and tuple(window_strides) == (1, 1) and feature_group_count == 1
-                  and kwargs.get("out_sharding") is None and kwargs.get("preferred_element_type") is None
-                  and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
-                  and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-                  == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
+    def __call__(
+        self,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        *,
+        lhs_dilation=None,
+        rhs_dilation=None,
+        dimension_numbers=None,
+        feature_group_count=1,
+        precision=None,
+        **kwargs,
+    ):
+        simple = (
+            lhs.ndim == 4
+            and tuple(window_strides) == (1, 1)
+            and feature_group_count == 1
+            and kwargs.get("out_sharding") is None
+            and kwargs.get("preferred_element_type") is None
+            and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
+            and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+        )
         if simple:
             if isinstance(padding, str):
                 padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
@@ -125,9 +146,17 @@ class Convolution:
             if form == "winograd":
                 return winograd_conv3x3(lhs, rhs, precision)
         return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-            precision=precision, **kwargs)
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
 
 
 def conv_form(image_shape, kernel_shape, padding, rule: str = "by_size") -> str:
@@ -155,10 +184,8 @@ def _matmul_conv(x, kernel, padding, precision):
     (top, bottom), (left, right) = padding
     padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     oh, ow = h + top + bottom - kh + 1, w + left + right - kw + 1
-    patches = jnp.concatenate(
-        [padded[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
-    out = jnp.dot(patches.reshape(b * oh * ow, kh * kw * cin), kernel.reshape(kh * kw * cin, cout),
-                  precision=precision)
+    patches = jnp.concatenate([padded[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
+    out = jnp.dot(patches.reshape(b * oh * ow, kh * kw * cin), kernel.reshape(kh * kw * cin, cout), precision=precision)
     return out.reshape(b, oh, ow, cout)
 
 
@@ -195,9 +222,13 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Arr
     taps = jnp.einsum("ai,bj,ijco->abco", g, g, kernel, precision=precision)  # [4, 4, cin, cout]
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, h // 2 + 1, 2, w // 2 + 1, 2, cin)
     rows = _winograd_input_transform(padded[:, :, 0], padded[:, :, 1], axis=1)
-    products = [[jnp.dot(tile.reshape(-1, cin), taps[i, j], precision=precision)
-                 for j, tile in enumerate(_winograd_input_transform(r[:, :, :, 0], r[:, :, :, 1], axis=2))]
-                for i, r in enumerate(rows)]
+    products = [
+        [
+            jnp.dot(tile.reshape(-1, cin), taps[i, j], precision=precision)
+            for j, tile in enumerate(_winograd_input_transform(r[:, :, :, 0], r[:, :, :, 1], axis=2))
+        ]
+        for i, r in enumerate(rows)
+    ]
     columns = [_winograd_output_transform([products[i][j] for i in range(4)]) for j in range(4)]
     out_rows = [_winograd_output_transform([columns[j][r] for j in range(4)]) for r in range(2)]
     out = jnp.stack([jnp.stack(pair, axis=-2) for pair in out_rows], axis=-3)  # [..., 2, 2, cout]
@@ -205,6 +236,7 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Arr
 
 
 # --- upsampling ---------------------------------------------------------------------------------
+
 
 def upsample_nearest(x: jax.Array) -> jax.Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
@@ -224,8 +256,12 @@ def upsample_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array, forms: Ke
     convolve = conv_function(forms)
     b, h, w, _ = x.shape
     if forms.upsample == "plain" or (forms.conv == "by_size" and b * 4 * h * w <= MATMUL_CONV_MAX_POSITIONS):
-        return convolve(upsample_nearest(x), kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC,
-                        precision=forms.precision) + bias
+        return (
+            convolve(
+                upsample_nearest(x), kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC, precision=forms.precision
+            )
+            + bias
+        )
 
     def fold(k, axis, odd):
         k0, k1, k2 = jnp.split(k, 3, axis=axis)
@@ -234,14 +270,23 @@ def upsample_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array, forms: Ke
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     rows = []
     for row in (0, 1):
-        phases = [convolve(padded[:, row:row + h + 1, col:col + w + 1], fold(fold(kernel, 0, row), 1, col),
-                           (1, 1), "VALID", dimension_numbers=NHWC, precision=forms.precision)
-                  for col in (0, 1)]
+        phases = [
+            convolve(
+                padded[:, row : row + h + 1, col : col + w + 1],
+                fold(fold(kernel, 0, row), 1, col),
+                (1, 1),
+                "VALID",
+                dimension_numbers=NHWC,
+                precision=forms.precision,
+            )
+            for col in (0, 1)
+        ]
         rows.append(jnp.stack(phases, axis=3))
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, -1) + bias
 
 
 # --- attention ----------------------------------------------------------------------------------
+
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, forms: KernelForms) -> jax.Array:
     """Softmax attention over [B, N, heads*D] projections; channels split as (heads, D); the score

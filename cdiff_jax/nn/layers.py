@@ -61,15 +61,34 @@ def conv(
     """A 2-D convolution; `zero_init` makes a residual branch start as the identity."""
     if isinstance(padding, int):
         padding = ((padding, padding), (padding, padding))
-    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=padding,
-                    conv_general_dilated=conv_function(forms), precision=forms.precision,
-                    kernel_init=zeros if zero_init else lecun_normal, rngs=rngs)
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        (kernel, kernel),
+        strides=stride,
+        padding=padding,
+        conv_general_dilated=conv_function(forms),
+        precision=forms.precision,
+        kernel_init=zeros if zero_init else lecun_normal,
+        rngs=rngs,
+    )
 
 
-def linear(in_features: int, out_features: int, *, use_bias: bool = True, zero_init: bool = False,
-           forms: KernelForms, rngs: nnx.Rngs) -> nnx.Linear:
+def linear(
+    in_features: int,
+    out_features: int,
+    *,
+    use_bias: bool = True,
+    zero_init: bool = False,
+    forms: KernelForms,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
     """A dense layer whose product runs at the forms' precision; `zero_init` starts it at output 0 (plus bias)."""
-    return nnx.Linear(in_features, out_features, use_bias=use_bias, precision=forms.precision,
-                      kernel_init=zeros if zero_init else lecun_normal, rngs=rngs)
-
-
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        precision=forms.precision,
+        kernel_init=zeros if zero_init else lecun_normal,
+        rngs=rngs,
+    )

@@ -76,8 +76,14 @@ class LPIPS(nnx.Module):
         prefix = found[0][: -len(anchor)]
         own = {key: value for key, value in tensors.items() if key.startswith(prefix)}
         model = nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0)))
-        return load_state_dict(model, own, lpips_key_map(prefix), source=str(path), network="LPIPS",
-                               ignored=lambda key: key.startswith(f"{prefix}scaling_layer."))
+        return load_state_dict(
+            model,
+            own,
+            lpips_key_map(prefix),
+            source=str(path),
+            network="LPIPS",
+            ignored=lambda key: key.startswith(f"{prefix}scaling_layer."),
+        )
 
 
 def lpips_key_map(prefix: str = "") -> dict[str, str]:

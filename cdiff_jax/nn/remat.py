@@ -24,8 +24,9 @@ POLICIES = {
 
 def check_policy(name: str) -> None:
     if name not in POLICIES:
-        raise ValueError(f"remat={name!r}: unknown activation checkpointing policy; choose one of "
-                         f"{', '.join(POLICIES)}")
+        raise ValueError(
+            f"remat={name!r}: unknown activation checkpointing policy; choose one of {', '.join(POLICIES)}"
+        )
 
 
 def checkpointed(fn: Callable, policy: str) -> Callable:
@@ -38,8 +39,9 @@ def checkpointed(fn: Callable, policy: str) -> Callable:
 
     def run(module: nnx.Module, *args):
         graphdef, state = nnx.split(module)
-        return jax.checkpoint(lambda state, *args: fn(nnx.merge(graphdef, state), *args),
-                              policy=POLICIES[policy])(state, *args)
+        return jax.checkpoint(lambda state, *args: fn(nnx.merge(graphdef, state), *args), policy=POLICIES[policy])(
+            state, *args
+        )
 
     return run
 

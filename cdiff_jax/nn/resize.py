@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def bilinear_matrix(size_in: int, size_out: int, *, align_corners: bool = False,
-                    antialias: bool = False) -> np.ndarray:
+def bilinear_matrix(size_in: int, size_out: int, *, align_corners: bool = False, antialias: bool = False) -> np.ndarray:
     """[size_out, size_in] float32 weights of torch's bilinear resize along one axis."""
     if align_corners:  # torch computes this variant's source positions in float32
         scale = np.float32(size_in - 1) / np.float32(size_out - 1) if size_out > 1 else np.float32(0)
@@ -48,8 +47,9 @@ def _triangle(size_in: int, size_out: int, scale: float) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def resize(images: jax.Array, height: int, width: int, *, align_corners: bool = False, antialias: bool = False,
-           precision=None) -> jax.Array:
+def resize(
+    images: jax.Array, height: int, width: int, *, align_corners: bool = False, antialias: bool = False, precision=None
+) -> jax.Array:
     """NHWC images -> [N, height, width, C], bilinear as torch."""
     if images.shape[1:3] == (height, width):
         return images

@@ -57,8 +57,9 @@ def fir_filter(taps: Sequence[int], gain: float) -> np.ndarray:
     return (f / f.sum() * gain).astype(np.float32)
 
 
-def _upfirdn_axis(x: jax.Array, taps: Sequence[int], axis: int, up: int, pad: tuple[int, int],
-                  gain: float) -> jax.Array:
+def _upfirdn_axis(
+    x: jax.Array, taps: Sequence[int], axis: int, up: int, pad: tuple[int, int], gain: float
+) -> jax.Array:
     """One axis of upfirdn2d: zero insertion by `up`, padding, convolution with the normalised
     `taps` (scaled to sum `gain`), written per output phase as sums of shifted slices of x: no multiply
     touches an inserted zero, which on XLA:CPU runs several times faster than a depthwise convolution
@@ -68,17 +69,17 @@ def _upfirdn_axis(x: jax.Array, taps: Sequence[int], axis: int, up: int, pad: tu
     n = x.shape[axis]
     length = n * up + pad[0] + pad[1] - len(g) + 1
     out = length // up  # every caller's padding makes length a multiple of up
-    phases = [[(g[j], (a + j - pad[0]) // up) for j in range(len(g)) if (a + j - pad[0]) % up == 0]
-              for a in range(up)]
+    phases = [[(g[j], (a + j - pad[0]) // up) for j in range(len(g)) if (a + j - pad[0]) % up == 0] for a in range(up)]
     shifts = [s for phase in phases for _, s in phase]
     lo, hi = max(0, -min(shifts)), max(0, max(shifts) + out - n)
     widths = [(0, 0)] * x.ndim
     widths[axis] = (lo, hi)
     xp = jnp.pad(x, widths)
-    ys = [sum(float(c) * jax.lax.slice_in_dim(xp, lo + s, lo + s + out, axis=axis) for c, s in phase)
-          for phase in phases]
+    ys = [
+        sum(float(c) * jax.lax.slice_in_dim(xp, lo + s, lo + s + out, axis=axis) for c, s in phase) for phase in phases
+    ]
     y = jnp.stack(ys, axis=axis + 1)
-    return y.reshape(*x.shape[:axis], out * up, *x.shape[axis + 1:])
+    return y.reshape(*x.shape[:axis], out * up, *x.shape[axis + 1 :])
 
 
 def upfirdn(x: jax.Array, taps: Sequence[int], pad: tuple[int, int], up: int = 1, gain: float = 4.0) -> jax.Array:
@@ -93,9 +94,16 @@ def upsample_skip(img: jax.Array, taps: Sequence[int]) -> jax.Array:
     return upfirdn(img, taps, ((n + 1) // 2, (n - 2) // 2), up=2)
 
 
-def modulated_conv(x: jax.Array, weight: jax.Array, styles: jax.Array, *, demodulate: bool,
-                   up_taps: Sequence[int] | None = None, convolve=jax.lax.conv_general_dilated,
-                   precision=None) -> jax.Array:
+def modulated_conv(
+    x: jax.Array,
+    weight: jax.Array,
+    styles: jax.Array,
+    *,
+    demodulate: bool,
+    up_taps: Sequence[int] | None = None,
+    convolve=jax.lax.conv_general_dilated,
+    precision=None,
+) -> jax.Array:
     """Convolution with weights scaled per sample by `styles` over input channels (and, with
     `demodulate`, renormalised per output channel), computed as scale - convolve - rescale.
 
@@ -109,8 +117,15 @@ def modulated_conv(x: jax.Array, weight: jax.Array, styles: jax.Array, *, demodu
     if up_taps is None:
         x = convolve(x, weight, (1, 1), ((k // 2, k // 2),) * 2, dimension_numbers=NHWC, precision=precision)
     else:
-        x = jax.lax.conv_general_dilated(x, weight[::-1, ::-1], (1, 1), ((k - 1, k - 1),) * 2, lhs_dilation=(2, 2),
-                                         dimension_numbers=NHWC, precision=precision)
+        x = jax.lax.conv_general_dilated(
+            x,
+            weight[::-1, ::-1],
+            (1, 1),
+            ((k - 1, k - 1),) * 2,
+            lhs_dilation=(2, 2),
+            dimension_numbers=NHWC,
+            precision=precision,
+        )
         n = len(up_taps)  # the official padding arithmetic (conv2d_resample) for padding k // 2
         x = upfirdn(x, up_taps, (k // 2 + (n + 1) // 2 - (k - 1), k // 2 + (n - 2) // 2 - (k - 2)))
     if demodulate:
@@ -122,8 +137,9 @@ def modulated_conv(x: jax.Array, weight: jax.Array, styles: jax.Array, *, demodu
 class EqualizedLinear(nnx.Module):
     """Fully connected layer with equalised learning rate: y = x (W lr/sqrt(in)) + b lr."""
 
-    def __init__(self, in_features: int, out_features: int, *, lr_multiplier: float = 1.0, bias_init: float = 0.0,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, in_features: int, out_features: int, *, lr_multiplier: float = 1.0, bias_init: float = 0.0, rngs: nnx.Rngs
+    ):
         self.weight = nnx.Param(normal(rngs.params(), (in_features, out_features)) / lr_multiplier)
         self.bias = nnx.Param(jnp.full((out_features,), bias_init, jnp.float32))
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
@@ -142,8 +158,12 @@ class MappingNetwork(nnx.Module):
         hidden = cfg.mapping_layer_features or cfg.w_dim
         self.embed = EqualizedLinear(cfg.c_dim, embed, rngs=rngs) if cfg.c_dim else None
         widths = [cfg.z_dim + embed] + [hidden] * (cfg.mapping_layers - 1) + [cfg.w_dim]
-        self.layers = nnx.List([EqualizedLinear(a, b, lr_multiplier=cfg.mapping_lr_multiplier, rngs=rngs)
-                                for a, b in zip(widths[:-1], widths[1:])])
+        self.layers = nnx.List(
+            [
+                EqualizedLinear(a, b, lr_multiplier=cfg.mapping_lr_multiplier, rngs=rngs)
+                for a, b in zip(widths[:-1], widths[1:])
+            ]
+        )
         self.w_avg = Buffer(jnp.zeros((cfg.w_dim,), jnp.float32)) if with_w_avg else None
 
     def inputs(self, z: jax.Array, c: jax.Array | None) -> jax.Array:
@@ -163,8 +183,9 @@ class MappingNetwork(nnx.Module):
 class SynthesisLayer(nnx.Module):
     """Modulated 3x3 conv (demodulated; x2 up if `up`), + noise * strength, + bias, lrelu, clamp."""
 
-    def __init__(self, in_channels: int, out_channels: int, resolution: int, cfg: StyleGAN2Config, *,
-                 up: bool, rngs: nnx.Rngs):
+    def __init__(
+        self, in_channels: int, out_channels: int, resolution: int, cfg: StyleGAN2Config, *, up: bool, rngs: nnx.Rngs
+    ):
         self.affine = EqualizedLinear(cfg.w_dim, in_channels, bias_init=1.0, rngs=rngs)
         self.weight = nnx.Param(normal(rngs.params(), (3, 3, in_channels, out_channels)))
         self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32))
@@ -177,8 +198,15 @@ class SynthesisLayer(nnx.Module):
         self.precision = forms.precision
 
     def __call__(self, x: jax.Array, w: jax.Array, noise: jax.Array | None) -> jax.Array:
-        x = modulated_conv(x, self.weight[...], self.affine(w), demodulate=True, up_taps=self.up_taps,
-                           convolve=self.convolve, precision=self.precision)
+        x = modulated_conv(
+            x,
+            self.weight[...],
+            self.affine(w),
+            demodulate=True,
+            up_taps=self.up_taps,
+            convolve=self.convolve,
+            precision=self.precision,
+        )
         if noise is not None:
             x = x + noise[..., None] * self.noise_strength[...]
         return lrelu(x + self.bias[...], self.clamp)
@@ -207,8 +235,16 @@ class SynthesisBlock(nnx.Module):
     super-resolution `SynthesisBlockNoUp`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, resolution: int, cfg: StyleGAN2Config, *,
-                 rngs: nnx.Rngs, up: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        resolution: int,
+        cfg: StyleGAN2Config,
+        *,
+        rngs: nnx.Rngs,
+        up: bool = True,
+    ):
         self.resolution = resolution
         self.resample_filter = cfg.resample_filter
         self.up = up
@@ -225,8 +261,9 @@ class SynthesisBlock(nnx.Module):
     def convs(self) -> list[SynthesisLayer]:
         return [self.conv1] if self.conv0 is None else [self.conv0, self.conv1]
 
-    def __call__(self, x: jax.Array | None, img: jax.Array | None, ws: jax.Array,
-                 noises: Sequence[jax.Array | None]) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, x: jax.Array | None, img: jax.Array | None, ws: jax.Array, noises: Sequence[jax.Array | None]
+    ) -> tuple[jax.Array, jax.Array]:
         """ws [B, len(convs) + 1, w_dim]: one row per conv, then the toRGB's row."""
         if self.const is not None:
             x = jnp.broadcast_to(self.const[...], (ws.shape[0], *self.const.shape))
@@ -259,18 +296,21 @@ class SynthesisNetwork(nnx.Module):
         rows, i = [], 0
         for block in self.blocks:
             n = len(block.convs)
-            rows.append(ws[:, i:i + n + 1])
+            rows.append(ws[:, i : i + n + 1])
             i += n
         return rows
 
-    def noises(self, batch: int, noise_mode: str, key: jax.Array | None,
-               noise: Sequence[jax.Array] | None) -> list[jax.Array | None]:
+    def noises(
+        self, batch: int, noise_mode: str, key: jax.Array | None, noise: Sequence[jax.Array] | None
+    ) -> list[jax.Array | None]:
         """Per noise layer: explicit `noise` ([R, R] or [B, R, R] each) if given, else by `noise_mode`."""
         layers = self.noise_layers
         if noise is not None:
             if len(noise) != len(layers):
-                raise ValueError(f"noise: got {len(noise)} arrays, the generator has {len(layers)} noise layers "
-                                 f"(resolutions {[layer.noise_const.shape[0] for layer in layers]})")
+                raise ValueError(
+                    f"noise: got {len(noise)} arrays, the generator has {len(layers)} noise layers "
+                    f"(resolutions {[layer.noise_const.shape[0] for layer in layers]})"
+                )
             return list(noise)
         if noise_mode == "none":
             return [None] * len(layers)
@@ -320,8 +360,15 @@ def _labels(cfg: StyleGAN2Config, z: jax.Array, c: jax.Array | None) -> jax.Arra
 
 
 @jax.jit(static_argnames=("graphdef", "truncation_cutoff"))
-def map_latents(graphdef, state, z: jax.Array, c: jax.Array | None = None, *, truncation_psi=1.0,
-                truncation_cutoff: int | None = None) -> jax.Array:
+def map_latents(
+    graphdef,
+    state,
+    z: jax.Array,
+    c: jax.Array | None = None,
+    *,
+    truncation_psi=1.0,
+    truncation_cutoff: int | None = None,
+) -> jax.Array:
     """z [B, z_dim] (c [B, c_dim]) -> ws [B, num_ws, w_dim], truncated towards w_avg."""
     g = nnx.merge(graphdef, state)
     w = g.mapping(z, _labels(g.cfg, z, c))
@@ -330,8 +377,15 @@ def map_latents(graphdef, state, z: jax.Array, c: jax.Array | None = None, *, tr
 
 
 @jax.jit(static_argnames=("graphdef", "noise_mode"))
-def synthesize(graphdef, state, ws: jax.Array, *, noise_mode: str = "const", key: jax.Array | None = None,
-               noise: Sequence[jax.Array] | None = None) -> jax.Array:
+def synthesize(
+    graphdef,
+    state,
+    ws: jax.Array,
+    *,
+    noise_mode: str = "const",
+    key: jax.Array | None = None,
+    noise: Sequence[jax.Array] | None = None,
+) -> jax.Array:
     """ws [B, num_ws, w_dim] -> images [B, R, R, C]. `noise` (one array per noise layer, [R, R] or
     [B, R, R]) overrides `noise_mode`; 'random' draws from `key`."""
     _check_noise_mode(noise_mode)
@@ -342,9 +396,18 @@ def synthesize(graphdef, state, ws: jax.Array, *, noise_mode: str = "const", key
 
 
 @jax.jit(static_argnames=("graphdef", "truncation_cutoff", "noise_mode"))
-def generate(graphdef, state, z: jax.Array, c: jax.Array | None = None, *, truncation_psi=1.0,
-             truncation_cutoff: int | None = None, noise_mode: str = "const", key: jax.Array | None = None,
-             noise: Sequence[jax.Array] | None = None) -> jax.Array:
+def generate(
+    graphdef,
+    state,
+    z: jax.Array,
+    c: jax.Array | None = None,
+    *,
+    truncation_psi=1.0,
+    truncation_cutoff: int | None = None,
+    noise_mode: str = "const",
+    key: jax.Array | None = None,
+    noise: Sequence[jax.Array] | None = None,
+) -> jax.Array:
     """z (c) -> images [B, R, R, C]: `map_latents` then `synthesize` in one program."""
     ws = map_latents(graphdef, state, z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
     return synthesize(graphdef, state, ws, noise_mode=noise_mode, key=key, noise=noise)

@@ -27,9 +27,19 @@ class EqualizedConv2d(nnx.Module):
     """Conv with equalised learning rate (weight / sqrt(fan_in)), optional x2 FIR downsampling, bias,
     activation (lrelu with gain sqrt(2), or linear) and clamp, all scaled by a per-call `gain`."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, *, activation: str = "lrelu",
-                 bias: bool = True, down: bool = False, resample_filter: Sequence[int] = (1, 3, 3, 1),
-                 conv_clamp: float | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        *,
+        activation: str = "lrelu",
+        bias: bool = True,
+        down: bool = False,
+        resample_filter: Sequence[int] = (1, 3, 3, 1),
+        conv_clamp: float | None = None,
+        rngs: nnx.Rngs,
+    ):
         self.weight = nnx.Param(normal(rngs.params(), (kernel, kernel, in_channels, out_channels)))
         self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if bias else None
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel * kernel)
@@ -47,8 +57,9 @@ class EqualizedConv2d(nnx.Module):
             x = upfirdn(x, self.down_taps, (k // 2 + (n - 1) // 2, k // 2 + (n - 2) // 2), gain=1.0)
             if k == 1:
                 x = x[:, ::2, ::2]
-            x = jax.lax.conv_general_dilated(x, w, (1, 1) if k == 1 else (2, 2), ((0, 0), (0, 0)),
-                                             dimension_numbers=NHWC)
+            x = jax.lax.conv_general_dilated(
+                x, w, (1, 1) if k == 1 else (2, 2), ((0, 0), (0, 0)), dimension_numbers=NHWC
+            )
         if self.bias is not None:
             x = x + self.bias[...]
         if self.activation == "lrelu":
@@ -59,8 +70,15 @@ class EqualizedConv2d(nnx.Module):
 
 
 class DiscriminatorBlock(nnx.Module):
-    def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, cfg: StyleGAN2DiscriminatorConfig, *,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        tmp_channels: int,
+        out_channels: int,
+        cfg: StyleGAN2DiscriminatorConfig,
+        *,
+        rngs: nnx.Rngs,
+    ):
         conv = dict(resample_filter=cfg.resample_filter, conv_clamp=cfg.conv_clamp, rngs=rngs)
         self.fromrgb = EqualizedConv2d(cfg.img_channels, tmp_channels, 1, **conv) if in_channels == 0 else None
         self.conv0 = EqualizedConv2d(tmp_channels, tmp_channels, 3, **conv)
@@ -92,8 +110,9 @@ def minibatch_stddev(x: jax.Array, group_size: int, num_channels: int) -> jax.Ar
 class DiscriminatorEpilogue(nnx.Module):
     def __init__(self, channels: int, cfg: StyleGAN2DiscriminatorConfig, *, rngs: nnx.Rngs):
         self.group_size, self.num_channels = cfg.mbstd_group_size, cfg.mbstd_num_channels
-        self.conv = EqualizedConv2d(channels + cfg.mbstd_num_channels, channels, 3, conv_clamp=cfg.conv_clamp,
-                                    rngs=rngs)
+        self.conv = EqualizedConv2d(
+            channels + cfg.mbstd_num_channels, channels, 3, conv_clamp=cfg.conv_clamp, rngs=rngs
+        )
         self.fc = EqualizedLinear(channels * 4 * 4, channels, rngs=rngs)
         self.out = EqualizedLinear(channels, cfg.projection_dim or 1, rngs=rngs)
 
@@ -118,16 +137,21 @@ class Discriminator(nnx.Module):
             in_channels = 0 if res == cfg.img_resolution else cfg.channels(res)
             blocks.append(DiscriminatorBlock(in_channels, cfg.channels(res), cfg.channels(res // 2), cfg, rngs=rngs))
         self.blocks = nnx.List(blocks)
-        label_mapping = StyleGAN2Config(z_dim=0, c_dim=cfg.c_dim, w_dim=cfg.projection_dim or 1,
-                                        mapping_layers=cfg.mapping_layers,
-                                        mapping_lr_multiplier=cfg.mapping_lr_multiplier)
+        label_mapping = StyleGAN2Config(
+            z_dim=0,
+            c_dim=cfg.c_dim,
+            w_dim=cfg.projection_dim or 1,
+            mapping_layers=cfg.mapping_layers,
+            mapping_lr_multiplier=cfg.mapping_lr_multiplier,
+        )
         self.mapping = MappingNetwork(label_mapping, rngs=rngs, with_w_avg=False) if cfg.c_dim else None
         self.epilogue = DiscriminatorEpilogue(cfg.channels(4), cfg, rngs=rngs)
 
     def __call__(self, img: jax.Array, c: jax.Array | None = None) -> jax.Array:
         if self.mapping is not None and (c is None or c.shape != (img.shape[0], self.cfg.c_dim)):
-            raise ValueError(f"c: this discriminator is conditional; pass labels of shape [{img.shape[0]}, "
-                             f"{self.cfg.c_dim}]")
+            raise ValueError(
+                f"c: this discriminator is conditional; pass labels of shape [{img.shape[0]}, {self.cfg.c_dim}]"
+            )
         x = None
         for block in self.blocks:
             x = block(x, img)

@@ -59,8 +59,7 @@ class ResBlock(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head (cross-)attention: q, k, v without bias, output projection with bias."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, forms: KernelForms,
-                 rngs: nnx.Rngs):
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, forms: KernelForms, rngs: nnx.Rngs):
         inner = heads * head_dim
         self.heads = heads
         self.forms = forms
@@ -94,8 +93,7 @@ class GEGLU(nnx.Module):
 class TransformerBlock(nnx.Module):
     """Pre-LN self-attention, cross-attention to the condition, then GEGLU."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, forms: KernelForms,
-                 rngs: nnx.Rngs):
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, *, forms: KernelForms, rngs: nnx.Rngs):
         self.norm1 = layer_norm(dim, rngs=rngs)
         self.attn1 = Attention(dim, dim, heads, head_dim, forms=forms, rngs=rngs)
         self.norm2 = layer_norm(dim, rngs=rngs)
@@ -123,8 +121,12 @@ class SpatialTransformer(nnx.Module):
         inner = heads * head_dim
         self.norm = group_norm(ch, 1e-6, rngs=rngs)
         self.proj_in = conv(ch, inner, 1, forms=forms, rngs=rngs)
-        self.blocks = nnx.List([TransformerBlock(inner, cfg.context_dim, heads, head_dim, forms=forms, rngs=rngs)
-                                for _ in range(cfg.transformer_depth)])
+        self.blocks = nnx.List(
+            [
+                TransformerBlock(inner, cfg.context_dim, heads, head_dim, forms=forms, rngs=rngs)
+                for _ in range(cfg.transformer_depth)
+            ]
+        )
         self.proj_out = conv(inner, ch, 1, zero_init=True, forms=forms, rngs=rngs)
 
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
@@ -288,12 +290,15 @@ class UNet(nnx.Module):
         count = len(self.up_blocks)
         wrong = [i for i in up_blocks if not 0 <= i < count]
         if wrong:
-            raise ValueError(f"UNet features: up blocks {wrong} do not exist; choose among 0..{count - 1} "
-                             f"(those with cross-attention: {self.cross_attention_up_blocks()})")
+            raise ValueError(
+                f"UNet features: up blocks {wrong} do not exist; choose among 0..{count - 1} "
+                f"(those with cross-attention: {self.cross_attention_up_blocks()})"
+            )
         out, inter, probabilities = self._forward(x, t, context, tuple(sorted(set(up_blocks))))
         names = [f"output_block_{i:02d}" for i in sorted(set(up_blocks))]
-        return out, UNetFeatures(middle=inter["middle_block"], up={n: inter[n] for n in names},
-                                 cross_attention=probabilities)
+        return out, UNetFeatures(
+            middle=inter["middle_block"], up={n: inter[n] for n in names}, cross_attention=probabilities
+        )
 
     def _forward(self, x, t, context, tapped: tuple[int, ...], freeu: FreeU | None = None):
         """(output, every block's output by name, cross-attention probabilities of the tapped up blocks)."""

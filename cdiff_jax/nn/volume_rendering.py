@@ -28,8 +28,11 @@ def torch_linspace(start: float, stop: float, count: int) -> np.ndarray:
     """float32 `torch.linspace` (its two-sided stepping, so the depths match to the last bit)."""
     step = np.float32((np.float32(stop) - np.float32(start)) / np.float32(count - 1))
     i = np.arange(count)
-    return np.where(i < count // 2, np.float32(start) + step * i.astype(np.float32),
-                    np.float32(stop) - step * (count - 1 - i).astype(np.float32)).astype(np.float32)
+    return np.where(
+        i < count // 2,
+        np.float32(start) + step * i.astype(np.float32),
+        np.float32(stop) - step * (count - 1 - i).astype(np.float32),
+    ).astype(np.float32)
 
 
 def stratified_depths(u: jax.Array, ray_start: float, ray_end: float, *, disparity: bool = False) -> jax.Array:
@@ -155,8 +158,17 @@ class Rendering(NamedTuple):
 Field = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
-def render(field: Field, origins: jax.Array, directions: jax.Array, draws: RenderDraws, *, ray_start: float,
-           ray_end: float, disparity: bool = False, white_back: bool = False) -> Rendering:
+def render(
+    field: Field,
+    origins: jax.Array,
+    directions: jax.Array,
+    draws: RenderDraws,
+    *,
+    ray_start: float,
+    ray_end: float,
+    disparity: bool = False,
+    white_back: bool = False,
+) -> Rendering:
     """EG3D's ImportanceRenderer: coarse samples, importance samples drawn from their weights (when
     `draws.importance` has any), then one march over both sorted by depth."""
 
@@ -172,11 +184,19 @@ def render(field: Field, origins: jax.Array, directions: jax.Array, draws: Rende
         weights = march(features_coarse, sigma_coarse, depths_coarse, white_back=white_back).weights
         depths_fine = importance_depths(depths_coarse, weights, draws.importance)
         features_fine, sigma_fine = evaluate(depths_fine)
-        depths, (features, sigma) = merge_by_depth(depths_coarse, depths_fine, [
-            (features_coarse, features_fine), (sigma_coarse, sigma_fine)])
+        depths, (features, sigma) = merge_by_depth(
+            depths_coarse, depths_fine, [(features_coarse, features_fine), (sigma_coarse, sigma_fine)]
+        )
     else:
         depths_fine = sigma_fine = depths_coarse[:, :, :0]
         depths, features, sigma = depths_coarse, features_coarse, sigma_coarse
     marched = march(features, sigma, depths, white_back=white_back)
-    return Rendering(marched.rgb, marched.depth, jnp.sum(marched.weights, axis=2), depths_coarse, sigma_coarse,
-                     depths_fine, sigma_fine)
+    return Rendering(
+        marched.rgb,
+        marched.depth,
+        jnp.sum(marched.weights, axis=2),
+        depths_coarse,
+        sigma_coarse,
+        depths_fine,
+        sigma_fine,
+    )

@@ -33,8 +33,9 @@ END_OF_WORD = "</w>"
 
 # Special tokens whole, English contractions, runs of letters, single digits, runs of other non-space symbols;
 # matched case-insensitively on the lower-cased caption.
-_PIECES = regex.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
-                        regex.IGNORECASE)
+_PIECES = regex.compile(
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+", regex.IGNORECASE
+)
 _WHITESPACE = regex.compile(r"\s+")
 # ftfy's deterministic fixes (see the module docstring).
 _LIGATURES = {ord(c): unicodedata.normalize("NFKC", c) for c in "ĲĳŉǱǲǳǄǅǆǇǈǉǊǋǌﬀﬁﬂﬃﬄﬆ"} | {ord("ﬅ"): "ſt"}
@@ -65,7 +66,7 @@ class CLIPTokenizer:
 
     def __init__(self, vocab_path: str | os.PathLike = VOCAB_PATH):
         with gzip.open(vocab_path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")[1:MERGES + 1]  # the first line is a version header
+            lines = f.read().split("\n")[1 : MERGES + 1]  # the first line is a version header
         merges = [tuple(line.split()) for line in lines]
         if len(merges) != MERGES or any(len(m) != 2 for m in merges):
             raise ValueError(f"{vocab_path}: not CLIP's BPE vocabulary (need {MERGES} merge lines of two symbols)")
@@ -108,8 +109,9 @@ class CLIPTokenizer:
             ids.extend(self.ids[part] for part in self._bpe(word))
         return ids
 
-    def tokenize(self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH,
-                 truncate: bool = True) -> np.ndarray:
+    def tokenize(
+        self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, truncate: bool = True
+    ) -> np.ndarray:
         """`clip.tokenize`: [N, context_length] int32; a longer caption is cut, its last kept id set to the end
         token (truncate=True), or refused (ValueError)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -118,10 +120,12 @@ class CLIPTokenizer:
             ids = [self.start_id, *self.encode(text), self.end_id]
             if len(ids) > context_length:
                 if not truncate:
-                    raise ValueError(f"caption {i} has {len(ids)} tokens, more than the context length "
-                                     f"{context_length}; shorten it or pass truncate=True")
-                ids = ids[:context_length - 1] + [self.end_id]
-            rows[i, :len(ids)] = ids
+                    raise ValueError(
+                        f"caption {i} has {len(ids)} tokens, more than the context length "
+                        f"{context_length}; shorten it or pass truncate=True"
+                    )
+                ids = ids[: context_length - 1] + [self.end_id]
+            rows[i, : len(ids)] = ids
         return rows
 
 

@@ -69,8 +69,13 @@ class AutoencoderMetrics:
 
 
 def init_autoencoder_state(params, tx, disc_params, disc_tx) -> AutoencoderTrainState:
-    return AutoencoderTrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                                 disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params))
+    return AutoencoderTrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        disc_params=disc_params,
+        disc_opt_state=disc_tx.init(disc_params),
+    )
 
 
 def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -86,8 +91,18 @@ def reconstruction_terms(x, recon, lpips, perceptual_weight):
     return rec
 
 
-def autoencoder_train_steps(graphdef, frozen, state, batches, key, tx, disc_graphdef, disc_tx, lpips,
-                            objective: AutoencoderObjective = AutoencoderObjective()):
+def autoencoder_train_steps(
+    graphdef,
+    frozen,
+    state,
+    batches,
+    key,
+    tx,
+    disc_graphdef,
+    disc_tx,
+    lpips,
+    objective: AutoencoderObjective = AutoencoderObjective(),
+):
     """One optimizer step pair per leading entry of `batches["image"]` ([k, B, H, W, 3]).
 
     `lpips` is `(graphdef, state)` of a loaded LPIPS, or None when perceptual_weight is 0.
@@ -98,24 +113,38 @@ def autoencoder_train_steps(graphdef, frozen, state, batches, key, tx, disc_grap
     images = batches["image"]
     policy = loop_policy()
     run = lambda state, images, adversarial: _autoencoder_train_steps(  # noqa: E731
-        graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips, objective, adversarial, policy)
+        graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips, objective, adversarial, policy
+    )
     step = int(state.step)
     split = objective.disc_start - step
     if 0 < split < images.shape[0]:
         state, before = run(state, images[:split], False)
         if not bool(before.finite.all()):  # the guard rejected a step: the rest of the call is not applied
             rest = images.shape[0] - split
-            return state, jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros((rest, *a.shape[1:]), a.dtype)]),
-                                       before)
+            return state, jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros((rest, *a.shape[1:]), a.dtype)]), before)
         state, after = run(state, images[split:], True)
         return state, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), before, after)
     return run(state, images, step >= objective.disc_start)
 
 
-@jax.jit(static_argnames=("graphdef", "tx", "disc_graphdef", "disc_tx", "objective", "adversarial", "policy"),
-         donate_argnames=("state",))
-def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_graphdef, disc_tx, lpips, objective,
-                             adversarial: bool, policy: LoopPolicy):
+@jax.jit(
+    static_argnames=("graphdef", "tx", "disc_graphdef", "disc_tx", "objective", "adversarial", "policy"),
+    donate_argnames=("state",),
+)
+def _autoencoder_train_steps(
+    graphdef,
+    frozen,
+    state,
+    images,
+    key,
+    tx,
+    disc_graphdef,
+    disc_tx,
+    lpips,
+    objective,
+    adversarial: bool,
+    policy: LoopPolicy,
+):
     def discriminate(disc_params, x):
         return nnx.merge(disc_graphdef, disc_params)(x)
 
@@ -142,7 +171,8 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
 
             def kernel_grad(c):  # the gradient at the decoder's last kernel (bias aside), as the reference takes it
                 conv = lambda k: jax.lax.conv_general_dilated(  # noqa: E731
-                    features, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                    features, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
                 return jax.vjp(conv, kernel)[1](c)[0]
 
             g_loss, c_g = jax.value_and_grad(lambda r: -jnp.mean(discriminate(state.disc_params, r)))(recon)
@@ -187,15 +217,25 @@ def _autoencoder_train_steps(graphdef, frozen, state, images, key, tx, disc_grap
             last = objective.accumulation - 1
             d_grads, d_terms = mean_over_micro_batches(
                 lambda i, m, k: discriminator_grads(state.disc_params, params if i == last else state.params, m, k),
-                x, k_disc)
+                x,
+                k_disc,
+            )
         d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
         disc_params = optax.apply_updates(state.disc_params, d_updates)
 
         grad_norm = optax.tree.norm(grads)
-        new_state = AutoencoderTrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                                          disc_params=disc_params, disc_opt_state=disc_opt_state)
-        return (new_state, (loss, grad_norm, {**terms, **d_terms}),
-                (loss, grad_norm, d_terms["disc_loss"], optax.tree.norm(d_grads)))
+        new_state = AutoencoderTrainState(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            disc_params=disc_params,
+            disc_opt_state=disc_opt_state,
+        )
+        return (
+            new_state,
+            (loss, grad_norm, {**terms, **d_terms}),
+            (loss, grad_norm, d_terms["disc_loss"], optax.tree.norm(d_grads)),
+        )
 
     state, (loss, grad_norm, terms), applied = run_steps(one_step, state, images, policy)
     return state, AutoencoderMetrics(loss=loss, grad_norm=grad_norm, finite=applied, terms=terms)

@@ -28,21 +28,27 @@ RESUME = "the run stopped (free space, then run the same command: it resumes fro
 class TrainCheckpoints:
     def __init__(self, directory: str | os.PathLike, keep: int = 3, asynchronous: bool = True):
         self.directory = pathlib.Path(directory).absolute()
-        policy = checkpoint_managers.AnyPreservationPolicy([
-            checkpoint_managers.LatestN(keep),
-            checkpoint_managers.BestN(get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1,
-                                      keep_checkpoints_without_metrics=False),
-        ])
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [
+                checkpoint_managers.LatestN(keep),
+                checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1, keep_checkpoints_without_metrics=False
+                ),
+            ]
+        )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True,
+            preservation_policy=policy,
+            enable_async_checkpointing=asynchronous,
+            cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._unfinished: int | None = None  # the step of an asynchronous save that may still be writing
 
     def save(self, step: int, state, data_state: bytes, val_loss: float | None = None, *, wait: bool = False) -> None:
         metrics = None if val_loss is None else {VAL_METRIC: float(val_loss)}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=ocp.args.JsonSave({"iterator": data_state.decode()}))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"iterator": data_state.decode()})
+        )
         self._finish()  # the previous save, so that its failure names its own checkpoint
         with self._writing(step):
             self.manager.save(step, args=args, metrics=metrics, force=True)
@@ -87,8 +93,9 @@ class TrainCheckpoints:
         """
         saved = self._saved_fields(step, abstract_state)
         target = {name: jax.tree.map(ocp.utils.to_shape_dtype_struct, getattr(abstract_state, name)) for name in saved}
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+        )
         return dataclasses.replace(abstract_state, **restored.state), restored.data["iterator"].encode()
 
     def _saved_fields(self, step: int, abstract_state) -> list[str]:
@@ -101,7 +108,8 @@ class TrainCheckpoints:
             raise ValueError(
                 f"the checkpoint {self.path(step)} holds {sorted(held)} but this run's train state has "
                 f"{sorted(expected)}: it was written with other settings (ema_decay > 0 keeps 'ema'); resume with "
-                "the settings it was trained with, or start a new work directory")
+                "the settings it was trained with, or start a new work directory"
+            )
         return list(saved)
 
     def close(self) -> None:

@@ -128,34 +128,48 @@ class TrainConfig:
             if value is not None and not test(value):
                 raise ValueError(f"{name}={value!r}: must be {wanted}")
         if self.gradient_accumulation > 1 and self.stage not in DIFFUSION_STAGES:
-            raise ValueError(f"gradient_accumulation={self.gradient_accumulation}: only the collab, expert and "
-                             f"autoencoder stages accumulate; the {self.stage} stage takes its whole batch at once "
-                             "(set it to 1)")
+            raise ValueError(
+                f"gradient_accumulation={self.gradient_accumulation}: only the collab, expert and "
+                f"autoencoder stages accumulate; the {self.stage} stage takes its whole batch at once "
+                "(set it to 1)"
+            )
         check_policy(self.remat)
         if self.remat != "none" and self.stage not in DIFFUSION_STAGES:
-            raise ValueError(f"remat={self.remat!r}: only the collab, expert and autoencoder stages checkpoint "
-                             f"activations; set remat='none' for the {self.stage} stage")
+            raise ValueError(
+                f"remat={self.remat!r}: only the collab, expert and autoencoder stages checkpoint "
+                f"activations; set remat='none' for the {self.stage} stage"
+            )
         if self.crop_zoom is not None and self.stage not in DIFFUSION_STAGES:
-            raise ValueError(f"crop_zoom={self.crop_zoom}: only the collab, expert and autoencoder stages crop their "
-                             f"training images; set it to None for the {self.stage} stage")
+            raise ValueError(
+                f"crop_zoom={self.crop_zoom}: only the collab, expert and autoencoder stages crop their "
+                f"training images; set it to None for the {self.stage} stage"
+            )
         if self.triplane_resolution is not None and self.stage not in TRIPLANE_STAGES:
-            raise ValueError(f"triplane_resolution={self.triplane_resolution}: only the triplane and DDGI stages "
-                             f"render tri-planes; set it to None for the {self.stage} stage")
+            raise ValueError(
+                f"triplane_resolution={self.triplane_resolution}: only the triplane and DDGI stages "
+                f"render tri-planes; set it to None for the {self.stage} stage"
+            )
         if self.ddgi_perceptual not in DDGI_PERCEPTUAL:
             raise ValueError(f"ddgi_perceptual={self.ddgi_perceptual!r}: expected one of {', '.join(DDGI_PERCEPTUAL)}")
         if self.stage in ("ddgi_mapping", "ddgi_modulation"):
             self._check_ddgi_networks()
         if self.global_batch % self.gradient_accumulation:
-            raise ValueError(f"global_batch {self.global_batch} must split into gradient_accumulation="
-                             f"{self.gradient_accumulation} equal micro-batches")
+            raise ValueError(
+                f"global_batch {self.global_batch} must split into gradient_accumulation="
+                f"{self.gradient_accumulation} equal micro-batches"
+            )
 
     def _check_ddgi_networks(self) -> None:
         if self.ddgi_perceptual == "lpips" and self.ddgi_perceptual_weight > 0 and not self.perceptual_weights:
-            raise ValueError('ddgi_perceptual="lpips" needs LPIPS weights: set perceptual_weights=PATH (an LDM '
-                             'autoencoder checkpoint or an LPIPS state dict), or ddgi_perceptual="autoencoder"')
+            raise ValueError(
+                'ddgi_perceptual="lpips" needs LPIPS weights: set perceptual_weights=PATH (an LDM '
+                'autoencoder checkpoint or an LPIPS state dict), or ddgi_perceptual="autoencoder"'
+            )
         if self.ddgi_identity_weight > 0 and not self.ddgi_arcface_weights:
-            raise ValueError(f"ddgi_identity_weight={self.ddgi_identity_weight} needs the identity network: set "
-                             "ddgi_arcface_weights=PATH (pSp's model_ir_se50.pth), or ddgi_identity_weight=0")
+            raise ValueError(
+                f"ddgi_identity_weight={self.ddgi_identity_weight} needs the identity network: set "
+                "ddgi_arcface_weights=PATH (pSp's model_ir_se50.pth), or ddgi_identity_weight=0"
+            )
 
     def ddgi_network_files(self) -> dict[str, str]:
         """The weight files the DDGI stages load for their terms ({field: path}), each checked to exist: a
@@ -179,15 +193,51 @@ class TrainConfig:
 
 
 _RANGES = (  # field, test, what the test asks for (the *_every intervals: 0 is never)
-    *((name, lambda v: v >= 1, ">= 1") for name in (
-        "resolution", "global_batch", "steps", "steps_per_call", "gradient_accumulation", "keep_checkpoints",
-        "val_batches", "sample_count",
-        "sample_steps", "r1_interval", "disc_filters", "disc_layers", "ddgi_mapping_channels",
-        "ddgi_modulation_channels", "fsdp_min_size", "triplane_identities", "triplane_resolution")),
-    *((name, lambda v: v >= 0, ">= 0") for name in (
-        "data_workers", "test_size", "log_every", "checkpoint_every", "val_every", "sample_every", "disc_start",
-        "weight_decay", "kl_weight", "perceptual_weight", "disc_weight", "r1_gamma", "gan_ema_kimg", "gan_ema_rampup",
-        "ddgi_l2_weight", "ddgi_perceptual_weight", "ddgi_ground_truth_weight", "ddgi_identity_weight")),
+    *(
+        (name, lambda v: v >= 1, ">= 1")
+        for name in (
+            "resolution",
+            "global_batch",
+            "steps",
+            "steps_per_call",
+            "gradient_accumulation",
+            "keep_checkpoints",
+            "val_batches",
+            "sample_count",
+            "sample_steps",
+            "r1_interval",
+            "disc_filters",
+            "disc_layers",
+            "ddgi_mapping_channels",
+            "ddgi_modulation_channels",
+            "fsdp_min_size",
+            "triplane_identities",
+            "triplane_resolution",
+        )
+    ),
+    *(
+        (name, lambda v: v >= 0, ">= 0")
+        for name in (
+            "data_workers",
+            "test_size",
+            "log_every",
+            "checkpoint_every",
+            "val_every",
+            "sample_every",
+            "disc_start",
+            "weight_decay",
+            "kl_weight",
+            "perceptual_weight",
+            "disc_weight",
+            "r1_gamma",
+            "gan_ema_kimg",
+            "gan_ema_rampup",
+            "ddgi_l2_weight",
+            "ddgi_perceptual_weight",
+            "ddgi_ground_truth_weight",
+            "ddgi_identity_weight",
+        )
+    ),
     ("base_learning_rate", lambda v: v > 0, "> 0"),
     ("crop_zoom", lambda v: v > 1, "> 1 (None: no crops)"),
     ("condition_dropout", lambda v: 0 <= v <= 1, "in [0, 1]"),

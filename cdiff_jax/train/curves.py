@@ -48,8 +48,9 @@ def panel(run: pathlib.Path) -> Image.Image:
     image = Image.new("RGB", PANEL, (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    draw.text((MARGIN[0], 2), f"{run.name}: {key} (grey, blue: running mean), validation (orange)", fill=(0, 0, 0),
-              font=font)
+    draw.text(
+        (MARGIN[0], 2), f"{run.name}: {key} (grey, blue: running mean), validation (orange)", fill=(0, 0, 0), font=font
+    )
     if not len(steps):
         draw.text((MARGIN[0], PANEL[1] // 2), "no metrics", fill=(0, 0, 0), font=font)
         return image

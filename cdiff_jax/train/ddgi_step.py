@@ -86,28 +86,46 @@ def idloss_images(images: jax.Array) -> jax.Array:
 
 def identity_loss(arcface, images: jax.Array, targets: jax.Array) -> jax.Array:
     """pSp's ID loss: 1 - the mean cosine of the ArcFace embeddings of each image and its target."""
-    return 1 - jnp.mean(identity_similarity(arcface, idloss_images(images),
-                                            jax.lax.stop_gradient(idloss_images(targets))))
+    return 1 - jnp.mean(
+        identity_similarity(arcface, idloss_images(images), jax.lax.stop_gradient(idloss_images(targets)))
+    )
 
 
-def ddgi_images(heads, system, generator, batch: dict, k: jax.Array, timesteps: jax.Array,
-                objective: DDGIObjective, key: jax.Array | None = None) -> jax.Array:
+def ddgi_images(
+    heads,
+    system,
+    generator,
+    batch: dict,
+    k: jax.Array,
+    timesteps: jax.Array,
+    objective: DDGIObjective,
+    key: jax.Array | None = None,
+) -> jax.Array:
     """G's images of the W+ codes the heads read from example i at its cached step k[i] ([B] indices into the
     kept steps, whose timesteps are `timesteps`); EG3D renders them at its training camera and the objective's
     resolution, its renderer's uniforms drawn from `key`."""
     x_t = batch["x_t"]  # [B, K, h, w, c]
     b = x_t.shape[0]
     conditions = {name: batch[kind_entry(system.cfg.modalities[name].kind).batch_key] for name in objective.experts}
-    features = jax.lax.stop_gradient(read_features(system, x_t[jnp.arange(b), k], timesteps[k], conditions,
-                                                   objective.experts))
-    codes = heads(features.middle, features.decoder, features.attention, features.content,
-                  generator.mapping.w_avg[...])
+    features = jax.lax.stop_gradient(
+        read_features(system, x_t[jnp.arange(b), k], timesteps[k], conditions, objective.experts)
+    )
+    codes = heads(features.middle, features.decoder, features.attention, features.content, generator.mapping.w_avg[...])
     w = codes.mapped if objective.stage == "ddgi_mapping" else codes.w
     return gan_images(generator, w, key, resolution=objective.resolution)
 
 
-def ddgi_loss(heads, system, generator, batch: dict, key: jax.Array, timesteps: jax.Array,
-              objective: DDGIObjective, lpips=None, arcface=None) -> jax.Array:
+def ddgi_loss(
+    heads,
+    system,
+    generator,
+    batch: dict,
+    key: jax.Array,
+    timesteps: jax.Array,
+    objective: DDGIObjective,
+    lpips=None,
+    arcface=None,
+) -> jax.Array:
     """The stage's loss; `lpips` (LPIPS) and `arcface` (ArcFace) are needed when the objective uses them."""
     if (objective.uses_lpips and lpips is None) or (objective.identity_weight > 0 and arcface is None):
         raise ValueError("the objective uses LPIPS or the identity term: pass the network it needs")
@@ -129,25 +147,76 @@ def ddgi_loss(heads, system, generator, batch: dict, key: jax.Array, timesteps: 
     return term(batch["diffusion_image"]) + objective.ground_truth_weight * term(batch["image"])
 
 
-def ddgi_train_steps(heads_graphdef, frozen_heads, state: TrainState, batches: dict, frozen: tuple, timesteps,
-                     key: jax.Array, tx: optax.GradientTransformation, objective: DDGIObjective,
-                     judges: tuple = (None, None)) -> tuple[TrainState, StepMetrics]:
+def ddgi_train_steps(
+    heads_graphdef,
+    frozen_heads,
+    state: TrainState,
+    batches: dict,
+    frozen: tuple,
+    timesteps,
+    key: jax.Array,
+    tx: optax.GradientTransformation,
+    objective: DDGIObjective,
+    judges: tuple = (None, None),
+) -> tuple[TrainState, StepMetrics]:
     """One Adam step of the stage's head per leading entry of `batches`; `frozen` is ((system graphdef, state),
     (generator graphdef, state)), `judges` (LPIPS, ArcFace), each (graphdef, state) or None where the objective
     does not use it. The randomness of step n is fold_in(key, n)."""
     (system_graphdef, system_state), (gan_graphdef, gan_state) = frozen
     (lpips_graphdef, lpips_state), (arcface_graphdef, arcface_state) = (judge or (None, None) for judge in judges)
-    return _ddgi_train_steps(heads_graphdef, frozen_heads, state, batches, system_graphdef, system_state,
-                             gan_graphdef, gan_state, lpips_graphdef, lpips_state, arcface_graphdef, arcface_state,
-                             timesteps, key, tx, objective, loop_policy())
+    return _ddgi_train_steps(
+        heads_graphdef,
+        frozen_heads,
+        state,
+        batches,
+        system_graphdef,
+        system_state,
+        gan_graphdef,
+        gan_state,
+        lpips_graphdef,
+        lpips_state,
+        arcface_graphdef,
+        arcface_state,
+        timesteps,
+        key,
+        tx,
+        objective,
+        loop_policy(),
+    )
 
 
-@jax.jit(static_argnames=("heads_graphdef", "system_graphdef", "gan_graphdef", "lpips_graphdef", "arcface_graphdef",
-                          "tx", "objective", "policy"),
-         donate_argnames=("state",))
-def _ddgi_train_steps(heads_graphdef, frozen_heads, state, batches, system_graphdef, system_state, gan_graphdef,
-                      gan_state, lpips_graphdef, lpips_state, arcface_graphdef, arcface_state, timesteps, key, tx,
-                      objective, policy: LoopPolicy):
+@jax.jit(
+    static_argnames=(
+        "heads_graphdef",
+        "system_graphdef",
+        "gan_graphdef",
+        "lpips_graphdef",
+        "arcface_graphdef",
+        "tx",
+        "objective",
+        "policy",
+    ),
+    donate_argnames=("state",),
+)
+def _ddgi_train_steps(
+    heads_graphdef,
+    frozen_heads,
+    state,
+    batches,
+    system_graphdef,
+    system_state,
+    gan_graphdef,
+    gan_state,
+    lpips_graphdef,
+    lpips_state,
+    arcface_graphdef,
+    arcface_state,
+    timesteps,
+    key,
+    tx,
+    objective,
+    policy: LoopPolicy,
+):
     system = nnx.merge(system_graphdef, system_state)
     generator = nnx.merge(gan_graphdef, gan_state)
     lpips = None if lpips_graphdef is None else nnx.merge(lpips_graphdef, lpips_state)

@@ -68,13 +68,22 @@ class GANMetrics:
 def optimizers(learning_rate: float, r1_interval: int) -> tuple[optax.GradientTransformation, ...]:
     """(G's Adam, D's Adam): D runs lazy R1, so its rate and betas are scaled by interval / (interval + 1)."""
     ratio = r1_interval / (r1_interval + 1)
-    return (adam(learning_rate, betas=ADAM_BETAS),
-            adam(learning_rate * ratio, betas=tuple(b**ratio for b in ADAM_BETAS)))
+    return (
+        adam(learning_rate, betas=ADAM_BETAS),
+        adam(learning_rate * ratio, betas=tuple(b**ratio for b in ADAM_BETAS)),
+    )
 
 
 def init_gan_state(g_params, g_buffers, d_params, g_tx, d_tx) -> GANState:
-    return GANState(step=jnp.zeros((), jnp.int32), g_params=g_params, g_buffers=g_buffers, d_params=d_params,
-                    g_opt=g_tx.init(g_params), d_opt=d_tx.init(d_params), g_ema=jax.tree.map(jnp.copy, g_params))
+    return GANState(
+        step=jnp.zeros((), jnp.int32),
+        g_params=g_params,
+        g_buffers=g_buffers,
+        d_params=d_params,
+        g_opt=g_tx.init(g_params),
+        d_opt=d_tx.init(d_params),
+        g_ema=jax.tree.map(jnp.copy, g_params),
+    )
 
 
 def ema_beta(objective: GANObjective, images_seen: jax.Array) -> jax.Array:
@@ -121,18 +130,27 @@ def _tracked(buffers: nnx.State, w_mean: jax.Array, beta: float) -> nnx.State:
     return nnx.from_flat_state(flat)
 
 
-def gan_train_steps(g_graphdef, d_graphdef, state: GANState, batches: dict, key: jax.Array, g_tx, d_tx,
-                    objective: GANObjective, with_r1: bool) -> tuple[GANState, GANMetrics]:
+def gan_train_steps(
+    g_graphdef,
+    d_graphdef,
+    state: GANState,
+    batches: dict,
+    key: jax.Array,
+    g_tx,
+    d_tx,
+    objective: GANObjective,
+    with_r1: bool,
+) -> tuple[GANState, GANMetrics]:
     """One iteration per leading entry of `batches` ({"image": [k, B, R, R, C]}); with `with_r1`, the
     first iteration also runs D's lazy R1 step. The randomness of iteration n is fold_in(key, n)."""
-    return _gan_train_steps(g_graphdef, d_graphdef, state, batches, key, g_tx, d_tx, objective, with_r1,
-                            loop_policy())
+    return _gan_train_steps(g_graphdef, d_graphdef, state, batches, key, g_tx, d_tx, objective, with_r1, loop_policy())
 
 
-@jax.jit(static_argnames=("g_graphdef", "d_graphdef", "g_tx", "d_tx", "objective", "with_r1", "policy"),
-         donate_argnames=("state",))
-def _gan_train_steps(g_graphdef, d_graphdef, state, batches, key, g_tx, d_tx, objective, with_r1,
-                     policy: LoopPolicy):
+@jax.jit(
+    static_argnames=("g_graphdef", "d_graphdef", "g_tx", "d_tx", "objective", "with_r1", "policy"),
+    donate_argnames=("state",),
+)
+def _gan_train_steps(g_graphdef, d_graphdef, state, batches, key, g_tx, d_tx, objective, with_r1, policy: LoopPolicy):
     b = objective.batch
 
     def logits(d_params, images):
@@ -156,19 +174,22 @@ def _gan_train_steps(g_graphdef, d_graphdef, state, batches, key, g_tx, d_tx, ob
     def iteration(state: GANState, batch, r1: bool):
         k_g, k_d = jax.random.split(jax.random.fold_in(key, state.step))
         # G main.
-        (loss_g, w_mean), grads = jax.value_and_grad(g_loss, has_aux=True)(state.g_params, state.g_buffers,
-                                                                           state.d_params, k_g)
+        (loss_g, w_mean), grads = jax.value_and_grad(g_loss, has_aux=True)(
+            state.g_params, state.g_buffers, state.d_params, k_g
+        )
         g_norm = optax.tree.norm(grads)
         updates, g_opt = g_tx.update(grads, state.g_opt, state.g_params)
         g_params = optax.apply_updates(state.g_params, updates)
         buffers = _tracked(state.g_buffers, w_mean, objective.w_avg_beta)
         # D main, on images of the updated generator.
-        fake_images, w_mean = generate_for_training(nnx.merge(g_graphdef, g_params, buffers), k_d, b,
-                                                    objective.style_mixing)
+        fake_images, w_mean = generate_for_training(
+            nnx.merge(g_graphdef, g_params, buffers), k_d, b, objective.style_mixing
+        )
         buffers = _tracked(buffers, w_mean, objective.w_avg_beta)
         real_images = batch["image"]
         (loss_d, (fake_logit, real_logit)), grads = jax.value_and_grad(d_loss, has_aux=True)(
-            state.d_params, jax.lax.stop_gradient(fake_images), real_images)
+            state.d_params, jax.lax.stop_gradient(fake_images), real_images
+        )
         d_norm = optax.tree.norm(grads)
         updates, d_opt = d_tx.update(grads, state.d_opt, state.d_params)
         d_params = optax.apply_updates(state.d_params, updates)
@@ -179,10 +200,22 @@ def _gan_train_steps(g_graphdef, d_graphdef, state, batches, key, g_tx, d_tx, ob
             d_params = optax.apply_updates(d_params, updates)
         beta = ema_beta(objective, state.step * b)
         g_ema = jax.tree.map(lambda e, p: p + beta * (e - p), state.g_ema, g_params)
-        new = GANState(step=state.step + 1, g_params=g_params, g_buffers=buffers, d_params=d_params, g_opt=g_opt,
-                       d_opt=d_opt, g_ema=g_ema)
-        terms = {"d_loss": loss_d, "d_grad_norm": d_norm, "fake_logit": fake_logit, "real_logit": real_logit,
-                 "r1_penalty": penalty}
+        new = GANState(
+            step=state.step + 1,
+            g_params=g_params,
+            g_buffers=buffers,
+            d_params=d_params,
+            g_opt=g_opt,
+            d_opt=d_opt,
+            g_ema=g_ema,
+        )
+        terms = {
+            "d_loss": loss_d,
+            "d_grad_norm": d_norm,
+            "fake_logit": fake_logit,
+            "real_logit": real_logit,
+            "r1_penalty": penalty,
+        }
         watched = (loss_g, g_norm, loss_d, d_norm) + ((penalty,) if r1 else ())
         return new, (loss_g, g_norm, terms), watched
 
@@ -192,7 +225,8 @@ def _gan_train_steps(g_graphdef, d_graphdef, state, batches, key, g_tx, d_tx, ob
     first = jax.tree.map(lambda x: x[:1], batches)
     rest = jax.tree.map(lambda x: x[1:], batches)
     state, metrics0, applied0 = run_steps(lambda s, x: iteration(s, x, True), state, first, policy)
-    state, metrics1, applied1 = run_steps(lambda s, x: iteration(s, x, False), state, rest, policy,
-                                          healthy=applied0[-1])
+    state, metrics1, applied1 = run_steps(
+        lambda s, x: iteration(s, x, False), state, rest, policy, healthy=applied0[-1]
+    )
     (loss, norm, terms) = jax.tree.map(lambda a, c: jnp.concatenate([a, c]), metrics0, metrics1)
     return state, GANMetrics(loss=loss, grad_norm=norm, finite=jnp.concatenate([applied0, applied1]), terms=terms)

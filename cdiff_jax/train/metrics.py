@@ -105,8 +105,10 @@ class MetricsWriter:
             self._csv.writerow(self._columns)
         new = [tag for tag in values if tag not in self._columns]
         if new:
-            raise ValueError(f"{CSV_NAME} columns are fixed to {self._columns} by the first write; new key(s) {new} "
-                             "cannot be added (log them from the first write on, or use another run directory)")
+            raise ValueError(
+                f"{CSV_NAME} columns are fixed to {self._columns} by the first write; new key(s) {new} "
+                "cannot be added (log them from the first write on, or use another run directory)"
+            )
         row = {"step": step, "time": time.time(), **values}
         for tag, value in values.items():
             self._events.write_event(Event(wall_time=row["time"], step=step, summary=scalar(tag, value)))

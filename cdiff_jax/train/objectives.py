@@ -50,25 +50,32 @@ def drop_conditions(system: LatentDiffusionSystem, conditions: dict, drops: dict
     return dropped
 
 
-def loss_draws(system: LatentDiffusionSystem, schedule: Schedule, images: jax.Array, key: jax.Array,
-               condition_dropout: float = 0.0) -> dict:
+def loss_draws(
+    system: LatentDiffusionSystem, schedule: Schedule, images: jax.Array, key: jax.Array, condition_dropout: float = 0.0
+) -> dict:
     """Every random draw of one step's loss, per example ([B, ...] leaves): the posterior sample's noise, t,
     the forward process's noise and which conditions drop. Drawn for the whole batch at once, so that a batch
     split into micro-batches (gradient accumulation) sees exactly the draws of the whole batch."""
     k_post, k_t, k_noise, k_drop = jax.random.split(key, 4)
     latent = images.shape[:1] + latent_shape(system.cfg, *images.shape[1:3])
-    draws = {"posterior_noise": normal(k_post, latent, images.dtype),
-             "t": jax.random.randint(k_t, (images.shape[0],), 0, schedule.num_timesteps),
-             "noise": normal(k_noise, latent, images.dtype), "drops": {}}
+    draws = {
+        "posterior_noise": normal(k_post, latent, images.dtype),
+        "t": jax.random.randint(k_t, (images.shape[0],), 0, schedule.num_timesteps),
+        "noise": normal(k_noise, latent, images.dtype),
+        "drops": {},
+    }
     if condition_dropout > 0:
         names = list(system.cfg.modalities)
-        draws["drops"] = {name: jax.random.bernoulli(k, condition_dropout, (images.shape[0],))
-                          for name, k in zip(names, jax.random.split(k_drop, len(names)))}
+        draws["drops"] = {
+            name: jax.random.bernoulli(k, condition_dropout, (images.shape[0],))
+            for name, k in zip(names, jax.random.split(k_drop, len(names)))
+        }
     return draws
 
 
-def diffusion_loss(system: LatentDiffusionSystem, schedule: Schedule, batch: dict[str, jax.Array],
-                   draws: dict) -> jax.Array:
+def diffusion_loss(
+    system: LatentDiffusionSystem, schedule: Schedule, batch: dict[str, jax.Array], draws: dict
+) -> jax.Array:
     """The training loss of a pipeline batch {"image": [-1, 1] NHWC, and each modality's batch field} with the
     step's `loss_draws`."""
     z0 = jax.lax.stop_gradient(system.autoencoder.encode_latent(batch["image"], draws["posterior_noise"]))
@@ -81,7 +88,8 @@ def condition_key(batch: dict, kind: str) -> str:
     """The batch field of a kind, checked to be there (a dataset built before the kind existed lacks it)."""
     key = kind_entry(kind).batch_key
     if key not in batch:
-        raise ValueError(f"the batch has no {key!r} field for the {kind} modality (it has {sorted(batch)}); "
-                       f"rebuild the dataset with a {kind_entry(kind).example_field!r} field per example")
+        raise ValueError(
+            f"the batch has no {key!r} field for the {kind} modality (it has {sorted(batch)}); "
+            f"rebuild the dataset with a {kind_entry(kind).example_field!r} field per example"
+        )
     return key
-

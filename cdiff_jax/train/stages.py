@@ -75,8 +75,9 @@ def build_system(cfg: TrainConfig) -> LatentDiffusionSystem:
             if path[: len(parts)] != parts:
                 continue
             if path not in flat or flat[path].shape != value.shape:
-                raise ValueError(f"init_from {directory}: {'.'.join(map(str, path))} "
-                                 "does not fit the system being trained")
+                raise ValueError(
+                    f"init_from {directory}: {'.'.join(map(str, path))} does not fit the system being trained"
+                )
             flat[path].set_value(value.get_value())
             copied += 1
         if not copied:
@@ -107,8 +108,13 @@ def diffusion_stage(cfg: TrainConfig, mesh) -> Stage:
     graphdef, params, frozen = nnx.split(system, trainable_filter(prefixes), ...)
     frozen = jax.device_put(frozen, param_sharding(frozen, mesh, cfg.fsdp_min_size))
     sources = data_sources(cfg.data_dir, resolution=cfg.resolution, test_size=cfg.test_size)
-    loader = make_loader(sources["train"], global_batch=cfg.global_batch, seed=cfg.seed, worker_count=cfg.data_workers,
-                         crop_zoom=cfg.crop_zoom)
+    loader = make_loader(
+        sources["train"],
+        global_batch=cfg.global_batch,
+        seed=cfg.seed,
+        worker_count=cfg.data_workers,
+        crop_zoom=cfg.crop_zoom,
+    )
     test = sources["test"]
     key = jax.random.key(cfg.seed)
     export = functools.partial(_export_system, cfg, graphdef, frozen, test, mesh)
@@ -124,30 +130,37 @@ def diffusion_stage(cfg: TrainConfig, mesh) -> Stage:
         lpips = None
         if cfg.perceptual_weight > 0:
             lpips = replicate(nnx.split(LPIPS.from_checkpoint(cfg.perceptual_weights)), mesh)
-        disc = PatchDiscriminator(DiscriminatorConfig(filters=cfg.disc_filters, layers=cfg.disc_layers),
-                                  rngs=nnx.Rngs(cfg.seed + 1))
+        disc = PatchDiscriminator(
+            DiscriminatorConfig(filters=cfg.disc_filters, layers=cfg.disc_layers), rngs=nnx.Rngs(cfg.seed + 1)
+        )
         disc_graphdef, disc_params = nnx.split(disc)
         tx = disc_tx = adam(cfg.learning_rate, betas=autoencoder_step.ADAM_BETAS)
-        objective = autoencoder_step.AutoencoderObjective(kl_weight=cfg.kl_weight,
-                                                          perceptual_weight=cfg.perceptual_weight,
-                                                          disc_start=cfg.disc_start, disc_weight=cfg.disc_weight,
-                                                          accumulation=cfg.gradient_accumulation)
+        objective = autoencoder_step.AutoencoderObjective(
+            kl_weight=cfg.kl_weight,
+            perceptual_weight=cfg.perceptual_weight,
+            disc_start=cfg.disc_start,
+            disc_weight=cfg.disc_weight,
+            accumulation=cfg.gradient_accumulation,
+        )
         state = autoencoder_step.init_autoencoder_state(params, tx, disc_params, disc_tx)
         return Stage(
             state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
             loader=loader,
             run=lambda state, batches: autoencoder_step.autoencoder_train_steps(
-                graphdef, frozen, state, batches, key, tx, disc_graphdef, disc_tx, lpips, objective),
+                graphdef, frozen, state, batches, key, tx, disc_graphdef, disc_tx, lpips, objective
+            ),
             write_samples=lambda p, path: write_reconstructions(cfg, nnx.merge(graphdef, p, frozen), test, path),
             export=export,
-            evaluate=lambda p, batch, k: _eval_reconstruction(graphdef, p, frozen, batch, k, lpips,
-                                                              cfg.perceptual_weight),
+            evaluate=lambda p, batch, k: _eval_reconstruction(
+                graphdef, p, frozen, batch, k, lpips, cfg.perceptual_weight
+            ),
             test_source=test,
         )
     tx = adam(cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = replicate(make_schedule(nnx.merge(graphdef, params, frozen).cfg.schedule), mesh)
-    settings = StepSettings(condition_dropout=cfg.condition_dropout, ema_decay=cfg.ema_decay,
-                            accumulation=cfg.gradient_accumulation)
+    settings = StepSettings(
+        condition_dropout=cfg.condition_dropout, ema_decay=cfg.ema_decay, accumulation=cfg.gradient_accumulation
+    )
     state = init_train_state(params, tx, ema=cfg.ema_decay > 0)
     return Stage(
         state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
@@ -165,30 +178,48 @@ def gan_stage(cfg: TrainConfig, mesh) -> Stage:
     same widths, trained from scratch; exports G_ema to WORKDIR/generator."""
     g_cfg = load_config(cfg.system)
     if not isinstance(g_cfg, StyleGAN2Config):
-        raise ValueError(f"the gan stage trains a StyleGAN2 generator: system {cfg.system!r} gives a "
-                         f"{type(g_cfg).__name__}; name a config returning a StyleGAN2Config (e.g. toy_gan.py)")
+        raise ValueError(
+            f"the gan stage trains a StyleGAN2 generator: system {cfg.system!r} gives a "
+            f"{type(g_cfg).__name__}; name a config returning a StyleGAN2Config (e.g. toy_gan.py)"
+        )
     if cfg.resolution != g_cfg.img_resolution:
-        raise ValueError(f"the generator makes {g_cfg.img_resolution}x{g_cfg.img_resolution} images but the data "
-                         f"resolution is {cfg.resolution}; set resolution={g_cfg.img_resolution} "
-                         "or change the generator")
+        raise ValueError(
+            f"the generator makes {g_cfg.img_resolution}x{g_cfg.img_resolution} images but the data "
+            f"resolution is {cfg.resolution}; set resolution={g_cfg.img_resolution} "
+            "or change the generator"
+        )
     if cfg.r1_interval % cfg.steps_per_call:
-        raise ValueError(f"steps_per_call {cfg.steps_per_call} must divide r1_interval {cfg.r1_interval} (an R1 "
-                         "iteration is the first of a call)")
+        raise ValueError(
+            f"steps_per_call {cfg.steps_per_call} must divide r1_interval {cfg.r1_interval} (an R1 "
+            "iteration is the first of a call)"
+        )
     group = min(4, cfg.global_batch)
     if cfg.global_batch % group:
-        raise ValueError(f"global_batch {cfg.global_batch} must be a multiple of the discriminator's minibatch-stddev "
-                         f"group of {group}")
+        raise ValueError(
+            f"global_batch {cfg.global_batch} must be a multiple of the discriminator's minibatch-stddev "
+            f"group of {group}"
+        )
     images = gan_images(cfg)
-    d_cfg = StyleGAN2DiscriminatorConfig(img_resolution=g_cfg.img_resolution, img_channels=g_cfg.img_channels,
-                                         channel_base=g_cfg.channel_base, channel_max=g_cfg.channel_max,
-                                         mbstd_group_size=group)
+    d_cfg = StyleGAN2DiscriminatorConfig(
+        img_resolution=g_cfg.img_resolution,
+        img_channels=g_cfg.img_channels,
+        channel_base=g_cfg.channel_base,
+        channel_max=g_cfg.channel_max,
+        mbstd_group_size=group,
+    )
     g_graphdef, g_params, g_buffers = _init_jitted(lambda: Generator(g_cfg, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
     d_graphdef, d_params = _init_jitted(lambda: Discriminator(d_cfg, rngs=nnx.Rngs(cfg.seed + 1)))
     g_tx, d_tx = gan_step.optimizers(cfg.learning_rate, cfg.r1_interval)
     state = gan_step.init_gan_state(g_params, g_buffers, d_params, g_tx, d_tx)
-    objective = gan_step.GANObjective(batch=cfg.global_batch, r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval,
-                                      style_mixing=cfg.style_mixing, ema_kimg=cfg.gan_ema_kimg,
-                                      ema_rampup=cfg.gan_ema_rampup, w_avg_beta=g_cfg.w_avg_beta)
+    objective = gan_step.GANObjective(
+        batch=cfg.global_batch,
+        r1_gamma=cfg.r1_gamma,
+        r1_interval=cfg.r1_interval,
+        style_mixing=cfg.style_mixing,
+        ema_kimg=cfg.gan_ema_kimg,
+        ema_rampup=cfg.gan_ema_rampup,
+        w_avg_beta=g_cfg.w_avg_beta,
+    )
     key = jax.random.key(cfg.seed)
 
     def run(state, batches):
@@ -196,8 +227,9 @@ def gan_stage(cfg: TrainConfig, mesh) -> Stage:
         return gan_step.gan_train_steps(g_graphdef, d_graphdef, state, batches, key, g_tx, d_tx, objective, with_r1)
 
     def write_gan_samples(exported, path):
-        images = generate(g_graphdef, nnx.merge_state(*exported),
-                          normal(jax.random.key(cfg.seed), (cfg.sample_count, g_cfg.z_dim)))
+        images = generate(
+            g_graphdef, nnx.merge_state(*exported), normal(jax.random.key(cfg.seed), (cfg.sample_count, g_cfg.z_dim))
+        )
         if jax.process_index() == 0:
             viz.save_png(path, viz.grid(viz.to_uint8(np.asarray(images)), cols=int(np.ceil(np.sqrt(len(images))))))
 
@@ -205,11 +237,19 @@ def gan_stage(cfg: TrainConfig, mesh) -> Stage:
         save_generator(workdir / "generator", nnx.merge(g_graphdef, *exported), overwrite=True)
         log.info("trained generator (G_ema) written to %s", workdir / "generator")
 
-    return Stage(state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
-                 loader=make_loader(images, global_batch=cfg.global_batch, seed=cfg.seed,
-                                    shuffle=not cfg.data_dir.startswith(FRESH_TOY_FACES),
-                                    worker_count=cfg.data_workers),
-                 run=run, write_samples=write_gan_samples, export=export)
+    return Stage(
+        state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
+        loader=make_loader(
+            images,
+            global_batch=cfg.global_batch,
+            seed=cfg.seed,
+            shuffle=not cfg.data_dir.startswith(FRESH_TOY_FACES),
+            worker_count=cfg.data_workers,
+        ),
+        run=run,
+        write_samples=write_gan_samples,
+        export=export,
+    )
 
 
 def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
@@ -217,18 +257,23 @@ def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
     auto-decoder; exports WORKDIR/generator, whose w_avg is the mean w of the learned codes, and the codes."""
     g_cfg = load_config(cfg.system)
     if not isinstance(g_cfg, EG3DConfig) or g_cfg.superresolution != NO_SUPERRESOLUTION:
-        raise ValueError(f"the triplane stage fits an EG3D generator without super-resolution: system {cfg.system!r} "
-                         "gives another; name a config like toy_eg3d.py")
+        raise ValueError(
+            f"the triplane stage fits an EG3D generator without super-resolution: system {cfg.system!r} "
+            "gives another; name a config like toy_eg3d.py"
+        )
     seed = cfg.data_dir.removeprefix(TOY_3D_WORLD)
     if not cfg.data_dir.startswith(TOY_3D_WORLD) or not seed.isdigit() or int(seed) == 0:
-        raise ValueError(f"data_dir {cfg.data_dir!r}: the triplane stage reads {TOY_3D_WORLD}SEED with a SEED other "
-                         "than 0 (the demo dataset's, whose held-out faces the evaluation uses)")
+        raise ValueError(
+            f"data_dir {cfg.data_dir!r}: the triplane stage reads {TOY_3D_WORLD}SEED with a SEED other "
+            "than 0 (the demo dataset's, whose held-out faces the evaluation uses)"
+        )
     resolution = cfg.triplane_resolution or g_cfg.neural_rendering_resolution
     if toy_faces.IMAGE_SIZE % resolution:
         raise ValueError(f"triplane_resolution {resolution} must divide the toy world's {toy_faces.IMAGE_SIZE}")
     training_cfg = dataclasses.replace(g_cfg, neural_rendering_resolution=resolution, img_resolution=resolution)
     graphdef, params, buffers = _init_jitted(
-        lambda: AutoDecoder(training_cfg, cfg.triplane_identities, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
+        lambda: AutoDecoder(training_cfg, cfg.triplane_identities, rngs=nnx.Rngs(cfg.seed)), nnx.Param
+    )
     tx = adam(cfg.learning_rate)
     key = jax.random.key(cfg.seed)
 
@@ -248,8 +293,10 @@ def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
         ws = map_latents(*nnx.split(generator), codes[:count], jnp.zeros((count, 25)))
         images, _ = orbit_views(*nnx.split(generator), ws, cameras, key)
         source = toy_faces_3d.ToyViews(int(seed), cfg.triplane_identities)
-        truth = [toy_faces_3d.render(face["image"] / 127.5 - 1, face["labels"], cameras, g_cfg.img_resolution)["image"]
-                 for face in map(source.face, range(count))]
+        truth = [
+            toy_faces_3d.render(face["image"] / 127.5 - 1, face["labels"], cameras, g_cfg.img_resolution)["image"]
+            for face in map(source.face, range(count))
+        ]
         if jax.process_index() == 0:  # per identity, the toy world's views above the generator's
             rows = viz.to_uint8(np.stack([row for pair in zip(truth, images) for row in pair]))
             viz.save_png(path, viz.grid(rows, col_labels=[f"yaw {yaw:+.2f}" for yaw in yaws]))
@@ -266,13 +313,20 @@ def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
         log.info("fitted tri-plane generator written to %s (its identities' codes: codes.npy)", workdir / "generator")
 
     state = init_train_state(params, tx)
-    return Stage(state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
-                 loader=make_loader(toy_faces_3d.ToyViews(int(seed), cfg.triplane_identities),
-                                    global_batch=cfg.global_batch, seed=cfg.seed, shuffle=False,
-                                    worker_count=cfg.data_workers,
-                                    inputs=toy_faces_3d.ViewInputs(resolution)),
-                 run=lambda state, batches: triplane_train_steps(graphdef, buffers, state, batches, key, tx),
-                 write_samples=write_triplane_samples, export=export)
+    return Stage(
+        state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
+        loader=make_loader(
+            toy_faces_3d.ToyViews(int(seed), cfg.triplane_identities),
+            global_batch=cfg.global_batch,
+            seed=cfg.seed,
+            shuffle=False,
+            worker_count=cfg.data_workers,
+            inputs=toy_faces_3d.ViewInputs(resolution),
+        ),
+        run=lambda state, batches: triplane_train_steps(graphdef, buffers, state, batches, key, tx),
+        write_samples=write_triplane_samples,
+        export=export,
+    )
 
 
 LPIPS_MIN_SIZE = 16  # VGG16's four 2x2 max-pools before LPIPS's last tap
@@ -283,56 +337,91 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
     GAN frozen (a tri-plane GAN rendering at `triplane_resolution` while training, if set), LPIPS and ArcFace too
     where the loss uses them; exports WORKDIR/heads."""
     if not cfg.gan:
-        raise ValueError(f"the {cfg.stage} stage needs the frozen GAN: set gan=DIR (a generator checkpoint: "
-                         "`cdiff convert G.pkl DIR`, or a gan stage's WORKDIR/generator)")
+        raise ValueError(
+            f"the {cfg.stage} stage needs the frozen GAN: set gan=DIR (a generator checkpoint: "
+            "`cdiff convert G.pkl DIR`, or a gan stage's WORKDIR/generator)"
+        )
     judge_files = cfg.ddgi_network_files()  # LPIPS's and ArcFace's, where their terms are on: present
     cache = TrajectoryCache(cfg.data_dir)
     system, generator = load_system(cfg.system), load_gan(cfg.gan)
     resolution = cfg.triplane_resolution
     if resolution and not (is_3d(generator) and generator.cfg.superresolution == NO_SUPERRESOLUTION):
         holds = "an EG3D generator with super-resolution" if is_3d(generator) else "a StyleGAN2 generator"
-        raise ValueError(f"triplane_resolution={resolution}: only a tri-plane GAN without super-resolution renders "
-                         f"at it, and {cfg.gan} holds {holds}; set triplane_resolution=None")
+        raise ValueError(
+            f"triplane_resolution={resolution}: only a tri-plane GAN without super-resolution renders "
+            f"at it, and {cfg.gan} holds {holds}; set triplane_resolution=None"
+        )
     size = cache[0]["image"].shape[0]
     if len({size, generator.cfg.img_resolution, system.cfg.autoencoder.resolution}) > 1:
-        raise ValueError(f"resolutions differ: the GAN makes {generator.cfg.img_resolution}x"
-                         f"{generator.cfg.img_resolution} images, the trajectory cache holds {size}x{size} and the "
-                         f"diffusion system decodes {system.cfg.autoencoder.resolution}: use a GAN of the data's size")
+        raise ValueError(
+            f"resolutions differ: the GAN makes {generator.cfg.img_resolution}x"
+            f"{generator.cfg.img_resolution} images, the trajectory cache holds {size}x{size} and the "
+            f"diffusion system decodes {system.cfg.autoencoder.resolution}: use a GAN of the data's size"
+        )
     if resolution and (size != toy_faces.IMAGE_SIZE or size % resolution):
-        raise ValueError(f"triplane_resolution {resolution} must divide the toy world's {toy_faces.IMAGE_SIZE}, whose "
-                         f"images the trajectory cache must hold (it holds {size}x{size})")
+        raise ValueError(
+            f"triplane_resolution {resolution} must divide the toy world's {toy_faces.IMAGE_SIZE}, whose "
+            f"images the trajectory cache must hold (it holds {size}x{size})"
+        )
     if "perceptual_weights" in judge_files and (resolution or size) < LPIPS_MIN_SIZE:
-        raise ValueError(f"LPIPS compares images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} and this stage trains "
-                         f"on {resolution or size}x{resolution or size}; set ddgi_perceptual=\"autoencoder\"")
+        raise ValueError(
+            f"LPIPS compares images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} and this stage trains "
+            f'on {resolution or size}x{resolution or size}; set ddgi_perceptual="autoencoder"'
+        )
     heads_source = dict(cfg.init_from).get("heads")
     if cfg.stage == "ddgi_modulation":
         if heads_source is None:
-            raise ValueError('the ddgi_modulation stage starts from trained M: set init_from=(("heads", "RUN/heads"),) '
-                             "with RUN a finished ddgi_mapping run")
+            raise ValueError(
+                'the ddgi_modulation stage starts from trained M: set init_from=(("heads", "RUN/heads"),) '
+                "with RUN a finished ddgi_mapping run"
+            )
         heads = load_heads(heads_source)
         if heads.cfg.attention_gating != cfg.ddgi_attention_gating:  # T's gating is this stage's choice, not M's
-            gated = DDGIHeads(dataclasses.replace(heads.cfg, attention_gating=cfg.ddgi_attention_gating),
-                              rngs=nnx.Rngs(cfg.seed))
+            gated = DDGIHeads(
+                dataclasses.replace(heads.cfg, attention_gating=cfg.ddgi_attention_gating), rngs=nnx.Rngs(cfg.seed)
+            )
             nnx.update(gated, nnx.state(heads))
             heads = gated
     else:
-        heads = DDGIHeads(heads_config(system.cfg, generator.cfg, cfg.ddgi_experts,
-                                       mapping_channels=cfg.ddgi_mapping_channels,
-                                       modulation_channels=cfg.ddgi_modulation_channels,
-                                       attention_gating=cfg.ddgi_attention_gating), rngs=nnx.Rngs(cfg.seed))
+        heads = DDGIHeads(
+            heads_config(
+                system.cfg,
+                generator.cfg,
+                cfg.ddgi_experts,
+                mapping_channels=cfg.ddgi_mapping_channels,
+                modulation_channels=cfg.ddgi_modulation_channels,
+                attention_gating=cfg.ddgi_attention_gating,
+            ),
+            rngs=nnx.Rngs(cfg.seed),
+        )
     if (heads.cfg.num_ws, heads.cfg.w_dim) != (generator.cfg.num_ws, generator.cfg.w_dim):
-        raise ValueError(f"the heads make W+ codes of {heads.cfg.num_ws} x {heads.cfg.w_dim} but the GAN takes "
-                         f"{generator.cfg.num_ws} x {generator.cfg.w_dim}: train heads for this GAN")
+        raise ValueError(
+            f"the heads make W+ codes of {heads.cfg.num_ws} x {heads.cfg.w_dim} but the GAN takes "
+            f"{generator.cfg.num_ws} x {generator.cfg.w_dim}: train heads for this GAN"
+        )
     trained = DDGI_STAGES[cfg.stage][0]
     graphdef, params, frozen_heads = nnx.split(
-        heads, lambda path, value: isinstance(value, nnx.Param) and path[0] == trained, ...)
+        heads, lambda path, value: isinstance(value, nnx.Param) and path[0] == trained, ...
+    )
     frozen = replicate((nnx.split(system), nnx.split(generator)), mesh)
-    objective = DDGIObjective(cfg.stage, heads.cfg.experts or cfg.ddgi_experts, cfg.ddgi_l2_weight,
-                              cfg.ddgi_perceptual_weight, cfg.ddgi_ground_truth_weight, resolution=resolution,
-                              perceptual=cfg.ddgi_perceptual, identity_weight=cfg.ddgi_identity_weight)
+    objective = DDGIObjective(
+        cfg.stage,
+        heads.cfg.experts or cfg.ddgi_experts,
+        cfg.ddgi_l2_weight,
+        cfg.ddgi_perceptual_weight,
+        cfg.ddgi_ground_truth_weight,
+        resolution=resolution,
+        perceptual=cfg.ddgi_perceptual,
+        identity_weight=cfg.ddgi_identity_weight,
+    )
     lpips_file, arcface_file = judge_files.get("perceptual_weights"), judge_files.get("ddgi_arcface_weights")
-    judges = replicate((nnx.split(LPIPS.from_checkpoint(lpips_file)) if lpips_file else None,
-                        nnx.split(ArcFace.from_checkpoint(arcface_file)) if arcface_file else None), mesh)
+    judges = replicate(
+        (
+            nnx.split(LPIPS.from_checkpoint(lpips_file)) if lpips_file else None,
+            nnx.split(ArcFace.from_checkpoint(arcface_file)) if arcface_file else None,
+        ),
+        mesh,
+    )
     tx = adam(cfg.learning_rate)
     timesteps = replicate(jnp.asarray(cache.timesteps), mesh)
     key = jax.random.key(cfg.seed)
@@ -342,24 +431,53 @@ def ddgi_stage(cfg: TrainConfig, mesh) -> Stage:
         records = [DDGIInputs().map(cache[i]) for i in range(min(cfg.sample_count, len(cache)))]
         batch = {name: np.stack([r[name] for r in records]) for name in records[0]}
         last = jnp.full((len(records),), len(cache.timesteps) - 1)
-        images = _render_ddgi(graphdef, params, frozen_heads, frozen, batch, last, timesteps,
-                              dataclasses.replace(objective, resolution=None))  # the samples at full size
+        images = _render_ddgi(
+            graphdef,
+            params,
+            frozen_heads,
+            frozen,
+            batch,
+            last,
+            timesteps,
+            dataclasses.replace(objective, resolution=None),
+        )  # the samples at full size
         if jax.process_index() == 0:
-            rows = np.stack([viz.to_uint8(batch["image"]), viz.to_uint8(batch["diffusion_image"]),
-                             viz.to_uint8(np.asarray(images))], axis=1)
-            viz.save_png(path, viz.grid(rows.reshape((-1,) + rows.shape[2:]), cols=3,
-                                        col_labels=["ground truth", "diffusion I_0", f"DDGI at step {cache.kept[-1]}"]))
+            rows = np.stack(
+                [
+                    viz.to_uint8(batch["image"]),
+                    viz.to_uint8(batch["diffusion_image"]),
+                    viz.to_uint8(np.asarray(images)),
+                ],
+                axis=1,
+            )
+            viz.save_png(
+                path,
+                viz.grid(
+                    rows.reshape((-1,) + rows.shape[2:]),
+                    cols=3,
+                    col_labels=["ground truth", "diffusion I_0", f"DDGI at step {cache.kept[-1]}"],
+                ),
+            )
 
     def export(params, workdir):
         save_heads(workdir / "heads", nnx.merge(graphdef, params, frozen_heads), overwrite=True)
         log.info("DDGI heads written to %s", workdir / "heads")
 
-    return Stage(state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
-                 loader=make_loader(cache, global_batch=cfg.global_batch, seed=cfg.seed, worker_count=cfg.data_workers,
-                                    inputs=DDGIInputs() if resolution is None else DDGIInputsAt(resolution)),
-                 run=lambda state, batches: ddgi_train_steps(graphdef, frozen_heads, state, batches, frozen, timesteps,
-                                                             key, tx, objective, judges),
-                 write_samples=write_ddgi_samples, export=export)
+    return Stage(
+        state=jax.device_put(state, param_sharding(state, mesh, cfg.fsdp_min_size)),
+        loader=make_loader(
+            cache,
+            global_batch=cfg.global_batch,
+            seed=cfg.seed,
+            worker_count=cfg.data_workers,
+            inputs=DDGIInputs() if resolution is None else DDGIInputsAt(resolution),
+        ),
+        run=lambda state, batches: ddgi_train_steps(
+            graphdef, frozen_heads, state, batches, frozen, timesteps, key, tx, objective, judges
+        ),
+        write_samples=write_ddgi_samples,
+        export=export,
+    )
 
 
 class DDGIInputsAt(DDGIInputs):
@@ -371,15 +489,25 @@ class DDGIInputsAt(DDGIInputs):
 
     def map(self, record: dict) -> dict[str, np.ndarray]:
         inputs = super().map(record)
-        return {**inputs, **{name: self.views.map({"image": inputs[name]})["image"]
-                             for name in ("image", "diffusion_image")}}
+        return {
+            **inputs,
+            **{name: self.views.map({"image": inputs[name]})["image"] for name in ("image", "diffusion_image")},
+        }
 
 
 @jax.jit(static_argnames=("graphdef", "objective"))
 def _render_ddgi(graphdef, params, frozen_heads, frozen, batch, k, timesteps, objective):
     (system_graphdef, system_state), (gan_graphdef, gan_state) = frozen
-    return ddgi_images(nnx.merge(graphdef, params, frozen_heads), nnx.merge(system_graphdef, system_state),
-                       nnx.merge(gan_graphdef, gan_state), batch, k, timesteps, objective, jax.random.key(0))
+    return ddgi_images(
+        nnx.merge(graphdef, params, frozen_heads),
+        nnx.merge(system_graphdef, system_state),
+        nnx.merge(gan_graphdef, gan_state),
+        batch,
+        k,
+        timesteps,
+        objective,
+        jax.random.key(0),
+    )
 
 
 def gan_images(cfg: TrainConfig):
@@ -388,11 +516,14 @@ def gan_images(cfg: TrainConfig):
         return data_sources(cfg.data_dir, resolution=cfg.resolution, test_size=cfg.test_size)["train"]
     seed = cfg.data_dir.removeprefix(FRESH_TOY_FACES)
     if not seed.isdigit() or int(seed) == 0:
-        raise ValueError(f"data_dir {cfg.data_dir!r}: write {FRESH_TOY_FACES}SEED with a SEED other than 0 (the demo "
-                         "dataset's, whose held-out faces the evaluation uses)")
+        raise ValueError(
+            f"data_dir {cfg.data_dir!r}: write {FRESH_TOY_FACES}SEED with a SEED other than 0 (the demo "
+            "dataset's, whose held-out faces the evaluation uses)"
+        )
     if cfg.resolution != toy_faces.IMAGE_SIZE:
-        raise ValueError(f"toy faces are {toy_faces.IMAGE_SIZE}x{toy_faces.IMAGE_SIZE}; set resolution="
-                         f"{toy_faces.IMAGE_SIZE}")
+        raise ValueError(
+            f"toy faces are {toy_faces.IMAGE_SIZE}x{toy_faces.IMAGE_SIZE}; set resolution={toy_faces.IMAGE_SIZE}"
+        )
     return toy_faces.FreshToyFaces(int(seed))
 
 
@@ -455,14 +586,23 @@ def with_latent_normalisation(system: LatentDiffusionSystem, source, cfg: TrainC
 
     graphdef, state = nnx.split(system.autoencoder)
     # Each batch is split across processes: gathered whole in each (on one process, the array itself).
-    latents = np.concatenate([multihost_utils.process_allgather(_posterior_sample(graphdef, state, b["image"],
-                                                                                  jax.random.key(i)), tiled=True)
-                              for i, b in enumerate(validation_batches(cfg, source, mesh))], dtype=np.float64)
+    latents = np.concatenate(
+        [
+            multihost_utils.process_allgather(
+                _posterior_sample(graphdef, state, b["image"], jax.random.key(i)), tiled=True
+            )
+            for i, b in enumerate(validation_batches(cfg, source, mesh))
+        ],
+        dtype=np.float64,
+    )
     channels = latents.reshape(-1, latents.shape[-1])
     shift = channels.mean(axis=0)
     scale = float(1.0 / (channels - shift).std())
-    log.info("latent normalisation for this autoencoder: scale_factor %.6g, latent_shift %s (written to the "
-             "system config)", scale, ", ".join(f"{m:.6g}" for m in shift))
+    log.info(
+        "latent normalisation for this autoencoder: scale_factor %.6g, latent_shift %s (written to the system config)",
+        scale,
+        ", ".join(f"{m:.6g}" for m in shift),
+    )
     return _with_latent_normalisation(system, scale, tuple(float(m) for m in shift))
 
 
@@ -473,8 +613,9 @@ def _posterior_sample(graphdef, state, images, key):
     return posterior_sample(mean, logvar, normal(key, mean.shape, mean.dtype))
 
 
-def _with_latent_normalisation(system: LatentDiffusionSystem, scale: float,
-                              shift: tuple[float, ...]) -> LatentDiffusionSystem:
+def _with_latent_normalisation(
+    system: LatentDiffusionSystem, scale: float, shift: tuple[float, ...]
+) -> LatentDiffusionSystem:
     ae_cfg = system.cfg.autoencoder
     if (scale, shift) == (ae_cfg.scale_factor, ae_cfg.latent_shift):
         return system
@@ -497,13 +638,21 @@ def write_samples(cfg, graphdef, params, frozen, source, path: pathlib.Path) -> 
     """A grid sampled from the first test conditions (every process computes, the first writes)."""
     system = nnx.merge(graphdef, params, frozen)
     examples = [ToModelInputs().map(source[i]) for i in range(cfg.sample_count)]
-    conditions = {name: np.stack([e[BATCH_KEYS[m.kind]] for e in examples])
-                  for name, m in system.cfg.modalities.items()}
+    conditions = {
+        name: np.stack([e[BATCH_KEYS[m.kind]] for e in examples]) for name, m in system.cfg.modalities.items()
+    }
     size, channels = system.cfg.latent_size, system.cfg.autoencoder.embed_dim
     x_T = normal(jax.random.key(cfg.seed), (cfg.sample_count, size, size, channels))
     g, state = nnx.split(system)
     result = sample(g, state, conditions, x_T, jax.random.key(cfg.seed + 1), SamplerSettings(steps=cfg.sample_steps))
     if jax.process_index() == 0:
         real = viz.to_uint8(np.stack([e["image"] for e in examples]))
-        viz.save_png(path, viz.grid(np.stack([real, viz.to_uint8(np.asarray(result.images))]).swapaxes(0, 1)
-                                    .reshape((-1,) + real.shape[1:]), cols=2))
+        viz.save_png(
+            path,
+            viz.grid(
+                np.stack([real, viz.to_uint8(np.asarray(result.images))])
+                .swapaxes(0, 1)
+                .reshape((-1,) + real.shape[1:]),
+                cols=2,
+            ),
+        )

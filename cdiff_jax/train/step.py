@@ -75,8 +75,12 @@ class StepMetrics:
 
 
 def init_train_state(params: nnx.State, tx: optax.GradientTransformation, ema: bool = False) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema=jax.tree.map(jnp.copy, params) if ema else None)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        ema=jax.tree.map(jnp.copy, params) if ema else None,
+    )
 
 
 def apply_gradients(state: TrainState, loss: jax.Array, grads: nnx.State, tx: optax.GradientTransformation):
@@ -84,8 +88,9 @@ def apply_gradients(state: TrainState, loss: jax.Array, grads: nnx.State, tx: op
     (loss, gradient norm), the values the non-finite guard watches (the same two))."""
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                     ema=state.ema)
+    new = TrainState(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state, ema=state.ema
+    )
     return new, (loss, grad_norm), (loss, grad_norm)
 
 
@@ -124,8 +129,9 @@ def _train_steps(graphdef, frozen, state, batches, schedule, key, tx, settings, 
     def loss_and_grads(params, batch, step_key):
         """The whole batch's mean loss and gradient; with accumulation, as the mean over equal micro-batches,
         each seeing its slice of the whole batch's random draws."""
-        draws = loss_draws(nnx.merge(graphdef, params, frozen), schedule, batch["image"], step_key,
-                           settings.condition_dropout)
+        draws = loss_draws(
+            nnx.merge(graphdef, params, frozen), schedule, batch["image"], step_key, settings.condition_dropout
+        )
         if settings.accumulation == 1:
             return jax.value_and_grad(loss_fn)(params, batch, draws)
         micro = jax.tree.map(lambda x: x.reshape(settings.accumulation, -1, *x.shape[1:]), (batch, draws))

@@ -89,12 +89,15 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
     workdir = check_workdir(workdir)
     lead = jax.process_index() == 0
     if cfg.global_batch % (jax.device_count() * cfg.gradient_accumulation):
-        raise ValueError(f"global_batch {cfg.global_batch} must be divisible by the {jax.device_count()} devices"
-                         + (f" times gradient_accumulation={cfg.gradient_accumulation}"
-                            if cfg.gradient_accumulation > 1 else ""))
+        raise ValueError(
+            f"global_batch {cfg.global_batch} must be divisible by the {jax.device_count()} devices"
+            + (f" times gradient_accumulation={cfg.gradient_accumulation}" if cfg.gradient_accumulation > 1 else "")
+        )
     if cfg.stage not in ("gan", "triplane", *DDGI_STAGES) and cfg.val_every and cfg.test_size < jax.device_count():
-        raise ValueError(f"test_size {cfg.test_size} is smaller than the {jax.device_count()} devices validation "
-                         "shards over; build the dataset with a larger test split or set val_every=0")
+        raise ValueError(
+            f"test_size {cfg.test_size} is smaller than the {jax.device_count()} devices validation "
+            "shards over; build the dataset with a larger test split or set val_every=0"
+        )
     check_same_run(cfg, workdir)
 
     mesh = data_mesh()
@@ -151,12 +154,20 @@ def train(cfg: TrainConfig, workdir: str | pathlib.Path) -> int:
             progress.update(step, {"loss": float(losses.mean())}, examples_per_step=cfg.global_batch)
             if _crossed(before, step, cfg.log_every) or step == cfg.steps:
                 terms = {name: _mean_where_run(v) for name, v in getattr(metrics, "terms", {}).items()}
-                writer.write(step, {"loss": float(losses.mean()), "grad_norm": float(np.mean(metrics.grad_norm)),
-                                    "learning_rate": cfg.learning_rate, **terms})
+                writer.write(
+                    step,
+                    {
+                        "loss": float(losses.mean()),
+                        "grad_norm": float(np.mean(metrics.grad_norm)),
+                        "learning_rate": cfg.learning_rate,
+                        **terms,
+                    },
+                )
             val_loss = None
             if stage.evaluate is not None and _crossed(before, step, cfg.val_every):
-                val_loss = validation_loss(cfg, functools.partial(stage.evaluate, state.export_params),
-                                           stage.test_source, mesh)
+                val_loss = validation_loss(
+                    cfg, functools.partial(stage.evaluate, state.export_params), stage.test_source, mesh
+                )
                 val_writer.write(step, {"loss": val_loss})
             if _crossed(before, step, cfg.sample_every):
                 grid = workdir / "samples" / f"{step:07d}.png"
@@ -193,8 +204,21 @@ def _next_call(batches, step: int, cfg: TrainConfig, mesh):
 RUN_CONFIG = "train_config.json"  # the settings a run started with, checked when it resumes
 # What a resumed run may change: how long it runs, what it logs and where the same data now lives, never what it
 # computes.
-RESUMABLE_CHANGES = frozenset({"data_dir", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "val_every",
-                               "val_batches", "sample_every", "sample_count", "sample_steps", "data_workers"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "data_dir",
+        "steps",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "val_every",
+        "val_batches",
+        "sample_every",
+        "sample_count",
+        "sample_steps",
+        "data_workers",
+    }
+)
 
 
 def _settings(cfg: TrainConfig) -> dict:
@@ -213,13 +237,18 @@ def check_same_run(cfg: TrainConfig, workdir: pathlib.Path) -> None:
             raise ValueError(f"{path} is damaged; restore it or use a new --workdir") from None
         # a field added since the run started is recorded at its default, which keeps what older runs computed
         started = {**_settings(TrainConfig()), **started}
-        changed = sorted(k for k in settings.keys() | started.keys()
-                         if k not in RESUMABLE_CHANGES and settings.get(k) != started.get(k))
+        changed = sorted(
+            k
+            for k in settings.keys() | started.keys()
+            if k not in RESUMABLE_CHANGES and settings.get(k) != started.get(k)
+        )
         if changed:
             first = changed[0]
-            raise ValueError(f"--workdir {workdir} holds a run started with other settings ({len(changed)} differ, "
-                             f"e.g. {first}={started.get(first)!r}, now {settings.get(first)!r}); resume it with "
-                             "its settings or use a new --workdir")
+            raise ValueError(
+                f"--workdir {workdir} holds a run started with other settings ({len(changed)} differ, "
+                f"e.g. {first}={started.get(first)!r}, now {settings.get(first)!r}); resume it with "
+                "its settings or use a new --workdir"
+            )
 
 
 def record_run_settings(cfg: TrainConfig, workdir: pathlib.Path) -> None:
@@ -240,8 +269,8 @@ def check_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
     try:
         creatable_parent(workdir / "probe")
     except OSError as err:
-        raise ValueError(f"--workdir {workdir}: cannot create folders in {err.filename or workdir} ({err.strerror}); "
-                         "choose another --workdir") from None
+        raise ValueError(
+            f"--workdir {workdir}: cannot create folders in {err.filename or workdir} ({err.strerror}); "
+            "choose another --workdir"
+        ) from None
     return workdir
-
-

@@ -49,8 +49,9 @@ def triplane_loss(model: AutoDecoder, batch: dict, key: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(images - batch["image"]))
 
 
-def triplane_train_steps(graphdef, buffers, state: TrainState, batches: dict, key: jax.Array,
-                         tx: optax.GradientTransformation) -> tuple[TrainState, StepMetrics]:
+def triplane_train_steps(
+    graphdef, buffers, state: TrainState, batches: dict, key: jax.Array, tx: optax.GradientTransformation
+) -> tuple[TrainState, StepMetrics]:
     """One Adam step per leading entry of `batches`; the randomness of step n is fold_in(key, n)."""
     return _triplane_train_steps(graphdef, buffers, state, batches, key, tx, loop_policy())
 
@@ -58,8 +59,9 @@ def triplane_train_steps(graphdef, buffers, state: TrainState, batches: dict, ke
 @jax.jit(static_argnames=("graphdef", "tx", "policy"), donate_argnames=("state",))
 def _triplane_train_steps(graphdef, buffers, state, batches, key, tx, policy: LoopPolicy):
     def one_step(state: TrainState, batch):
-        loss, grads = jax.value_and_grad(lambda p: triplane_loss(nnx.merge(graphdef, p, buffers), batch,
-                                                                 jax.random.fold_in(key, state.step)))(state.params)
+        loss, grads = jax.value_and_grad(
+            lambda p: triplane_loss(nnx.merge(graphdef, p, buffers), batch, jax.random.fold_in(key, state.step))
+        )(state.params)
         return apply_gradients(state, loss, grads, tx)
 
     state, (loss, grad_norm), applied = run_steps(one_step, state, batches, policy)

@@ -133,8 +133,16 @@ REFERENCED_CLASSES = {
     )
 }
 
-_TORCH_INTERNALS = {"training", "_parameters", "_buffers", "_non_persistent_buffers_set", "_modules",
-                    "_init_args", "_init_kwargs", "_is_full_backward_hook"}
+_TORCH_INTERNALS = {
+    "training",
+    "_parameters",
+    "_buffers",
+    "_non_persistent_buffers_set",
+    "_modules",
+    "_init_args",
+    "_init_kwargs",
+    "_is_full_backward_hook",
+}
 _HOOKS = re.compile(r"^_\w*hooks\w*$")
 
 

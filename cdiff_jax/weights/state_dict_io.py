@@ -372,8 +372,10 @@ def script_state_dict(path: pathlib.Path, top) -> dict[str, np.ndarray]:
     records = 0
 
     def corrupt(what: str) -> CheckpointReadError:
-        return CheckpointReadError(f"{path}: the TorchScript module tree {what}; the file is corrupt, re-download "
-                                   "or re-save it (torch.save(torch.jit.load(path).state_dict(), new_path))")
+        return CheckpointReadError(
+            f"{path}: the TorchScript module tree {what}; the file is corrupt, re-download "
+            "or re-save it (torch.save(torch.jit.load(path).state_dict(), new_path))"
+        )
 
     def walk(record: ScriptObject, prefix: str, ancestors: tuple) -> None:
         nonlocal records

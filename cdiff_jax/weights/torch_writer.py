@@ -83,7 +83,7 @@ def write_state_dict(path, tensors: Mapping[str, np.ndarray], ordered: bool = Fa
     entries, storages = {}, {}
     for i, (key, value) in enumerate(tensors.items()):
         value = np.asarray(value)
-        stride = [int(np.prod(value.shape[d + 1:])) for d in range(value.ndim)]
+        stride = [int(np.prod(value.shape[d + 1 :])) for d in range(value.ndim)]
         name = _STORAGE_NAMES[value.dtype.newbyteorder("=")]
         entries[key] = pickled_tensor(name, str(i), value.size, 0, value.shape, stride)
         storages[str(i)] = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)

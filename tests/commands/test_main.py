@@ -15,8 +15,14 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "cdiff_jax.commands.main", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cdiff_jax.commands.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_help_lists_every_command():
@@ -44,17 +50,20 @@ def test_version():
     assert proc.returncode == 0 and proc.stdout.strip() == f"cdiff_jax {__version__}"
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (("train", "--help"), "--workdir"),
-    (("edit", "--help"), "--image"),
-    (("convert", "--help"), "--to-official"),
-    (("evaluate", "--help"), "miniature"),
-    (("evaluate", "miniature", "--help"), "usage: cdiff evaluate miniature"),
-    (("evaluate", "weighting", "--help"), "usage: cdiff evaluate weighting"),
-    (("evaluate", "toy-edit", "--help"), "usage: cdiff evaluate toy-edit"),
-    (("evaluate", "ddgi", "--help"), "usage: cdiff evaluate ddgi"),
-    (("evaluate", "judges", "--help"), "out_dir"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("train", "--help"), "--workdir"),
+        (("edit", "--help"), "--image"),
+        (("convert", "--help"), "--to-official"),
+        (("evaluate", "--help"), "miniature"),
+        (("evaluate", "miniature", "--help"), "usage: cdiff evaluate miniature"),
+        (("evaluate", "weighting", "--help"), "usage: cdiff evaluate weighting"),
+        (("evaluate", "toy-edit", "--help"), "usage: cdiff evaluate toy-edit"),
+        (("evaluate", "ddgi", "--help"), "usage: cdiff evaluate ddgi"),
+        (("evaluate", "judges", "--help"), "out_dir"),
+    ],
+)
 def test_subcommand_help(args, expected):
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr

@@ -31,8 +31,9 @@ def run(*argv):
 def checkpoints(fixtures_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
     for kind in ("codiff", "text"):
-        system, _ = system_from_state_dict(assemble_state_dict(fixtures_root, kind, "safetensors"),
-                                           reference_config(fixtures_root, kind))
+        system, _ = system_from_state_dict(
+            assemble_state_dict(fixtures_root, kind, "safetensors"), reference_config(fixtures_root, kind)
+        )
         save_system(root / kind, system)
     return root
 
@@ -43,14 +44,24 @@ def test_demo_writes_pictures_and_settings_deterministically(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "shipped demo models" in captured.err and "wrote 2 samples" in captured.out
     a = tmp_path / "a"
-    for name in ("grid.png", "overlay_grid.png", "mask.png", "influence_mask.png", "influence_text.png",
-                 "x_t.png", "pred_x0.png", "images/000.png", "images/001.png"):
+    for name in (
+        "grid.png",
+        "overlay_grid.png",
+        "mask.png",
+        "influence_mask.png",
+        "influence_text.png",
+        "x_t.png",
+        "pred_x0.png",
+        "images/000.png",
+        "images/001.png",
+    ):
         assert (a / name).is_file(), name
     settings = json.loads((a / "settings.json").read_text())
     assert settings["steps"] == 4 and settings["seed"] == 0 and settings["text"]
     for i in range(2):
-        np.testing.assert_array_equal(np.asarray(Image.open(a / f"images/00{i}.png")),
-                                      np.asarray(Image.open(tmp_path / f"b/images/00{i}.png")))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(a / f"images/00{i}.png")), np.asarray(Image.open(tmp_path / f"b/images/00{i}.png"))
+        )
     # a previous run's folder is ours to replace: nothing of it is left (its trajectory pictures, which this run
     # does not make) and nothing beside it; the batch and steps above, so no other program to compile
     before = np.asarray(Image.open(a / "images/000.png"))
@@ -61,10 +72,45 @@ def test_demo_writes_pictures_and_settings_deterministically(tmp_path, capsys):
 
 
 def test_collaborative_and_uni_modal_checkpoints(checkpoints, fixtures_root, tmp_path, capsys):
-    assert run("--checkpoint", checkpoints / "codiff", "--mask", DEMO_MASK, "--text", "a man", "--steps", "4",
-               "--batch", "2", "--out", tmp_path / "collab", "--guidance", "mask=1.5", "--save-z") == 0
-    assert run("--checkpoint", checkpoints / "text", "--text", "a man in his forties", "--steps", "3",
-               "--sampler", "dpmpp2m", "--freeu", "1.1,1.2,1,1", "--batch", "1", "--out", tmp_path / "text") == 0
+    assert (
+        run(
+            "--checkpoint",
+            checkpoints / "codiff",
+            "--mask",
+            DEMO_MASK,
+            "--text",
+            "a man",
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--out",
+            tmp_path / "collab",
+            "--guidance",
+            "mask=1.5",
+            "--save-z",
+        )
+        == 0
+    )
+    assert (
+        run(
+            "--checkpoint",
+            checkpoints / "text",
+            "--text",
+            "a man in his forties",
+            "--steps",
+            "3",
+            "--sampler",
+            "dpmpp2m",
+            "--freeu",
+            "1.1,1.2,1,1",
+            "--batch",
+            "1",
+            "--out",
+            tmp_path / "text",
+        )
+        == 0
+    )
     settings = json.loads((tmp_path / "text/settings.json").read_text())
     assert (settings["sampler"], settings["order"], settings["steps"], settings["eta"]) == ("dpmpp", 2, 3, 0.0)
     assert settings["freeu"] == {"b1": 1.1, "b2": 1.2, "s1": 1.0, "s2": 1.0}
@@ -79,8 +125,21 @@ def test_collaborative_and_uni_modal_checkpoints(checkpoints, fixtures_root, tmp
 
 
 def test_long_caption_is_announced(checkpoints, tmp_path, capsys):
-    assert run("--checkpoint", checkpoints / "text", "--text", "word " * 100, "--steps", "2", "--batch", "1",
-               "--out", tmp_path / "o") == 0
+    assert (
+        run(
+            "--checkpoint",
+            checkpoints / "text",
+            "--text",
+            "word " * 100,
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--out",
+            tmp_path / "o",
+        )
+        == 0
+    )
     assert "truncated" in capsys.readouterr().err
 
 
@@ -111,7 +170,7 @@ CASES = {  # name: (checkpoint, arguments, what the message must name)
     "photo_as_mask": ("collab", ["--mask", "{root}/photo.png"], "--mask"),
     "mask_bomb": ("collab", ["--mask", "{root}/bomb.png"], "more pixels than any face or mask"),
     "empty_caption": ("text", ["--text", "  "], "--text is empty"),
-    "caption_without_words": ("text", ["--text", "\U0001F600 \U0001F389"], "no word the text encoder knows"),
+    "caption_without_words": ("text", ["--text", "\U0001f600 \U0001f389"], "no word the text encoder knows"),
     "not_a_checkpoint": ("{root}/foreign", TEXT, "not a cdiff_jax checkpoint"),
     "missing_modality": ("text", ["--mask", str(DEMO_MASK)], "drop --mask"),
     "scribble_without_its_modality": ("collab", TEXT + ["--scribble", "{root}/strokes.png"], "drop --scribble"),
@@ -140,15 +199,29 @@ CASES = {  # name: (checkpoint, arguments, what the message must name)
     "non_finite_samples": ("nan", TEXT + ["--steps", "2", "--batch", "1"], "not finite"),
 }
 # Each kind of check once more through the real command line (a subprocess pays seconds of imports).
-THROUGH_THE_SCRIPT = ("photo_as_mask", "mask_bomb", "not_a_checkpoint", "steps_not_dividing", "eta_nan", "guidance_inf",
-                      "sampler_unknown", "mask_scale_zero", "columns_zero", "batch_huge", "out_foreign_folder",
-                      "non_finite_samples")
+THROUGH_THE_SCRIPT = (
+    "photo_as_mask",
+    "mask_bomb",
+    "not_a_checkpoint",
+    "steps_not_dividing",
+    "eta_nan",
+    "guidance_inf",
+    "sampler_unknown",
+    "mask_scale_zero",
+    "columns_zero",
+    "batch_huge",
+    "out_foreign_folder",
+    "non_finite_samples",
+)
 
 
 def _case_argv(root, out, case):
     checkpoint, args, _ = CASES[case]
-    argv = ["--checkpoint", str(root / checkpoint) if "{" not in checkpoint else checkpoint.format(root=root),
-            *(a.format(root=root) for a in args)]
+    argv = [
+        "--checkpoint",
+        str(root / checkpoint) if "{" not in checkpoint else checkpoint.format(root=root),
+        *(a.format(root=root) for a in args),
+    ]
     return argv if "--out" in args else argv + ["--out", str(out)]
 
 
@@ -172,15 +245,34 @@ def test_bad_input_fails_in_one_line_and_creates_nothing(tiny, tmp_path, capfd, 
 @pytest.mark.parametrize("case", THROUGH_THE_SCRIPT)
 def test_bad_input_through_the_script(tiny, tmp_path, case):
     before = sorted(str(p) for p in tiny.rglob("*"))
-    result = subprocess.run([sys.executable, str(REPO / "sample.py"), *_case_argv(tiny, tmp_path / "out", case)],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "sample.py"), *_case_argv(tiny, tmp_path / "out", case)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     _assert_refused(result.returncode, result.stderr, case, tmp_path / "out", tiny, before)
 
 
 def test_edit_is_a_subcommand_of_the_same_script(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "sample.py"), "edit", "--image", str(tmp_path / "none.png"),
-                             "--text", "a man", "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "sample.py"),
+            "edit",
+            "--image",
+            str(tmp_path / "none.png"),
+            "--text",
+            "a man",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: --image {tmp_path / 'none.png'}: no such file")
     assert not (tmp_path / "out").exists()
@@ -188,8 +280,26 @@ def test_edit_is_a_subcommand_of_the_same_script(tmp_path):
 
 def test_a_scribble_joins_mask_and_caption_in_a_three_modality_system(tiny, tmp_path):
     save_system(tmp_path / "three", init_system(load_config("tiny_system.py:three"), seed=0))
-    assert run("--checkpoint", tmp_path / "three", "--mask", DEMO_MASK, "--text", "a man", "--scribble",
-               tiny / "strokes.png", "--steps", "2", "--batch", "1", "--save-influence", "--out", tmp_path / "o") == 0
+    assert (
+        run(
+            "--checkpoint",
+            tmp_path / "three",
+            "--mask",
+            DEMO_MASK,
+            "--text",
+            "a man",
+            "--scribble",
+            tiny / "strokes.png",
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--save-influence",
+            "--out",
+            tmp_path / "o",
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "o/settings.json").read_text())["scribble"] == str(tiny / "strokes.png")
     assert (tmp_path / "o/influence_scribble.png").is_file()
 
@@ -214,19 +324,36 @@ def test_a_disk_that_fills_up_while_writing_is_one_line_and_keeps_the_previous_r
     monkeypatch.setattr(viz, "save_png", fills_up)
     assert main(argv) == 1
     assert capfd.readouterr().err.splitlines() == [
-        f"error: cannot write {out}: No space left on device; nothing was written (free space or choose another --out)"]
+        f"error: cannot write {out}: No space left on device; nothing was written (free space or choose another --out)"
+    ]
     assert _files(out) == previous and list(tmp_path.iterdir()) == [out]  # no temporary folder left beside it
 
 
-def test_a_disk_that_fills_up_while_editing_is_one_line_and_keeps_the_finished_stages(tiny, tmp_path, capfd,
-                                                                                      monkeypatch):
+def test_a_disk_that_fills_up_while_editing_is_one_line_and_keeps_the_finished_stages(
+    tiny, tmp_path, capfd, monkeypatch
+):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(viz, "save_png", full)  # input.png, the first picture an edit writes
     out = tmp_path / "edit"
-    assert main(["edit", "--checkpoint", str(tiny / "collab"), "--image", str(tiny / "photo.png"), "--text", "a man",
-                 "--out", str(out)]) == 1
+    assert (
+        main(
+            [
+                "edit",
+                "--checkpoint",
+                str(tiny / "collab"),
+                "--image",
+                str(tiny / "photo.png"),
+                "--text",
+                "a man",
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert capfd.readouterr().err.splitlines() == [
         f"error: cannot write {out}: No space left on device; the finished stages are kept (free space, then run "
-        "again to resume)"]
+        "again to resume)"
+    ]

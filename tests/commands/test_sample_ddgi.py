@@ -31,17 +31,37 @@ def world(tmp_path_factory):
     generator = Generator(GAN, rngs=nnx.Rngs(0))
     generator.mapping.w_avg.set_value(np.full(8, 0.25, np.float32))
     save_generator(root / "gan", generator)
-    save_generator(root / "gan16", Generator(StyleGAN2Config(**{**GAN.__dict__, "img_resolution": 16}),
-                                             rngs=nnx.Rngs(0)))
-    heads = DDGIHeads(heads_config(system.cfg, GAN, ("text", "mask"), mapping_channels=8, modulation_channels=8),
-                      rngs=nnx.Rngs(0))
+    save_generator(
+        root / "gan16", Generator(StyleGAN2Config(**{**GAN.__dict__, "img_resolution": 16}), rngs=nnx.Rngs(0))
+    )
+    heads = DDGIHeads(
+        heads_config(system.cfg, GAN, ("text", "mask"), mapping_channels=8, modulation_channels=8), rngs=nnx.Rngs(0)
+    )
     save_heads(root / "heads", heads)
     return root
 
 
 def args(root, out, *extra):
-    return ["ddgi", "--checkpoint", str(root / "system"), "--gan", str(root / "gan"), "--heads", str(root / "heads"),
-            "--mask", MASK, "--text", "a man", "--steps", "4", "--batch", "2", "--out", str(out), *extra]
+    return [
+        "ddgi",
+        "--checkpoint",
+        str(root / "system"),
+        "--gan",
+        str(root / "gan"),
+        "--heads",
+        str(root / "heads"),
+        "--mask",
+        MASK,
+        "--text",
+        "a man",
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_fresh_heads_give_the_gan_s_average_code_beside_the_diffusion_image(world, tmp_path):
@@ -62,12 +82,15 @@ def test_without_diffusion_image_the_sampler_stops_at_the_step_read(world, tmp_p
     assert not json.loads((out / "settings.json").read_text())["diffusion_image"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--at-step", "5"), "--at-step 5: give 1..4"),
-    (("--at-step", "0"), "--at-step 0: give 1..4"),
-    (("--gan", "GAN16"), "makes 16x16 images but the diffusion system 32x32"),
-    (("--heads", "/nonexistent"), "holds no DDGI heads"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--at-step", "5"), "--at-step 5: give 1..4"),
+        (("--at-step", "0"), "--at-step 0: give 1..4"),
+        (("--gan", "GAN16"), "makes 16x16 images but the diffusion system 32x32"),
+        (("--heads", "/nonexistent"), "holds no DDGI heads"),
+    ],
+)
 def test_bad_input_fails_in_one_line_and_writes_nothing(world, tmp_path, capsys, extra, message):
     extra = tuple(str(world / "gan16") if e == "GAN16" else e for e in extra)
     assert main(args(world, tmp_path / "out", *extra)) == 2
@@ -76,8 +99,7 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(world, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
-def test_a_disk_that_fills_up_while_writing_is_one_line_and_keeps_out_as_it_was(world, tmp_path, capsys,
-                                                                                 monkeypatch):
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_keeps_out_as_it_was(world, tmp_path, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -85,13 +107,23 @@ def test_a_disk_that_fills_up_while_writing_is_one_line_and_keeps_out_as_it_was(
     out = tmp_path / "out"
     assert main(args(world, out, "--at-step", "1")) == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"error: cannot write {out}: No space left on device; nothing was written (free space or choose another --out)"]
+        f"error: cannot write {out}: No space left on device; nothing was written (free space or choose another --out)"
+    ]
     assert list(tmp_path.iterdir()) == []
 
 
 def test_another_system_needs_its_own_gan_and_heads(world, tmp_path, capsys):
-    argv = ["ddgi", "--checkpoint", str(world / "system"), "--mask", MASK, "--text", "a man", "--out",
-            str(tmp_path / "out")]
+    argv = [
+        "ddgi",
+        "--checkpoint",
+        str(world / "system"),
+        "--mask",
+        MASK,
+        "--text",
+        "a man",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main(argv) == 2
     assert "give --gan and --heads with --checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

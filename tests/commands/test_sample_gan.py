@@ -39,16 +39,33 @@ def test_samples_codes_and_settings(checkpoint, tmp_path):
 
 
 def test_truncation_zero_gives_the_average_code(checkpoint, tmp_path):
-    assert main(["gan", "--checkpoint", str(checkpoint), "--count", "2", "--truncation", "0", "--out",
-                 str(tmp_path / "avg")]) == 0
+    assert (
+        main(
+            [
+                "gan",
+                "--checkpoint",
+                str(checkpoint),
+                "--count",
+                "2",
+                "--truncation",
+                "0",
+                "--out",
+                str(tmp_path / "avg"),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "avg/ws.npy"), 0.5)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--count", "0"], "--count 0"),
-    (["--truncation-cutoff", "99"], "has 4 W+ rows"),
-    (["--checkpoint", "/nonexistent"], "is not a StyleGAN2 generator checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--count", "0"], "--count 0"),
+        (["--truncation-cutoff", "99"], "has 4 W+ rows"),
+        (["--checkpoint", "/nonexistent"], "is not a StyleGAN2 generator checkpoint"),
+    ],
+)
 def test_bad_input_fails_in_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
     argv = ["gan", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), *args]
     assert main(argv) == 2
@@ -72,5 +89,6 @@ def test_a_disk_that_fills_up_while_writing_is_one_line_and_writes_nothing(check
     out = tmp_path / "out"
     assert main(["gan", "--checkpoint", str(checkpoint), "--count", "2", "--out", str(out)]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"error: cannot write {out}: No space left on device; nothing was written (free space or choose another --out)"]
+        f"error: cannot write {out}: No space left on device; nothing was written (free space or choose another --out)"
+    ]
     assert list(tmp_path.iterdir()) == []

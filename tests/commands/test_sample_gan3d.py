@@ -26,8 +26,19 @@ def checkpoint(fixtures_root, tmp_path_factory):
 
 def test_views_depths_and_settings(checkpoint, tmp_path):
     out = tmp_path / "out"
-    argv = ["gan3d", "--checkpoint", str(checkpoint), "--count", "2", "--yaw", "-0.3:0.3:3", "--pitch", "0,0.2",
-            "--out", str(out)]
+    argv = [
+        "gan3d",
+        "--checkpoint",
+        str(checkpoint),
+        "--count",
+        "2",
+        "--yaw",
+        "-0.3:0.3:3",
+        "--pitch",
+        "0,0.2",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     settings = json.loads((out / "settings.json").read_text())
     assert len(settings["views"]) == 6 and settings["views"][1] == {"yaw": 0.0, "pitch": 0.0}
@@ -46,16 +57,39 @@ def test_cameras_from_a_file_are_validated_first(checkpoint, tmp_path, capsys):
     good = orbit_cameras([0.2, -0.2], [0.0, 0.1], radius=2.7, pivot=(0, 0, 0.2), fov_degrees=18.837)
     np.save(tmp_path / "good.npy", good)
     out = tmp_path / "out"
-    assert main(["gan3d", "--checkpoint", str(checkpoint), "--count", "1", "--cameras", str(tmp_path / "good.npy"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "gan3d",
+                "--checkpoint",
+                str(checkpoint),
+                "--count",
+                "1",
+                "--cameras",
+                str(tmp_path / "good.npy"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(out / "cameras.npy"), good)
     stretched = good.copy()
     stretched[1, :3] *= 3
-    for name, array, message in (("short.npy", good[:, :16], "expected [N, 25]"),
-                                 ("stretched.npy", stretched, "camera 1: cam2world is not rigid")):
+    for name, array, message in (
+        ("short.npy", good[:, :16], "expected [N, 25]"),
+        ("stretched.npy", stretched, "camera 1: cam2world is not rigid"),
+    ):
         np.save(tmp_path / name, array)
-        argv = ["gan3d", "--checkpoint", str(checkpoint), "--cameras", str(tmp_path / name), "--out",
-                str(tmp_path / "bad")]
+        argv = [
+            "gan3d",
+            "--checkpoint",
+            str(checkpoint),
+            "--cameras",
+            str(tmp_path / name),
+            "--out",
+            str(tmp_path / "bad"),
+        ]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()
@@ -66,13 +100,16 @@ def test_angles_accept_lists_and_ranges():
     np.testing.assert_allclose(angles("-0.4:0.4:5", "--yaw"), [-0.4, -0.2, 0.0, 0.2, 0.4])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--yaw", "1.7"], "--yaw/--pitch: yaw 1.7: angles are radians within +-1.5708 (90 degrees)"),
-    (["--pitch", "-2"], "pitch -2.0"),
-    (["--yaw", "0:1:0"], "count of a start:stop:count range must be at least 1"),
-    (["--yaw", "left"], "--yaw 'left': give radians"),
-    (["--count", "0"], "--count 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--yaw", "1.7"], "--yaw/--pitch: yaw 1.7: angles are radians within +-1.5708 (90 degrees)"),
+        (["--pitch", "-2"], "pitch -2.0"),
+        (["--yaw", "0:1:0"], "count of a start:stop:count range must be at least 1"),
+        (["--yaw", "left"], "--yaw 'left': give radians"),
+        (["--count", "0"], "--count 0"),
+    ],
+)
 def test_bad_input_fails_in_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
     argv = ["gan3d", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), *args]
     assert main(argv) == 2

@@ -16,7 +16,11 @@ from cdiff_jax.commands.train import main, parse_overrides
 
 def test_parse_overrides_literals_and_strings():
     assert parse_overrides(["steps=200", "data_dir=data/tfds", "init_from=(('a','b'),)", "lr=1e-4"]) == {
-        "steps": 200, "data_dir": "data/tfds", "init_from": (("a", "b"),), "lr": 1e-4}
+        "steps": 200,
+        "data_dir": "data/tfds",
+        "init_from": (("a", "b"),),
+        "lr": 1e-4,
+    }
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["steps"])
 
@@ -41,13 +45,17 @@ BAD = {  # --config / --set / --workdir -> what the one line must say
     "batch_zero": (["--set", "global_batch=0"], "global_batch=0: must be >= 1"),
     "steps_per_call_zero": (["--set", "steps_per_call=0"], "steps_per_call=0: must be >= 1"),
     "uneven_micro_batches": (["--set", "gradient_accumulation=3"], "must split into gradient_accumulation=3 equal"),
-    "accumulating_gan": (["--config", "configs/train_demo.py:gan", "--set", "gradient_accumulation=2"],
-                         "only the collab, expert and autoencoder stages accumulate"),
+    "accumulating_gan": (
+        ["--config", "configs/train_demo.py:gan", "--set", "gradient_accumulation=2"],
+        "only the collab, expert and autoencoder stages accumulate",
+    ),
     "negative_steps": (["--set", "steps=-3"], "steps=-3: must be >= 1"),
     "dropout_above_one": (["--set", "condition_dropout=1.5"], "condition_dropout=1.5: must be in [0, 1]"),
     "crop_without_zoom": (["--set", "crop_zoom=1"], "crop_zoom=1: must be > 1 (None: no crops)"),
-    "cropping_gan": (["--config", "configs/train_demo.py:gan", "--set", "crop_zoom=1.125"],
-                     "crop_zoom=1.125: only the collab, expert and autoencoder stages crop their training images"),
+    "cropping_gan": (
+        ["--config", "configs/train_demo.py:gan", "--set", "crop_zoom=1.125"],
+        "crop_zoom=1.125: only the collab, expert and autoencoder stages crop their training images",
+    ),
     "experts_not_a_tuple": (["--set", "ddgi_experts=text"], "expected a tuple whose entries are each a string"),
     "workdir_is_a_file": (["--workdir", "{tmp}/a_file"], "is a file"),
     "workdir_cannot_be_created": (["--workdir", "/proc/cdiff_run"], "cannot create folders in /proc"),
@@ -73,13 +81,25 @@ def test_bad_settings_fail_in_one_line_before_any_work(tmp_path, capsys, case):
 
 
 def test_bad_settings_through_the_script(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "configs/train_tiny.py:expert_txt",
-                             "--workdir", str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            "configs/train_tiny.py:expert_txt",
+            "--workdir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: config 'configs/train_tiny.py:expert_txt': unknown stage 'expert_txt' (`arg`: collab, autoencoder, "
-        "expert_text, expert_mask or expert_scribble.)"]
+        "expert_text, expert_mask or expert_scribble.)"
+    ]
     assert not (tmp_path / "run").exists()
 
 
@@ -123,8 +143,7 @@ def test_a_test_split_smaller_than_the_devices_is_one_line(tmp_path, capsys, mon
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "metrics"])
-def test_a_disk_that_fills_up_while_training_is_one_line_naming_the_path(data_dir, tmp_path, capfd, monkeypatch,
-                                                                         where):
+def test_a_disk_that_fills_up_while_training_is_one_line_naming_the_path(data_dir, tmp_path, capfd, monkeypatch, where):
     """A full disk during a checkpoint save names the checkpoint, its partial files removed; during a metrics write,
     the work directory. orbax's and the trainer's tracebacks stay off the terminal."""
     from orbax.checkpoint import CheckpointManager
@@ -145,11 +164,22 @@ def test_a_disk_that_fills_up_while_training_is_one_line_naming_the_path(data_di
         monkeypatch.setattr(CheckpointManager, "save", fills_up)
     else:
         monkeypatch.setattr(MetricsWriter, "write", full)
-    code = main(["--config", "configs/train_tiny.py", "--workdir", str(workdir), "--set", f"data_dir={data_dir}",
-                 "--set", "steps=2"])
+    code = main(
+        [
+            "--config",
+            "configs/train_tiny.py",
+            "--workdir",
+            str(workdir),
+            "--set",
+            f"data_dir={data_dir}",
+            "--set",
+            "steps=2",
+        ]
+    )
     err = capfd.readouterr().err
     path = workdir / "checkpoints" / "2" if where == "checkpoint" else workdir
     assert code == 1 and "Traceback" not in err, err
     assert [line for line in err.splitlines() if str(workdir) in line or "error" in line.lower()] == [
-        f"error: cannot write {path}: No space left on device; {RESUME}"]
+        f"error: cannot write {path}: No space left on device; {RESUME}"
+    ]
     assert list((workdir / "checkpoints").iterdir()) == []

@@ -43,8 +43,9 @@ def test_released_configs_cover_the_real_key_sets_exactly(fixtures_root):
         system = abstract_system(cfg)
         ours = {".".join(map(str, p)): v.shape for p, v in nnx.to_flat_state(nnx.state(system, nnx.Param))}
         names = keymap.official_key_map(ours, ckpt_type, {n: m.kind for n, m in cfg.modalities.items()})
-        expected = {k: tuple(v[0]) for k, v in manifest.items()
-                    if k not in keymap.SCHEDULE_BUFFERS and not keymap.is_ignored(k)}
+        expected = {
+            k: tuple(v[0]) for k, v in manifest.items() if k not in keymap.SCHEDULE_BUFFERS and not keymap.is_ignored(k)
+        }
         assert sorted(names.values()) == sorted(expected), path.name
         for ours_path, official in names.items():
             leaf = ours_path.rsplit(".", 1)[-1]
@@ -95,8 +96,9 @@ def test_schedule_and_type_mismatches(text_ldm):
 
 
 def _convert_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cdiff_jax.convert", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "cdiff_jax.convert", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_cli_converts_a_collaborative_safetensors_with_official_yaml(fixtures_root, tmp_path):
@@ -107,8 +109,9 @@ def test_cli_converts_a_collaborative_safetensors_with_official_yaml(fixtures_ro
     assert result.returncode == 0, result.stderr
     assert "checkpoint type: codiff" in result.stdout
     system = load_system(dst)
-    ref, _ = system_from_state_dict(assemble_state_dict(fixtures_root, "codiff", "ckpt"),
-                                    reference_config(fixtures_root, "codiff"))
+    ref, _ = system_from_state_dict(
+        assemble_state_dict(fixtures_root, "codiff", "ckpt"), reference_config(fixtures_root, "codiff")
+    )
     jax.tree.map(np.testing.assert_array_equal, nnx.state(system, nnx.Param), nnx.state(ref, nnx.Param))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -154,8 +157,9 @@ def test_overwrite_replaces_only_our_checkpoints(fixtures_root, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["model.ckpt", "notes.txt"]
     # a file as the destination: refused, nothing hidden left beside it
     (tmp_path / "a_file").write_text("x")
-    assert "not a cdiff_jax checkpoint" in _one_line_refusal(_convert_cli(src, tmp_path / "a_file", *config,
-                                                                           "--overwrite"))
+    assert "not a cdiff_jax checkpoint" in _one_line_refusal(
+        _convert_cli(src, tmp_path / "a_file", *config, "--overwrite")
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "weights"]
     # our own checkpoint is replaced whole
     assert _convert_cli(src, tmp_path / "ours", *config).returncode == 0
@@ -192,12 +196,18 @@ def test_export_of_the_released_configs_equals_the_spec_manifests(fixtures_root)
         assert exported == {key: json.loads(shape) for key, shape in manifest.items()}, path.name
 
 
-@pytest.mark.parametrize("failure", [
-    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-    ValueError("RESOURCE_EXHAUSTED: Error writing \"w/c/0\": No space left on device [os_error_code='28']"),  # orbax's
-])
-def test_a_disk_that_fills_up_while_writing_is_one_line_and_writes_nothing(fixtures_root, tmp_path, capfd,
-                                                                           monkeypatch, failure):
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+        ValueError(
+            "RESOURCE_EXHAUSTED: Error writing \"w/c/0\": No space left on device [os_error_code='28']"
+        ),  # orbax's
+    ],
+)
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_writes_nothing(
+    fixtures_root, tmp_path, capfd, monkeypatch, failure
+):
     def fills_up(path, tree):
         path.mkdir()
         (path / "half_written").write_bytes(b"\0" * 100)
@@ -205,10 +215,20 @@ def test_a_disk_that_fills_up_while_writing_is_one_line_and_writes_nothing(fixtu
 
     monkeypatch.setattr(checkpoint, "save_tree", fills_up)
     dst = tmp_path / "out"
-    assert convert_main([str(fixtures_root / "autoencoder/model.ckpt"), str(dst), "--config",
-                         str(fixtures_root / "autoencoder/config.yaml")]) == 1
+    assert (
+        convert_main(
+            [
+                str(fixtures_root / "autoencoder/model.ckpt"),
+                str(dst),
+                "--config",
+                str(fixtures_root / "autoencoder/config.yaml"),
+            ]
+        )
+        == 1
+    )
     assert capfd.readouterr().err.splitlines() == [
-        f"error: cannot write {dst}: No space left on device; nothing was written (free space or choose another DST)"]
+        f"error: cannot write {dst}: No space left on device; nothing was written (free space or choose another DST)"
+    ]
     assert list(tmp_path.iterdir()) == []
 
 

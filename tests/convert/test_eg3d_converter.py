@@ -51,16 +51,24 @@ def test_settings_come_from_the_stored_arguments(folder, generator):
     kwargs, rendering = config["G"]["init_kwargs"], config["rendering_kwargs"]
     cfg = generator.cfg
     assert (cfg.z_dim, cfg.w_dim, cfg.img_resolution) == (kwargs["z_dim"], kwargs["w_dim"], kwargs["img_resolution"])
-    assert (cfg.ray_start, cfg.ray_end, cfg.box_warp) == (rendering["ray_start"], rendering["ray_end"],
-                                                          rendering["box_warp"])
+    assert (cfg.ray_start, cfg.ray_end, cfg.box_warp) == (
+        rendering["ray_start"],
+        rendering["ray_end"],
+        rendering["box_warp"],
+    )
     assert cfg.avg_camera_pivot == tuple(rendering["avg_camera_pivot"])
     assert cfg.sr_conv_clamp == (256 if kwargs["sr_num_fp16_res"] > 0 else None)
 
 
 def test_unsupported_super_resolution_lists_the_supported(folder):
     kwargs = json.loads((folder / "config.json").read_text())["G"]["init_kwargs"]
-    kwargs = {**kwargs, "rendering_kwargs": {**kwargs["rendering_kwargs"],
-                                             "superresolution_module": "training.superresolution.MyUpsampler"}}
+    kwargs = {
+        **kwargs,
+        "rendering_kwargs": {
+            **kwargs["rendering_kwargs"],
+            "superresolution_module": "training.superresolution.MyUpsampler",
+        },
+    }
     with pytest.raises(GANConversionError, match="MyUpsampler.*not supported; supported:.*Hybrid8XDC"):
         cv.config_from_pickle(kwargs, 64)
 
@@ -83,8 +91,11 @@ def test_real_size_key_maps_are_complete(fixtures_root):
         shapes = {key: tuple(shape) for key, shape, _ in manifest["G_ema"]}
         check_key_map(cv.eg3d_key_map(cfg), shapes, cfg)
         ours = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(abstract_network(cfg))))
-        official = sum(int(np.prod(shape)) for key, shape, _ in manifest["G_ema"]
-                       if not key.endswith("resample_filter") and key != "dataset_label_std")
+        official = sum(
+            int(np.prod(shape))
+            for key, shape, _ in manifest["G_ema"]
+            if not key.endswith("resample_filter") and key != "dataset_label_std"
+        )
         assert ours == official, name
 
 

@@ -80,23 +80,27 @@ def test_what_the_official_code_cannot_build_is_named(fixtures_root):
     assert any("kind 'scribble'" in d for d in official_differences(load_config(f"{TINY}:scribble")))
     mask, text = codiff.modalities["mask"], codiff.modalities["text"]
     cases = {
-        "dynamic diffusers differ": {"text": dataclasses.replace(
-            text, diffuser=dataclasses.replace(text.diffuser, model_channels=64))},
+        "dynamic diffusers differ": {
+            "text": dataclasses.replace(text, diffuser=dataclasses.replace(text.diffuser, model_channels=64))
+        },
         "dynamic diffusers only for mask": {"text": dataclasses.replace(text, diffuser=None)},
         "holds one modality of each kind": {"text2": text},
         "heads is 4": {"text": dataclasses.replace(text, encoder=dataclasses.replace(text.encoder, heads=4))},
-        "num_classes is 20": {"mask": dataclasses.replace(mask, encoder=dataclasses.replace(mask.encoder,
-                                                                                              num_classes=20))},
+        "num_classes is 20": {
+            "mask": dataclasses.replace(mask, encoder=dataclasses.replace(mask.encoder, num_classes=20))
+        },
     }
     for phrase, modalities in cases.items():
         cfg = dataclasses.replace(codiff, modalities={**codiff.modalities, **modalities})
         assert any(phrase in d for d in official_differences(cfg)), (phrase, official_differences(cfg))
     shifted = dataclasses.replace(codiff, autoencoder=dataclasses.replace(codiff.autoencoder, latent_shift=(1, 2, 3)))
     assert official_differences(shifted) == []  # folded into the weights
-    two_experts = dataclasses.replace(codiff, modalities={
-        name: dataclasses.replace(m, diffuser=None) for name, m in codiff.modalities.items()})
-    assert official_differences(two_experts) == ["2 modalities without dynamic diffusers; an official model of one "
-                                                 "expert holds one modality"]
+    two_experts = dataclasses.replace(
+        codiff, modalities={name: dataclasses.replace(m, diffuser=None) for name, m in codiff.modalities.items()}
+    )
+    assert official_differences(two_experts) == [
+        "2 modalities without dynamic diffusers; an official model of one expert holds one modality"
+    ]
 
 
 def test_a_latent_shift_is_folded_into_the_autoencoder(fixtures_root):
@@ -135,8 +139,10 @@ def _config_only(directory, cfg):
     return directory
 
 
-@pytest.mark.parametrize("case", ["not_a_checkpoint", "official_file", "suffix", "exists", "directory_out",
-                                  "scribble", "text_heads", "config"])
+@pytest.mark.parametrize(
+    "case",
+    ["not_a_checkpoint", "official_file", "suffix", "exists", "directory_out", "scribble", "text_heads", "config"],
+)
 def test_bad_input_is_one_line_and_writes_nothing(fixtures_root, codiff_dir, tmp_path, capsys, case):
     src, out, extra = codiff_dir, tmp_path / "out.safetensors", []
     if case == "not_a_checkpoint":
@@ -157,15 +163,29 @@ def test_bad_input_is_one_line_and_writes_nothing(fixtures_root, codiff_dir, tmp
     elif case == "text_heads":
         cfg = reference_config(fixtures_root, "text")
         text = cfg.modalities["text"]
-        src = _config_only(tmp_path / "heads", dataclasses.replace(cfg, modalities={"text": dataclasses.replace(
-            text, encoder=dataclasses.replace(text.encoder, heads=2, head_dim=4))}))
+        src = _config_only(
+            tmp_path / "heads",
+            dataclasses.replace(
+                cfg,
+                modalities={
+                    "text": dataclasses.replace(text, encoder=dataclasses.replace(text.encoder, heads=2, head_dim=4))
+                },
+            ),
+        )
     elif case == "config":
         extra = ["--config", "released.py:256_vae"]
     before = sorted(p.name for p in tmp_path.rglob("*"))
     message = _refused(capsys, src, out, *extra)
-    expected = {"not_a_checkpoint": "not a cdiff_jax checkpoint", "official_file": "not a cdiff_jax checkpoint",
-                "suffix": ".safetensors or .ckpt", "exists": "--overwrite", "directory_out": "not a file",
-                "scribble": "kind 'scribble'", "text_heads": "heads is 2", "config": "--config"}[case]
+    expected = {
+        "not_a_checkpoint": "not a cdiff_jax checkpoint",
+        "official_file": "not a cdiff_jax checkpoint",
+        "suffix": ".safetensors or .ckpt",
+        "exists": "--overwrite",
+        "directory_out": "not a file",
+        "scribble": "kind 'scribble'",
+        "text_heads": "heads is 2",
+        "config": "--config",
+    }[case]
     assert expected in message, message
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     if case == "exists":

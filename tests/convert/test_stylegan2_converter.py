@@ -80,8 +80,10 @@ def test_pickle_without_g_ema_or_with_another_class_fails(monkeypatch, nvidia_fo
 
 def test_unknown_generator_kwargs_are_named(nvidia_folder):
     kwargs = json.loads((nvidia_folder / "config.json").read_text())["G"]["init_kwargs"]
-    kwargs = {**kwargs, "synthesis_kwargs": {**kwargs["synthesis_kwargs"], "architecture": "resnet",
-                                             "magnitude_ema_beta": 0.999}}
+    kwargs = {
+        **kwargs,
+        "synthesis_kwargs": {**kwargs["synthesis_kwargs"], "architecture": "resnet", "magnitude_ema_beta": 0.999},
+    }
     with pytest.raises(cv.GANConversionError, match="magnitude_ema_beta"):
         cv.config_from_init_kwargs(kwargs)
     del kwargs["synthesis_kwargs"]["magnitude_ema_beta"]
@@ -100,8 +102,11 @@ def test_strict_key_map_lists_every_problem(nvidia_folder, nvidia_reference):
         cv.network_from_state_dict(broken, cfg, cv.nvidia_key_map(cfg))
     message = str(err.value)
     assert "\n" not in message
-    for part in (f"missing in source: {dropped}", "unexpected in source: synthesis.b8.extra",
-                 f"misshaped: {misshaped}"):
+    for part in (
+        f"missing in source: {dropped}",
+        "unexpected in source: synthesis.b8.extra",
+        f"misshaped: {misshaped}",
+    ):
         assert part in message
     # A key map that forgets one of our leaves is caught as well.
     entries = {k: e for k, e in cv.nvidia_key_map(cfg).items() if k != dropped}
@@ -128,16 +133,22 @@ def test_rosinality_architecture_from_shapes(fixtures_root, rosinality_reference
     assert (cfg.img_resolution, cfg.w_dim, cfg.z_dim, cfg.mapping_layers) == (size, style_dim, style_dim, n_mlp)
     assert cfg.num_ws == config["derived"]["n_latent"]
     assert {str(r): cfg.channels(r) for r in cfg.block_resolutions} == {
-        r: c for r, c in config["derived"]["channels"].items() if int(r) <= size}
+        r: c for r, c in config["derived"]["channels"].items() if int(r) <= size
+    }
     assert cfg.mapping_lr_multiplier == config["G"]["init_kwargs"]["lr_mlp"]
 
 
 def test_psp_checkpoint_layout(rosinality_pt, rosinality_reference):
     """pSp / e4e: the same generator under 'decoder.' in 'state_dict', latent_avg at the top level."""
     top = read_torch_object(rosinality_pt)
-    psp = {"state_dict": {**{f"decoder.{k}": v for k, v in top["g_ema"].items()},
-                          "encoder.input_layer.0.weight": np.zeros((4, 3, 3, 3), np.float32)},
-           "latent_avg": top["latent_avg"], "opts": {"output_size": 64}}
+    psp = {
+        "state_dict": {
+            **{f"decoder.{k}": v for k, v in top["g_ema"].items()},
+            "encoder.input_layer.0.weight": np.zeros((4, 3, 3, 3), np.float32),
+        },
+        "latent_avg": top["latent_avg"],
+        "opts": {"output_size": 64},
+    }
     loaded = cv.generator_from_torch_object(psp, "psp.pt")
     assert loaded.source_format == "psp"
     assert_same_state(loaded.generator, rosinality_reference)
@@ -184,7 +195,11 @@ def test_real_size_key_maps_are_complete(fixtures_root):
         cfg = cv.config_from_rosinality_shapes(shapes)
         size, style_dim, n_mlp = manifest["init_args"]
         assert (cfg.img_resolution, cfg.w_dim, cfg.mapping_layers, cfg.num_ws) == (
-            size, style_dim, n_mlp, manifest["n_latent"]), name
+            size,
+            style_dim,
+            n_mlp,
+            manifest["n_latent"],
+        ), name
         cv.check_key_map(cv.rosinality_key_map(cfg), shapes, cfg)
 
 

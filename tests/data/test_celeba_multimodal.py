@@ -159,8 +159,10 @@ def _break(root, case):
     return "2.jpg", "cannot read image"
 
 
-@pytest.mark.parametrize("case", ["missing image", "wrong mask shape", "not one-hot", "unreadable image",
-                                  "missing scribble", "white scribble"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing image", "wrong mask shape", "not one-hot", "unreadable image", "missing scribble", "white scribble"],
+)
 def test_bad_example_raises_naming_it(tmp_path, case):
     write_manual_dir(tmp_path / "manual", np.random.default_rng(1))
     name, problem = _break(tmp_path / "manual", case)
@@ -177,8 +179,9 @@ def test_skip_bad_examples_builds_and_counts(tmp_path):
     captions.write_text(captions.read_text().replace("This Man has beard of length 3. He is in his Thirties.", " "))
     bad.add("3.jpg")
 
-    builder = build_dataset(tmp_path / "manual", tmp_path / "tfds", resolution=RES, test_size=TEST_SIZE,
-                            skip_bad_examples=True)
+    builder = build_dataset(
+        tmp_path / "manual", tmp_path / "tfds", resolution=RES, test_size=TEST_SIZE, skip_bad_examples=True
+    )
     assert len(builder.bad_examples) == 4
     assert {problem.split(":")[0] for problem in builder.bad_examples} == bad
     assert any("empty caption" in problem for problem in builder.bad_examples)

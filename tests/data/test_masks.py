@@ -97,8 +97,12 @@ def test_missing_and_unreadable_files(tmp_path):
 
 @pytest.mark.parametrize(
     "arr, msg",
-    [(np.zeros((4, 4), np.float32), "integer"), (np.zeros((2, 4, 4), np.int32), "2-D"),
-     (np.zeros((4, 4), bool), "integer"), (np.zeros((0, 4), np.int32), "empty")],
+    [
+        (np.zeros((4, 4), np.float32), "integer"),
+        (np.zeros((2, 4, 4), np.int32), "2-D"),
+        (np.zeros((4, 4), bool), "integer"),
+        (np.zeros((0, 4), np.int32), "empty"),
+    ],
 )
 def test_bad_arrays(arr, msg):
     with pytest.raises(ValueError, match=msg):

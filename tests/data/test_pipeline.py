@@ -21,12 +21,14 @@ def _examples(n=N, size=16):
         image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         image[0, 0, 0] = i
         caption = f"This Man has a Beard, number {i}."
-        examples.append({
-            "image": image,
-            "mask": rng.integers(0, 19, (32, 32)).astype(np.uint8),
-            "caption": caption.encode() if i % 2 else caption,  # TFDS gives bytes; plain sources may give str
-            "name": f"{i}.jpg",
-        })
+        examples.append(
+            {
+                "image": image,
+                "mask": rng.integers(0, 19, (32, 32)).astype(np.uint8),
+                "caption": caption.encode() if i % 2 else caption,  # TFDS gives bytes; plain sources may give str
+                "name": f"{i}.jpg",
+            }
+        )
     return examples
 
 
@@ -67,10 +69,17 @@ def test_epochs_are_seeded_permutations():
 
 
 def test_processes_split_each_global_batch_as_one_process_reads_it():
-    whole = [_indices(b) for b in make_loader(_examples(), global_batch=4, seed=3, process_index=0,
-                                              process_count=1, num_epochs=1)]
-    parts = [[_indices(b) for b in make_loader(_examples(), global_batch=4, seed=3, process_index=p,
-                                               process_count=2, num_epochs=1)] for p in range(2)]
+    whole = [
+        _indices(b)
+        for b in make_loader(_examples(), global_batch=4, seed=3, process_index=0, process_count=1, num_epochs=1)
+    ]
+    parts = [
+        [
+            _indices(b)
+            for b in make_loader(_examples(), global_batch=4, seed=3, process_index=p, process_count=2, num_epochs=1)
+        ]
+        for p in range(2)
+    ]
     assert len(whole) == N // 4  # epochs drop the remainder
     assert [a + b for a, b in zip(*parts)] == whole
     assert len({i for batch in whole for i in batch}) == 4 * (N // 4)
@@ -162,7 +171,7 @@ def _uniform_cells(grid, reach=2):
     crop's rounding nor what lies beyond the window's edge can matter."""
     padded = np.pad(grid.astype(int), reach, constant_values=-1)
     n = len(grid)
-    windows = np.stack([padded[dy:dy + n, dx:dx + n] for dy in range(2 * reach + 1) for dx in range(2 * reach + 1)])
+    windows = np.stack([padded[dy : dy + n, dx : dx + n] for dy in range(2 * reach + 1) for dx in range(2 * reach + 1)])
     return (windows == grid).all(axis=0)
 
 
@@ -202,8 +211,9 @@ def test_a_crop_without_zoom_room_keeps_the_example():
 
 def test_workers_prepare_the_same_batches_and_a_run_may_resume_with_another_worker_count():
     def loader(workers):
-        return make_loader(_examples(), global_batch=3, seed=7, process_index=0, process_count=1,
-                           worker_count=workers, crop_zoom=1.5)
+        return make_loader(
+            _examples(), global_batch=3, seed=7, process_index=0, process_count=1, worker_count=workers, crop_zoom=1.5
+        )
 
     alone = _take(loader(0), 7)
     helped = iter(loader(2))  # each worker prepares every other batch
@@ -219,8 +229,9 @@ def test_workers_prepare_the_same_batches_and_a_run_may_resume_with_another_work
 def test_a_position_saved_by_grains_data_loader_resumes_at_its_step():
     """Runs checkpointed before `Loader` hold grain DataLoader positions: the last record index read."""
     expected = _take(make_loader(_examples(), global_batch=3, seed=7, process_index=0, process_count=1), 6)[4:]
-    legacy = json.dumps({"version": 2, "last_seen_indices": {"0": 4 * 3 - 1}, "last_worker_index": -1,
-                         "worker_count": 1}).encode()
+    legacy = json.dumps(
+        {"version": 2, "last_seen_indices": {"0": 4 * 3 - 1}, "last_worker_index": -1, "worker_count": 1}
+    ).encode()
     resumed = iter(make_loader(_examples(), global_batch=3, seed=7, process_index=0, process_count=1))
     restore_iterator_state(resumed, legacy)
     for want in expected:

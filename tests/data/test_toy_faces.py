@@ -147,8 +147,11 @@ def test_parse_caption_reference_style_and_errors():
     assert T.parse_caption("This man has beard of medium length. He is in his thirties.") == (2, 1)
     assert T.parse_caption("This man has no beard. He is in his sixties.") == (0, 4)
     assert T.parse_caption("This man has a long beard. He is in his forties.") == (3, 2)
-    for bad in ("This man has a beard. He is in his forties.", "This man has no beard.",
-                "This man has a short or long beard. He is in his fifties."):
+    for bad in (
+        "This man has a beard. He is in his forties.",
+        "This man has no beard.",
+        "This man has a short or long beard. He is in his fifties.",
+    ):
         with pytest.raises(ValueError, match="expected one of each"):
             T.parse_caption(bad)
 

@@ -19,8 +19,9 @@ GAN = StyleGAN2Config(z_dim=8, w_dim=16, img_resolution=16, channel_base=64, cha
 
 
 # Two levels, attention at both: the tiny system's encoders with experts of the demo's shape, smaller.
-EXPERT = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
-                    num_heads=2, context_dim=16)
+EXPERT = UNetConfig(
+    model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2), num_heads=2, context_dim=16
+)
 
 
 @pytest.fixture(scope="module")

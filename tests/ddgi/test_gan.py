@@ -21,9 +21,20 @@ from cdiff_jax.nn.eg3d import TriPlaneGenerator
 from cdiff_jax.system import init_system
 from cdiff_jax.train.ddgi_step import DDGIObjective, ddgi_images
 
-EG3D = EG3DConfig(z_dim=8, w_dim=8, img_resolution=32, neural_rendering_resolution=32, superresolution="none",
-                  plane_resolution=16, plane_channels=4, mapping_layers=1, channel_base=64, channel_max=8,
-                  depth_resolution=4, depth_resolution_importance=4)
+EG3D = EG3DConfig(
+    z_dim=8,
+    w_dim=8,
+    img_resolution=32,
+    neural_rendering_resolution=32,
+    superresolution="none",
+    plane_resolution=16,
+    plane_channels=4,
+    mapping_layers=1,
+    channel_base=64,
+    channel_max=8,
+    depth_resolution=4,
+    depth_resolution_importance=4,
+)
 GAN2D = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
 MASK = str(REPO / "cdiff_jax/data/examples/face_mask.png")
 
@@ -37,8 +48,9 @@ def world(tmp_path_factory):
     save_generator(root / "eg3d", generator)
     heads = {}
     for name, gan in (("heads3d", EG3D), ("heads2d", GAN2D)):
-        heads[name] = DDGIHeads(heads_config(system.cfg, gan, ("text", "mask"), mapping_channels=8,
-                                             modulation_channels=8), rngs=nnx.Rngs(0))
+        heads[name] = DDGIHeads(
+            heads_config(system.cfg, gan, ("text", "mask"), mapping_channels=8, modulation_channels=8), rngs=nnx.Rngs(0)
+        )
         save_heads(root / name, heads[name])
     return root, system, generator, heads["heads3d"]
 
@@ -48,14 +60,24 @@ def test_fresh_heads_render_the_average_code_at_the_training_camera(world):
     _, system, generator, heads = world
     cfg = system.cfg
     rng = np.random.default_rng(0)
-    batch = {"x_t": jnp.asarray(rng.normal(size=(2, 2, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim)),
-                                jnp.float32),
-             "tokens": jnp.asarray(rng.integers(1000, 2000, (2, 77)), jnp.int32),
-             "mask": jnp.asarray(np.eye(19, dtype=np.float32)[rng.integers(0, 19, (2, 1024))].transpose(0, 2, 1))}
+    batch = {
+        "x_t": jnp.asarray(
+            rng.normal(size=(2, 2, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim)), jnp.float32
+        ),
+        "tokens": jnp.asarray(rng.integers(1000, 2000, (2, 77)), jnp.int32),
+        "mask": jnp.asarray(np.eye(19, dtype=np.float32)[rng.integers(0, 19, (2, 1024))].transpose(0, 2, 1)),
+    }
     key = jax.random.key(3)
     images = nnx.jit(ddgi_images, static_argnames=("objective",))(
-        heads, system, generator, batch, jnp.array([0, 1]), jnp.asarray([900, 100]),
-        objective=DDGIObjective("ddgi_mapping", ("text", "mask")), key=key)
+        heads,
+        system,
+        generator,
+        batch,
+        jnp.array([0, 1]),
+        jnp.asarray([900, 100]),
+        objective=DDGIObjective("ddgi_mapping", ("text", "mask")),
+        key=key,
+    )
     average = jnp.broadcast_to(generator.mapping.w_avg[...], (2, EG3D.num_ws, EG3D.w_dim))
     # Compiled: op by op, the renderer's many operations would each compile alone.
     expected = nnx.jit(gan_images)(generator, average, key, jnp.asarray(frontal_cameras(EG3D, 2)))
@@ -66,8 +88,26 @@ def test_fresh_heads_render_the_average_code_at_the_training_camera(world):
 
 
 def args(root, out, heads, *extra):
-    return ["ddgi", "--checkpoint", str(root / "system"), "--gan", str(root / "eg3d"), "--heads", str(root / heads),
-            "--mask", MASK, "--text", "a man", "--steps", "4", "--batch", "2", "--out", str(out), *extra]
+    return [
+        "ddgi",
+        "--checkpoint",
+        str(root / "system"),
+        "--gan",
+        str(root / "eg3d"),
+        "--heads",
+        str(root / heads),
+        "--mask",
+        MASK,
+        "--text",
+        "a man",
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_views_of_ddgi_s_codes(world, tmp_path):
@@ -81,10 +121,13 @@ def test_views_of_ddgi_s_codes(world, tmp_path):
     assert np.asarray(Image.open(out / "views.png")).shape[0] > 4 * 32  # per sample, a row of views and of depths
 
 
-@pytest.mark.parametrize("heads, extra, message", [
-    ("heads2d", (), f"the heads make W+ codes of {GAN2D.num_ws} x 8 but the 3D-aware (EG3D) GAN takes 6 x 8"),
-    ("heads3d", ("--yaw", "2"), "--yaw/--pitch: yaw 2.0"),
-])
+@pytest.mark.parametrize(
+    "heads, extra, message",
+    [
+        ("heads2d", (), f"the heads make W+ codes of {GAN2D.num_ws} x 8 but the 3D-aware (EG3D) GAN takes 6 x 8"),
+        ("heads3d", ("--yaw", "2"), "--yaw/--pitch: yaw 2.0"),
+    ],
+)
 def test_bad_input_fails_in_one_line(world, tmp_path, capsys, heads, extra, message):
     root, *_ = world
     assert main(args(root, tmp_path / "out", heads, *extra)) == 2

@@ -28,8 +28,9 @@ STEPS, BATCH = 4, 2
 def parts():
     system = init_system(load_config("tiny_system.py"), seed=0)
     generator = Generator(GAN, rngs=nnx.Rngs(0))
-    heads = DDGIHeads(heads_config(system.cfg, GAN, EXPERTS, mapping_channels=8, modulation_channels=8),
-                      rngs=nnx.Rngs(0))
+    heads = DDGIHeads(
+        heads_config(system.cfg, GAN, EXPERTS, mapping_channels=8, modulation_channels=8), rngs=nnx.Rngs(0)
+    )
     # Fresh heads give w_avg whatever they read; perturbed ones make codes that depend on x_t.
     leaves, tree = jax.tree.flatten(nnx.state(heads, nnx.Param))
     keys = jax.random.split(jax.random.key(5), len(leaves))
@@ -68,16 +69,23 @@ def test_the_codes_are_bit_identical_with_or_without_the_diffusion_image(parts):
 def test_a_multistep_solver_carries_its_history_into_the_rest(parts):
     system, heads, generator, conditions, x_T, key = parts
     settings = SamplerSettings(steps=STEPS, solver="dpmpp")
-    result = G.ddgi_sample(system, heads, generator, conditions, x_T, key, settings, 3, EXPERTS,
-                           diffusion_images=True)
+    result = G.ddgi_sample(system, heads, generator, conditions, x_T, key, settings, 3, EXPERTS, diffusion_images=True)
     full = sample(*nnx.split(system), conditions, x_T, key, SamplerSettings(steps=STEPS, solver="dpmpp"))
     np.testing.assert_allclose(result.diffusion_images, full.images, rtol=1e-5, atol=1e-5)
 
 
 def test_step_one_reads_the_noise_without_sampling(parts):
     system, heads, generator, conditions, x_T, key = parts
-    arguments = (*nnx.split(system), *nnx.split(heads), *nnx.split(generator), conditions, x_T,
-                 jnp.zeros((BATCH,), jnp.int32), key, SamplerSettings(steps=STEPS))
+    arguments = (
+        *nnx.split(system),
+        *nnx.split(heads),
+        *nnx.split(generator),
+        conditions,
+        x_T,
+        jnp.zeros((BATCH,), jnp.int32),
+        key,
+        SamplerSettings(steps=STEPS),
+    )
 
     def loops(at_step):
         return G._read_program.lower(*arguments, at_step, EXPERTS).as_text().count("stablehlo.while")
@@ -88,11 +96,14 @@ def test_step_one_reads_the_noise_without_sampling(parts):
     np.testing.assert_allclose(result.ws, codes_read_from(parts, x_T, t), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("at_step, settings, message", [
-    (0, SamplerSettings(steps=STEPS), "steps 1..4"),
-    (5, SamplerSettings(steps=STEPS), "steps 1..4"),
-    (2, SamplerSettings(steps=STEPS, guided=("text",)), "without classifier-free guidance"),
-])
+@pytest.mark.parametrize(
+    "at_step, settings, message",
+    [
+        (0, SamplerSettings(steps=STEPS), "steps 1..4"),
+        (5, SamplerSettings(steps=STEPS), "steps 1..4"),
+        (2, SamplerSettings(steps=STEPS, guided=("text",)), "without classifier-free guidance"),
+    ],
+)
 def test_bad_settings_are_refused(parts, at_step, settings, message):
     system, heads, generator, conditions, x_T, key = parts
     with pytest.raises(ValueError, match=message):

@@ -12,8 +12,9 @@ from cdiff_jax.config import DDGIHeadsConfig
 from cdiff_jax.ddgi.absmnet import content_attention
 from cdiff_jax.ddgi.heads import DDGIHeads
 
-CFG = DDGIHeadsConfig(num_ws=10, w_dim=16, middle=(4, 24), levels=((4, 24), (8, 12)), mapping_channels=8,
-                      modulation_channels=8)
+CFG = DDGIHeadsConfig(
+    num_ws=10, w_dim=16, middle=(4, 24), levels=((4, 24), (8, 12)), mapping_channels=8, modulation_channels=8
+)
 TOKENS = 6
 
 
@@ -24,8 +25,10 @@ def _inputs(cfg, batch=2, seed=0):
     size, channels = cfg.middle
     middle = normal(batch, size, size, channels)
     features = [normal(batch, s, s, c) for s, c in cfg.levels]
-    attention = [jnp.asarray(softmax(3 * rng.standard_normal((batch, s * s, TOKENS)), axis=-1), jnp.float32)
-                 for s, _ in cfg.levels]
+    attention = [
+        jnp.asarray(softmax(3 * rng.standard_normal((batch, s * s, TOKENS)), axis=-1), jnp.float32)
+        for s, _ in cfg.levels
+    ]
     content = jnp.array([[False, True, True, True, False, False], [False, True, False, False, False, False]])
     w_avg = normal(cfg.w_dim)
     return middle, features, attention, content, w_avg
@@ -63,8 +66,11 @@ def test_the_local_stream_follows_where_the_text_attends_and_gating_off_ignores_
     ungated = DDGIHeads(CFG.__class__(**{**CFG.__dict__, "attention_gating": False}), rngs=nnx.Rngs(0))
     same = ungated.modulation.streams(features, attention, content)
     np.testing.assert_allclose(same, ungated.modulation.streams(features, moved, content))
-    np.testing.assert_allclose(same[..., first_level:total], jax.image.resize(
-        features[1], (2, CFG.modulation_size, CFG.modulation_size, CFG.levels[1][1]), "bilinear"), rtol=1e-6)
+    np.testing.assert_allclose(
+        same[..., first_level:total],
+        jax.image.resize(features[1], (2, CFG.modulation_size, CFG.modulation_size, CFG.levels[1][1]), "bilinear"),
+        rtol=1e-6,
+    )
 
 
 def test_a_few_adam_steps_fit_m_and_then_t_to_a_target_code():
@@ -86,6 +92,7 @@ def test_a_few_adam_steps_fit_m_and_then_t_to_a_target_code():
         def step(state, params, opt):
             def objective(p):
                 return loss(nnx.merge_state(state, p), part)
+
             value, grads = jax.value_and_grad(objective)(params)
             updates, opt = tx.update(grads, opt, params)
             return optax.apply_updates(params, updates), opt, value
@@ -101,15 +108,19 @@ def test_a_few_adam_steps_fit_m_and_then_t_to_a_target_code():
     assert loss_t < loss_m
     # Stage 2 leaves M untouched.
     untouched = nnx.state(nnx.merge(graphdef, after_t), nnx.PathContains("mapping"))
-    jax.tree.map(np.testing.assert_array_equal, untouched,
-                 nnx.state(nnx.merge(graphdef, after_m), nnx.PathContains("mapping")))
+    jax.tree.map(
+        np.testing.assert_array_equal, untouched, nnx.state(nnx.merge(graphdef, after_m), nnx.PathContains("mapping"))
+    )
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(levels=()), "at least one"),
-    (dict(middle=(6, 8)), "powers of two"),
-    (dict(num_ws=0), "positive"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(levels=()), "at least one"),
+        (dict(middle=(6, 8)), "powers of two"),
+        (dict(num_ws=0), "positive"),
+    ],
+)
 def test_bad_configs_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         DDGIHeadsConfig(**{**CFG.__dict__, **bad})

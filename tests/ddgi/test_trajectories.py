@@ -19,9 +19,14 @@ def examples(count, size=32, encoded=False):
     """Toy examples; `encoded` captions are bytes, as the TFDS dataset gives them."""
     rng = np.random.default_rng(0)
     captions = [f"This man has beard of length {i}." for i in range(count)]
-    return [{"image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-             "mask": rng.integers(0, 19, (size, size), dtype=np.uint8),
-             "caption": caption.encode() if encoded else caption} for caption in captions]
+    return [
+        {
+            "image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            "mask": rng.integers(0, 19, (size, size), dtype=np.uint8),
+            "caption": caption.encode() if encoded else caption,
+        }
+        for caption in captions
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +36,9 @@ def system():
 
 @pytest.fixture(scope="module")
 def cache(system, tmp_path_factory):
-    return TrajectoryCache(build_cache(system, examples(3, encoded=True), tmp_path_factory.mktemp("c") / "cache",
-                                       SETTINGS))
+    return TrajectoryCache(
+        build_cache(system, examples(3, encoded=True), tmp_path_factory.mktemp("c") / "cache", SETTINGS)
+    )
 
 
 def test_the_cache_holds_the_sampler_s_own_trajectory(system, cache):
@@ -44,9 +50,13 @@ def test_the_cache_holds_the_sampler_s_own_trajectory(system, cache):
     np.testing.assert_array_equal(np.stack([cache[i]["x_t"][0] for i in range(3)]), x_T)
     assert cache.kept == (1, 2, 4) and len(cache.timesteps) == 3 and np.all(np.diff(cache.timesteps) < 0)
     # I^d_0 of the second batch (example 2) equals a direct sampler call with the same noise and key.
-    result = sample(*nnx.split(system), parse_conditions(cfg, data[2:]), x_T[2:],
-                    jax.random.fold_in(jax.random.key(SETTINGS.seed + 1), 2),
-                    SamplerSettings(steps=SETTINGS.steps, eta=SETTINGS.eta, record=True))
+    result = sample(
+        *nnx.split(system),
+        parse_conditions(cfg, data[2:]),
+        x_T[2:],
+        jax.random.fold_in(jax.random.key(SETTINGS.seed + 1), 2),
+        SamplerSettings(steps=SETTINGS.steps, eta=SETTINGS.eta, record=True),
+    )
     np.testing.assert_array_equal(cache[2]["diffusion_image"], to_uint8(result.images)[0])
     np.testing.assert_array_equal(cache[2]["x_t"][2], np.asarray(result.trajectory.x_t)[3, 0])
 

@@ -18,8 +18,10 @@ from cdiff_jax.diffusion.multistep import multistep_timesteps
 def load_cases():
     root = reference_root() / "solvers"
     if not (root / "cases.json").is_file():
-        pytest.fail(f"no solver fixtures at {root} (cases.json): set CDIFF_REFERENCE_FIXTURES to the fixture root",
-                    pytrace=False)
+        pytest.fail(
+            f"no solver fixtures at {root} (cases.json): set CDIFF_REFERENCE_FIXTURES to the fixture root",
+            pytrace=False,
+        )
     return json.loads((root / "cases.json").read_text()), np.load(root / "trajectories.npz")
 
 
@@ -33,12 +35,24 @@ def solver_of(scheduler: str, config: dict) -> tuple[str, int, str]:
         expected |= {"set_alpha_to_one": False, "clip_sample": False}
     elif scheduler == "DPMSolverMultistepScheduler":
         name, order = "dpmpp", config["solver_order"]
-        expected |= {"algorithm_type": "dpmsolver++", "solver_type": "midpoint", "lower_order_final": True,
-                     "euler_at_final": False, "final_sigmas_type": "zero", "use_karras_sigmas": False}
+        expected |= {
+            "algorithm_type": "dpmsolver++",
+            "solver_type": "midpoint",
+            "lower_order_final": True,
+            "euler_at_final": False,
+            "final_sigmas_type": "zero",
+            "use_karras_sigmas": False,
+        }
     elif scheduler == "UniPCMultistepScheduler":
         name, order = "unipc", config["solver_order"]
-        expected |= {"predict_x0": True, "solver_type": "bh2", "lower_order_final": True, "disable_corrector": [],
-                     "final_sigmas_type": "zero", "use_karras_sigmas": False}
+        expected |= {
+            "predict_x0": True,
+            "solver_type": "bh2",
+            "lower_order_final": True,
+            "disable_corrector": [],
+            "final_sigmas_type": "zero",
+            "use_karras_sigmas": False,
+        }
     else:
         raise AssertionError(f"no solver of ours for {scheduler}")
     different = {k: config[k] for k, v in expected.items() if config[k] != v}
@@ -81,8 +95,9 @@ META, DATA = load_cases()
 def test_every_step_matches_diffusers(case):
     entry = META["cases"][case]
     name, order, spacing = solver_of(entry["scheduler"], entry["config"])
-    plan = solvers.make_plan(name, order, spacing, np.asarray(DATA["alphas_cumprod"], np.float32), entry["steps"],
-                             eta=0.0)
+    plan = solvers.make_plan(
+        name, order, spacing, np.asarray(DATA["alphas_cumprod"], np.float32), entry["steps"], eta=0.0
+    )
     np.testing.assert_array_equal(plan.timesteps, DATA[f"{case}/timesteps"])
     xs = np.asarray(run(plan, jnp.asarray(DATA["x_T"]), noise_predictor(case.split("/")[0], META, DATA)))
     for i, want in enumerate(DATA[f"{case}/x"]):
@@ -121,13 +136,16 @@ def test_spacings_and_orders_are_diffusers():
     assert [step_order(3, i, 16) for i in range(16)][-3:] == [3, 3, 1]  # 15 steps or more: only the last
 
 
-@pytest.mark.parametrize("name, order, spacing, steps, message", [
-    ("euler", None, None, 10, "unknown sampler 'euler'; expected one of: ddim, dpmpp, unipc"),
-    ("ddim", 2, None, 10, "sampler 'ddim' has order(s) 1, not 2"),
-    ("unipc", 4, None, 10, "sampler 'unipc' has order(s) 1, 2, 3, not 4"),
-    ("dpmpp", None, "trailing", 10, "unknown timestep spacing 'trailing'; expected one of: leading, linspace"),
-    ("dpmpp", None, None, 1000, "steps must be in 1..999 for a 1000-step schedule, got 1000"),
-])
+@pytest.mark.parametrize(
+    "name, order, spacing, steps, message",
+    [
+        ("euler", None, None, 10, "unknown sampler 'euler'; expected one of: ddim, dpmpp, unipc"),
+        ("ddim", 2, None, 10, "sampler 'ddim' has order(s) 1, not 2"),
+        ("unipc", 4, None, 10, "sampler 'unipc' has order(s) 1, 2, 3, not 4"),
+        ("dpmpp", None, "trailing", 10, "unknown timestep spacing 'trailing'; expected one of: leading, linspace"),
+        ("dpmpp", None, None, 1000, "steps must be in 1..999 for a 1000-step schedule, got 1000"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(name, order, spacing, steps, message):
     with pytest.raises(ValueError) as err:
         solvers.make_plan(name, order, spacing, np.asarray(DATA["alphas_cumprod"], np.float32), steps, eta=0.0)

@@ -55,12 +55,14 @@ def test_first_embedding_step_is_adam_on_the_loss_gradient(setup):
 def test_chunking_does_not_change_the_result(setup, chunks, monkeypatch):
     expert, schedule, z0, context = setup
     key = jax.random.key(3)
-    one_call, losses_one = optimise_embedding(expert, schedule, z0, context, key,
-                                              ImagicSettings(embedding_iterations=5, chunk=5))
+    one_call, losses_one = optimise_embedding(
+        expert, schedule, z0, context, key, ImagicSettings(embedding_iterations=5, chunk=5)
+    )
     chunk, policy = chunks  # the accelerator policy's rolled scan, on this backend
     monkeypatch.setenv(POLICY_ENV, policy)
-    chunked, losses = optimise_embedding(expert, schedule, z0, context, key,
-                                         ImagicSettings(embedding_iterations=5, chunk=chunk))
+    chunked, losses = optimise_embedding(
+        expert, schedule, z0, context, key, ImagicSettings(embedding_iterations=5, chunk=chunk)
+    )
     np.testing.assert_allclose(losses, losses_one, rtol=1e-5)
     np.testing.assert_allclose(chunked, one_call, atol=1e-6)
 
@@ -68,8 +70,14 @@ def test_chunking_does_not_change_the_result(setup, chunks, monkeypatch):
 def test_stage_a_fits_the_embedding_and_keeps_the_expert(setup):
     expert, schedule, z0, context = setup
     before = jax.tree.map(np.asarray, nnx.state(expert))
-    optimised, losses = optimise_embedding(expert, schedule, z0, context, jax.random.key(4),
-                                           ImagicSettings(embedding_lr=1e-2, embedding_iterations=40, chunk=2))
+    optimised, losses = optimise_embedding(
+        expert,
+        schedule,
+        z0,
+        context,
+        jax.random.key(4),
+        ImagicSettings(embedding_lr=1e-2, embedding_iterations=40, chunk=2),
+    )
     assert losses.shape == (40,) and np.isfinite(losses).all()
     assert mean_loss(expert, schedule, z0, optimised) < mean_loss(expert, schedule, z0, context)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, nnx.state(expert)), before)
@@ -77,8 +85,14 @@ def test_stage_a_fits_the_embedding_and_keeps_the_expert(setup):
 
 def test_stage_b_fits_the_expert_for_a_fixed_context(setup):
     expert, schedule, z0, context = setup
-    tuned, losses = finetune_expert(expert, schedule, z0, context, jax.random.key(5),
-                                    ImagicSettings(finetune_lr=1e-3, finetune_iterations=40, chunk=2))
+    tuned, losses = finetune_expert(
+        expert,
+        schedule,
+        z0,
+        context,
+        jax.random.key(5),
+        ImagicSettings(finetune_lr=1e-3, finetune_iterations=40, chunk=2),
+    )
     assert losses.shape == (40,)
     graphdef = nnx.graphdef(expert)
     assert mean_loss(nnx.merge(graphdef, tuned), schedule, z0, context) < mean_loss(expert, schedule, z0, context)
@@ -91,8 +105,9 @@ def test_a_non_finite_loss_stops_the_stage_with_the_last_good_state(setup, stage
     expert, schedule, z0, context = setup
     bad = z0.at[0, 0, 0, 0].set(jnp.nan)
     # The learning rates and chunk of the two fitting tests above: the same compiled programs.
-    settings = ImagicSettings(embedding_lr=1e-2, embedding_iterations=2, finetune_lr=1e-3, finetune_iterations=2,
-                              chunk=2)
+    settings = ImagicSettings(
+        embedding_lr=1e-2, embedding_iterations=2, finetune_lr=1e-3, finetune_iterations=2, chunk=2
+    )
     run = optimise_embedding if stage == "embedding" else finetune_expert
     with pytest.raises(NonFiniteStep, match=f"stage '{stage}': non-finite loss or gradient at iteration 1;") as caught:
         run(expert, schedule, bad, context, jax.random.key(6), settings)
@@ -117,7 +132,7 @@ def loops_with_convolutions(stablehlo: str) -> int:
     for match in re.finditer(r"stablehlo\.while", stablehlo):
         cond_end = region_end(stablehlo, stablehlo.index("{", match.end()))
         body_end = region_end(stablehlo, stablehlo.index("{", cond_end))
-        found += "stablehlo.convolution" in stablehlo[match.end():body_end]
+        found += "stablehlo.convolution" in stablehlo[match.end() : body_end]
     return found
 
 
@@ -130,9 +145,20 @@ def test_an_unrolled_chunk_compiles_without_a_loop_even_for_one_iteration(setup,
     graphdef, params = nnx.split(expert)
 
     def lowered(policy):
-        return _adam_iterations.lower(graphdef, context, params, adam(1e-3).init(context), schedule, z0,
-                                      jax.random.key(0), jnp.int32(0), stage="embedding", learning_rate=1e-3,
-                                      count=count, policy=policy).as_text()
+        return _adam_iterations.lower(
+            graphdef,
+            context,
+            params,
+            adam(1e-3).init(context),
+            schedule,
+            z0,
+            jax.random.key(0),
+            jnp.int32(0),
+            stage="embedding",
+            learning_rate=1e-3,
+            count=count,
+            policy=policy,
+        ).as_text()
 
     assert CPU.unroll and not ACCELERATOR.unroll
     assert loops_with_convolutions(lowered(CPU)) == 0

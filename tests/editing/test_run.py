@@ -16,8 +16,20 @@ from cdiff_jax.editing import run as edit_run
 pytestmark = pytest.mark.slow
 
 CAPTION = "This man has a very long beard. He is in his seventies."
-FAST = ["--embedding-iterations", "4", "--finetune-iterations", "3", "--chunk", "1", "--steps", "4",
-        "--embedding-lr", "1e-2", "--finetune-lr", "1e-4"]
+FAST = [
+    "--embedding-iterations",
+    "4",
+    "--finetune-iterations",
+    "3",
+    "--chunk",
+    "1",
+    "--steps",
+    "4",
+    "--embedding-lr",
+    "1e-2",
+    "--finetune-lr",
+    "1e-4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +47,22 @@ def inputs(fixtures_root, tmp_path_factory):
 
 
 def edit(inputs, out, *extra, image="face.png"):
-    return edit_run.main(["--checkpoint", str(inputs / "codiff"), "--image", str(inputs / image), "--text", CAPTION,
-                          "--mask", str(inputs / "mask.png"), "--out", str(out), *FAST, *extra])
+    return edit_run.main(
+        [
+            "--checkpoint",
+            str(inputs / "codiff"),
+            "--image",
+            str(inputs / image),
+            "--text",
+            CAPTION,
+            "--mask",
+            str(inputs / "mask.png"),
+            "--out",
+            str(out),
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 def sweep_pictures(out):
@@ -60,8 +86,15 @@ def test_interrupted_edit_resumes_after_stage_a_with_the_same_result(inputs, fin
     whole_sweep, whole = sweep_pictures(finished)
     assert len(whole) == 3 and (whole_sweep / "sweep.png").is_file()
     assert json.loads((whole_sweep / "sweep.json").read_text())["alphas"]["text"] == [0.0, 1.0, 1.5]
-    for name in ("input.png", "reconstruction.png", "edit.json", "mask/embeddings", "text/expert",
-                 "text/losses_embedding.json", "text/losses_finetune.json"):
+    for name in (
+        "input.png",
+        "reconstruction.png",
+        "edit.json",
+        "mask/embeddings",
+        "text/expert",
+        "text/losses_embedding.json",
+        "text/losses_finetune.json",
+    ):
         assert (finished / name).exists(), name
 
     def killed(*args, **kwargs):
@@ -98,8 +131,10 @@ def test_other_alphas_sample_again_without_recomputing(inputs, finished, tmp_pat
 
     monkeypatch.setattr(edit_run, "optimise_embedding", must_not_run)
     monkeypatch.setattr(edit_run, "finetune_expert", must_not_run)
-    assert edit(inputs, run, "--alphas", "text:0,2", "--alphas", "mask:1,1", "--mode", "plain",
-                "--sampler", "dpmpp2m") == 0
+    assert (
+        edit(inputs, run, "--alphas", "text:0,2", "--alphas", "mask:1,1", "--mode", "plain", "--sampler", "dpmpp2m")
+        == 0
+    )
     sweeps = sorted((run / "sweeps").iterdir())
     assert len(sweeps) == 2
     records = [json.loads((s / "sweep.json").read_text()) for s in sweeps]
@@ -115,14 +150,17 @@ def test_a_directory_holding_another_edit_is_refused(inputs, finished, tmp_path,
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
-@pytest.mark.parametrize("extra, image, message", [
-    ((), "odd.png", "needs sides that are multiples of"),
-    ((), "missing.png", "no such file"),
-    (("--alphas", "text:0,1"), "face.png", "alphas for mask"),
-    (("--alphas", "text:0,1", "--alphas", "mask:1"), "face.png", "same, non-zero number of alphas"),
-    (("--steps", "3"), "face.png", "divides 1000"),
-    (("--sampler", "unipc", "--eta", "0.5"), "face.png", "drop --eta"),
-])
+@pytest.mark.parametrize(
+    "extra, image, message",
+    [
+        ((), "odd.png", "needs sides that are multiples of"),
+        ((), "missing.png", "no such file"),
+        (("--alphas", "text:0,1"), "face.png", "alphas for mask"),
+        (("--alphas", "text:0,1", "--alphas", "mask:1"), "face.png", "same, non-zero number of alphas"),
+        (("--steps", "3"), "face.png", "divides 1000"),
+        (("--sampler", "unipc", "--eta", "0.5"), "face.png", "drop --eta"),
+    ],
+)
 def test_bad_input_fails_early_and_writes_nothing(inputs, tmp_path, capsys, extra, image, message):
     assert edit(inputs, tmp_path / "out", *extra, image=image) == 2
     assert message in capsys.readouterr().err

@@ -37,8 +37,9 @@ def test_columns_are_the_interpolated_contexts_sampled_with_shared_noise(setup):
     assert not np.allclose(images[0], images[1], atol=1e-3)
     # Column 0 is plain sampling from the optimised contexts with the sweep's noise.
     noise = normal(key, (4,) + x_T.shape)
-    direct = sample_from_contexts(*nnx.split(system), optimised_contexts(optimised, x_T), x_T, key, SETTINGS,
-                                  step_noise=noise).images
+    direct = sample_from_contexts(
+        *nnx.split(system), optimised_contexts(optimised, x_T), x_T, key, SETTINGS, step_noise=noise
+    ).images
     np.testing.assert_allclose(images[0], direct, atol=1e-5)
 
 
@@ -50,11 +51,14 @@ def test_one_alpha_per_modality(setup):
     system, targets, optimised, x_T = setup
     alphas = {"mask": np.array([0.0, 1.0]), "text": np.array([1.0, 0.0])}
     both = alpha_sweep(system, targets, optimised, alphas, x_T[:1], jax.random.key(2), SETTINGS)
-    mixed = {"mask": interpolate(targets["mask"], optimised["mask"], 0.0),
-             "text": interpolate(targets["text"], optimised["text"], 1.0)}
+    mixed = {
+        "mask": interpolate(targets["mask"], optimised["mask"], 0.0),
+        "text": interpolate(targets["text"], optimised["text"], 1.0),
+    }
     noise = normal(jax.random.key(2), (4, 1) + x_T.shape[1:])
     direct = sample_from_contexts(*nnx.split(system), mixed, x_T[:1], jax.random.key(2), SETTINGS, step_noise=noise)
     np.testing.assert_allclose(both[0], direct.images, atol=1e-5)
     with pytest.raises(ValueError, match="same number of alphas"):
-        alpha_sweep(system, targets, optimised, {"mask": np.zeros(2), "text": np.zeros(3)}, x_T, jax.random.key(2),
-                    SETTINGS)
+        alpha_sweep(
+            system, targets, optimised, {"mask": np.zeros(2), "text": np.zeros(3)}, x_T, jax.random.key(2), SETTINGS
+        )

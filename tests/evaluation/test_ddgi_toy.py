@@ -26,11 +26,13 @@ def evaluated(tmp_path_factory):
     generator = Generator(GAN, rngs=nnx.Rngs(0))
     generator.mapping.w_avg.set_value(np.full(GAN.w_dim, 0.25, np.float32))
     save_generator(root / "gan", generator)
-    cfg = heads_config(load_system(M.DEMO_CHECKPOINT).cfg, GAN, ("text", "mask"), mapping_channels=8,
-                       modulation_channels=8)
+    cfg = heads_config(
+        load_system(M.DEMO_CHECKPOINT).cfg, GAN, ("text", "mask"), mapping_channels=8, modulation_channels=8
+    )
     save_heads(root / "heads", DDGIHeads(cfg, rngs=nnx.Rngs(0)))
-    results, images = D.run(root / "gan", root / "heads", root / "heads", count=COUNT, steps=STEPS,
-                            inversion_steps=3, batch=COUNT)
+    results, images = D.run(
+        root / "gan", root / "heads", root / "heads", count=COUNT, steps=STEPS, inversion_steps=3, batch=COUNT
+    )
     return generator, results, images
 
 
@@ -57,8 +59,9 @@ def assert_same_pictures(actual: np.ndarray, expected: np.ndarray, name: str = "
 def test_the_diffusion_row_is_the_miniature_table_s_released_collaboration(evaluated):
     _, _, images = evaluated
     method = next(m for m in M.METHODS if m.name == "collaborative (released)")
-    expected = M.generate(load_system(M.DEMO_CHECKPOINT), M.held_out_examples(COUNT), method, steps=STEPS,
-                          batch=COUNT, seed=0)
+    expected = M.generate(
+        load_system(M.DEMO_CHECKPOINT), M.held_out_examples(COUNT), method, steps=STEPS, batch=COUNT, seed=0
+    )
     assert_same_pictures(images["diffusion I^d_0"], expected)
 
 

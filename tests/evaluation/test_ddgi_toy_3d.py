@@ -25,9 +25,18 @@ pytestmark = pytest.mark.slow
 
 # The toy world's generator (its cameras and ray range), shrunk: 6 W+ entries, 4 samples per ray and no
 # importance pass (half the renderer to compile).
-EG3D = dataclasses.replace(load_config("toy_eg3d.py"), z_dim=8, w_dim=8, mapping_layers=1, plane_resolution=16,
-                           plane_channels=4, channel_base=64, channel_max=8, depth_resolution=4,
-                           depth_resolution_importance=0)
+EG3D = dataclasses.replace(
+    load_config("toy_eg3d.py"),
+    z_dim=8,
+    w_dim=8,
+    mapping_layers=1,
+    plane_resolution=16,
+    plane_channels=4,
+    channel_base=64,
+    channel_max=8,
+    depth_resolution=4,
+    depth_resolution_importance=0,
+)
 GAN2D = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=64, mapping_layers=1, channel_base=64, channel_max=8)
 COUNT, STEPS = 4, 3
 ROWS = [D.GROUND_TRUTH, D.CEILING, f"DDGI-3D M, step {STEPS}/{STEPS}", f"DDGI-3D M + T, step {STEPS}/{STEPS}"]
@@ -47,10 +56,14 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddgi_toy_3d")
     save_generator(root / "eg3d", random_module(lambda: TriPlaneGenerator(EG3D, rngs=nnx.Rngs(0)), 2))
     save_generator(root / "gan2d", random_module(lambda: Generator(GAN2D, rngs=nnx.Rngs(0)), 0))
-    cfg = heads_config(load_system_config(M.DEMO_CHECKPOINT), EG3D, ("text", "mask"), mapping_channels=8,
-                       modulation_channels=8)
-    for name, heads_cfg, seed in (("mapping", cfg, 0), ("heads", cfg, 1),
-                                  ("heads2d", dataclasses.replace(cfg, num_ws=GAN2D.num_ws), 0)):
+    cfg = heads_config(
+        load_system_config(M.DEMO_CHECKPOINT), EG3D, ("text", "mask"), mapping_channels=8, modulation_channels=8
+    )
+    for name, heads_cfg, seed in (
+        ("mapping", cfg, 0),
+        ("heads", cfg, 1),
+        ("heads2d", dataclasses.replace(cfg, num_ws=GAN2D.num_ws), 0),
+    ):
         save_heads(root / name, random_module(lambda c=heads_cfg: DDGIHeads(c, rngs=nnx.Rngs(0)), seed))
     return root
 
@@ -60,17 +73,28 @@ def noise_trajectories(system, examples, *, steps, batch, seed):
     2D evaluation's test runs and checks against the miniature table."""
     cfg = system.cfg
     shape = (len(examples), steps, cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim)
-    return D.ddgi_toy.Trajectories(np.zeros((len(examples), 64, 64, 3), np.uint8),
-                                   np.random.default_rng(seed).normal(size=shape).astype(np.float32),
-                                   np.linspace(900, 0, steps).astype(np.int32), 0.0)
+    return D.ddgi_toy.Trajectories(
+        np.zeros((len(examples), 64, 64, 3), np.uint8),
+        np.random.default_rng(seed).normal(size=shape).astype(np.float32),
+        np.linspace(900, 0, steps).astype(np.int32),
+        0.0,
+    )
 
 
 @pytest.fixture(scope="module")
 def evaluated(root):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(D.ddgi_toy, "sample_trajectories", noise_trajectories)
-        return D.run(root / "eg3d", root / "mapping", root / "heads", count=COUNT, steps=STEPS, inversion_steps=2,
-                     batch=COUNT, render_batch=COUNT)
+        return D.run(
+            root / "eg3d",
+            root / "mapping",
+            root / "heads",
+            count=COUNT,
+            steps=STEPS,
+            inversion_steps=2,
+            batch=COUNT,
+            render_batch=COUNT,
+        )
 
 
 def test_every_row_and_column_is_scored_in_range(evaluated):
@@ -106,8 +130,9 @@ def test_the_ground_truth_row_is_what_the_judges_see_in_the_world(evaluated):
     labels = np.stack([v["labels"] for v in views])
     assert np.array_equal(images[:, 0], [e["image"] for e in examples])  # the frontal view is the 2D toy face
     parsed = [np.asarray(J.parse(judges, J.from_uint8(images[:, v]))) for v in range(3)]
-    beard, age = zip(*[[np.asarray(p) for p in J.attribute_predictions(judges, J.from_uint8(images[:, v]))]
-                       for v in range(3)])
+    beard, age = zip(
+        *[[np.asarray(p) for p in J.attribute_predictions(judges, J.from_uint8(images[:, v]))] for v in range(3)]
+    )
     truth = results[D.GROUND_TRUTH]
     input_maps = np.stack([e["labels"] for e in examples])
     assert truth["mask_accuracy"] == pytest.approx(np.mean(parsed[0] == input_maps))
@@ -126,8 +151,9 @@ def test_the_depth_error_of_known_depths():
     cameras, names = D.view_cameras([-20.0, 20.0], 0.0)
     seen, world_labels = D.world_views(examples, cameras)
     judges = J.load_judges(M.DEMO_JUDGES)
-    coarse = np.stack([W.render(e["image"] / 127.5 - 1, e["labels"], cameras, resolution=32)["depth"]
-                       for e in examples])
+    coarse = np.stack(
+        [W.render(e["image"] / 127.5 - 1, e["labels"], cameras, resolution=32)["depth"] for e in examples]
+    )
     _, _, head = W.cast(cameras, 32)
     head = head.reshape(1, 3, 32, 32, 1)
     offset = np.where(head, 0.05, 0.2)
@@ -144,11 +170,16 @@ def test_bad_input_fails_in_one_line_before_any_work(root, monkeypatch, capsys):
         raise AssertionError("the evaluation started")
 
     monkeypatch.setattr(D, "world_views", work)
-    cases = {"--yaw 40": ["--gan", str(root / "eg3d"), "--yaw", "40"],
-             "a 2D generator": ["--gan", str(root / "gan2d")],
-             "heads of another W+ size": ["--gan", str(root / "eg3d"), "--mapping-heads", str(root / "heads2d")]}
-    expected = {"--yaw 40": "yaw within +-30", "a 2D generator": "not an EG3D generator",
-                "heads of another W+ size": "the heads make W+ codes of 10 x 8 but the 3D-aware (EG3D) GAN takes 6 x 8"}
+    cases = {
+        "--yaw 40": ["--gan", str(root / "eg3d"), "--yaw", "40"],
+        "a 2D generator": ["--gan", str(root / "gan2d")],
+        "heads of another W+ size": ["--gan", str(root / "eg3d"), "--mapping-heads", str(root / "heads2d")],
+    }
+    expected = {
+        "--yaw 40": "yaw within +-30",
+        "a 2D generator": "not an EG3D generator",
+        "heads of another W+ size": "the heads make W+ codes of 10 x 8 but the 3D-aware (EG3D) GAN takes 6 x 8",
+    }
     for case, argv in cases.items():
         argv = ["--mapping-heads", str(root / "heads"), "--heads", str(root / "heads"), *argv]
         assert D.main(argv) == 2, case

@@ -55,8 +55,9 @@ def _fid_line(text):
 def test_folders_and_statistics_files_give_the_references_fid(reference, weights, tmp_path, capsys):
     inputs = sorted(key.removeprefix("pool3_") for key in reference if key.startswith("pool3_"))
     folders = [_write_folder(tmp_path / name, reference[name]) for name in inputs[:2]]
-    expected = frechet_distance(*gaussian_statistics(reference[f"pool3_{inputs[0]}"]),
-                                *gaussian_statistics(reference[f"pool3_{inputs[1]}"]))
+    expected = frechet_distance(
+        *gaussian_statistics(reference[f"pool3_{inputs[0]}"]), *gaussian_statistics(reference[f"pool3_{inputs[1]}"])
+    )
 
     stats = tmp_path / "out" / "first.npz"
     assert main([str(folders[0]), str(stats), "--save-stats", "--weights", str(weights)]) == 0
@@ -71,8 +72,22 @@ def test_folders_and_statistics_files_give_the_references_fid(reference, weights
 
     # The command as users run it, on four devices with a batch that does not divide the folder.
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, "-m", "cdiff_jax.evaluation.fid", *map(str, folders), "--weights",
-                          str(weights), "--batch-size", "3"], capture_output=True, text=True, env=env, cwd=REPO)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdiff_jax.evaluation.fid",
+            *map(str, folders),
+            "--weights",
+            str(weights),
+            "--batch-size",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     assert run.returncode == 0, run.stderr
     assert_close_rel(_fid_line(run.stdout), from_stats, tol=1e-5, name="FID on four devices")
 

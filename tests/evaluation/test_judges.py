@@ -111,8 +111,7 @@ def test_training_lowers_every_loss(dataset):
     before = np.asarray(J.parse(judges, J.from_uint8(few.images)))
     # Two steps per call: the same steps as the CPU policy's ten, and a fifth of the unrolled program to compile
     # (the `trained` fixture runs the default).
-    _, losses = J.fit(judges, few, steps=40, batch=BATCH, seed=1, learning_rate=3e-3, steps_per_call=2,
-                      progress=False)
+    _, losses = J.fit(judges, few, steps=40, batch=BATCH, seed=1, learning_rate=3e-3, steps_per_call=2, progress=False)
     assert set(losses) == {"parser", "beard", "age"} and all(v.shape == (40,) for v in losses.values())
     assert all(np.isfinite(v).all() for v in losses.values())
     for name, values in losses.items():
@@ -123,8 +122,12 @@ def test_training_lowers_every_loss(dataset):
 
 def test_a_non_finite_loss_stops_training_with_the_last_good_judges(dataset):
     few = J.load_toy_faces(dataset).take(slice(0, BATCH))
-    bad = J.ToyFaces(np.where(np.arange(BATCH)[:, None, None, None] == 0, np.nan, few.images.astype(np.float32)),
-                     few.labels, few.beard, few.age)  # every batch holds the NaN image
+    bad = J.ToyFaces(
+        np.where(np.arange(BATCH)[:, None, None, None] == 0, np.nan, few.images.astype(np.float32)),
+        few.labels,
+        few.beard,
+        few.age,
+    )  # every batch holds the NaN image
     judges = J.Judges(J.JudgesConfig(), rngs=nnx.Rngs(1))
     before = jax.tree.map(np.asarray, nnx.state(judges))
     with pytest.raises(NonFiniteStep, match="non-finite judge loss or gradient at step 1;") as caught:
@@ -159,8 +162,12 @@ def test_loaded_judges_reproduce_the_stored_held_out_metrics(trained, dataset):
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
-    judges = J.Judges(J.JudgesConfig(parser=J.ParserConfig(widths=(4, 8)),
-                                     classifier=J.ClassifierConfig(stem_width=4, widths=(8, 16))), rngs=nnx.Rngs(3))
+    judges = J.Judges(
+        J.JudgesConfig(
+            parser=J.ParserConfig(widths=(4, 8)), classifier=J.ClassifierConfig(stem_width=4, widths=(8, 16))
+        ),
+        rngs=nnx.Rngs(3),
+    )
     J.save_judges(tmp_path / "j", judges, {"metrics": {}})
     loaded = J.load_judges(tmp_path / "j")
     assert loaded.cfg == judges.cfg
@@ -170,8 +177,9 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     for a, b in zip(J.attribute_predictions(loaded, images), J.attribute_predictions(judges, images)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(loaded.parser(images), judges.parser(images))
-    assert jax.tree.all(jax.tree.map(np.array_equal, nnx.to_pure_dict(nnx.state(loaded)),
-                                     nnx.to_pure_dict(nnx.state(judges))))
+    assert jax.tree.all(
+        jax.tree.map(np.array_equal, nnx.to_pure_dict(nnx.state(loaded)), nnx.to_pure_dict(nnx.state(judges)))
+    )
     with pytest.raises(FileExistsError, match="exists"):
         J.save_judges(tmp_path / "j", judges, {})
     J.save_judges(tmp_path / "j", judges, {"note": "second"}, overwrite=True)
@@ -196,11 +204,14 @@ def test_cli_refuses_an_existing_output_directory(trained, dataset, capsys):
     assert (trained / J.JUDGES_JSON).read_text() == before
 
 
-@pytest.mark.parametrize("breakage, message", [
-    ("missing", "not found"),
-    ("no_captions", f"text/{CAPTIONS_JSON} is missing"),
-    ("no_mask", "mask/3.png"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("missing", "not found"),
+        ("no_captions", f"text/{CAPTIONS_JSON} is missing"),
+        ("no_mask", "mask/3.png"),
+    ],
+)
 def test_cli_names_a_missing_or_incomplete_dataset(dataset, tmp_path, capsys, breakage, message):
     data = tmp_path / "data"
     if breakage != "missing":

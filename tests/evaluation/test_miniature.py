@@ -31,7 +31,8 @@ def test_every_method_is_scored(evaluated, results):
             assert 0 <= row[key]["mean"] <= 1, (name, key)
             assert len(row[key]["per_image"]) == COUNT and row[key]["stderr"] >= 0
         assert row["attribute_accuracy"]["mean"] == pytest.approx(
-            (row["beard_accuracy"]["mean"] + row["age_accuracy"]["mean"]) / 2)
+            (row["beard_accuracy"]["mean"] + row["age_accuracy"]["mean"]) / 2
+        )
         assert 0 < row["miou"]["mean"] <= 1
     assert all(np.isfinite(results[m.name]["frechet"]) for m in M.METHODS)
     assert "frechet" not in results["real images"]

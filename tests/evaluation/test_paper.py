@@ -32,18 +32,41 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def weights(fixtures_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("metric_networks")
-    files = {name: full_file(fixtures_root / fixture, folder) for name, fixture in (
-        ("inception", "fid_inception"), ("parser", "bisenet_parsing"), ("clip", "clip_tiny"),
-        ("arcface", "arcface_irse50"))}
+    files = {
+        name: full_file(fixtures_root / fixture, folder)
+        for name, fixture in (
+            ("inception", "fid_inception"),
+            ("parser", "bisenet_parsing"),
+            ("clip", "clip_tiny"),
+            ("arcface", "arcface_irse50"),
+        )
+    }
     files["lpips"] = folder / "lpips.safetensors"
     safetensors.numpy.save_file(lpips_state_dict(np.random.default_rng(0)), files["lpips"])
     return {name: str(path) for name, path in files.items()}
 
 
 def argv(data, weights, out, *extra, ddgi=True):
-    args = ["--data", str(data), "--resolution", str(RESOLUTION), "--test-size", str(TEST_SIZE),
-            "--checkpoint", str(DEMO_CHECKPOINT), "--count", str(COUNT), "--batch", str(BATCH), "--steps", "2",
-            "--methods", *METHODS, "--out", str(out)]
+    args = [
+        "--data",
+        str(data),
+        "--resolution",
+        str(RESOLUTION),
+        "--test-size",
+        str(TEST_SIZE),
+        "--checkpoint",
+        str(DEMO_CHECKPOINT),
+        "--count",
+        str(COUNT),
+        "--batch",
+        str(BATCH),
+        "--steps",
+        "2",
+        "--methods",
+        *METHODS,
+        "--out",
+        str(out),
+    ]
     if ddgi:
         args += ["--ddgi-heads", str(DEMO_DDGI_HEADS), "--ddgi-gan", str(DEMO_GAN)]
     for name, path in weights.items():
@@ -103,8 +126,14 @@ def test_a_rerun_continues_and_gives_the_same_table(first_run, data, weights, tm
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     sharded = tmp_path / "sharded"
     method = paper.METHODS[-1]
-    command = [sys.executable, "-m", "cdiff_jax.evaluation.paper", *argv(data, {}, sharded, ddgi=False), "--methods",
-               method.name]
+    command = [
+        sys.executable,
+        "-m",
+        "cdiff_jax.evaluation.paper",
+        *argv(data, {}, sharded, ddgi=False),
+        "--methods",
+        method.name,
+    ]
     run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]
     for i in range(COUNT):

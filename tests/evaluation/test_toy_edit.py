@@ -111,4 +111,4 @@ def test_the_grid_shows_each_source_beside_its_sweeps(edit_run):
     cell, pad, label = 64 + 2, 2, 14
     assert grid.shape == (label + FACES * cell + pad, (1 + 2 * len(ALPHAS)) * cell + pad, 3)
     first_source = np.asarray(Image.open(out / "inputs/000/image.png"))
-    np.testing.assert_array_equal(grid[label + pad: label + pad + 64, pad: pad + 64], first_source)
+    np.testing.assert_array_equal(grid[label + pad : label + pad + 64, pad : pad + 64], first_source)

@@ -30,8 +30,9 @@ def test_every_class_falls_in_exactly_one_region():
 
 
 def test_the_caption_area_is_where_beard_and_age_show():
-    bare, bearded = (dict(make_example(seed, beard=beard, age=age), seed=seed)
-                     for seed, beard, age in ((3, 0, 0), (3, 3, 5)))
+    bare, bearded = (
+        dict(make_example(seed, beard=beard, age=age), seed=seed) for seed, beard, age in ((3, 0, 0), (3, 3, 5))
+    )
     ids = W.caption_region_ids([bare, bearded], latent_size=16)
     assert (ids[0] == 1).all()  # nothing differs from its own beardless, youngest rendering
     shown = ids[1] == 0

@@ -82,8 +82,11 @@ def test_layout_sample_reads_in_the_real_dtypes(folder, shape):
 def test_a_file_of_the_wrong_kind_is_named(weight_file, shape, tmp_path):
     """Without `num_batches_tracked` (old checkpoints may lack it) the file still loads; a missing key, a
     misshaped tensor and a deeper network's extra unit are each named, in one line."""
-    tensors = {key: value for key, value in read_state_dict(weight_file).tensors.items()
-               if not key.endswith(".num_batches_tracked")}
+    tensors = {
+        key: value
+        for key, value in read_state_dict(weight_file).tensors.items()
+        if not key.endswith(".num_batches_tracked")
+    }
     ArcFace.from_checkpoint(write_state_dict(tmp_path / "no_counters.pth", tensors), *shape)
     extra = f"body.{sum(shape[0])}.res_layer.2.weight"
     first = next(iter(tensors))

@@ -15,8 +15,10 @@ from cdiff_jax.nn.kernels import PLAIN_FORMS, KernelForms
 
 @pytest.fixture(scope="module", params=["ckpt", "safetensors"])
 def reference(fixtures_root, request):
-    return (reference_system(fixtures_root, "vae", request.param).autoencoder,
-            np.load(fixtures_root / "autoencoder/io.npz"))
+    return (
+        reference_system(fixtures_root, "vae", request.param).autoencoder,
+        np.load(fixtures_root / "autoencoder/io.npz"),
+    )
 
 
 def test_posterior_and_reconstructions(reference):
@@ -32,8 +34,9 @@ def test_posterior_and_reconstructions(reference):
     assert_close_rel(ae.decode(nhwc(io["z_mode"])), nhwc(io["x_rec_from_z_mode"]), name="x_rec_mode")
 
 
-@pytest.mark.parametrize("forms", [KernelForms(conv="winograd"), KernelForms(conv="lax"), PLAIN_FORMS],
-                         ids=["winograd", "phases", "plain"])
+@pytest.mark.parametrize(
+    "forms", [KernelForms(conv="winograd"), KernelForms(conv="lax"), PLAIN_FORMS], ids=["winograd", "phases", "plain"]
+)
 def test_decoding_in_each_kernel_form(reference, forms):
     """The fixture's autoencoder is below the sizes that take Winograd, so it is forced here; the
     upsampling phases without the CPU rule's small-size shortcut, and the plain forms of GPU and TPU."""
@@ -62,10 +65,16 @@ def test_a_latent_shift_centres_the_diffusion_latents_and_decoding_undoes_it(fix
     nnx.update(shifted, nnx.state(plain))
     z = shifted.encode_latent(x, jnp.zeros_like(noise))
     assert np.abs(np.asarray(z).mean(axis=(0, 1, 2))).max() < 1e-5 * np.abs(np.asarray(z)).max()
-    assert_close_rel(shifted.encode_latent(x, noise), plain.encode_latent(x, noise) - plain.cfg.scale_factor * mean,
-                     name="shifted latent")
-    assert_close_rel(shifted.decode_latent(shifted.encode_latent(x, noise)),
-                     plain.decode_latent(plain.encode_latent(x, noise)), name="decoded")
+    assert_close_rel(
+        shifted.encode_latent(x, noise),
+        plain.encode_latent(x, noise) - plain.cfg.scale_factor * mean,
+        name="shifted latent",
+    )
+    assert_close_rel(
+        shifted.decode_latent(shifted.encode_latent(x, noise)),
+        plain.decode_latent(plain.encode_latent(x, noise)),
+        name="decoded",
+    )
 
 
 def test_a_latent_shift_needs_one_entry_per_channel():

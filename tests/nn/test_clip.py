@@ -27,8 +27,10 @@ def config(folder):
 @pytest.fixture(scope="module")
 def heads(config):
     """The head counts of the fixture's constructor: not in the file, and the text's is not build_model's."""
-    return {"transformer_heads": config["constructor_args"]["transformer_heads"],
-            "vision_heads": config["derived"]["vision_heads"]}
+    return {
+        "transformer_heads": config["constructor_args"]["transformer_heads"],
+        "vision_heads": config["derived"]["vision_heads"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +46,21 @@ def outputs(model, reference):
 
 def test_features_logits_and_transformer_outputs(model, outputs, reference, config):
     assert model.cfg == CLIPConfig(**config["constructor_args"], vision_heads=config["derived"]["vision_heads"])
-    for name in ("image_features", "text_features", "image_features_normed", "text_features_normed",
-                 "logits_per_image"):
+    for name in (
+        "image_features",
+        "text_features",
+        "image_features_normed",
+        "text_features_normed",
+        "logits_per_image",
+    ):
         assert_close_rel(outputs[name], reference[name], name=name)
     assert_close_rel(outputs["logits_per_image"].T, reference["logits_per_text"], name="logits_per_text")
     assert_close_rel(model.logit_scale[...], reference["logit_scale"], name="logit_scale")
     # The original holds transformer outputs as [L, N, D]; ours are [N, L, D].
-    for ours, theirs in (("image_transformer", "visual_transformer_out_lnd"),
-                         ("text_transformer", "text_transformer_out_lnd")):
+    for ours, theirs in (
+        ("image_transformer", "visual_transformer_out_lnd"),
+        ("text_transformer", "text_transformer_out_lnd"),
+    ):
         assert_close_rel(np.transpose(outputs[ours], (1, 0, 2)), reference[theirs], name=theirs)
     # Cosines lie in [-1, 1] and may all be small: compared to 1e-6 of that range (measured 1.2e-7), the scores
     # (100 x, clamped at 0) to 1e-4 (measured 9.5e-6), rather than relative to a possibly tiny maximum.

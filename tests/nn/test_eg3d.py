@@ -41,13 +41,16 @@ class Reference:
     def draws(self, prefix=""):
         stratified = self.io[f"{prefix}render_u_stratified"]
         rays = stratified.shape[1]
-        return vr.RenderDraws(jnp.asarray(stratified[..., 0]),
-                                jnp.asarray(self.io[f"{prefix}render_u_importance"].reshape(self.batch, rays, -1)))
+        return vr.RenderDraws(
+            jnp.asarray(stratified[..., 0]),
+            jnp.asarray(self.io[f"{prefix}render_u_importance"].reshape(self.batch, rays, -1)),
+        )
 
     def views(self, ws, prefix=""):
         planes = eg3d.triplanes(self.graphdef, self.state, jnp.asarray(ws))
-        return planes, eg3d.render_views(self.graphdef, self.state, planes, jnp.asarray(ws),
-                                         jnp.asarray(self.io["c_cam"]), draws=self.draws(prefix))
+        return planes, eg3d.render_views(
+            self.graphdef, self.state, planes, jnp.asarray(ws), jnp.asarray(self.io["c_cam"]), draws=self.draws(prefix)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,9 @@ def test_config_comes_from_the_pickle(ref):
     cfg = ref.generator.cfg
     assert cfg.neural_rendering_resolution == ref.config["non_init_state"]["neural_rendering_resolution"]
     assert (cfg.depth_resolution, cfg.depth_resolution_importance) == (
-        rendering["depth_resolution"], rendering["depth_resolution_importance"])
+        rendering["depth_resolution"],
+        rendering["depth_resolution_importance"],
+    )
     assert "training.superresolution." + cfg.superresolution == rendering["superresolution_module"]
     assert cfg.num_ws == ref.io["ws"].shape[1]
 
@@ -87,8 +92,9 @@ def test_mapping_and_truncation(ref):
     cases = truncated_cases(io)
     assert cases
     for key, psi, cutoff in cases:
-        ws = eg3d.map_latents(ref.graphdef, ref.state, io["z"], io["c_cond"], truncation_psi=psi,
-                              truncation_cutoff=cutoff)
+        ws = eg3d.map_latents(
+            ref.graphdef, ref.state, io["z"], io["c_cond"], truncation_psi=psi, truncation_cutoff=cutoff
+        )
         assert_close_rel(ws, io[key], name=key)
 
 
@@ -144,11 +150,13 @@ def test_rays(ref):
 def test_rendering_stages(ref, rendered):
     r = rendered[1].rendering
     assert_close_rel(r.depths_coarse, ref.io["render.depths_coarse"], name="coarse depths")
-    assert_close_rel(r.sigma_coarse.reshape(ref.batch, -1, 1), ref.io["decoder.sigma.coarse"], tol=DENSITY_TOL,
-                     name="coarse density")
+    assert_close_rel(
+        r.sigma_coarse.reshape(ref.batch, -1, 1), ref.io["decoder.sigma.coarse"], tol=DENSITY_TOL, name="coarse density"
+    )
     assert_close_rel(r.depths_fine, ref.io["render.depths_fine"], name="importance depths")
-    assert_close_rel(r.sigma_fine.reshape(ref.batch, -1, 1), ref.io["decoder.sigma.fine"], tol=DENSITY_TOL,
-                     name="fine density")
+    assert_close_rel(
+        r.sigma_fine.reshape(ref.batch, -1, 1), ref.io["decoder.sigma.fine"], tol=DENSITY_TOL, name="fine density"
+    )
     assert_close_rel(r.weights_sum, ref.io["render.weights_sum"], name="opacity")
 
 
@@ -166,8 +174,9 @@ def test_super_resolution_first_block(ref, rendered):
     views, sr = rendered[1], ref.generator.superresolution
     size = ref.generator.cfg.neural_rendering_resolution
     features = views.rendering.features.reshape(ref.batch, size, size, -1)
-    x, rgb = (resize(a, sr.input_resolution, sr.input_resolution, antialias=sr.antialias)
-              for a in (features, views.image_raw))
+    x, rgb = (
+        resize(a, sr.input_resolution, sr.input_resolution, antialias=sr.antialias) for a in (features, views.image_raw)
+    )
     ws = jnp.repeat(jnp.asarray(ref.io["ws"])[:, -1:], 3, axis=1)
     _, img = sr.blocks[0](x, rgb, ws, [None] * len(sr.blocks[0].convs))
     assert_close_rel(nchw(img), ref.io["sr.block0.img"], name="sr.block0.img")
@@ -187,8 +196,9 @@ def test_truncated_renderings(ref):
 
 def test_reused_planes_render_like_one_call(ref, rendered):
     """`synthesize` (backbone and renderer in one call) equals planes computed once and rendered."""
-    views = eg3d.synthesize(ref.graphdef, ref.state, jnp.asarray(ref.io["ws"]), jnp.asarray(ref.io["c_cam"]),
-                            draws=ref.draws())
+    views = eg3d.synthesize(
+        ref.graphdef, ref.state, jnp.asarray(ref.io["ws"]), jnp.asarray(ref.io["c_cam"]), draws=ref.draws()
+    )
     np.testing.assert_array_equal(np.asarray(views.image), np.asarray(rendered[1].image))
 
 

@@ -30,11 +30,47 @@ HEADS = ("conv_out_lowres", "conv_out16_lowres", "conv_out32_lowres")
 
 # The two class lists as the sources write them, both enumerated from 1 with 0 = background:
 # face-parsing.PyTorch prepropess_data.py `atts` (the parser's training labels) ...
-PREPROPESS_DATA_ATTS = ['skin', 'l_brow', 'r_brow', 'l_eye', 'r_eye', 'eye_g', 'l_ear', 'r_ear', 'ear_r',
-                        'nose', 'mouth', 'u_lip', 'l_lip', 'neck', 'neck_l', 'cloth', 'hair', 'hat']
+PREPROPESS_DATA_ATTS = [
+    "skin",
+    "l_brow",
+    "r_brow",
+    "l_eye",
+    "r_eye",
+    "eye_g",
+    "l_ear",
+    "r_ear",
+    "ear_r",
+    "nose",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "neck",
+    "neck_l",
+    "cloth",
+    "hair",
+    "hat",
+]
 # ... and CelebAMask-HQ face_parsing/Data_preprocessing/g_mask.py `label_list` ("list2", our masks' order).
-G_MASK_LABEL_LIST = ['skin', 'nose', 'eye_g', 'l_eye', 'r_eye', 'l_brow', 'r_brow', 'l_ear', 'r_ear', 'mouth',
-                     'u_lip', 'l_lip', 'hair', 'hat', 'ear_r', 'neck_l', 'neck', 'cloth']
+G_MASK_LABEL_LIST = [
+    "skin",
+    "nose",
+    "eye_g",
+    "l_eye",
+    "r_eye",
+    "l_brow",
+    "r_brow",
+    "l_ear",
+    "r_ear",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "hair",
+    "hat",
+    "ear_r",
+    "neck_l",
+    "neck",
+    "cloth",
+]
 
 
 @pytest.fixture(scope="module")
@@ -129,4 +165,3 @@ def test_class_order_follows_the_sources_names(folder):
     np.testing.assert_array_equal(PARSER_TO_CELEBAMASKHQ, table["parser_to_celebamaskhq_lut"])
     # makeup.py's parser ids: hair 17, upper lip 12, lower lip 13.
     assert [CLASS_NAMES[to_celebamaskhq(i)] for i in (17, 12, 13)] == ["hair", "u_lip", "l_lip"]
-

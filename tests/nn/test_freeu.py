@@ -17,7 +17,7 @@ def numpy_filter(x: np.ndarray, scale: float, threshold: int = 1) -> np.ndarray:
     spectrum = np.fft.fftshift(np.fft.fftn(x, axes=(-2, -1)), axes=(-2, -1))
     mask = np.ones(x.shape)
     crow, ccol = x.shape[-2] // 2, x.shape[-1] // 2
-    mask[..., crow - threshold:crow + threshold, ccol - threshold:ccol + threshold] = scale
+    mask[..., crow - threshold : crow + threshold, ccol - threshold : ccol + threshold] = scale
     return np.fft.ifftn(np.fft.ifftshift(spectrum * mask, axes=(-2, -1)), axes=(-2, -1)).real
 
 

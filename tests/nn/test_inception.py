@@ -49,8 +49,7 @@ def test_intermediate_blocks(model, folder, reference):
     outputs = jax.jit(lambda images: nnx.merge(*nnx.split(model)).blocks(images))(_nhwc(reference[name][:count]))
     for hook in hooks:
         ours = outputs[hook.replace("mixed", "Mixed")]
-        assert_close_rel(np.transpose(ours, (0, 3, 1, 2)), reference[f"{hook}_{name}"], tol=FLOAT32_NOISE,
-                         name=hook)
+        assert_close_rel(np.transpose(ours, (0, 3, 1, 2)), reference[f"{hook}_{name}"], tol=FLOAT32_NOISE, name=hook)
 
 
 def test_key_map_covers_the_real_file_exactly(folder):

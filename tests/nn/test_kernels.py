@@ -47,8 +47,16 @@ def test_an_unknown_form_is_refused_with_the_choices():
         KernelForms(precision="fp32")
 
 
-TINY = UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                  attention_resolutions=(2,), num_heads=4, context_dim=8)
+TINY = UNetConfig(
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    num_heads=4,
+    context_dim=8,
+)
 
 
 def _forward(graphdef, state, x, t, context):
@@ -58,6 +66,7 @@ def _forward(graphdef, state, x, t, context):
 def test_the_forms_live_in_the_graphdef_so_jit_compiles_each_form_apart():
     """A form chosen from mutable state at trace time would reuse a program compiled for another."""
     inputs = (jnp.ones((1, 8, 8, 4)), jnp.asarray([5]), jnp.ones((1, 3, 8)))
+
     def build(seed, forms=None):
         return nnx.split(nnx.eval_shape(lambda: UNet(TINY, rngs=nnx.Rngs(seed), forms=forms)))
 
@@ -75,6 +84,7 @@ def test_the_forms_live_in_the_graphdef_so_jit_compiles_each_form_apart():
 
 # --- attention ----------------------------------------------------------------------------------
 
+
 def plain_attention(q, k, v, heads):
     b, n, inner = q.shape
     d = inner // heads
@@ -84,8 +94,9 @@ def plain_attention(q, k, v, heads):
 
 
 @pytest.mark.parametrize("form", ["heads_first", "library"])
-@pytest.mark.parametrize("tokens,keys,heads,width", [(256, 256, 32, 2), (128, 77, 4, 8), (64, 19, 2, 4),
-                                                     (197, 7, 1, 16)])
+@pytest.mark.parametrize(
+    "tokens,keys,heads,width", [(256, 256, 32, 2), (128, 77, 4, 8), (64, 19, 2, 4), (197, 7, 1, 16)]
+)
 def test_attention_equals_plain_softmax_attention(form, tokens, keys, heads, width):
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.normal(size=(2, tokens, heads * width)), jnp.float32)
@@ -98,6 +109,7 @@ def test_attention_equals_plain_softmax_attention(form, tokens, keys, heads, wid
 def test_attention_gradients_equal_those_of_plain_softmax_attention():
     rng = np.random.default_rng(1)
     q, k, v = (jnp.asarray(rng.normal(size=(1, n, 24)), jnp.float32) for n in (48, 30, 30))
+
     def loss(attention):
         return lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, 3)))
 
@@ -115,6 +127,7 @@ def test_attention_never_materialises_a_score_sized_constant():
 
 
 # --- convolution --------------------------------------------------------------------------------
+
 
 def lax_conv3x3(x, kernel):
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=kernels.NHWC)
@@ -152,14 +165,22 @@ def test_winograd_equals_the_convolution(batch, height, width, in_ch, out_ch):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, height, width, in_ch)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, in_ch, out_ch)), jnp.float32)
-    np.testing.assert_allclose(jax.jit(kernels.winograd_conv3x3)(x, kernel), lax_conv3x3(x, kernel),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(kernels.winograd_conv3x3)(x, kernel), lax_conv3x3(x, kernel), rtol=1e-5, atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("height,width,forms", [
-    (5, 7, KernelForms(conv="lax")), (4, 4, KernelForms(conv="matmul")),
-    (4, 4, KernelForms(conv="matmul", upsample="plain")), (4, 4, PLAIN_FORMS), (3, 4, CPU_FORMS)],
-    ids=["phases", "phases-as-matmuls", "upsampled-as-matmul", "plain", "cpu-small"])
+@pytest.mark.parametrize(
+    "height,width,forms",
+    [
+        (5, 7, KernelForms(conv="lax")),
+        (4, 4, KernelForms(conv="matmul")),
+        (4, 4, KernelForms(conv="matmul", upsample="plain")),
+        (4, 4, PLAIN_FORMS),
+        (3, 4, CPU_FORMS),
+    ],
+    ids=["phases", "phases-as-matmuls", "upsampled-as-matmul", "plain", "cpu-small"],
+)
 def test_upsampling_then_convolving_equals_what_upsample_conv3x3_computes(height, width, forms):
     in_ch, out_ch = 8, 6
     rng = np.random.default_rng(0)
@@ -181,11 +202,16 @@ def test_precision_reaches_every_product_of_every_form():
     q = jnp.ones((1, 16, 8))
     for base in (CPU_FORMS, PLAIN_FORMS, KernelForms(conv="winograd"), KernelForms(conv="matmul")):
         forms = dataclasses.replace(base, precision="highest")
-        programs = [jax.jit(upsample_conv3x3, static_argnums=3).lower(x, kernel, bias, forms).as_text(),
-                    jax.jit(attention, static_argnums=(3, 4)).lower(q, q, q, 2, forms).as_text()]
+        programs = [
+            jax.jit(upsample_conv3x3, static_argnums=3).lower(x, kernel, bias, forms).as_text(),
+            jax.jit(attention, static_argnums=(3, 4)).lower(q, q, q, 2, forms).as_text(),
+        ]
         for program in programs:
-            products = [line for line in program.splitlines()
-                        if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]
+            products = [
+                line
+                for line in program.splitlines()
+                if "stablehlo.dot_general" in line or "stablehlo.convolution" in line
+            ]
             assert products and all("HIGHEST" in line for line in products), (base, products)
 
 
@@ -196,9 +222,11 @@ def test_attention_probabilities_are_the_head_average_of_the_softmax_attention_a
     probabilities = kernels.attention_probabilities(q, k, heads)
     assert probabilities.shape == (2, 12, 7)
     # each head's probabilities reproduce that head's output; their mean is what is returned
-    per_head = [kernels.attention_probabilities(q[..., h * 4:(h + 1) * 4], k[..., h * 4:(h + 1) * 4], 1)
-                for h in range(heads)]
+    per_head = [
+        kernels.attention_probabilities(q[..., h * 4 : (h + 1) * 4], k[..., h * 4 : (h + 1) * 4], 1)
+        for h in range(heads)
+    ]
     out = multi_head_attention(q, k, v, heads)
     for h, p in enumerate(per_head):
-        np.testing.assert_allclose(p @ v[..., h * 4:(h + 1) * 4], out[..., h * 4:(h + 1) * 4], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(p @ v[..., h * 4 : (h + 1) * 4], out[..., h * 4 : (h + 1) * 4], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(probabilities, sum(per_head) / heads, rtol=1e-6, atol=1e-7)

@@ -11,12 +11,18 @@ from cdiff_jax.nn.layers import conv, linear
 
 
 def lax_convolution(layer, x):
-    return jax.lax.conv_general_dilated(x, layer.kernel[...], (1, 1), layer.padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + layer.bias[...]
+    return (
+        jax.lax.conv_general_dilated(
+            x, layer.kernel[...], (1, 1), layer.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        + layer.bias[...]
+    )
 
 
-@pytest.mark.parametrize("kernel,padding,size,in_ch,out_ch", [(3, "SAME", 8, 24, 16), (3, 1, 5, 8, 8),
-                                                             (1, 0, 4, 40, 24), (3, ((0, 1), (2, 0)), 6, 8, 4)])
+@pytest.mark.parametrize(
+    "kernel,padding,size,in_ch,out_ch",
+    [(3, "SAME", 8, 24, 16), (3, 1, 5, 8, 8), (1, 0, 4, 40, 24), (3, ((0, 1), (2, 0)), 6, 8, 4)],
+)
 def test_a_convolution_computed_as_one_matmul_equals_the_convolution(kernel, padding, size, in_ch, out_ch):
     layer = conv(in_ch, out_ch, kernel, padding=padding, forms=KernelForms(conv="matmul"), rngs=nnx.Rngs(0))
     layer.bias[...] = jnp.linspace(-1, 1, out_ch)

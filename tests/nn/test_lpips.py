@@ -13,13 +13,15 @@ from cdiff_jax.weights.state_dict_io import CheckpointReadError
 def _conv3x3(x, w, b):
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     h, wd = x.shape[2:]
-    out = sum(np.einsum("bchw,oc->bohw", xp[:, :, i:i + h, j:j + wd], w[:, :, i, j])
-              for i in range(3) for j in range(3))
+    out = sum(
+        np.einsum("bchw,oc->bohw", xp[:, :, i : i + h, j : j + wd], w[:, :, i, j]) for i in range(3) for j in range(3)
+    )
     return out + b[None, :, None, None]
 
 
 def reference_lpips(sd, x, y):
     """LPIPS as the reference computes it, written out in NCHW numpy."""
+
     def trunk(img):
         h = (img - np.asarray(SHIFT)[None, :, None, None]) / np.asarray(SCALE)[None, :, None, None]
         taps, conv = [], 0

@@ -20,12 +20,18 @@ def networks():
     compile fastest, and checkpointing does not depend on the forms."""
     image = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
     ids = jax.random.randint(jax.random.key(1), (2, 7), 0, 50)
-    autoencoder = AutoencoderKL(AutoencoderConfig(ch=32, ch_mult=(1,), num_res_blocks=1, resolution=8,
-                                                  attn_resolutions=(8,)), rngs=nnx.Rngs(1), forms=PLAIN_FORMS)
-    text_encoder = TextEncoder(TextEncoderConfig(vocab_size=50, max_len=7, width=32, depth=2), rngs=nnx.Rngs(2),
-                               forms=PLAIN_FORMS)
-    return {"text_encoder": (text_encoder, (ids,), lambda m, ids: m(ids)),
-            "autoencoder": (autoencoder, (image,), lambda m, x: m.reconstruct(x))}
+    autoencoder = AutoencoderKL(
+        AutoencoderConfig(ch=32, ch_mult=(1,), num_res_blocks=1, resolution=8, attn_resolutions=(8,)),
+        rngs=nnx.Rngs(1),
+        forms=PLAIN_FORMS,
+    )
+    text_encoder = TextEncoder(
+        TextEncoderConfig(vocab_size=50, max_len=7, width=32, depth=2), rngs=nnx.Rngs(2), forms=PLAIN_FORMS
+    )
+    return {
+        "text_encoder": (text_encoder, (ids,), lambda m, ids: m(ids)),
+        "autoencoder": (autoencoder, (image,), lambda m, x: m.reconstruct(x)),
+    }
 
 
 def gradient_program(module, policy: str, forward):

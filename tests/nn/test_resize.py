@@ -24,20 +24,23 @@ def test_align_corners_keeps_both_end_pixels():
 
 def test_antialiased_downscaling_is_a_normalised_triangle_of_the_scale_s_width():
     """4 -> 2: each output averages three inputs with weights 3:3:1 (torch's kernel, worked by hand)."""
-    np.testing.assert_allclose(bilinear_matrix(4, 2, antialias=True),
-                               np.array([[3, 3, 1, 0], [0, 1, 3, 3]]) / 7, rtol=1e-6)
+    np.testing.assert_allclose(
+        bilinear_matrix(4, 2, antialias=True), np.array([[3, 3, 1, 0], [0, 1, 3, 3]]) / 7, rtol=1e-6
+    )
     weights = bilinear_matrix(256, 64, antialias=True)
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
     assert np.count_nonzero(weights[10]) == 8  # a support of twice the factor, not two taps
     interior = slice(2, 62)  # rows whose triangle lies inside the input (the edges are cut and renormalised)
-    np.testing.assert_allclose((weights @ np.arange(256))[interior], ((np.arange(64) + 0.5) * 4 - 0.5)[interior],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        (weights @ np.arange(256))[interior], ((np.arange(64) + 0.5) * 4 - 0.5)[interior], atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("size_in, size_out", [(16, 64), (37, 128)])
 def test_antialiasing_does_not_change_upsampling(size_in, size_out):
-    np.testing.assert_array_equal(bilinear_matrix(size_in, size_out, antialias=True),
-                                  bilinear_matrix(size_in, size_out))
+    np.testing.assert_array_equal(
+        bilinear_matrix(size_in, size_out, antialias=True), bilinear_matrix(size_in, size_out)
+    )
 
 
 def test_resize_is_separable_and_skips_same_size():

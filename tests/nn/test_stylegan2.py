@@ -76,7 +76,8 @@ def test_config_json_round_trip_and_derived_sizes(nvidia):
     assert cfg.num_ws == derived["num_ws"]
     assert list(cfg.block_resolutions) == derived["block_resolutions"]
     assert {str(r): cfg.channels(r) for r in cfg.block_resolutions} == {
-        r: b["out_channels"] for r, b in derived["blocks"].items()}
+        r: b["out_channels"] for r, b in derived["blocks"].items()
+    }
 
 
 def test_config_rejects_unsupported_architecture():
@@ -128,8 +129,10 @@ def _walk_blocks(graphdef, state, ws):
     records, x, img = [], None, None
     for block, rows in zip(synthesis.blocks, synthesis.block_ws(ws)):
         layer_noise = [next(noises) for _ in block.convs]
-        record = {f"{name}.affine": layer.affine(rows[:, i])
-                  for i, (name, layer) in enumerate(zip(["conv0", "conv1"][-len(block.convs):], block.convs))}
+        record = {
+            f"{name}.affine": layer.affine(rows[:, i])
+            for i, (name, layer) in enumerate(zip(["conv0", "conv1"][-len(block.convs) :], block.convs))
+        }
         record["torgb.affine"] = block.torgb.affine(rows[:, -1])
         if block.conv0 is not None:
             record["conv0"] = jnp.transpose(block.conv0(x, rows[:, 0], layer_noise[0]), (0, 3, 1, 2))
@@ -173,10 +176,15 @@ def test_nvidia_wplus_inputs(nvidia):
     assert_close_rel(ws2, io["ws2"], name="ws2")
     ws_mix = ws.at[:, io["mix_layers"]].set(ws2[:, io["mix_layers"]])
     t = jnp.asarray(io["interp_t"])[:, None, None]
-    perlayer = jnp.stack([nvidia.ws(io["z_perlayer"][:, layer], c)[:, 0]
-                          for layer in range(io["z_perlayer"].shape[1])], 1)
-    cases = {"mix": ws_mix, "interp": ws + t * (ws2 - ws),
-             "wplus_offsets": nvidia.generator.mapping.w_avg[...] + io["wplus_offsets"], "wplus_perlayer": perlayer}
+    perlayer = jnp.stack(
+        [nvidia.ws(io["z_perlayer"][:, layer], c)[:, 0] for layer in range(io["z_perlayer"].shape[1])], 1
+    )
+    cases = {
+        "mix": ws_mix,
+        "interp": ws + t * (ws2 - ws),
+        "wplus_offsets": nvidia.generator.mapping.w_avg[...] + io["wplus_offsets"],
+        "wplus_perlayer": perlayer,
+    }
     for name, codes in cases.items():
         assert_close_rel(codes, io[f"ws_{name}"], name=f"ws_{name}")
     psi = nvidia.config["cases"]["truncation"]["psi"]
@@ -237,10 +245,14 @@ def test_rosinality_images(rosinality):
     mixed = jnp.concatenate([ws[:, :cut], ws2[:, cut:]], axis=1)
     assert_close_rel(mixed, io["latent_mix"], name="latent_mix")
     assert_close_rel(rosinality.generator.mapping.w_avg[...] + io["wplus_offsets"], io["wplus"], name="wplus")
-    cases = {"img_const": jnp.asarray(io["latent"]), "img_w": ws, "img_mix": mixed,
-             "img_wplus": jnp.asarray(io["wplus"])}
+    cases = {
+        "img_const": jnp.asarray(io["latent"]),
+        "img_w": ws,
+        "img_mix": mixed,
+        "img_wplus": jnp.asarray(io["wplus"]),
+    }
     for key in [k for k in io if re.fullmatch(r"img_trunc[\d.]+", k)]:
-        psi = key[len("img_trunc"):]
+        psi = key[len("img_trunc") :]
         truncated = rosinality.ws(io["z"], truncation_psi=float(psi))
         assert_close_rel(truncated, io[f"latent_trunc{psi}"], name=f"latent_trunc{psi}")
         cases[key] = truncated

@@ -54,8 +54,12 @@ def test_minibatch_stddev_needs_whole_groups():
 
 
 def test_fixture_and_released_state_dicts_map_completely(fixtures_root, folder):
-    cases = [(json.loads((folder / "config.json").read_text())["D"]["init_kwargs"],
-              json.loads((folder / "manifest.json").read_text())["D"])]
+    cases = [
+        (
+            json.loads((folder / "config.json").read_text())["D"]["init_kwargs"],
+            json.loads((folder / "manifest.json").read_text())["D"],
+        )
+    ]
     for path in sorted((fixtures_root / "gan_real_manifests").glob("*.json")):
         manifest = json.loads(path.read_text())
         if manifest.get("D_class") == "training.networks.Discriminator":

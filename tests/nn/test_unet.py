@@ -35,17 +35,27 @@ def test_text_expert(fixtures_root, fmt):
     _check_expert(fixtures_root, "text", "text_unet", fmt, lambda m, io: jnp.asarray(io["context"]))
 
 
-@pytest.mark.parametrize("forms", [KernelForms(conv="winograd"), KernelForms(conv="matmul"), PLAIN_FORMS],
-                         ids=["winograd", "matmul", "plain"])
+@pytest.mark.parametrize(
+    "forms",
+    [KernelForms(conv="winograd"), KernelForms(conv="matmul"), PLAIN_FORMS],
+    ids=["winograd", "matmul", "plain"],
+)
 def test_text_expert_in_each_kernel_form(fixtures_root, forms):
     """The tiny fixture models are below the sizes where the CPU rule leaves XLA's convolution, so each
     fast form is forced here wherever it applies; the plain forms are what GPU and TPU get."""
-    _check_expert(fixtures_root, "text", "text_unet", "safetensors", lambda m, io: jnp.asarray(io["context"]),
-                  forms)
+    _check_expert(fixtures_root, "text", "text_unet", "safetensors", lambda m, io: jnp.asarray(io["context"]), forms)
 
 
-SMALL = UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                   attention_resolutions=(1, 2), num_heads=4, context_dim=8)
+SMALL = UNetConfig(
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(1, 2),
+    num_heads=4,
+    context_dim=8,
+)
 
 
 def _random_model(cfg, forms=None):
@@ -53,15 +63,18 @@ def _random_model(cfg, forms=None):
     graphdef, state = nnx.split(nnx.eval_shape(lambda: UNet(cfg, rngs=nnx.Rngs(0), forms=forms)))
     leaves, treedef = jax.tree.flatten(state)
     rng = np.random.default_rng(1)
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, [jnp.asarray(0.2 * rng.normal(size=x.shape), x.dtype)
-                                                            for x in leaves]))
+    return nnx.merge(
+        graphdef, jax.tree.unflatten(treedef, [jnp.asarray(0.2 * rng.normal(size=x.shape), x.dtype) for x in leaves])
+    )
 
 
 def _inputs(cfg, batch=2, size=8, tokens=5):
     rng = np.random.default_rng(0)
-    return (jnp.asarray(rng.normal(size=(batch, size, size, cfg.in_channels)), jnp.float32),
-            jnp.asarray(np.linspace(3, 900, batch).astype(int)),
-            jnp.asarray(rng.normal(size=(batch, tokens, cfg.context_dim)), jnp.float32))
+    return (
+        jnp.asarray(rng.normal(size=(batch, size, size, cfg.in_channels)), jnp.float32),
+        jnp.asarray(np.linspace(3, 900, batch).astype(int)),
+        jnp.asarray(rng.normal(size=(batch, tokens, cfg.context_dim)), jnp.float32),
+    )
 
 
 def _jitted(unet, method):
@@ -80,14 +93,18 @@ def test_a_unet_in_the_plain_forms_of_other_backends_matches_the_cpu_forms():
     assert_close_rel(_jitted(plain, lambda u, *a: u(*a))(x, t, context), expected, tol=1e-5, name="plain-form eps")
 
 
-@pytest.mark.parametrize("base", [CPU_FORMS, PLAIN_FORMS, KernelForms(conv="winograd"), KernelForms(conv="matmul")],
-                         ids=["cpu", "plain", "winograd", "matmul"])
+@pytest.mark.parametrize(
+    "base",
+    [CPU_FORMS, PLAIN_FORMS, KernelForms(conv="winograd"), KernelForms(conv="matmul")],
+    ids=["cpu", "plain", "winograd", "matmul"],
+)
 def test_every_product_of_a_lowered_unet_carries_the_requested_precision(base):
     forms = dataclasses.replace(base, precision="highest")
     graphdef, state = nnx.split(nnx.eval_shape(lambda: UNet(SMALL, rngs=nnx.Rngs(0), forms=forms)))
     program = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a)).lower(state, *_inputs(SMALL)).as_text()
-    products = [line for line in program.splitlines() if "stablehlo.dot_general" in line
-                or "stablehlo.convolution" in line]
+    products = [
+        line for line in program.splitlines() if "stablehlo.dot_general" in line or "stablehlo.convolution" in line
+    ]
     assert len(products) > 20
     missing = [line for line in products if "HIGHEST" not in line]
     assert not missing, f"{len(missing)} of {len(products)} products without precision HIGHEST: {missing[:2]}"
@@ -119,8 +136,15 @@ def test_fresh_unet_outputs_zero():
     from cdiff_jax.config import UNetConfig
     from cdiff_jax.nn.unet import UNet
 
-    cfg = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-                     num_heads=4, context_dim=8, out_channels=1)
+    cfg = UNetConfig(
+        model_channels=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(2,),
+        num_heads=4,
+        context_dim=8,
+        out_channels=1,
+    )
     unet = UNet(cfg, rngs=nnx.Rngs(0))
     out = unet(jnp.ones((2, 8, 8, 3)), jnp.asarray([3, 500]), jnp.ones((2, 5, 8)))
     assert out.shape == (2, 8, 8, 1)
@@ -129,8 +153,16 @@ def test_fresh_unet_outputs_zero():
 
 # --- features for DDGI: middle block, up blocks, cross-attention probabilities --------------------
 
-TAPPED = UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                    attention_resolutions=(2, 4), num_heads=4, context_dim=8)
+TAPPED = UNetConfig(
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2, 4),
+    num_heads=4,
+    context_dim=8,
+)
 
 
 def _up_path(cfg):
@@ -154,16 +186,24 @@ def test_features_have_the_shapes_of_the_tapped_levels_and_probabilities_sum_to_
     everything = tuple(range(len(path)))
     _, features = _jitted(tapped_unet, lambda u, *a: u.forward_with_features(*a, everything))(x, t, context)
     levels = len(TAPPED.channel_mult)
-    assert features.middle.shape == (batch, size >> (levels - 1), size >> (levels - 1),
-                                     TAPPED.model_channels * TAPPED.channel_mult[-1])
+    assert features.middle.shape == (
+        batch,
+        size >> (levels - 1),
+        size >> (levels - 1),
+        TAPPED.model_channels * TAPPED.channel_mult[-1],
+    )
     with_attention = [i for i, (_, attends, _) in enumerate(path) if attends]
     assert tapped_unet.cross_attention_up_blocks() == tuple(with_attention)
     assert 0 < len(with_attention) < len(path)  # the config has levels with and without cross-attention
     assert sorted(features.cross_attention) == [f"output_block_{i:02d}" for i in with_attention]
     for i, (level, attends, upsamples) in enumerate(path):
         side = (size >> level) * (2 if upsamples else 1)
-        assert features.up[f"output_block_{i:02d}"].shape == (batch, side, side,
-                                                               TAPPED.model_channels * TAPPED.channel_mult[level])
+        assert features.up[f"output_block_{i:02d}"].shape == (
+            batch,
+            side,
+            side,
+            TAPPED.model_channels * TAPPED.channel_mult[level],
+        )
         if attends:
             p = np.asarray(features.cross_attention[f"output_block_{i:02d}"])
             assert p.shape == (batch, (size >> level) ** 2, tokens)
@@ -207,6 +247,7 @@ def test_the_default_program_is_unchanged_by_the_taps(tapped_unet):
     def program(method):
         def forward(state, *a):
             return method(nnx.merge(graphdef, state), *a)
+
         return jax.jit(forward).lower(state, *args).as_text()
 
     default = program(lambda u, *a: u(*a))

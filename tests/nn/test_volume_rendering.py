@@ -39,8 +39,9 @@ def test_sphere_depth_and_silhouette():
     radius, start, end = 0.25, 2.0, 3.4  # the view spans about +-0.45 at the centre
     cam2world, k = cameras([0.0, 0.6], [0.0, -0.3])
     origins, directions = rays(cam2world, k, RESOLUTION)
-    draws = vr.RenderDraws(*(jax.random.uniform(key, (2, RESOLUTION**2, 32)) for key in jax.random.split(
-        jax.random.key(0))))
+    draws = vr.RenderDraws(
+        *(jax.random.uniform(key, (2, RESOLUTION**2, 32)) for key in jax.random.split(jax.random.key(0)))
+    )
     rendering = vr.render(sphere_field(radius), origins, directions, draws, ray_start=start, ray_end=end)
     depth, closest = ray_sphere(np.asarray(origins), np.asarray(directions), radius)
     opacity, rendered_depth = np.asarray(rendering.weights_sum[..., 0]), np.asarray(rendering.depth[..., 0])

@@ -47,8 +47,8 @@ def test_truncation_and_refusal(cases):
                 tokenize([case["text"]], length, truncate=False)
             assert "\n" not in str(error.value)
         else:
-            np.testing.assert_array_equal(tokenize(case["text"], length, truncate=False)[0, :len(ids)], ids)
+            np.testing.assert_array_equal(tokenize(case["text"], length, truncate=False)[0, : len(ids)], ids)
         # A short context keeps the first ids and ends with the end token, as clip.tokenize(truncate=True).
         short = 6
-        expected = ids[:short - 1] + [cases["eot_token"]] if len(ids) > short else ids + [0] * (short - len(ids))
+        expected = ids[: short - 1] + [cases["eot_token"]] if len(ids) > short else ids + [0] * (short - len(ids))
         np.testing.assert_array_equal(tokenize([case["text"]], short)[0], expected)

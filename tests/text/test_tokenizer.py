@@ -79,16 +79,28 @@ def test_offline_subprocess(ref, tmp_path):
     """A fresh process with an empty hub cache and an unreachable hub tokenizes like the reference, leaves its
     environment as it found it (HF_HUB_OFFLINE would break the user's own downloads) and prints no notices."""
     captions, ids, _ = ref
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "TRANSFORMERS_", "XDG_CACHE")) and k != "PYTHONPATH"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "TRANSFORMERS_", "XDG_CACHE")) and k != "PYTHONPATH"
+    }
     env.update(HOME=str(tmp_path), HF_ENDPOINT="http://127.0.0.1:9", PYTHONPATH=REPO)
-    code = ("import json, os, sys; before = dict(os.environ); "
-            "from cdiff_jax.text.tokenizer import caption_tokenizer; "
-            "ids = caption_tokenizer().encode(json.loads(sys.stdin.read())).ids.tolist(); "
-            "assert dict(os.environ) == before, sorted(set(os.environ.items()) ^ set(before.items())); "
-            "print(json.dumps(ids))")
-    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(captions), env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, os, sys; before = dict(os.environ); "
+        "from cdiff_jax.text.tokenizer import caption_tokenizer; "
+        "ids = caption_tokenizer().encode(json.loads(sys.stdin.read())).ids.tolist(); "
+        "assert dict(os.environ) == before, sorted(set(os.environ.items()) ^ set(before.items())); "
+        "print(json.dumps(ids))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(captions),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.array(json.loads(proc.stdout.strip().splitlines()[-1])), ids)
     assert not list(tmp_path.rglob("models--*")), "something was downloaded into the hub cache"

@@ -19,9 +19,9 @@ def read_events(path) -> list[Event]:
     for file in sorted(path.glob("events.out.tfevents.*")) if path.is_dir() else [path]:
         blob, offset = file.read_bytes(), 0
         while offset < len(blob):
-            header = blob[offset:offset + 8]
+            header = blob[offset : offset + 8]
             assert struct.unpack_from("<I", blob, offset + 8)[0] == masked_crc32c(header), f"{file} at {offset}"
-            data = blob[offset + 12:offset + 12 + struct.unpack("<Q", header)[0]]
+            data = blob[offset + 12 : offset + 12 + struct.unpack("<Q", header)[0]]
             offset += 12 + len(data)
             assert struct.unpack_from("<I", blob, offset)[0] == masked_crc32c(data), f"{file} at {offset}"
             offset += 4

@@ -30,8 +30,9 @@ COMPARE_TX = optax.sgd(1.0)
 def parts():
     system = init_system(load_config("tiny_system.py:text"), seed=0)
     graphdef, params, frozen = nnx.split(system, trainable_filter(trainable_prefixes("autoencoder", system.cfg)), ...)
-    disc_graphdef, disc_params = nnx.split(PatchDiscriminator(DiscriminatorConfig(filters=8, layers=2),
-                                                              rngs=nnx.Rngs(1)))
+    disc_graphdef, disc_params = nnx.split(
+        PatchDiscriminator(DiscriminatorConfig(filters=8, layers=2), rngs=nnx.Rngs(1))
+    )
     images = jax.random.uniform(jax.random.key(2), (1, 4, 32, 32, 3), minval=-1, maxval=1)
     return graphdef, params, frozen, disc_graphdef, disc_params, images
 
@@ -40,8 +41,9 @@ def direct_step(parts, objective, key, tx):
     """One generator and one discriminator update written as LDM writes them, gradients by jax.grad; with
     `objective.accumulation`, as Lightning accumulates them (the step's docstring)."""
     graphdef, params, frozen, disc_graphdef, disc_params, images = parts
-    new_params, new_disc_params, d_weight = _direct_step(graphdef, disc_graphdef, objective, tx, params, frozen,
-                                                         disc_params, images, key)
+    new_params, new_disc_params, d_weight = _direct_step(
+        graphdef, disc_graphdef, objective, tx, params, frozen, disc_params, images, key
+    )
     return new_params, new_disc_params, float(d_weight)
 
 
@@ -105,8 +107,9 @@ def our_step(parts, objective, key, tx):
     graphdef, params, frozen, disc_graphdef, disc_params, images = parts
     state = init_autoencoder_state(params, tx, disc_params, tx)
     state = jax.tree.map(jnp.copy, state)  # the step donates its state
-    return autoencoder_train_steps(graphdef, frozen, state, {"image": images}, key, tx, disc_graphdef, tx, None,
-                                   objective)
+    return autoencoder_train_steps(
+        graphdef, frozen, state, {"image": images}, key, tx, disc_graphdef, tx, None, objective
+    )
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
@@ -117,20 +120,29 @@ def test_matches_ldm_objective_with_the_discriminator_on(parts, accumulation):
     params, disc_params, d_weight = direct_step(parts, objective, key, COMPARE_TX)
     assert bool(metrics.finite[0]) and int(state.step) == 1
     np.testing.assert_allclose(float(metrics.terms["d_weight"][0]), d_weight, rtol=1e-4)
-    steps = [(np.asarray(ours - before), np.asarray(ref - before)) for ours, ref, before in [
-        *zip(jax.tree.leaves(state.params), jax.tree.leaves(params), jax.tree.leaves(parts[1])),
-        *zip(jax.tree.leaves(state.disc_params), jax.tree.leaves(disc_params), jax.tree.leaves(parts[4]))]]
+    steps = [
+        (np.asarray(ours - before), np.asarray(ref - before))
+        for ours, ref, before in [
+            *zip(jax.tree.leaves(state.params), jax.tree.leaves(params), jax.tree.leaves(parts[1])),
+            *zip(jax.tree.leaves(state.disc_params), jax.tree.leaves(disc_params), jax.tree.leaves(parts[4])),
+        ]
+    ]
     # float32 noise scales with the largest gradient: it is all there is where the exact gradient is 0.
     noise = 1e-7 * max(np.abs(ref).max() for _, ref in steps)
     for ours_step, ref_step in steps:
         assert np.abs(ours_step - ref_step).max() <= 1e-4 * np.abs(ref_step).max() + noise
-    assert max(float(jnp.abs(a - b).max())
-               for a, b in zip(jax.tree.leaves(disc_params), jax.tree.leaves(parts[4]))) > 1e-3
+    assert (
+        max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(disc_params), jax.tree.leaves(parts[4]))) > 1e-3
+    )
 
 
 def test_before_disc_start_only_the_autoencoder_learns(parts):
-    state, metrics = our_step(parts, AutoencoderObjective(perceptual_weight=0.0, disc_start=5), jax.random.key(3),
-                              adam(1e-3, betas=ADAM_BETAS))
+    state, metrics = our_step(
+        parts,
+        AutoencoderObjective(perceptual_weight=0.0, disc_start=5),
+        jax.random.key(3),
+        adam(1e-3, betas=ADAM_BETAS),
+    )
     for ours, before in zip(jax.tree.leaves(state.disc_params), jax.tree.leaves(parts[4])):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(before))
     assert all(float(metrics.terms[k][0]) == 0 for k in ("g_loss", "d_weight", "disc_loss"))
@@ -142,9 +154,9 @@ def test_before_disc_start_only_the_autoencoder_learns(parts):
 def test_a_non_finite_loss_leaves_both_networks_unchanged(parts):
     graphdef, params, frozen, disc_graphdef, disc_params, images = parts
     bad = (*parts[:5], images.at[0, 0, 0, 0, 0].set(jnp.nan))
-    state, metrics = our_step(bad, AutoencoderObjective(perceptual_weight=0.0, disc_start=0), jax.random.key(3),
-                              adam(1e-3, betas=ADAM_BETAS))
+    state, metrics = our_step(
+        bad, AutoencoderObjective(perceptual_weight=0.0, disc_start=0), jax.random.key(3), adam(1e-3, betas=ADAM_BETAS)
+    )
     assert not bool(metrics.finite[0]) and int(state.step) == 0
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), state.params)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, disc_params), state.disc_params)
-

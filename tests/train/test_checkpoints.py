@@ -15,8 +15,12 @@ from cdiff_jax.train.step import TrainState
 
 def state(ema: bool) -> TrainState:
     params = {"w": jnp.arange(6.0).reshape(2, 3)}
-    return TrainState(step=jnp.asarray(7, jnp.int32), params=params, opt_state={"mu": params["w"] * 0.5},
-                      ema={"w": params["w"] + 1.0} if ema else None)
+    return TrainState(
+        step=jnp.asarray(7, jnp.int32),
+        params=params,
+        opt_state={"mu": params["w"] * 0.5},
+        ema={"w": params["w"] + 1.0} if ema else None,
+    )
 
 
 @pytest.mark.parametrize("saved_with_ema", [False, True])
@@ -64,8 +68,11 @@ def test_a_save_that_fails_in_the_background_names_its_checkpoint_and_leaves_no_
         if failures:
             raise failures.pop()
 
-    monkeypatch.setattr(checkpoints.manager, "save", lambda step, **_: (tmp_path / f"{step}.orbax-checkpoint-tmp"
-                                                                         / "state").mkdir(parents=True))
+    monkeypatch.setattr(
+        checkpoints.manager,
+        "save",
+        lambda step, **_: (tmp_path / f"{step}.orbax-checkpoint-tmp" / "state").mkdir(parents=True),
+    )
     monkeypatch.setattr(checkpoints.manager, "wait_until_finished", wait_until_finished)
     checkpoints.save(2, state(ema=False), b"{}")
     with pytest.raises(CannotWrite) as err:

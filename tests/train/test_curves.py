@@ -14,8 +14,10 @@ def _write(path, records):
 
 
 def test_one_panel_per_run_with_the_reconstruction_term_for_autoencoders(tmp_path):
-    _write(tmp_path / "vae/train/metrics.jsonl",
-           [{"step": s, "loss": 1000.0 + s, "rec_loss": 1.0 / s} for s in range(1, 30)])
+    _write(
+        tmp_path / "vae/train/metrics.jsonl",
+        [{"step": s, "loss": 1000.0 + s, "rec_loss": 1.0 / s} for s in range(1, 30)],
+    )
     _write(tmp_path / "vae/val/metrics.jsonl", [{"step": 20, "loss": 0.06}])
     _write(tmp_path / "expert/train/metrics.jsonl", [{"step": s, "loss": 0.5 - s / 100} for s in range(1, 30)])
     steps, values = curves.read_metrics(tmp_path / "vae/train/metrics.jsonl", "rec_loss")
@@ -26,7 +28,7 @@ def test_one_panel_per_run_with_the_reconstruction_term_for_autoencoders(tmp_pat
     picture = np.asarray(Image.open(out))
     assert picture.shape[1] > 2 * curves.PANEL[0]  # two panels side by side
     orange = np.all(picture == curves.COLOURS["val"], axis=-1)
-    assert orange[:, : curves.PANEL[0]].any() and not orange[:, curves.PANEL[0] + 4:].any()
+    assert orange[:, : curves.PANEL[0]].any() and not orange[:, curves.PANEL[0] + 4 :].any()
 
 
 def test_a_directory_without_metrics_is_an_error(tmp_path, capsys):

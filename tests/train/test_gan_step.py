@@ -16,8 +16,15 @@ BATCH = 4
 
 
 def objective(**changes):
-    settings = dict(batch=BATCH, r1_gamma=1.0, r1_interval=16, style_mixing=0.9, ema_kimg=10.0, ema_rampup=0.05,
-                    w_avg_beta=TINY.w_avg_beta)
+    settings = dict(
+        batch=BATCH,
+        r1_gamma=1.0,
+        r1_interval=16,
+        style_mixing=0.9,
+        ema_kimg=10.0,
+        ema_rampup=0.05,
+        w_avg_beta=TINY.w_avg_beta,
+    )
     return GANObjective(**{**settings, **changes})
 
 
@@ -75,8 +82,9 @@ def setup():
         return jax.tree.map(jnp.copy, init_gan_state(g_params, g_buffers, d_params, g_tx, d_tx))  # runs donate it
 
     def run(state, images, with_r1):
-        return gan_train_steps(g_graphdef, d_graphdef, state, {"image": images}, jax.random.key(0), g_tx, d_tx,
-                               objective(), with_r1)
+        return gan_train_steps(
+            g_graphdef, d_graphdef, state, {"image": images}, jax.random.key(0), g_tx, d_tx, objective(), with_r1
+        )
 
     return state, run, real
 
@@ -102,8 +110,10 @@ def test_g_ema_starts_as_a_copy_and_then_lags(setup):
     for ema, param in zip(jax.tree.leaves(state.g_ema), jax.tree.leaves(state.g_params)):
         np.testing.assert_array_equal(ema, param)
     state, _ = run(state, real[:1], False)  # then 0 < beta < 1: between the old average and the new parameters
-    lags = [np.abs(np.asarray(e) - np.asarray(p)).max() for e, p in zip(jax.tree.leaves(state.g_ema),
-                                                                          jax.tree.leaves(state.g_params))]
+    lags = [
+        np.abs(np.asarray(e) - np.asarray(p)).max()
+        for e, p in zip(jax.tree.leaves(state.g_ema), jax.tree.leaves(state.g_params))
+    ]
     assert max(lags) > 0
 
 

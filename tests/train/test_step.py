@@ -101,8 +101,9 @@ def test_scan_of_k_steps_equals_k_calls(fixtures_root):
     state = init_train_state(copy(params), tx)
     losses = []
     for i in range(3):
-        state, m = train_steps(graphdef, frozen, state, jax.tree.map(lambda x: x[i : i + 1], batches), schedule, key,
-                               tx)
+        state, m = train_steps(
+            graphdef, frozen, state, jax.tree.map(lambda x: x[i : i + 1], batches), schedule, key, tx
+        )
         losses.append(float(m.loss[0]))
     assert int(together.step) == 3 and bool(metrics.finite.all())
     np.testing.assert_allclose(metrics.loss, losses, rtol=1e-6)
@@ -122,8 +123,9 @@ def test_gradient_accumulation_is_the_whole_batch_s_step(fixtures_root):
     results = {}
     for accumulation in (1, 2):
         settings = StepSettings(condition_dropout=0.5, accumulation=accumulation)
-        results[accumulation] = train_steps(graphdef, frozen, init_train_state(copy(params), tx), batches, schedule,
-                                            key, tx, settings)
+        results[accumulation] = train_steps(
+            graphdef, frozen, init_train_state(copy(params), tx), batches, schedule, key, tx, settings
+        )
     (whole, whole_metrics), (split, split_metrics) = results[1], results[2]
     np.testing.assert_allclose(split_metrics.loss, whole_metrics.loss, rtol=1e-5)
     np.testing.assert_allclose(split_metrics.grad_norm, whole_metrics.grad_norm, rtol=1e-4)
@@ -139,14 +141,16 @@ def test_activation_checkpointing_takes_the_same_step_in_less_memory(fixtures_ro
     batches = _tiny_collab_batch(system, 1, 2, seed=2)
     results, temp_bytes = {}, {}
     for policy in ("none", "full"):
-        graphdef, params, frozen = nnx.split(system, trainable_filter(trainable_prefixes("expert", system.cfg, "text")),
-                                             ...)
+        graphdef, params, frozen = nnx.split(
+            system, trainable_filter(trainable_prefixes("expert", system.cfg, "text")), ...
+        )
         module = nnx.merge(graphdef, params, frozen)  # a new module object: the cached system stays as it is
         set_policy(module, policy)
         graphdef = nnx.graphdef(module)
         state = init_train_state(jax.tree.map(jnp.copy, params), tx)  # the step donates its state
-        compiled = _train_steps.lower(graphdef, frozen, state, batches, schedule, key, tx, StepSettings(),
-                                      loop_policy()).compile()
+        compiled = _train_steps.lower(
+            graphdef, frozen, state, batches, schedule, key, tx, StepSettings(), loop_policy()
+        ).compile()
         temp_bytes[policy] = compiled.memory_analysis().temp_size_in_bytes
         results[policy] = compiled(frozen, state, batches, schedule, key)
     (plain, plain_metrics), (recomputed, recomputed_metrics) = results["none"], results["full"]
@@ -166,8 +170,9 @@ def test_the_average_follows_ldm_lit_ema(fixtures_root):
     state = init_train_state(jax.tree.map(jnp.copy, params), tx, ema=True)
     expected = jax.tree.map(np.asarray, params)
     for i in range(3):
-        state, _ = train_steps(graphdef, frozen, state, jax.tree.map(lambda x: x[i : i + 1], batches), schedule, key,
-                               tx, settings)
+        state, _ = train_steps(
+            graphdef, frozen, state, jax.tree.map(lambda x: x[i : i + 1], batches), schedule, key, tx, settings
+        )
         decay = min(0.5, (1 + (i + 1)) / (10 + (i + 1)))  # LitEma counts the update being made
         expected = jax.tree.map(lambda e, p: e - (1 - decay) * (e - np.asarray(p)), expected, state.params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), state.ema, expected)
@@ -182,8 +187,9 @@ def test_non_finite_loss_keeps_the_last_good_parameters(fixtures_root):
     batches = _tiny_collab_batch(system, 1, 2)
     batches["image"] = batches["image"].at[0, 0, 0, 0, 0].set(jnp.nan)
     before = jax.tree.map(np.asarray, params)
-    state, metrics = train_steps(graphdef, frozen, init_train_state(jax.tree.map(jnp.copy, params), tx), batches,
-                                 schedule, jax.random.key(0), tx)
+    state, metrics = train_steps(
+        graphdef, frozen, init_train_state(jax.tree.map(jnp.copy, params), tx), batches, schedule, jax.random.key(0), tx
+    )
     assert not bool(metrics.finite[0]) and int(state.step) == 0
     jax.tree.map(np.testing.assert_array_equal, before, state.params)
 
@@ -194,8 +200,9 @@ def test_a_non_finite_step_stops_the_call_at_the_last_good_state(fixtures_root):
     schedule, tx, key = make_schedule(system.cfg.schedule), SGD, jax.random.key(0)
     batches = _tiny_collab_batch(system, 3, 2)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
-    first, _ = train_steps(graphdef, frozen, init_train_state(copy(params), tx), jax.tree.map(lambda x: x[:1], batches),
-                           schedule, key, tx)
+    first, _ = train_steps(
+        graphdef, frozen, init_train_state(copy(params), tx), jax.tree.map(lambda x: x[:1], batches), schedule, key, tx
+    )
     batches["image"] = batches["image"].at[1, 0, 0, 0, 0].set(jnp.nan)  # the second step's loss is NaN
     state, metrics = train_steps(graphdef, frozen, init_train_state(copy(params), tx), batches, schedule, key, tx)
     # the third step's batch is fine, but it comes after the bad one: the call keeps the first step's state

@@ -20,9 +20,20 @@ from cdiff_jax.train.config import TrainConfig
 pytestmark = pytest.mark.slow
 
 GAN = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
-EG3D = EG3DConfig(z_dim=8, w_dim=8, img_resolution=32, neural_rendering_resolution=32, superresolution="none",
-                  plane_resolution=8, plane_channels=4, mapping_layers=1, channel_base=32, channel_max=8,
-                  depth_resolution=4, depth_resolution_importance=4)
+EG3D = EG3DConfig(
+    z_dim=8,
+    w_dim=8,
+    img_resolution=32,
+    neural_rendering_resolution=32,
+    superresolution="none",
+    plane_resolution=8,
+    plane_channels=4,
+    mapping_layers=1,
+    channel_base=32,
+    channel_max=8,
+    depth_resolution=4,
+    depth_resolution_importance=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +45,36 @@ def world(tmp_path_factory):
     save_generator(root / "gan_wide", Generator(dataclasses.replace(GAN, w_dim=16), rngs=nnx.Rngs(0)))
     save_generator(root / "eg3d", TriPlaneGenerator(EG3D, rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(0)
-    examples = [{"image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
-                 "mask": rng.integers(0, 19, (32, 32), dtype=np.uint8),
-                 "caption": f"This man has beard of length {i}."} for i in range(4)]
-    heads = DDGIHeads(heads_config(system.cfg, GAN, ("text", "mask"), mapping_channels=8, modulation_channels=8),
-                      rngs=nnx.Rngs(0))
+    examples = [
+        {
+            "image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+            "mask": rng.integers(0, 19, (32, 32), dtype=np.uint8),
+            "caption": f"This man has beard of length {i}.",
+        }
+        for i in range(4)
+    ]
+    heads = DDGIHeads(
+        heads_config(system.cfg, GAN, ("text", "mask"), mapping_channels=8, modulation_channels=8), rngs=nnx.Rngs(0)
+    )
     save_heads(root / "heads_for_gan", heads)
     build_cache(system, examples, root / "cache", TrajectorySettings(steps=4, kept=(1, 4), batch=4))
-    cfg = TrainConfig(stage="ddgi_mapping", system=str(root / "system"), gan=str(root / "gan"),
-                      data_dir=str(root / "cache"), resolution=32, global_batch=2, base_learning_rate=1e-3 / 2,
-                      steps=2, log_every=1, checkpoint_every=100, val_every=0, sample_every=2, sample_count=2,
-                      ddgi_mapping_channels=8, ddgi_modulation_channels=8)
+    cfg = TrainConfig(
+        stage="ddgi_mapping",
+        system=str(root / "system"),
+        gan=str(root / "gan"),
+        data_dir=str(root / "cache"),
+        resolution=32,
+        global_batch=2,
+        base_learning_rate=1e-3 / 2,
+        steps=2,
+        log_every=1,
+        checkpoint_every=100,
+        val_every=0,
+        sample_every=2,
+        sample_count=2,
+        ddgi_mapping_channels=8,
+        ddgi_modulation_channels=8,
+    )
     return root, cfg
 
 
@@ -71,21 +101,33 @@ def test_mapping_then_modulation(world, tmp_path):
     ungated = second.replace(ddgi_attention_gating=False, sample_every=0)
     assert trainer.train(ungated, tmp_path / "ungated") == 0
     assert mapped.cfg.attention_gating and not load_heads(tmp_path / "ungated/heads").cfg.attention_gating
-    differ = [np.abs(v - params_of(modulated, "modulation")[p]).max()
-              for p, v in params_of(load_heads(tmp_path / "ungated/heads"), "modulation").items()]
+    differ = [
+        np.abs(v - params_of(modulated, "modulation")[p]).max()
+        for p, v in params_of(load_heads(tmp_path / "ungated/heads"), "modulation").items()
+    ]
     assert max(differ) > 0  # another computation, so other updates
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(gan=None), "needs the frozen GAN"),
-    (dict(stage="ddgi_modulation"), "starts from trained M"),
-    (dict(stage="ddgi_modulation", gan="gan_wide", init_from=(("heads", "heads_for_gan"),)),
-     "codes of 8 x 8 but the GAN takes 8 x 16"),
-    (dict(triplane_resolution=16), "only a tri-plane GAN without super-resolution renders at it, and .* holds a "
-                                   "StyleGAN2 generator"),
-    (dict(gan="eg3d", triplane_resolution=16), r"must divide the toy world's 64, whose images the trajectory cache "
-                                               r"must hold \(it holds 32x32\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(gan=None), "needs the frozen GAN"),
+        (dict(stage="ddgi_modulation"), "starts from trained M"),
+        (
+            dict(stage="ddgi_modulation", gan="gan_wide", init_from=(("heads", "heads_for_gan"),)),
+            "codes of 8 x 8 but the GAN takes 8 x 16",
+        ),
+        (
+            dict(triplane_resolution=16),
+            "only a tri-plane GAN without super-resolution renders at it, and .* holds a StyleGAN2 generator",
+        ),
+        (
+            dict(gan="eg3d", triplane_resolution=16),
+            r"must divide the toy world's 64, whose images the trajectory cache "
+            r"must hold \(it holds 32x32\)",
+        ),
+    ],
+)
 def test_bad_ddgi_settings_fail_in_one_line_before_training(world, tmp_path, change, message):
     root, cfg = world
     if change.get("gan"):

@@ -41,8 +41,11 @@ def metrics(workdir):
 
 def test_eight_devices_train_like_one(data_dir, one_device, tmp_path):
     run_train(tmp_path / "eight", data_dir, *FAST, "fsdp_min_size=4096", env=_devices_env(8))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                 trained_params(one_device), trained_params(tmp_path / "eight"))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+        trained_params(one_device),
+        trained_params(tmp_path / "eight"),
+    )
 
 
 def test_two_processes_of_four_devices_train_like_one_process(data_dir, one_device, tmp_path):
@@ -52,9 +55,15 @@ def test_two_processes_of_four_devices_train_like_one_process(data_dir, one_devi
         port = s.getsockname()[1]
     env = {**_devices_env(4), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
     processes = [
-        subprocess.Popen(train_cmd(workdir, data_dir, *FAST, "steps=4") + [
-            "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+        subprocess.Popen(
+            train_cmd(workdir, data_dir, *FAST, "steps=4")
+            + ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
@@ -72,8 +81,9 @@ def test_two_processes_of_four_devices_train_like_one_process(data_dir, one_devi
     exported = _by_path(trained_params(workdir))
     with ocp.PyTreeCheckpointer() as checkpointer:  # as numpy: the saving topology (two processes) is not this one
         state = workdir / "checkpoints/4/state"
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                checkpointer.metadata(state).item_metadata.tree)
+        as_numpy = jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), checkpointer.metadata(state).item_metadata.tree
+        )
         saved = _by_path(checkpointer.restore(state, args=ocp.args.PyTreeRestore(restore_args=as_numpy))["params"])
     assert saved and set(saved) < set(exported)
     for path, value in saved.items():
@@ -82,5 +92,7 @@ def test_two_processes_of_four_devices_train_like_one_process(data_dir, one_devi
 
 def _by_path(tree) -> dict[str, np.ndarray]:
     """A tree's arrays by their path as text (a checkpoint restored without a target has text keys)."""
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }

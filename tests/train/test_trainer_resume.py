@@ -32,8 +32,9 @@ SLOW = ("steps=24", "checkpoint_every=4", "val_every=0", "sample_every=0", "crop
 def test_sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit(data_dir, tmp_path):
     train_here(tmp_path / "straight", data_dir, *SLOW)  # the reference: train.py's run, without its subprocess
     killed = tmp_path / "killed"
-    process = subprocess.Popen(train_cmd(killed, data_dir, *SLOW), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, cwd=REPO)
+    process = subprocess.Popen(
+        train_cmd(killed, data_dir, *SLOW), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
     _wait_for_checkpoint(killed, 8, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -46,8 +47,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit(data_dir, t
 
 def test_sigterm_saves_and_exits_with_the_preempted_status(data_dir, tmp_path):
     workdir = tmp_path / "term"
-    process = subprocess.Popen(train_cmd(workdir, data_dir, *SLOW, "steps=100000"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    process = subprocess.Popen(
+        train_cmd(workdir, data_dir, *SLOW, "steps=100000"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
     _wait_for_checkpoint(workdir, 4, process)
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=120)

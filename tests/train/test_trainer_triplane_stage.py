@@ -32,10 +32,22 @@ def get_config(arg=""):
 def tiny(tmp_path):
     config = tmp_path / "tiny_eg3d.py"
     config.write_text(TINY_EG3D)
-    return TrainConfig(stage="triplane", system=str(config), data_dir="toy-3d-world:7", resolution=64,
-                       global_batch=4, base_learning_rate=0.01 / 4, steps=6, triplane_identities=4,
-                       triplane_resolution=8, log_every=1, checkpoint_every=3, val_every=0, sample_every=6,
-                       sample_count=2)
+    return TrainConfig(
+        stage="triplane",
+        system=str(config),
+        data_dir="toy-3d-world:7",
+        resolution=64,
+        global_batch=4,
+        base_learning_rate=0.01 / 4,
+        steps=6,
+        triplane_identities=4,
+        triplane_resolution=8,
+        log_every=1,
+        checkpoint_every=3,
+        val_every=0,
+        sample_every=6,
+        sample_count=2,
+    )
 
 
 def test_a_triplane_run_fits_exports_the_generator_and_its_codes(tiny, tmp_path):
@@ -53,12 +65,15 @@ def test_a_triplane_run_fits_exports_the_generator_and_its_codes(tiny, tmp_path)
     np.testing.assert_allclose(generator.mapping.w_avg[...], np.asarray(ws[:, 0]).mean(0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(system="toy_gan.py"), "fits an EG3D generator without super-resolution"),
-    (dict(data_dir="toy-3d-world:0"), "other than 0"),
-    (dict(data_dir="data/tfds"), "toy-3d-world:SEED"),
-    (dict(triplane_resolution=12), "must divide the toy world's 64"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(system="toy_gan.py"), "fits an EG3D generator without super-resolution"),
+        (dict(data_dir="toy-3d-world:0"), "other than 0"),
+        (dict(data_dir="data/tfds"), "toy-3d-world:SEED"),
+        (dict(triplane_resolution=12), "must divide the toy world's 64"),
+    ],
+)
 def test_bad_triplane_settings_fail_in_one_line_before_training(tiny, tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         trainer.train(tiny.replace(**change), tmp_path / "run")

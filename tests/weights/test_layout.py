@@ -24,8 +24,14 @@ def test_linear_kernel_is_transposed_and_other_leaves_are_kept():
 
 def test_to_torch_layout_inverts_to_flax_layout():
     rng = np.random.default_rng(0)
-    for shape, leaf in [((3, 3, 4, 5), "kernel"), ((4, 5), "kernel"), ((5,), "bias"), ((6, 7), "embedding"),
-                        ((2, 3), "scale"), ((), "bias")]:
+    for shape, leaf in [
+        ((3, 3, 4, 5), "kernel"),
+        ((4, 5), "kernel"),
+        ((5,), "bias"),
+        ((6, 7), "embedding"),
+        ((2, 3), "scale"),
+        ((), "bias"),
+    ]:
         ours = rng.normal(size=shape)
         torch = to_torch_layout(ours, leaf)
         np.testing.assert_array_equal(to_flax_layout(torch, leaf), ours)

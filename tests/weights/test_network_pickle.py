@@ -154,8 +154,9 @@ def _parameter(legacy: bytes, size: int) -> bytes:
 def _persistent(meta_without_state: dict, state_body: bytes) -> bytes:
     """_reconstruct_persistent_obj(meta), with meta's `state` given as opcodes."""
     items = b"".join(_body(k) + _body(v) for k, v in meta_without_state.items())
-    return _call("torch_utils.persistence", "_reconstruct_persistent_obj",
-                 b"}(" + items + _body("state") + state_body + b"u")
+    return _call(
+        "torch_utils.persistence", "_reconstruct_persistent_obj", b"}(" + items + _body("state") + state_body + b"u"
+    )
 
 
 def _write(tmp_path, data: bytes):
@@ -197,8 +198,15 @@ def test_os_system_reducer_is_refused_unrun(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("module, name", [("builtins", "eval"), ("training.networks", "Generator"),
-                                          ("torch_utils.persistence", "persistent_class"), ("subprocess", "Popen")])
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("builtins", "eval"),
+        ("training.networks", "Generator"),
+        ("torch_utils.persistence", "persistent_class"),
+        ("subprocess", "Popen"),
+    ],
+)
 def test_globals_outside_the_allow_list_are_refused(tmp_path, module, name):
     body = _call(module, name, _body("print(1)"))
     _refused(_write(tmp_path, _snapshot_with(body)), UnsafeCheckpointError, f"{module}.{name}")
@@ -211,11 +219,14 @@ def test_globals_inside_an_embedded_storage_are_refused(tmp_path):
     _refused(_write(tmp_path, _snapshot_with(_parameter(legacy, 2))), UnsafeCheckpointError, "os.system")
 
 
-@pytest.mark.parametrize("meta, fragment", [
-    ({"type": "function", "version": 6, "module_src": "", "class_name": "G"}, "type 'function'"),
-    ({"type": "class", "version": 6, "class_name": "G"}, "'module_src'"),
-    ({"type": "class", "version": 6, "module_src": "", "class_name": "os.system"}, "no Python identifier"),
-])
+@pytest.mark.parametrize(
+    "meta, fragment",
+    [
+        ({"type": "function", "version": 6, "module_src": "", "class_name": "G"}, "type 'function'"),
+        ({"type": "class", "version": 6, "class_name": "G"}, "'module_src'"),
+        ({"type": "class", "version": 6, "module_src": "", "class_name": "os.system"}, "no Python identifier"),
+    ],
+)
 def test_malformed_persistent_meta(tmp_path, meta, fragment):
     path = _write(tmp_path, _snapshot_with(_persistent(meta, _body({}))))
     _refused(path, MalformedPersistentObjectError, fragment)

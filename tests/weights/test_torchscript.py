@@ -36,8 +36,11 @@ from cdiff_jax.weights.state_dict_io import (
 
 DATA = pathlib.Path(__file__).parent / "data"
 ARCHIVES = {"tower_traced_fp16.pt": "tower_traced_fp16/", "tower_scripted.pt": "archive/"}
-_STORAGES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "HalfStorage",
-             np.dtype(np.int64): "LongStorage"}
+_STORAGES = {
+    np.dtype(np.float32): "FloatStorage",
+    np.dtype(np.float16): "HalfStorage",
+    np.dtype(np.int64): "LongStorage",
+}
 
 
 # --- Torch-free writer of TorchScript-shaped archives (the layout of the real ones in data/).
@@ -79,7 +82,7 @@ def script_archive_of(path, state_dict: dict[str, np.ndarray], folder: str = "ar
         for key, value in node.items():
             if isinstance(value, np.ndarray):
                 value = np.ascontiguousarray(value).reshape(value.shape)
-                stride = [int(np.prod(value.shape[d + 1:])) for d in range(value.ndim)]
+                stride = [int(np.prod(value.shape[d + 1 :])) for d in range(value.ndim)]
                 storage = str(len(storages))
                 storages[storage] = value.astype(value.dtype.newbyteorder("<")).tobytes()
                 attributes[key] = pickled_tensor(_STORAGES[value.dtype], storage, value.size, 0, value.shape, stride)
@@ -143,8 +146,9 @@ def test_code_and_constants_are_never_read(monkeypatch):
     for name, folder in ARCHIVES.items():
         opened.clear()
         read_state_dict(DATA / name)
-        assert opened and all(n in (folder + "data.pkl", folder + "byteorder") or n.startswith(folder + "data/")
-                              for n in opened), opened
+        assert opened and all(
+            n in (folder + "data.pkl", folder + "byteorder") or n.startswith(folder + "data/") for n in opened
+        ), opened
 
 
 def test_any_top_folder_name(tmp_path):
@@ -173,15 +177,18 @@ def test_read_tensor_refuses_a_module():
 def test_clip_from_torchscript_archive(fixtures_root, tmp_path):
     folder = fixtures_root / "clip_tiny"
     config = json.loads((folder / "config.json").read_text())
-    heads = {"transformer_heads": config["constructor_args"]["transformer_heads"],
-             "vision_heads": config["derived"]["vision_heads"]}
+    heads = {
+        "transformer_heads": config["constructor_args"]["transformer_heads"],
+        "vision_heads": config["derived"]["vision_heads"],
+    }
     state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in fixture_state_dict(folder).items()}
     jit_state = {**state, **{key: np.array(i + 7, np.int64) for i, key in enumerate(NON_WEIGHT_KEYS)}}
     archive = script_archive_of(tmp_path / "ViT-tiny.pt", jit_state, folder="ViT-tiny")
     assert read_state_dict(archive).tensors.keys() == jit_state.keys()
     from_jit = nnx.to_flat_state(nnx.state(CLIP.from_checkpoint(archive, **heads)))
-    from_state_dict = nnx.to_flat_state(nnx.state(CLIP.from_checkpoint(write_state_dict(
-        tmp_path / "clip.pth", state), **heads)))
+    from_state_dict = nnx.to_flat_state(
+        nnx.state(CLIP.from_checkpoint(write_state_dict(tmp_path / "clip.pth", state), **heads))
+    )
     assert [path for path, _ in from_jit] == [path for path, _ in from_state_dict]
     for (path, ours), (_, theirs) in zip(from_jit, from_state_dict):
         np.testing.assert_array_equal(np.asarray(ours[...]), np.asarray(theirs[...]), err_msg=str(path))
@@ -215,8 +222,16 @@ def test_torchscript_archive_with_os_system_is_refused(tmp_path, how):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("glob", ["builtins\neval", "torch\nload", "torch.jit._pickle\nbuild_tensor_from_id",
-                                  "__builtin__\n__import__", "torch.jit\nload"])
+@pytest.mark.parametrize(
+    "glob",
+    [
+        "builtins\neval",
+        "torch\nload",
+        "torch.jit._pickle\nbuild_tensor_from_id",
+        "__builtin__\n__import__",
+        "torch.jit\nload",
+    ],
+)
 def test_torchscript_archive_refuses_other_globals(tmp_path, glob):
     top = pickled_record("__torch__.Model", {"training": b"\x89", "x": b"c" + glob.encode() + b"\n"})
     with pytest.raises(UnsafeCheckpointError, match=glob.replace("\n", r"\.")):
@@ -264,11 +279,23 @@ def test_typed_containers_and_non_tensor_attributes_are_skipped(tmp_path):
     tagged = b"ctorch.jit._pickle\nrestore_type_tag\n(}" + pickled_str("Dict[str, int]") + b"tR"
     device = b"ctorch\ndevice\n(" + pickled_str("cuda") + pickled_int(1) + b"tR"
     tensors = b"ctorch.jit._pickle\nbuild_tensorlist\n(](" + _tensor("1") + b"etR"
-    child = pickled_record("__torch__.torch.nn.modules.linear.___torch_mangle_3.Linear",
-                           {"weight": _tensor("0"), "bias": b"N", "training": b"\x89"})
-    top = pickled_record("__torch__.Model", {"scale": _tensor("2"), "training": b"\x88", "sizes": ints,
-                                             "names": tagged, "where": device, "extra": tensors,
-                                             "label": pickled_str("x"), "0": child})
+    child = pickled_record(
+        "__torch__.torch.nn.modules.linear.___torch_mangle_3.Linear",
+        {"weight": _tensor("0"), "bias": b"N", "training": b"\x89"},
+    )
+    top = pickled_record(
+        "__torch__.Model",
+        {
+            "scale": _tensor("2"),
+            "training": b"\x88",
+            "sizes": ints,
+            "names": tagged,
+            "where": device,
+            "extra": tensors,
+            "label": pickled_str("x"),
+            "0": child,
+        },
+    )
     storages = {key: np.arange(2, dtype=np.float16).tobytes() for key in "012"}
     loaded = read_state_dict(write_script_archive(tmp_path / "model.pt", top, storages))
     assert list(loaded.tensors) == ["scale", "0.weight"]
