@@ -1,5 +1,12 @@
 """Where a command may write, checked by creating a folder before any work; and the one line it prints
-when a write fails while it works (a full disk, a quota, a read-only or vanished mount)."""
+when a write fails while it works (a full disk, a quota, a read-only or vanished mount).
+
+Training output may also go to an object store (`--workdir gs://bucket/run`): `output_path` keeps such a path as
+an `etils.epath.Path` (its files are read and written through epath's gs:// backend, orbax's through tensorstore),
+a local one as the absolute `pathlib.Path` it always was. Object stores have no folders to probe, no appends and
+no atomic renames: the writers that rely on those on a local disk (`creatable_parent`, `atomic_directory`,
+`viz.save_png`, the metrics files) write remote objects whole and in place instead (each says how).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +20,32 @@ import sys
 import tempfile
 import traceback
 
+from etils import epath
 
-def creatable_parent(path: pathlib.Path) -> pathlib.Path:
+REMOTE_SCHEMES = ("gs://", "s3://", "az://", "hf://")  # what epath.Path reads and writes through its backends
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` names an object in a store (gs://, s3://, ...) rather than a local file."""
+    return os.fspath(path).startswith(REMOTE_SCHEMES)
+
+
+def output_path(path: str | os.PathLike) -> pathlib.Path | epath.Path:
+    """`path` as an absolute local `pathlib.Path`, or, for gs:// and the other remote schemes, as an
+    `epath.Path` (never made absolute, which would turn `gs://bucket/run` into a local folder named `gs:`)."""
+    if is_remote(path):
+        return epath.Path(path)
+    return pathlib.Path(path).absolute()
+
+
+def creatable_parent(path: pathlib.Path | epath.Path) -> pathlib.Path | epath.Path:
     """The nearest existing folder above `path`, once a folder was created (and removed) in it: permissions alone
-    do not tell a read-only or full file system, or a virtual one like /proc. Raises OSError naming that folder."""
+    do not tell a read-only or full file system, or a virtual one like /proc. Raises OSError naming that folder.
+
+    A remote `path` (gs://...) is not probed: an object store has no folders to create, and a probe object would
+    cost a round trip for nothing a failed first write does not tell; its parent is returned as it is."""
+    if is_remote(path):
+        return epath.Path(path).parent
     existing = path.parent
     while not existing.exists():
         existing = existing.parent
