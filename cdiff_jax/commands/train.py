@@ -43,7 +43,11 @@ def main(argv=None) -> int:
         prog="cdiff train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config", required=True, help="a training config, FILE.py[:ARG]")
-    p.add_argument("--workdir", required=True, help="run directory: checkpoints, logs, samples")
+    p.add_argument(
+        "--workdir",
+        required=True,
+        help="run directory: checkpoints, logs, samples (a local folder, or gs://bucket/path)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument(
         "--distributed",

@@ -5,6 +5,10 @@ data iterator's position, so a resumed run continues the exact sequence of batch
 writes into a temporary directory and renames it when complete, so a run killed mid-save
 leaves the previous checkpoint as the latest usable one. A save that fails (a full disk) raises
 CannotWrite naming its checkpoint, its partial files removed.
+
+A remote directory (gs://bucket/run/checkpoints) is handed to orbax as an `epath.Path`: orbax writes it through
+tensorstore's GCS driver and, there being no atomic rename on GCS, marks a complete checkpoint with its
+commit_success.txt instead of renaming a temporary folder.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from cdiff_jax.paths import CannotWrite, writing
+from cdiff_jax.paths import CannotWrite, is_remote, output_path, writing
 
 VAL_METRIC = "val_loss"
 RESUME = "the run stopped (free space, then run the same command: it resumes from the last complete checkpoint)"
@@ -27,7 +31,7 @@ RESUME = "the run stopped (free space, then run the same command: it resumes fro
 
 class TrainCheckpoints:
     def __init__(self, directory: str | os.PathLike, keep: int = 3, asynchronous: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = output_path(directory)
         policy = checkpoint_managers.AnyPreservationPolicy(
             [
                 checkpoint_managers.LatestN(keep),
@@ -73,7 +77,11 @@ class TrainCheckpoints:
         except CannotWrite:
             if jax.process_index() == 0:
                 for name in ocp.path.step.tmp_checkpoints(self.directory):
-                    shutil.rmtree(self.directory / name, ignore_errors=True)
+                    if is_remote(self.directory):
+                        with contextlib.suppress(OSError):
+                            (self.directory / name).rmtree(missing_ok=True)
+                    else:
+                        shutil.rmtree(self.directory / name, ignore_errors=True)
             raise
 
     def latest_step(self) -> int | None:

@@ -309,7 +309,8 @@ def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
         if not codes.is_fully_addressable:  # split across processes: gathered whole in each
             codes = multihost_utils.process_allgather(codes, tiled=True)
         if jax.process_index() == 0:
-            np.save(workdir / "generator" / "codes.npy", np.asarray(codes))
+            with (workdir / "generator" / "codes.npy").open("wb") as f:  # also a gs:// workdir's epath.Path
+                np.save(f, np.asarray(codes))
         log.info("fitted tri-plane generator written to %s (its identities' codes: codes.npy)", workdir / "generator")
 
     state = init_train_state(params, tx)

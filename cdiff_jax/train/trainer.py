@@ -22,7 +22,7 @@ import numpy as np
 
 from cdiff_jax.data.pipeline import restore_iterator_state, save_iterator_state
 from cdiff_jax.parallel import data_mesh, global_batch
-from cdiff_jax.paths import creatable_parent
+from cdiff_jax.paths import creatable_parent, is_remote, output_path
 from cdiff_jax.progress import ProgressLine, log
 from cdiff_jax.train.checkpoints import TrainCheckpoints
 from cdiff_jax.train.config import TrainConfig
@@ -252,20 +252,28 @@ def check_same_run(cfg: TrainConfig, workdir: pathlib.Path) -> None:
 
 
 def record_run_settings(cfg: TrainConfig, workdir: pathlib.Path) -> None:
-    """Write the settings a new run starts with (a resumed run keeps the first record)."""
+    """Write the settings a new run starts with (a resumed run keeps the first record). Through a temporary file
+    renamed into place on a local disk; a remote object is written whole in one request (an object store shows a
+    new object only once it is complete, and its renames are copies)."""
     path = workdir / RUN_CONFIG
     if not path.is_file():
         workdir.mkdir(parents=True, exist_ok=True)
+        if is_remote(path):
+            path.write_text(json.dumps(_settings(cfg), indent=1))
+            return
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(_settings(cfg), indent=1))
         tmp.replace(path)
 
 
 def check_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
-    """`workdir` as a run directory we can write in (absent, or a folder), checked before any work."""
-    workdir = pathlib.Path(workdir).absolute()
+    """`workdir` as a run directory we can write in (absent, or a folder), checked before any work. A remote one
+    (gs://bucket/run) stays an `epath.Path` and is not probed (see `paths.creatable_parent`)."""
+    workdir = output_path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"--workdir {workdir} is a file; give a folder for the run")
+    if is_remote(workdir):
+        return workdir
     try:
         creatable_parent(workdir / "probe")
     except OSError as err:
