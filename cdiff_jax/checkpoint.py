@@ -1,7 +1,10 @@
 """Our checkpoint directories: `config.json` (the SystemConfig) beside orbax `params/`.
 
 Everything is written into a temporary sibling directory and renamed into place, so a crash
-or kill during a save never leaves a half-written checkpoint where a good one is expected.
+or kill during a save never leaves a half-written checkpoint where a good one is expected. A remote destination
+(gs://..., a training run's WORKDIR/system on a bucket) has no atomic rename (a rename there copies every object):
+it is written in place, an existing checkpoint removed first (with overwrite), so a crash mid-save leaves an
+incomplete directory there; orbax marks complete params/ with its commit_success.txt.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from flax import nnx
 from cdiff_jax.config import EG3DConfig, StyleGAN2Config, SystemConfig
 from cdiff_jax.nn.eg3d import TriPlaneGenerator
 from cdiff_jax.nn.stylegan2 import Generator
-from cdiff_jax.paths import creatable_parent, quiet_orbax_failures
+from cdiff_jax.paths import creatable_parent, is_remote, output_path, quiet_orbax_failures
 from cdiff_jax.system import LatentDiffusionSystem, abstract_system
 
 CONFIG_FILE = "config.json"
@@ -72,8 +75,8 @@ def save_system(
 def check_destination(directory: str | os.PathLike, overwrite: bool) -> pathlib.Path:
     """Where a checkpoint may be written: a new path, or with `overwrite` one of our checkpoint directories
     (config.json and params/, nothing else), never another folder or a file; checked before any work."""
-    directory = pathlib.Path(directory).absolute()
-    if directory.exists() or directory.is_symlink():
+    directory = output_path(directory)
+    if directory.exists() or (not is_remote(directory) and directory.is_symlink()):
         if not overwrite:
             raise FileExistsError(f"{directory} exists; choose a new output path or replace it with --overwrite")
         if not directory.is_dir() or {p.name for p in directory.iterdir()} != {CONFIG_FILE, PARAMS_DIR}:
@@ -99,7 +102,7 @@ def save_config_and_state(directory, config_json: str, state: nnx.State, overwri
     directory = check_destination(directory, overwrite)
     with atomic_directory(directory) as tmp:
         if jax.process_index() == 0:
-            tmp.mkdir()
+            tmp.mkdir(parents=True)  # a remote directory was emptied and is filled in place
             (tmp / CONFIG_FILE).write_text(config_json)
         save_tree(tmp / PARAMS_DIR, nnx.to_pure_dict(state))
     return directory
@@ -121,10 +124,20 @@ def atomic_directory(directory: pathlib.Path):
     """Yield a temporary sibling path to fill; it replaces `directory` only if the block succeeds.
     Temporaries of ours that a killed process left beside `directory` are removed first.
 
+    A remote `directory` (gs://...) is yielded itself, emptied first, and filled in place: an object store renames
+    by copying each object, which is neither atomic nor cheap (the module's docstring says what a crash leaves).
+
     With several processes (a shared file system), every process enters with the same `directory` and gets the
     same temporary path, the first process's choice; the block decides who writes what in it (orbax's saves take
     every process). The first process alone cleans up and renames, after all have finished the block."""
     lead = jax.process_index() == 0
+    if is_remote(directory):
+        if lead and directory.exists():
+            directory.rmtree()
+        _sync_processes("atomic_directory:start")
+        yield directory
+        _sync_processes("atomic_directory:written")
+        return
     if lead:
         directory.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_siblings(directory)

@@ -1,20 +1,24 @@
 """Pictures a person would rather look at than read: image grids, influence heatmaps with their colour scale,
 overlays, captions.
 
-All writers go through `save_png`, which writes a temporary file and renames it into place.
+All writers go through `save_png`, which writes a temporary file and renames it into place (a remote path,
+gs://..., is written as one whole object instead: an object store shows it only once complete).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import tempfile
 import textwrap
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 
 from cdiff_jax.data.masks import colorize
+from cdiff_jax.paths import is_remote
 
 # A perceptually ordered dark-blue -> teal -> yellow ramp for weights in [0, 1].
 _RAMP = np.array([[20, 20, 80], [40, 90, 160], [30, 160, 150], [120, 200, 90], [250, 230, 60]], np.float64)
@@ -145,6 +149,13 @@ def grid(
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
+    if is_remote(path):
+        path = epath.Path(path)
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buffer.getvalue())
+        return path
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
