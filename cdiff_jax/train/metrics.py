@@ -1,5 +1,6 @@
 """Training observability: TensorBoard event files (through tensorboardX) and metrics.jsonl / metrics.csv (the
-console line is `cdiff_jax.progress.ProgressLine`)."""
+console line is `cdiff_jax.progress.ProgressLine`). A remote run directory (gs://...) gets whole-file uploads of
+local copies at each flush (`MetricsWriter` says why and what that costs)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import json
 import logging
 import os
 import pathlib
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 
 import numpy as np
+from etils import epath
 from PIL import Image
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.summary import image, scalar, text
+
+from cdiff_jax.paths import is_remote
 
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"
@@ -70,14 +76,31 @@ class MetricsWriter:
 
     Only one process of a multi-host run should log: with `enabled=False` (the trainer passes
     `jax.process_index() == 0`) nothing is created or written.
+
+    A remote `run_dir` (gs://bucket/run/train) cannot be appended to: an object is only ever written whole. The
+    three files are then written in a local temporary folder as above (metrics.jsonl and metrics.csv first copied
+    from the run directory, to resume them), and every file that grew is uploaded whole, replacing its object, at
+    each write's flush. Each upload costs the file's whole size, so the event file grows costly with many sample
+    grids (log them less often, or start a new writer); what a crash leaves is the last upload, and a failed upload
+    raises here as a failed local write does. The local copies go when the writer closes.
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         if not enabled:
             return
+        self._remote, self._uploaded = None, {}  # the remote run directory; file name -> size uploaded
+        if is_remote(run_dir):
+            self._remote = epath.Path(run_dir)
+            self._remote.mkdir(parents=True, exist_ok=True)
+            run_dir = pathlib.Path(tempfile.mkdtemp(prefix="cdiff-metrics-"))
+            for name in (JSONL_NAME, CSV_NAME):
+                if (self._remote / name).exists():
+                    (run_dir / name).write_bytes((self._remote / name).read_bytes())
+                    self._uploaded[name] = (run_dir / name).stat().st_size
         run_dir = pathlib.Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        self._run_dir = run_dir
         if resume_step is not None:
             _drop_rows_after(run_dir, resume_step)
         # tensorboardX names event files by the second and truncates an existing one: the suffix keeps two
@@ -91,6 +114,17 @@ class MetricsWriter:
         self._columns = _csv_header(run_dir / CSV_NAME)  # None until the first write fixes them
         self._csv_file = open(run_dir / CSV_NAME, "a", newline="")
         self._csv = csv.writer(self._csv_file)
+        self._upload()
+
+    def _upload(self) -> None:
+        """With a remote run directory, each local file that changed since its last upload, uploaded whole."""
+        if self._remote is None:
+            return
+        for file in sorted(self._run_dir.iterdir()):
+            size = file.stat().st_size
+            if self._uploaded.get(file.name) != size:
+                (self._remote / file.name).write_bytes(file.read_bytes())
+                self._uploaded[file.name] = size
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -117,14 +151,17 @@ class MetricsWriter:
         self._events.flush()
         self._jsonl.flush()
         self._csv_file.flush()
+        self._upload()
 
     def write_image(self, step: int, tag: str, png: str | os.PathLike) -> None:
         """The PNG file `png` (a sample grid the stage wrote) as TensorBoard image `tag`."""
         if self.enabled:
-            with Image.open(png) as picture:
+            source = epath.Path(png) if is_remote(png) else pathlib.Path(png)
+            with source.open("rb") as f, Image.open(f) as picture:
                 summary = image(tag, np.asarray(picture.convert("RGB")), dataformats="HWC")
             self._events.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
             self._events.flush()
+            self._upload()
 
     def write_config(self, step: int, settings: Mapping) -> None:
         """The run's settings as TensorBoard text `config`, JSON indented into a Markdown code block so the text
@@ -133,6 +170,7 @@ class MetricsWriter:
             block = "\n".join("    " + line for line in json.dumps(settings, indent=1).splitlines())
             self._events.write_event(Event(wall_time=time.time(), step=int(step), summary=text("config", block)))
             self._events.flush()
+            self._upload()
 
     def close(self) -> None:
         if self.enabled:
@@ -140,6 +178,11 @@ class MetricsWriter:
             self._jsonl.close()
             self._csv_file.close()
             self.enabled = False
+            if self._remote is not None:
+                try:
+                    self._upload()
+                finally:
+                    shutil.rmtree(self._run_dir, ignore_errors=True)
 
     def __enter__(self) -> MetricsWriter:
         return self
