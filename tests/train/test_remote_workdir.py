@@ -17,6 +17,8 @@ from cdiff_jax.paths import creatable_parent, is_remote, output_path
 from cdiff_jax.train import trainer
 from cdiff_jax.train.metrics import CSV_NAME, JSONL_NAME, MetricsWriter
 
+pytestmark = pytest.mark.slow
+
 
 class LocalBucket(backend._OsPathBackend):
     """epath's backend for gs:// paths, each object a file under `root`."""
