@@ -5,7 +5,7 @@ Not part of the package and not run by the tests: it needs torch and a checkout 
 3.11 environment:
 
     python3.11 -m venv .venv-reference
-    .venv-reference/bin/pip install torch==2.13.0 numpy
+    .venv-reference/bin/pip install torch==2.13.0 numpy scipy   # scipy: its super-resolution module imports it
     .venv-reference/bin/python bench/reference_eg3d_torch.py --source ../eg3d/eg3d [--resolution 128]
 
 Builds the FFHQ-512 TriPlaneGenerator (train.py --cfg=ffhq --gen_pose_cond=True) with random

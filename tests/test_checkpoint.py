@@ -111,6 +111,7 @@ def test_a_config_that_is_not_json_is_one_line(saved, tmp_path):
         load_config(tmp_path / "ckpt")
 
 
+@pytest.mark.slow
 def test_fuzzed_parameter_files_load_or_fail_in_one_line(saved, tmp_path):
     """Random truncations, byte flips and deletions of params/ files: a one-line NotACheckpointError naming the
     checkpoint, or a successful load (a flip inside array data); never another exception."""

@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 from cdiff_jax.commands.main import COMMANDS, EVALUATIONS
 
@@ -14,6 +15,7 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.DOTALL | re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_python_snippets_run_as_written(tmp_path, monkeypatch):
     snippets = blocks("python")
     assert snippets, "the README has no Python snippet"

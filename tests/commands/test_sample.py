@@ -38,6 +38,7 @@ def checkpoints(fixtures_root, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_demo_writes_pictures_and_settings_deterministically(tmp_path, capsys):
     assert run("--out", tmp_path / "a", "--steps", "4", "--batch", "2", "--save-influence", "--save-trajectory") == 0
     assert run("--out", tmp_path / "b", "--steps", "4", "--batch", "2") == 0
@@ -71,6 +72,7 @@ def test_demo_writes_pictures_and_settings_deterministically(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_collaborative_and_uni_modal_checkpoints(checkpoints, fixtures_root, tmp_path, capsys):
     assert (
         run(
@@ -124,6 +126,7 @@ def test_collaborative_and_uni_modal_checkpoints(checkpoints, fixtures_root, tmp
     assert (tmp_path / "text/grid.png").is_file()
 
 
+@pytest.mark.slow
 def test_long_caption_is_announced(checkpoints, tmp_path, capsys):
     assert (
         run(
@@ -235,6 +238,7 @@ def _assert_refused(code, stderr, case, out, root, before):
     assert sorted(str(p) for p in root.rglob("*")) == before  # nothing changed, no temporary folder left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_fails_in_one_line_and_creates_nothing(tiny, tmp_path, capfd, case):
     before = sorted(str(p) for p in tiny.rglob("*"))
@@ -242,6 +246,7 @@ def test_bad_input_fails_in_one_line_and_creates_nothing(tiny, tmp_path, capfd, 
     _assert_refused(code, capfd.readouterr().err, case, tmp_path / "out", tiny, before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", THROUGH_THE_SCRIPT)
 def test_bad_input_through_the_script(tiny, tmp_path, case):
     before = sorted(str(p) for p in tiny.rglob("*"))
@@ -278,6 +283,7 @@ def test_edit_is_a_subcommand_of_the_same_script(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_scribble_joins_mask_and_caption_in_a_three_modality_system(tiny, tmp_path):
     save_system(tmp_path / "three", init_system(load_config("tiny_system.py:three"), seed=0))
     assert (

@@ -64,6 +64,7 @@ def args(root, out, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_fresh_heads_give_the_gan_s_average_code_beside_the_diffusion_image(world, tmp_path):
     out = tmp_path / "out"
     assert main(args(world, out, "--at-step", "2", "--diffusion-image")) == 0
@@ -74,6 +75,7 @@ def test_fresh_heads_give_the_gan_s_average_code_beside_the_diffusion_image(worl
     assert settings["at_step"] == 2 and settings["diffusion_image"] and (out / "grid.png").is_file()
 
 
+@pytest.mark.slow
 def test_without_diffusion_image_the_sampler_stops_at_the_step_read(world, tmp_path):
     out = tmp_path / "out"
     assert main(args(world, out, "--at-step", "2")) == 0
@@ -99,6 +101,7 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(world, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_while_writing_is_one_line_and_keeps_out_as_it_was(world, tmp_path, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

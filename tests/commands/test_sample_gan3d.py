@@ -24,6 +24,7 @@ def checkpoint(fixtures_root, tmp_path_factory):
     return dst
 
 
+@pytest.mark.slow
 def test_views_depths_and_settings(checkpoint, tmp_path):
     out = tmp_path / "out"
     argv = [
@@ -53,6 +54,7 @@ def test_views_depths_and_settings(checkpoint, tmp_path):
     assert np.load(out / "ws.npy").shape[:2] == (2, 14)
 
 
+@pytest.mark.slow
 def test_cameras_from_a_file_are_validated_first(checkpoint, tmp_path, capsys):
     good = orbit_cameras([0.2, -0.2], [0.0, 0.1], radius=2.7, pivot=(0, 0, 0.2), fov_degrees=18.837)
     np.save(tmp_path / "good.npy", good)

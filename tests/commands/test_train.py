@@ -63,6 +63,7 @@ BAD = {  # --config / --set / --workdir -> what the one line must say
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_settings_fail_in_one_line_before_any_work(tmp_path, capsys, case):
     (tmp_path / "a_file").write_text("not a folder")
@@ -142,6 +143,7 @@ def test_a_test_split_smaller_than_the_devices_is_one_line(tmp_path, capsys, mon
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["checkpoint", "metrics"])
 def test_a_disk_that_fills_up_while_training_is_one_line_naming_the_path(data_dir, tmp_path, capfd, monkeypatch, where):
     """A full disk during a checkpoint save names the checkpoint, its partial files removed; during a metrics write,

@@ -33,6 +33,7 @@ def _manifest_files(fixtures_root):
     return files
 
 
+@pytest.mark.slow
 def test_released_configs_cover_the_real_key_sets_exactly(fixtures_root):
     """With shapes only (eval_shape): our tree maps onto exactly the official keys and shapes."""
     for path in _manifest_files(fixtures_root):
@@ -101,6 +102,7 @@ def _convert_cli(*args, cwd=None):
     )
 
 
+@pytest.mark.slow
 def test_cli_converts_a_collaborative_safetensors_with_official_yaml(fixtures_root, tmp_path):
     src = tmp_path / "codiff.safetensors"
     save_file(assemble_state_dict(fixtures_root, "codiff", "safetensors"), str(src))
@@ -145,6 +147,7 @@ def _one_line_refusal(result):
     return result.stderr
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_our_checkpoints(fixtures_root, tmp_path):
     """Pointed at the source's own folder, --overwrite refuses: the .ckpt and the unrelated file stay."""
     folder = tmp_path / "weights"
@@ -168,6 +171,7 @@ def test_overwrite_replaces_only_our_checkpoints(fixtures_root, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "ours", "weights"]
 
 
+@pytest.mark.slow
 def test_a_given_config_skips_type_detection(fixtures_root, tmp_path):
     """Keys the detector does not know: without --config the type is unknown; with it, the strict key map
     says exactly which keys differ (here every one, under a foreign prefix)."""
@@ -179,6 +183,7 @@ def test_a_given_config_skips_type_detection(fixtures_root, tmp_path):
     assert result.returncode == 1 and "cannot tell" not in result.stderr and "unexpected: ema." in result.stderr
 
 
+@pytest.mark.slow
 def test_export_of_the_released_configs_equals_the_spec_manifests(fixtures_root):
     """The export's keys and shapes at the real sizes are the official checkpoints' (../shared/spec/checkpoint-keys),
     from shapes alone. It is in this module to reuse the abstract systems of the real-size test above (cached per

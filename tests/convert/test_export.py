@@ -54,6 +54,7 @@ def codiff_dir(fixtures_root, tmp_path_factory):
     return save_system(tmp_path_factory.mktemp("ours") / "codiff", reference_system(fixtures_root, "codiff"))
 
 
+@pytest.mark.slow
 def test_convert_export_convert_gives_identical_parameters(fixtures_root, codiff_dir, tmp_path, capsys):
     out = tmp_path / "codiff.ckpt"
     assert main(["--to-official", str(codiff_dir), str(out)]) == 0

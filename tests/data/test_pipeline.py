@@ -209,6 +209,7 @@ def test_a_crop_without_zoom_room_keeps_the_example():
         np.testing.assert_array_equal(cropped[key], example[key])
 
 
+@pytest.mark.slow
 def test_workers_prepare_the_same_batches_and_a_run_may_resume_with_another_worker_count():
     def loader(workers):
         return make_loader(

@@ -54,6 +54,7 @@ def test_level_blocks_are_the_last_block_of_each_attention_level(system):
         assert blocks == (1, 3)  # two up blocks per level (num_res_blocks + 1), the second of each
 
 
+@pytest.mark.slow
 def test_two_experts_side_by_side_and_heads_that_fit(system):
     cfg = system.cfg
     names = tuple(cfg.modalities)

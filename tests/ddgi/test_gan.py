@@ -55,6 +55,7 @@ def world(tmp_path_factory):
     return root, system, generator, heads["heads3d"]
 
 
+@pytest.mark.slow
 def test_fresh_heads_render_the_average_code_at_the_training_camera(world):
     """Both stages start from w_avg, as in 2D; EG3D renders it at the frontal camera."""
     _, system, generator, heads = world
@@ -110,6 +111,7 @@ def args(root, out, heads, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_views_of_ddgi_s_codes(world, tmp_path):
     root, *_ = world
     out = tmp_path / "out"

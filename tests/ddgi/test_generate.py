@@ -48,6 +48,7 @@ def codes_read_from(parts, x_t, t):
     return heads(f.middle, f.decoder, f.attention, f.content, generator.mapping.w_avg[...]).w
 
 
+@pytest.mark.slow
 def test_the_codes_are_bit_identical_with_or_without_the_diffusion_image(parts):
     system, heads, generator, conditions, x_T, key = parts
     settings = SamplerSettings(steps=STEPS)  # DDIM with eta 1: the noise of each step must line up too
@@ -66,6 +67,7 @@ def test_the_codes_are_bit_identical_with_or_without_the_diffusion_image(parts):
     np.testing.assert_allclose(both.diffusion_images, full.images, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_multistep_solver_carries_its_history_into_the_rest(parts):
     system, heads, generator, conditions, x_T, key = parts
     settings = SamplerSettings(steps=STEPS, solver="dpmpp")
@@ -74,6 +76,7 @@ def test_a_multistep_solver_carries_its_history_into_the_rest(parts):
     np.testing.assert_allclose(result.diffusion_images, full.images, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_step_one_reads_the_noise_without_sampling(parts):
     system, heads, generator, conditions, x_T, key = parts
     arguments = (

@@ -41,6 +41,7 @@ def cache(system, tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_the_cache_holds_the_sampler_s_own_trajectory(system, cache):
     data = examples(3)
     cfg = system.cfg
@@ -61,6 +62,7 @@ def test_the_cache_holds_the_sampler_s_own_trajectory(system, cache):
     np.testing.assert_array_equal(cache[2]["x_t"][2], np.asarray(result.trajectory.x_t)[3, 0])
 
 
+@pytest.mark.slow
 def test_records_give_back_the_examples_conditions_and_images(cache):
     data = examples(3)
     assert len(cache) == 3
@@ -72,6 +74,7 @@ def test_records_give_back_the_examples_conditions_and_images(cache):
         assert record["x_t"].shape[0] == 3 and record["diffusion_image"].dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_an_existing_directory_is_refused_before_sampling(system, cache):
     before = sorted(p.name for p in cache.directory.iterdir())
     with pytest.raises(FileExistsError, match="choose a new directory"):

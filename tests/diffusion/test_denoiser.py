@@ -34,6 +34,7 @@ def _run(system, fn, *args):
     return jax.jit(lambda s, *a: fn(nnx.merge(graphdef, s), *a))(state, *args)
 
 
+@pytest.mark.slow
 def test_features_of_every_expert_at_its_cross_attention_levels(system):
     x, t, contexts = _inputs(system)
     features = _run(system, expert_features, x, t, contexts)
@@ -52,6 +53,7 @@ def test_features_of_every_expert_at_its_cross_attention_levels(system):
         np.testing.assert_allclose(eps, expert_eps[m], rtol=1e-6, atol=1e-6 * np.abs(expert_eps[m]).max())
 
 
+@pytest.mark.slow
 def test_features_of_one_expert_at_chosen_blocks(system):
     x, t, contexts = _inputs(system, batch=1)
     name = list(contexts)[-1]

@@ -27,6 +27,7 @@ def setup():
     return system, targets, optimised, x_T
 
 
+@pytest.mark.slow
 def test_columns_are_the_interpolated_contexts_sampled_with_shared_noise(setup):
     system, targets, optimised, x_T = setup
     key = jax.random.key(9)
@@ -47,6 +48,7 @@ def optimised_contexts(optimised, x_T):
     return {n: np.repeat(np.asarray(c), x_T.shape[0], axis=0) for n, c in optimised.items()}
 
 
+@pytest.mark.slow
 def test_one_alpha_per_modality(setup):
     system, targets, optimised, x_T = setup
     alphas = {"mask": np.array([0.0, 1.0]), "text": np.array([1.0, 0.0])}

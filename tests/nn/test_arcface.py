@@ -27,6 +27,7 @@ def model(weight_file, shape):
     return ArcFace.from_checkpoint(weight_file, *shape)
 
 
+@pytest.mark.slow
 def test_stage_outputs_and_embeddings(model, reference):
     outputs = arcface_stages(*nnx.split(model), nhwc(reference["faces112"]))
     stages = [key for key in reference if key.startswith("stage") and key.endswith("_out")]
@@ -40,6 +41,7 @@ def test_stage_outputs_and_embeddings(model, reference):
     assert_close_rel([embeddings[0] @ embeddings[1]], reference["cosine"], name="cosine")
 
 
+@pytest.mark.slow
 def test_idloss_quantities(model, reference):
     y_hat, y, x = (nhwc(reference[f"idloss_{name}"]) for name in ("y_hat", "y", "x"))
     assert_close_rel(identity_features(model, y_hat), reference["idloss_y_hat_feats"], name="y_hat_feats")
@@ -79,6 +81,7 @@ def test_layout_sample_reads_in_the_real_dtypes(folder, shape):
         assert key in mapped or key.endswith(".num_batches_tracked"), key
 
 
+@pytest.mark.slow
 def test_a_file_of_the_wrong_kind_is_named(weight_file, shape, tmp_path):
     """Without `num_batches_tracked` (old checkpoints may lack it) the file still loads; a missing key, a
     misshaped tensor and a deeper network's extra unit are each named, in one line."""

@@ -109,6 +109,7 @@ def test_mapping_layers(ref):
         assert_close_rel(x, io[f"mapping.fc{i}"], name=f"fc{i}")
 
 
+@pytest.mark.slow
 def test_triplanes(ref, rendered):
     planes = np.moveaxis(np.asarray(rendered[0]), -1, 2)  # [B, 3, C, H, W] as the official code holds them
     storage = ref.config["planes_storage"]

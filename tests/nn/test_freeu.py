@@ -48,6 +48,7 @@ def test_only_the_named_widths_change_and_only_half_of_h():
     np.testing.assert_array_equal(untouched[1], skip)
 
 
+@pytest.mark.slow
 def test_the_released_experts_take_freeu_at_the_official_widths():
     cfg = load_config("released.py:512_codiff")
     for modality in cfg.modalities.values():
@@ -55,6 +56,7 @@ def test_the_released_experts_take_freeu_at_the_official_widths():
         assert unet.freeu_widths() == (576, 384)  # the channel counts the official FreeU code names
 
 
+@pytest.mark.slow
 def test_an_expert_with_unit_factors_is_unchanged_and_with_others_is_not(fixtures_root):
     expert = reference_system(fixtures_root, "text").modalities["text"].expert
     graphdef, state = nnx.split(expert)

@@ -31,6 +31,7 @@ def _nhwc(x):
     return np.transpose(x, (0, 2, 3, 1))
 
 
+@pytest.mark.slow
 def test_pool3_features_of_every_input_size(model, reference):
     inputs = [key for key in reference if key.startswith("pool3_")]
     assert inputs, "the fixture holds no pool3_<input> arrays"
@@ -41,6 +42,7 @@ def test_pool3_features_of_every_input_size(model, reference):
         assert_close_rel(features, reference[key], tol=FLOAT32_NOISE, name=key)
 
 
+@pytest.mark.slow
 def test_intermediate_blocks(model, folder, reference):
     recorded = json.loads((folder / "config.json").read_text())
     hooks = recorded["hooks"]
@@ -68,6 +70,7 @@ def test_layout_sample_reads_in_the_real_dtypes(folder):
         np.testing.assert_array_equal(value, small[key])
 
 
+@pytest.mark.slow
 def test_a_file_of_another_network_is_named(folder, tmp_path):
     tensors = fixture_state_dict(folder)
     first = next(iter(tensors))

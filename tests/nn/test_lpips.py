@@ -54,6 +54,7 @@ def weights(tmp_path_factory):
     return sd, path
 
 
+@pytest.mark.slow
 def test_matches_reference_formula(weights):
     sd, path = weights
     model = LPIPS.from_checkpoint(path)

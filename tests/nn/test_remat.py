@@ -47,6 +47,7 @@ def gradient_program(module, policy: str, forward):
 
 # Each policy is a compilation of its own (seconds each on a CPU): "dots" is checked on the quickest network. The
 # UNet's blocks (and the text encoder's) are checked inside a whole training step in tests/train/test_step.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("name, policies", [("autoencoder", ("none", "full")), ("text_encoder", tuple(POLICIES))])
 def test_checkpointing_changes_no_gradient_and_lowers_the_compiled_memory(name, policies):
     module, inputs, forward = networks()[name]

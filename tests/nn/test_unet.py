@@ -30,11 +30,13 @@ def _check_expert(fixtures_root, kind, folder, fmt, context_of, forms=None):
         assert_close_rel(inter[name.removeprefix("inter_")], nhwc(ref) if ref.ndim == 4 else ref, name=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_text_expert(fixtures_root, fmt):
     _check_expert(fixtures_root, "text", "text_unet", fmt, lambda m, io: jnp.asarray(io["context"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "forms",
     [KernelForms(conv="winograd"), KernelForms(conv="matmul"), PLAIN_FORMS],
@@ -83,6 +85,7 @@ def _jitted(unet, method):
     return lambda *args: jax.jit(lambda s, *a: method(nnx.merge(graphdef, s), *a))(state, *args)
 
 
+@pytest.mark.slow
 def test_a_unet_in_the_plain_forms_of_other_backends_matches_the_cpu_forms():
     assert kernel_forms("gpu") == kernel_forms("tpu") == PLAIN_FORMS
     cpu = _random_model(SMALL, CPU_FORMS)
@@ -129,6 +132,7 @@ def test_timestep_embedding_is_cos_first(fixtures_root):
     np.testing.assert_array_equal(emb[0, 4:], 0.0)
 
 
+@pytest.mark.slow
 def test_fresh_unet_outputs_zero():
     """The reference zero-initialises the output conv, so an untrained UNet predicts exactly 0."""
     from flax import nnx
@@ -212,6 +216,7 @@ def test_features_have_the_shapes_of_the_tapped_levels_and_probabilities_sum_to_
             assert p.std(axis=-1).max() > 1e-3  # not uniform: the queries see the context
 
 
+@pytest.mark.slow
 def test_tapping_leaves_eps_bit_identical_and_features_equal_the_intermediates(tapped_unet):
     x, t, context = _inputs(TAPPED)
     chosen = tapped_unet.cross_attention_up_blocks()[-2:]

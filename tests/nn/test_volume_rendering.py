@@ -4,6 +4,7 @@ inverse-CDF sampler and the ray marcher's quadrature."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cdiff_jax.cameras import orbit_cameras, rays, split_labels
 from cdiff_jax.nn import volume_rendering as vr
@@ -35,6 +36,7 @@ def ray_sphere(origins, directions, radius):
     return np.where(closest < radius, hit, np.nan), closest
 
 
+@pytest.mark.slow
 def test_sphere_depth_and_silhouette():
     radius, start, end = 0.25, 2.0, 3.4  # the view spans about +-0.45 at the centre
     cam2world, k = cameras([0.0, 0.6], [0.0, -0.3])

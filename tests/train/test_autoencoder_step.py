@@ -112,6 +112,7 @@ def our_step(parts, objective, key, tx):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_matches_ldm_objective_with_the_discriminator_on(parts, accumulation):
     objective = AutoencoderObjective(perceptual_weight=0.0, disc_start=0, accumulation=accumulation)
@@ -136,6 +137,7 @@ def test_matches_ldm_objective_with_the_discriminator_on(parts, accumulation):
     )
 
 
+@pytest.mark.slow
 def test_before_disc_start_only_the_autoencoder_learns(parts):
     state, metrics = our_step(
         parts,
@@ -151,6 +153,7 @@ def test_before_disc_start_only_the_autoencoder_learns(parts):
     assert all(changed)
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_leaves_both_networks_unchanged(parts):
     graphdef, params, frozen, disc_graphdef, disc_params, images = parts
     bad = (*parts[:5], images.at[0, 0, 0, 0, 0].set(jnp.nan))

@@ -65,6 +65,7 @@ def world():
     return system, generator, heads, batch, timesteps
 
 
+@pytest.mark.slow
 def test_both_stages_start_from_the_gan_s_average_face(world):
     system, generator, heads, batch, timesteps = world
     render = nnx.jit(ddgi_images, static_argnames=("objective",))
@@ -79,6 +80,7 @@ def test_both_stages_start_from_the_gan_s_average_face(world):
         np.testing.assert_allclose(images, jnp.broadcast_to(average, images.shape), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stage, trained, kept", [("ddgi_mapping", "mapping", "modulation"), ("ddgi_modulation", "modulation", "mapping")]
 )
@@ -106,6 +108,7 @@ def test_each_stage_trains_its_head_only_and_fits_a_fixed_batch(world, stage, tr
     assert all(path[0] == kept for path, _ in nnx.to_flat_state(frozen_heads))
 
 
+@pytest.mark.slow
 def test_a_tri_plane_gan_trains_at_its_rendering_resolution_against_area_averaged_targets(world):
     """The stage's inputs area-average both 64x64 targets to the rendering resolution; the loss is G's rendering
     at that resolution (fresh heads: the average code) against them, L2 and perceptual."""
@@ -197,6 +200,7 @@ def loss_of(*args, objective, **networks):
     return nnx.jit(ddgi_loss, static_argnames=("objective",))(*args, objective=objective, **networks)
 
 
+@pytest.mark.slow
 def test_the_default_objective_is_the_autoencoder_stand_in_to_the_bit(world):
     """TrainConfig's defaults (what runs recorded before the LPIPS and identity fields compute) give the loss of
     the objective as it was: L2 + 0.8 x the autoencoder's latent distance, on both targets, nothing else."""
@@ -235,6 +239,7 @@ def test_the_default_objective_is_the_autoencoder_stand_in_to_the_bit(world):
     )
 
 
+@pytest.mark.slow
 def test_the_lpips_choice_is_lpips_on_each_target(world, judges):
     """perceptual="lpips": each term's perceptual distance is the batch mean of LPIPS itself."""
     system, generator, heads, batch, timesteps = world
@@ -253,6 +258,7 @@ def test_the_lpips_choice_is_lpips_on_each_target(world, judges):
         loss_of(heads, system, generator, batch, jax.random.key(3), timesteps, objective=objective)
 
 
+@pytest.mark.slow
 def test_the_identity_term_is_one_minus_the_arcface_cosine_on_each_target(world, judges):
     """identity_weight: each target term gains weight x (1 - mean cos) of ArcFace's embeddings of the image and
     the target, as the network computes them directly."""
@@ -270,6 +276,7 @@ def test_the_identity_term_is_one_minus_the_arcface_cosine_on_each_target(world,
     np.testing.assert_allclose(loss, terms[0] + 0.5 * terms[1], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_step_takes_lpips_and_arcface_as_graphdef_and_state(world, judges):
     """The compiled step with both networks passed as (graphdef, state): its first loss is L2 + 0.8 LPIPS + 0.1
     identity against the ground truth (fresh heads: the average face), and M learns from it."""

@@ -104,6 +104,7 @@ def test_an_r1_call_penalises_its_first_iteration_only_and_tracks_w_avg(setup):
     assert np.isnan(np.asarray(metrics.terms["r1_penalty"])).all() and int(state.step) == 4
 
 
+@pytest.mark.slow
 def test_g_ema_starts_as_a_copy_and_then_lags(setup):
     make_state, run, real = setup
     state, _ = run(make_state(), real[:1], False)  # iteration 0: beta = 0
@@ -117,6 +118,7 @@ def test_g_ema_starts_as_a_copy_and_then_lags(setup):
     assert max(lags) > 0
 
 
+@pytest.mark.slow
 def test_a_non_finite_batch_leaves_the_state_as_it_was(setup):
     make_state, run, real = setup
     state, metrics = run(make_state(), real.at[1].set(jnp.nan), True)
