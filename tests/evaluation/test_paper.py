@@ -76,13 +76,39 @@ def argv(data, weights, out, *extra, ddgi=True):
 
 @pytest.fixture(scope="module")
 def first_run(data, weights, tmp_path_factory):
+    """The run's folder, its results.json, and the metric networks the run loaded (kept so that the checks
+    below score with the very networks, and the programs compiled for them, that the run used)."""
     out = tmp_path_factory.mktemp("paper")
-    assert paper.main(argv(data, weights, out)) == 0
-    return out, json.loads((out / "results.json").read_text())
+    loaded = []
+
+    def load_and_keep(paths):
+        loaded.append((dict(paths), load_metric_networks(paths)))
+        return loaded[-1][1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(paper, "load_metric_networks", load_and_keep)
+        assert paper.main(argv(data, weights, out)) == 0
+    (paths, networks), *others = loaded
+    assert paths == weights and not others  # each network from its own file, loaded once
+    return out, json.loads((out / "results.json").read_text()), networks
 
 
-def test_every_column_is_computed_from_the_right_images(first_run, data, weights):
-    out, recorded = first_run
+def paired_scores(networks, images, examples) -> dict[str, np.ndarray]:
+    """Each image scored against the example at its own index, BATCH at a time (the run's batch shape, so the
+    metric programs it compiled are reused), the last batch padded with its last row."""
+    scores = {}
+    for start in range(0, len(images), BATCH):
+        rows = np.minimum(np.arange(start, start + BATCH), len(images) - 1)
+        kept = min(BATCH, len(images) - start)
+        for name, values in per_example_scores(
+            networks, images[rows], {k: v[rows] for k, v in examples.items()}
+        ).items():
+            scores.setdefault(name, []).append(np.asarray(values)[:kept])
+    return {name: np.concatenate(values) for name, values in scores.items()}
+
+
+def test_every_column_is_computed_from_the_right_images(first_run, data):
+    out, recorded, networks = first_run
     results = recorded["results"]
     assert list(results) == ["real images", *METHODS]
     for row in results.values():
@@ -97,13 +123,12 @@ def test_every_column_is_computed_from_the_right_images(first_run, data, weights
 
     # Example i's scores are those of sample i against triple i, and not of another pairing.
     examples = paper.evaluation_examples(str(data), RESOLUTION, TEST_SIZE, COUNT)
-    networks = load_metric_networks(weights)
     method = paper.DDGI_METHOD
     images = paper.read_samples(out, method, COUNT)
-    direct = per_example_scores(networks, images, examples)
-    shuffled = per_example_scores(networks, images[::-1].copy(), examples)
+    direct = paired_scores(networks, images, examples)
+    shuffled = paired_scores(networks, images[::-1].copy(), examples)
     for name in ("clip_score", "mask_accuracy", "lpips", "ssim", "identity"):
-        # Another batch size rounds differently (a CLIP score is 100 cosines: 1e-5 of it is float32 noise).
+        # Another batch composition may round differently (a CLIP score is 100 cosines: 1e-5 of it is float32 noise).
         np.testing.assert_allclose(results[method.name][name]["per_image"], direct[name], rtol=1e-4, atol=1e-4)
         assert not np.allclose(direct[name], shuffled[name], rtol=1e-4, atol=1e-4), name
     table = (out / "table.md").read_text()
@@ -112,7 +137,7 @@ def test_every_column_is_computed_from_the_right_images(first_run, data, weights
 
 
 def test_a_rerun_continues_and_gives_the_same_table(first_run, data, weights, tmp_path):
-    out, recorded = first_run
+    out, recorded, _ = first_run
     missing = paper.sample_path(out, paper.METHODS[-1], COUNT - 1)
     kept = paper.sample_path(out, paper.METHODS[-1], 0)
     kept_time = kept.stat().st_mtime_ns
