@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from timing import matmul_flops_per_second
+from timing import alternating_rounds, matmul_flops_per_second
 
 from cdiff_jax import requests
 from cdiff_jax.cameras import orbit_cameras
@@ -111,18 +111,7 @@ def main():
         split: lambda: (nnx.split(system), nnx.split(heads), nnx.split(generator)),
     }
 
-    for name, fn in forms.items():
-        if name in first:  # the codes and planes the views reuse were made above
-            continue
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        first[name] = time.perf_counter() - start
-    times = {name: [] for name in forms}
-    for _ in range(args.rounds):  # forms alternate, so a slow spell of the machine hits all of them
-        for name, fn in forms.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
+    first, times = alternating_rounds(forms, args.rounds, first)  # the codes and planes' first calls: above
     baseline = matmul_flops_per_second()
     load_after = os.getloadavg()
 

@@ -16,12 +16,11 @@ same-run float32 4096^3 matmul baseline (bench/timing.py).
 import argparse
 import os
 import statistics
-import time
 
 import jax
 import numpy as np
 from flax import nnx
-from timing import matmul_flops_per_second
+from timing import alternating_rounds, matmul_flops_per_second
 
 from cdiff_jax import requests
 from cdiff_jax.checkpoint import load_gan, load_system
@@ -59,17 +58,7 @@ def main():
     split = "nnx.split of the system, heads and G (inside each call above)"
     forms[split] = lambda: (nnx.split(system), nnx.split(heads), nnx.split(generator))
 
-    first = {}
-    for name, fn in forms.items():  # compilation (and the first run), off the clock of the rounds
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        first[name] = time.perf_counter() - start
-    times = {name: [] for name in forms}
-    for _ in range(args.rounds):  # forms alternate, so a slow spell of the machine hits all of them
-        for name, fn in forms.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
+    first, times = alternating_rounds(forms, args.rounds)
     baseline = matmul_flops_per_second()
     load_after = os.getloadavg()
 

@@ -18,6 +18,25 @@ def best_time(fn, *args, repeats: int = 3) -> float:
     return best
 
 
+def alternating_rounds(forms: dict, rounds: int, first: dict | None = None) -> tuple[dict, dict]:
+    """Wall times of each form (a callable) over `rounds` rounds in which the forms take turns, so that a slow
+    spell of a busy machine hits all of them; each form's first call (compilation) is timed alone before, unless
+    `first` already holds it. Returns (first-call seconds, per-round seconds) by name."""
+    first = dict(first or {})
+    for name, fn in forms.items():
+        if name not in first:
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            first[name] = time.perf_counter() - start
+    times = {name: [] for name in forms}
+    for _ in range(rounds):
+        for name, fn in forms.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return first, times
+
+
 def matmul_flops_per_second(n: int = 4096) -> float:
     """FLOP/s of a float32 n^3 matmul: the same-run baseline that makes noisy CPU figures comparable."""
     a = jnp.ones((n, n), jnp.float32)
