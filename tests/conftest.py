@@ -17,9 +17,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cdiff_jax_tests_xla_cache_")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# numpy's OpenBLAS, read when numpy loads: one thread per process. The two workers already share CI's two cores,
-# where OpenBLAS's extra threads spin-wait (`bench/blas_threads.py`: an FID 3.8x faster with one thread each).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402 -- after the cache settings above
 import numpy as np
