@@ -65,7 +65,7 @@ STEPS = {
     "expert_mask": 4000,
     "collab": 500,
     "gan": GAN_STEPS,
-    "triplane": 8000,
+    "triplane": 5000,
     # sized to a working session on 2 cores (BENCHMARKS.md, "DDGI training"), not to convergence
     "ddgi_mapping": 1200,
     "ddgi_modulation": 600,
@@ -161,7 +161,9 @@ def get_config(arg: str = "collab") -> TrainConfig:
     if arg == "triplane":
         # Trained at half the rendering resolution (a quarter of the rays); 256 identities, each seen from a new
         # view every time. Adam at 1e-3 with 1000 identities stayed at the average colour for 600 steps; 5e-3 with
-        # 64 showed each identity's colours by step 200 (BENCHMARKS.md, "The toy tri-plane generator").
+        # 64 showed each identity's colours by step 200. Images alone left the depth as wrong as random weights'
+        # after 4500 steps; the world's depth as a second target forms the geometry by step 400 (BENCHMARKS.md,
+        # "The toy tri-plane generator").
         return TrainConfig(
             stage="triplane",
             system="toy_eg3d.py",
@@ -172,6 +174,7 @@ def get_config(arg: str = "collab") -> TrainConfig:
             steps=STEPS["triplane"],
             triplane_identities=256,
             triplane_resolution=32,
+            triplane_depth_weight=1.0,
             data_workers=1,
             log_every=25,
             checkpoint_every=250,

@@ -138,7 +138,8 @@ def render(
 class ToyViews:
     """An endless grain data source of the toy 3D world: record k shows identity k mod `identities` (example
     i of the toy faces with `seed`) from a view drawn uniformly over the world's poses (yaw +-30, pitch +-15
-    degrees) by hashing (seed, k). Records: identity (int32), camera [25], image [64, 64, 3] in [-1, 1]. Read
+    degrees) by hashing (seed, k). Records: identity (int32), camera [25], image [64, 64, 3] in [-1, 1], depth
+    [64, 64, 1] (world units along each ray). Read
     it unshuffled (`make_loader(..., shuffle=False)`): the views are already independent draws."""
 
     def __init__(self, seed: int, identities: int):
@@ -157,19 +158,24 @@ class ToyViews:
         camera = cameras([yaw], [pitch])
         face = self.face(identity)
         view = render(face["image"].astype(np.float32) / 127.5 - 1, face["labels"], camera)
-        return {"identity": np.int32(identity), "camera": camera[0], "image": view["image"][0]}
+        image, depth = view["image"][0], view["depth"][0]
+        return {"identity": np.int32(identity), "camera": camera[0], "image": image, "depth": depth}
 
     def __repr__(self) -> str:  # grain compares it with the one saved in an iterator state
         return f"ToyViews(seed={self.seed}, identities={self.identities})"
 
 
 class ViewInputs(grain.transforms.Map):
-    """A `ToyViews` record as model inputs with the image area-averaged to `resolution` (a divisor of 64)."""
+    """A `ToyViews` record as model inputs with the image and depth area-averaged to `resolution` (a divisor of 64)."""
 
     def __init__(self, resolution: int):
         self.factor = toy_faces.IMAGE_SIZE // resolution
 
     def map(self, record: dict) -> dict[str, np.ndarray]:
-        image, f = record["image"], self.factor
-        size = image.shape[0] // f
-        return {**record, "image": image.reshape(size, f, size, f, 3).mean(axis=(1, 3), dtype=np.float32)}
+        f = self.factor
+
+        def area_mean(a: np.ndarray) -> np.ndarray:
+            size = a.shape[0] // f
+            return a.reshape(size, f, size, f, a.shape[-1]).mean(axis=(1, 3), dtype=np.float32)
+
+        return {**record, "image": area_mean(record["image"]), "depth": area_mean(record["depth"])}

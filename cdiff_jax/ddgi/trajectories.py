@@ -82,27 +82,29 @@ def build_cache(
         sampler = dataclasses.replace(sampler, reweighting=None)
     latent = (cfg.latent_size, cfg.latent_size, cfg.autoencoder.embed_dim)
     noise = normal(jax.random.key(settings.seed), (len(examples), *latent))
-    kept = np.asarray(settings.kept) - 1
-    parts = {name: [] for name in ARRAYS}
-    timesteps = None
-    for start in bar(range(0, len(examples), settings.batch), "trajectories", unit="batch"):
-        chunk = examples[start : start + settings.batch]
-        result = sample(
-            graphdef,
-            state,
-            parse_conditions(cfg, chunk),
-            noise[start : start + len(chunk)],
-            jax.random.fold_in(jax.random.key(settings.seed + 1), start),
-            sampler,
-        )
-        trajectory = result.trajectory
-        parts["x_t"].append(np.asarray(trajectory.x_t)[kept].swapaxes(0, 1))
-        parts["diffusion_image"].append(viz.to_uint8(result.images))
-        parts["image"].append(np.stack([e["image"] for e in chunk]))
-        timesteps = np.asarray(trajectory.timesteps)[kept]
+    # The temporary sibling is made before sampling, so that an unwritable destination fails before any work.
+    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()  # with the user's umask (mkdtemp's would make the finished cache private)
     try:
+        kept = np.asarray(settings.kept) - 1
+        parts = {name: [] for name in ARRAYS}
+        timesteps = None
+        for start in bar(range(0, len(examples), settings.batch), "trajectories", unit="batch"):
+            chunk = examples[start : start + settings.batch]
+            result = sample(
+                graphdef,
+                state,
+                parse_conditions(cfg, chunk),
+                noise[start : start + len(chunk)],
+                jax.random.fold_in(jax.random.key(settings.seed + 1), start),
+                sampler,
+            )
+            trajectory = result.trajectory
+            parts["x_t"].append(np.asarray(trajectory.x_t)[kept].swapaxes(0, 1))
+            parts["diffusion_image"].append(viz.to_uint8(result.images))
+            parts["image"].append(np.stack([e["image"] for e in chunk]))
+            timesteps = np.asarray(trajectory.timesteps)[kept]
         for name, values in parts.items():
             np.save(tmp / f"{name}.npy", np.concatenate(values))
         conditions = {}

@@ -87,6 +87,10 @@ class TrainConfig:
     # targets at it, samples at full size; a divisor of the toy world's 64); only these stages take it.
     triplane_identities: int = 1000
     triplane_resolution: int | None = None
+    # > 0 adds this weight x the mean absolute error of the rendered expected depth against the toy world's exact
+    # depth (world units) to the triplane stage's image error: the world knows its geometry, and images alone left
+    # the generator's depth little better than random weights' (BENCHMARKS.md, "The toy tri-plane generator").
+    triplane_depth_weight: float = 0.0
     # The DDGI stages, "ddgi_mapping" (M against the ground truth) then "ddgi_modulation" (T, M frozen, against
     # I^d_0 and the ground truth): `system` is our diffusion checkpoint directory (frozen), `gan` a generator
     # checkpoint (frozen), `data_dir` a trajectory cache (cdiff_jax.ddgi.trajectories); the modulation stage
@@ -148,6 +152,11 @@ class TrainConfig:
             raise ValueError(
                 f"triplane_resolution={self.triplane_resolution}: only the triplane and DDGI stages "
                 f"render tri-planes; set it to None for the {self.stage} stage"
+            )
+        if self.triplane_depth_weight and self.stage != "triplane":
+            raise ValueError(
+                f"triplane_depth_weight={self.triplane_depth_weight}: only the triplane stage sees the toy world's "
+                f"depth; set it to 0 for the {self.stage} stage"
             )
         if self.ddgi_perceptual not in DDGI_PERCEPTUAL:
             raise ValueError(f"ddgi_perceptual={self.ddgi_perceptual!r}: expected one of {', '.join(DDGI_PERCEPTUAL)}")
@@ -239,6 +248,7 @@ _RANGES = (  # field, test, what the test asks for (the *_every intervals: 0 is 
         )
     ),
     ("base_learning_rate", lambda v: v > 0, "> 0"),
+    ("triplane_depth_weight", lambda v: v >= 0, ">= 0"),
     ("crop_zoom", lambda v: v > 1, "> 1 (None: no crops)"),
     ("condition_dropout", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("style_mixing", lambda v: 0 <= v <= 1, "in [0, 1]"),

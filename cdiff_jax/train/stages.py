@@ -324,7 +324,9 @@ def triplane_stage(cfg: TrainConfig, mesh) -> Stage:
             worker_count=cfg.data_workers,
             inputs=toy_faces_3d.ViewInputs(resolution),
         ),
-        run=lambda state, batches: triplane_train_steps(graphdef, buffers, state, batches, key, tx),
+        run=lambda state, batches: triplane_train_steps(
+            graphdef, buffers, state, batches, key, tx, cfg.triplane_depth_weight
+        ),
         write_samples=write_triplane_samples,
         export=export,
     )

@@ -1,7 +1,9 @@
 """The triplane stage's compiled step: an EG3D generator fitted to the toy 3D world as an auto-decoder.
 
 Each training identity owns a learned latent code; the generator renders code i from the camera of a view
-of identity i, and the step lowers the mean squared error to that view's exact image. EG3D itself trains
+of identity i, and the step lowers the mean squared error to that view's exact image, plus (`depth_weight`)
+the absolute error of its expected depth to the view's exact depth: from images alone the volume stays a
+coloured haze with no surfaces for a long time (BENCHMARKS.md). EG3D itself trains
 as a GAN with a dual discriminator; on two CPU cores a GAN of this size does not converge within hours,
 while the auto-decoder sees the answer at every view and fits in a few (bench and README: the toy 3D
 world). What DDGI-3D needs of the generator holds either way: a W+ space whose codes render consistent
@@ -16,7 +18,7 @@ import optax
 from flax import nnx
 
 from cdiff_jax.config import EG3DConfig
-from cdiff_jax.nn.eg3d import TriPlaneGenerator, draw_uniforms
+from cdiff_jax.nn.eg3d import TriPlaneGenerator, Views, draw_uniforms
 from cdiff_jax.noise import normal
 from cdiff_jax.optimization import LoopPolicy, loop_policy, run_steps
 from cdiff_jax.train.step import StepMetrics, TrainState, apply_gradients
@@ -36,31 +38,43 @@ class AutoDecoder(nnx.Module):
         w = self.generator.mapping(self.codes[...][identity], c)
         return jnp.broadcast_to(w[:, None], (w.shape[0], cfg.num_ws, w.shape[-1]))
 
-    def images(self, identity: jax.Array, cameras: jax.Array, key: jax.Array) -> jax.Array:
+    def views(self, identity: jax.Array, cameras: jax.Array, key: jax.Array) -> Views:
         g = self.generator
         batch = identity.shape[0]
         draws = draw_uniforms(key, g.cfg, batch, g.cfg.neural_rendering_resolution)
         noises = g.backbone.synthesis.noises(batch, "const", None, None)
-        return g.views(self.ws(identity, cameras), cameras, draws, noises).image
+        return g.views(self.ws(identity, cameras), cameras, draws, noises)
 
 
-def triplane_loss(model: AutoDecoder, batch: dict, key: jax.Array) -> jax.Array:
-    images = model.images(batch["identity"], batch["camera"], key)
-    return jnp.mean(jnp.square(images - batch["image"]))
+def triplane_loss(model: AutoDecoder, batch: dict, key: jax.Array, depth_weight: float = 0.0) -> jax.Array:
+    """The images' mean squared error, plus `depth_weight` x the expected depth's mean absolute error."""
+    seen = model.views(batch["identity"], batch["camera"], key)
+    loss = jnp.mean(jnp.square(seen.image - batch["image"]))
+    if depth_weight:
+        loss += depth_weight * jnp.mean(jnp.abs(seen.depth - batch["depth"]))
+    return loss
 
 
 def triplane_train_steps(
-    graphdef, buffers, state: TrainState, batches: dict, key: jax.Array, tx: optax.GradientTransformation
+    graphdef,
+    buffers,
+    state: TrainState,
+    batches: dict,
+    key: jax.Array,
+    tx: optax.GradientTransformation,
+    depth_weight: float = 0.0,
 ) -> tuple[TrainState, StepMetrics]:
     """One Adam step per leading entry of `batches`; the randomness of step n is fold_in(key, n)."""
-    return _triplane_train_steps(graphdef, buffers, state, batches, key, tx, loop_policy())
+    return _triplane_train_steps(graphdef, buffers, state, batches, key, tx, depth_weight, loop_policy())
 
 
-@jax.jit(static_argnames=("graphdef", "tx", "policy"), donate_argnames=("state",))
-def _triplane_train_steps(graphdef, buffers, state, batches, key, tx, policy: LoopPolicy):
+@jax.jit(static_argnames=("graphdef", "tx", "depth_weight", "policy"), donate_argnames=("state",))
+def _triplane_train_steps(graphdef, buffers, state, batches, key, tx, depth_weight: float, policy: LoopPolicy):
     def one_step(state: TrainState, batch):
         loss, grads = jax.value_and_grad(
-            lambda p: triplane_loss(nnx.merge(graphdef, p, buffers), batch, jax.random.fold_in(key, state.step))
+            lambda p: triplane_loss(
+                nnx.merge(graphdef, p, buffers), batch, jax.random.fold_in(key, state.step), depth_weight
+            )
         )(state.params)
         return apply_gradients(state, loss, grads, tx)
 

@@ -63,5 +63,10 @@ def test_records_and_model_inputs():
     assert record["image"].shape == (64, 64, 3) and -1 <= record["image"].min() <= record["image"].max() <= 1
     np.testing.assert_array_equal(source[7]["camera"], record["camera"])  # a pure function of the index
     assert not np.array_equal(source[10]["camera"], record["camera"])  # the same identity, another view
-    small = world.ViewInputs(16).map(record)["image"]
-    np.testing.assert_allclose(small[0, 0], record["image"][:4, :4].mean(axis=(0, 1)), rtol=1e-5)
+    face = source.face(1)
+    view = world.render(face["image"].astype(np.float32) / 127.5 - 1, face["labels"], record["camera"][None])
+    np.testing.assert_array_equal(record["depth"], view["depth"][0])  # the exact depth of the record's view
+    assert record["depth"].shape == (64, 64, 1)
+    small = world.ViewInputs(16).map(record)
+    np.testing.assert_allclose(small["image"][0, 0], record["image"][:4, :4].mean(axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(small["depth"][3, 2], record["depth"][12:16, 8:12].mean(axis=(0, 1)), rtol=1e-6)

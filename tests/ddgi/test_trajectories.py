@@ -36,9 +36,9 @@ def system():
 
 @pytest.fixture(scope="module")
 def cache(system, tmp_path_factory):
-    return TrajectoryCache(
-        build_cache(system, examples(3, encoded=True), tmp_path_factory.mktemp("c") / "cache", SETTINGS)
-    )
+    # The cache's parent folder does not exist yet: build_cache makes it (before sampling, as its temporary).
+    directory = tmp_path_factory.mktemp("c") / "runs" / "cache"
+    return TrajectoryCache(build_cache(system, examples(3, encoded=True), directory, SETTINGS))
 
 
 @pytest.mark.slow

@@ -72,6 +72,11 @@ def test_a_triplane_run_fits_exports_the_generator_and_its_codes(tiny, tmp_path)
         (dict(data_dir="toy-3d-world:0"), "other than 0"),
         (dict(data_dir="data/tfds"), "toy-3d-world:SEED"),
         (dict(triplane_resolution=12), "must divide the toy world's 64"),
+        (dict(triplane_depth_weight=-1.0), "triplane_depth_weight=-1.0: must be >= 0"),
+        (
+            dict(stage="gan", system="toy_gan.py", triplane_resolution=None, triplane_depth_weight=1.0),
+            "only the triplane stage sees",
+        ),
     ],
 )
 def test_bad_triplane_settings_fail_in_one_line_before_training(tiny, tmp_path, change, message):
