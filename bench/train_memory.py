@@ -10,8 +10,10 @@ per device (the global batch is 8 times it). Sharding "replicated" keeps every p
 trainer's default), "fsdp" splits tensors of at least 2^18 elements over the devices (`fsdp_min_size`).
 The networks use the kernel forms accelerators get (plain convolutions, `jax.nn.dot_product_attention`), so
 the figures are XLA:CPU's schedule of the accelerator program: a planning figure, not a GPU or TPU measurement.
-Results are appended to --out (JSON lines) as they come and already measured cases are skipped, so an
-interrupted run resumes.
+Results are appended to --out (JSON lines; by default bench/results/train_memory.jsonl, which is committed) as they
+come and already measured cases are skipped, so an interrupted run resumes, on another machine too: the figures
+depend on the jax release (each row records it), not on the machine, and the table's 128 cases are more compiling
+than one working session holds.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from cdiff_jax.train.step import StepSettings, _train_steps, init_train_state, t
 RECIPES = [
     f"{stage}_{size}" for size in (256, 512) for stage in ("autoencoder", "expert_text", "expert_mask", "collab")
 ]
+RESULTS = pathlib.Path(__file__).parent / "results" / "train_memory.jsonl"
 FSDP_MIN_SIZE = 2**18
 GIB = 2**30
 
@@ -140,6 +143,7 @@ def measure(recipe: str, batch: int, remat: str, sharding: str, mesh) -> dict:
         "temporaries_gib": memory.temp_size_in_bytes / GIB,
         "total_gib": total / GIB,
         "compile_s": round(time.perf_counter() - start, 1),
+        "jax": jax.__version__,  # XLA's schedule, and so the figure, may change between releases
     }
 
 
@@ -168,7 +172,7 @@ def main():
     p.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4, 8])
     p.add_argument("--remat", nargs="+", default=["none", "full"], choices=list(POLICIES))
     p.add_argument("--sharding", nargs="+", default=["replicated", "fsdp"], choices=["replicated", "fsdp"])
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("outputs/train_memory.jsonl"))
+    p.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = p.parse_args()
     mesh = data_mesh()
     if mesh.size != 8:

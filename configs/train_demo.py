@@ -29,15 +29,15 @@ DDGI on the demo system and the toy GAN: sample the trajectory cache once, then 
     python -m cdiff_jax.evaluation.ddgi_toy --gan runs/demo/gan/generator --mapping-heads runs/demo/ddgi/mapping/heads \
         --heads runs/demo/ddgi/modulation/heads --ungated-heads runs/demo/ddgi/modulation_ungated/heads
 
-DDGI-3D on the toy tri-plane generator, once the triplane run has exported runs/demo/triplane/generator: the same
-trajectory cache as 2D DDGI (the command above, if it is not there yet), the two stages in order (rendering at 32x32
-while training, as the triplane stage), then the view-consistency evaluation:
+DDGI-3D on the shipped toy tri-plane generator (cdiff_jax/demo_models/triplane, the triplane run's export copied
+there): the same trajectory cache as 2D DDGI (the command above, if it is not there yet), the two stages in order
+(rendering at 32x32 while training, as the triplane stage), then the view-consistency evaluation:
 
     python -m cdiff_jax.ddgi.trajectories cdiff_jax/demo_models/collab data/toy_tfds runs/demo/ddgi/trajectories \
         --count 1024
     python train.py --config configs/train_demo.py:ddgi3d_mapping --workdir runs/demo/ddgi3d/mapping
     python train.py --config configs/train_demo.py:ddgi3d_modulation --workdir runs/demo/ddgi3d/modulation
-    python -m cdiff_jax.evaluation.ddgi_toy_3d --gan runs/demo/triplane/generator \
+    python -m cdiff_jax.evaluation.ddgi_toy_3d --gan cdiff_jax/demo_models/triplane \
         --mapping-heads runs/demo/ddgi3d/mapping/heads --heads runs/demo/ddgi3d/modulation/heads \
         --out outputs/ddgi3d_eval
 
@@ -193,7 +193,7 @@ def get_config(arg: str = "collab") -> TrainConfig:
         return TrainConfig(
             stage=stage,
             system="cdiff_jax/demo_models/collab",
-            gan=f"{RUNS}/triplane/generator" if three_d else f"{RUNS}/gan/generator",
+            gan="cdiff_jax/demo_models/triplane" if three_d else f"{RUNS}/gan/generator",
             data_dir=f"{RUNS}/ddgi/trajectories",
             resolution=64,
             global_batch=16,

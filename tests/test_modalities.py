@@ -13,6 +13,7 @@ from cdiff_jax.conditions import encode_inputs, null_condition
 from cdiff_jax.config import (
     ENCODER_CONFIGS,
     DDGIHeadsConfig,
+    EG3DConfig,
     ModalityConfig,
     StyleGAN2Config,
     SystemConfig,
@@ -78,7 +79,7 @@ def test_unknown_kind_is_a_one_line_error_listing_kinds():
 
 def test_three_modality_json_round_trip_and_shipped_json_unchanged():
     assert SystemConfig.from_json(THREE.to_json()) == THREE
-    parsers = {"collab": SystemConfig, "gan": StyleGAN2Config, "ddgi_heads": DDGIHeadsConfig}
+    parsers = {"collab": SystemConfig, "gan": StyleGAN2Config, "ddgi_heads": DDGIHeadsConfig, "triplane": EG3DConfig}
     shipped = sorted((REPO / "cdiff_jax" / "demo_models").glob("*/config.json"))
     assert sorted(path.parent.name for path in shipped) == sorted(parsers)  # a new shipped model is checked too
     for path in shipped:

@@ -1,9 +1,10 @@
 """Render an EG3D generator from several views:
-`python sample.py gan3d --checkpoint DIR [--count 2] [--seed 0] [--yaw -0.4:0.4:5] [--pitch 0] [--truncation 0.7]`.
+`python sample.py gan3d [--checkpoint DIR] [--count 2] [--seed 0] [--yaw -0.4:0.4:5] [--pitch 0] [--truncation 0.7]`.
 
-DIR is an EG3D checkpoint (`cdiff convert ffhq512-128.pkl DIR`). Each identity is mapped with the
-frontal camera (as EG3D's sampling scripts do), its tri-planes are computed once, and it is rendered
-from every (yaw, pitch) pair: angles in radians from the frontal view, a list `a,b,c` or a range
+DIR is an EG3D checkpoint (`cdiff convert ffhq512-128.pkl DIR`, or a triplane training run's WORKDIR/generator);
+without --checkpoint, the shipped toy tri-plane generator (64x64 views of the toy 3D world). Each identity is
+mapped with the frontal camera (as EG3D's sampling scripts do), its tri-planes are computed once, and it is
+rendered from every (yaw, pitch) pair: angles in radians from the frontal view, a list `a,b,c` or a range
 `start:stop:count`, or any cameras from a file (--cameras). --out gets views/ID_VIEW.png, depth/ID_VIEW.png
 (near is bright), grid.png (per identity a row of views and a row of depth maps, columns labelled with the
 angles), ws.npy, cameras.npy ([views, 25]) and settings.json; it is written beside --out and renamed into place.
@@ -75,7 +76,11 @@ def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="sample.py gan3d", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--checkpoint", required=True, help="an EG3D checkpoint directory (`cdiff convert G.pkl DIR`)")
+    p.add_argument(
+        "--checkpoint",
+        default=str(requests.DEMO_TRIPLANE),
+        help="an EG3D checkpoint directory (default: the shipped toy tri-plane generator)",
+    )
     p.add_argument("--count", type=int, default=2, help=f"identities, 1..{requests.MAX_BATCH} (default 2)")
     p.add_argument("--seed", type=int, default=0, help="z of identity i is drawn from the seed (default 0)")
     p.add_argument("--yaw", default="-0.4:0.4:5", help="yaw angles, radians (default -0.4:0.4:5)")

@@ -23,7 +23,7 @@ fraction of faces whose beard and age predictions at every side view equal their
 row's depth is the proxy's own, so its depth error is reported as not applicable ("-"). The judges saw frontal
 faces only: the ground-truth row is their own ceiling at the side views.
 
-    cdiff evaluate ddgi3d --gan runs/demo/triplane/generator --mapping-heads runs/demo/ddgi3d/mapping/heads \\
+    cdiff evaluate ddgi3d --gan cdiff_jax/demo_models/triplane --mapping-heads runs/demo/ddgi3d/mapping/heads \\
         --heads runs/demo/ddgi3d/modulation/heads --out outputs/ddgi3d_eval
 
 writes results.json, results.md and grid.png (per face a row per method: input map, every view, the depth at
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
         "--gan",
         required=True,
         help="the tri-plane generator the heads drive, fitted to the toy world "
-        "(the demo's: runs/demo/triplane/generator)",
+        "(the demo's: cdiff_jax/demo_models/triplane)",
     )
     p.add_argument(
         "--mapping-heads",
