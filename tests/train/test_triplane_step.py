@@ -1,21 +1,24 @@
 """The triplane stage's objective: the images' squared error plus the weighted absolute error of the rendered
 depth against the toy world's."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cdiff_jax.config import EG3DConfig
+from cdiff_jax.config import load_config
 from cdiff_jax.data import toy_faces_3d
 from cdiff_jax.train.triplane_step import AutoDecoder, triplane_loss
 
-TINY = EG3DConfig(
+# the demo generator's world (cameras, ray range) at a few channels and samples
+TINY = dataclasses.replace(
+    load_config("toy_eg3d.py"),
     z_dim=8,
     w_dim=8,
     img_resolution=8,
     neural_rendering_resolution=8,
-    superresolution="none",
     plane_resolution=8,
     plane_channels=4,
     mapping_layers=1,
@@ -23,12 +26,6 @@ TINY = EG3DConfig(
     channel_max=8,
     depth_resolution=4,
     depth_resolution_importance=4,
-    ray_start=2.3,
-    ray_end=3.1,
-    c_gen_conditioning_zero=True,
-    avg_camera_radius=toy_faces_3d.RADIUS,
-    avg_camera_pivot=toy_faces_3d.PIVOT,
-    fov_degrees=toy_faces_3d.FOV_DEGREES,
 )
 
 
