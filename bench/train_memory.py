@@ -93,7 +93,7 @@ def compiled_step(recipe: str, batch: int, remat: str, sharding: str, mesh):
         disc = nnx.eval_shape(lambda: PatchDiscriminator(DiscriminatorConfig(), rngs=nnx.Rngs(0)))
         disc_graphdef, disc_params = nnx.split(disc)
         lpips_graphdef, lpips_state = nnx.split(nnx.eval_shape(lambda: LPIPS(rngs=nnx.Rngs(0))))
-        state = jax.eval_shape(autoencoder_step.init_autoencoder_state, params, tx, disc_params, tx)
+        state = jax.eval_shape(lambda p, d: autoencoder_step.init_autoencoder_state(p, tx, d, tx), params, disc_params)
         objective = autoencoder_step.AutoencoderObjective(kl_weight=cfg.kl_weight, disc_start=0)
         return autoencoder_step._autoencoder_train_steps.lower(
             graphdef,
