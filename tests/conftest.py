@@ -51,6 +51,15 @@ def fixtures_root() -> pathlib.Path:
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Drops jax's compiled programs after each module. An XLA:CPU executable holds about 14 memory maps while
+    jax keeps it, and a worker that kept every module's reached the kernel's vm.max_map_count (65530) part-way
+    through the suite: `Failed to materialize symbols` or an abort in whichever test compiled next."""
+    yield
+    jax.clear_caches()
+
+
 # --- an evaluation network's reference folder, named by the test module's FIXTURE -------------
 
 

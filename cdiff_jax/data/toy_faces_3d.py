@@ -165,17 +165,18 @@ class ToyViews:
         return f"ToyViews(seed={self.seed}, identities={self.identities})"
 
 
+def area_average(a: np.ndarray, resolution: int) -> np.ndarray:
+    """A 64x64 (HWC) array area-averaged to `resolution` (a divisor of 64), as a camera's pixels would integrate it."""
+    f = toy_faces.IMAGE_SIZE // resolution
+    return a.reshape(resolution, f, resolution, f, a.shape[-1]).mean(axis=(1, 3), dtype=np.float32)
+
+
 class ViewInputs(grain.transforms.Map):
     """A `ToyViews` record as model inputs with the image and depth area-averaged to `resolution` (a divisor of 64)."""
 
     def __init__(self, resolution: int):
-        self.factor = toy_faces.IMAGE_SIZE // resolution
+        self.resolution = resolution
 
     def map(self, record: dict) -> dict[str, np.ndarray]:
-        f = self.factor
-
-        def area_mean(a: np.ndarray) -> np.ndarray:
-            size = a.shape[0] // f
-            return a.reshape(size, f, size, f, a.shape[-1]).mean(axis=(1, 3), dtype=np.float32)
-
-        return {**record, "image": area_mean(record["image"]), "depth": area_mean(record["depth"])}
+        r = self.resolution
+        return {**record, "image": area_average(record["image"], r), "depth": area_average(record["depth"], r)}

@@ -488,14 +488,12 @@ class DDGIInputsAt(DDGIInputs):
     triplane stage's views are (one function for both stages' targets)."""
 
     def __init__(self, resolution: int):
-        self.views = toy_faces_3d.ViewInputs(resolution)
+        self.resolution = resolution
 
     def map(self, record: dict) -> dict[str, np.ndarray]:
         inputs = super().map(record)
-        return {
-            **inputs,
-            **{name: self.views.map({"image": inputs[name]})["image"] for name in ("image", "diffusion_image")},
-        }
+        targets = ("image", "diffusion_image")
+        return {**inputs, **{name: toy_faces_3d.area_average(inputs[name], self.resolution) for name in targets}}
 
 
 @jax.jit(static_argnames=("graphdef", "objective"))
