@@ -19,21 +19,20 @@ from flax import nnx
 
 from cdiff_jax.checkpoint import load_eg3d_generator
 from cdiff_jax.data import toy_faces_3d
-from cdiff_jax.evaluation.ddgi_toy_3d import proxy_depth
+from cdiff_jax.evaluation.ddgi_toy_3d import depth_errors
 from cdiff_jax.nn.eg3d import TriPlaneGenerator, map_latents, orbit_views
 from cdiff_jax.noise import normal
 
 YAWS_DEGREES = (-20.0, 0.0, 20.0)
 
 
-def depth_errors(generator, latents: jax.Array, cameras: np.ndarray) -> tuple[np.ndarray, float, float]:
+def views_and_depth_errors(generator, latents: jax.Array, cameras: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Images of the latents at every camera, and the depth's mean absolute error over all pixels and the head."""
     graphdef, state = nnx.split(generator)
     ws = map_latents(graphdef, state, latents, jnp.zeros((len(latents), 25)))
     images, depth = orbit_views(graphdef, state, ws, cameras, jax.random.key(1))
-    truth, head = proxy_depth(cameras, depth.shape[2])
-    error = np.abs(depth[..., 0] - truth[None])
-    return images, float(error.mean()), float(np.mean([error[:, v][:, head[v]].mean() for v in range(len(cameras))]))
+    error_all, error_head = depth_errors(depth, cameras)
+    return images, float(error_all.mean()), float(error_head.mean())
 
 
 def main() -> None:
@@ -46,7 +45,7 @@ def main() -> None:
     codes = jnp.asarray(np.load(f"{args.generator}/codes.npy")[: args.count])
     yaws = np.radians(YAWS_DEGREES)
     cameras = toy_faces_3d.cameras(yaws, np.zeros_like(yaws))
-    images, depth_all, depth_head = depth_errors(generator, codes, cameras)
+    images, depth_all, depth_head = views_and_depth_errors(generator, codes, cameras)
     world = toy_faces_3d.ToyViews(args.seed, len(codes))
     truth = []
     for i in range(len(codes)):
@@ -57,10 +56,10 @@ def main() -> None:
         f"training identities: image MSE {image_error:.4f}, depth error {depth_all:.3f} (all) {depth_head:.3f} (head)"
     )
     z = normal(jax.random.key(0), (len(codes), generator.cfg.z_dim))
-    _, depth_all, depth_head = depth_errors(generator, z, cameras)
+    _, depth_all, depth_head = views_and_depth_errors(generator, z, cameras)
     print(f"random z:            depth error {depth_all:.3f} (all) {depth_head:.3f} (head)")
     fresh = TriPlaneGenerator(generator.cfg, rngs=nnx.Rngs(0))
-    _, depth_all, depth_head = depth_errors(fresh, z, cameras)
+    _, depth_all, depth_head = views_and_depth_errors(fresh, z, cameras)
     print(f"random weights:      depth error {depth_all:.3f} (all) {depth_head:.3f} (head)")
 
 

@@ -69,10 +69,10 @@ STEPS = {
     # sized to a working session on 2 cores (BENCHMARKS.md, "DDGI training"), not to convergence
     "ddgi_mapping": 1200,
     "ddgi_modulation": 600,
-    # about 1.8 s per step each at batch 16 rendering at 32x32, so about 3 h together on the idle machine
-    # (bench/ddgi3d_train.py; BENCHMARKS.md, "DDGI-3D training")
-    "ddgi3d_mapping": 4000,
-    "ddgi3d_modulation": 2000,
+    # as long as in 2D: 1.2-1.8 s per step at batch 16 rendering at 32x32 (bench/ddgi3d_train.py; BENCHMARKS.md,
+    # "DDGI-3D training"), so under an hour together
+    "ddgi3d_mapping": 1200,
+    "ddgi3d_modulation": 600,
 }
 
 

@@ -1,4 +1,5 @@
-"""Configs: JSON round trip, the released configs, official YAML translation and the released training recipes."""
+"""Configs: JSON round trip, the released configs, the tests' tiny EG3D, official YAML translation and the
+released training recipes."""
 
 import numpy as np
 import pytest
@@ -39,6 +40,17 @@ def test_bad_config_spec(tmp_path):
         load_config("something.txt")
     with pytest.raises(FileNotFoundError):
         load_config("no_such_config.py")
+
+
+def test_the_tiny_eg3d_is_the_toy_world_s_generator_at_the_asked_resolution():
+    toy, tiny = load_config("toy_eg3d.py"), load_config("tiny_eg3d.py:16")
+    assert (tiny.img_resolution, tiny.neural_rendering_resolution, tiny.superresolution) == (16, 16, "none")
+    world = ("ray_start", "ray_end", "avg_camera_radius", "avg_camera_pivot", "fov_degrees", "c_gen_conditioning_zero")
+    assert all(getattr(tiny, name) == getattr(toy, name) for name in world)
+    assert tiny.plane_channels < toy.plane_channels and load_config("tiny_eg3d.py").img_resolution == 32
+    for arg in ("x", "2"):
+        with pytest.raises(ValueError, match="ARG is the image resolution"):
+            load_config(f"tiny_eg3d.py:{arg}")
 
 
 def test_official_yaml_is_refused_with_the_conversion_command(fixtures_root):

@@ -138,6 +138,14 @@ def proxy_depth(cameras: np.ndarray, resolution: int) -> tuple[np.ndarray, np.nd
     return depth.reshape(shape), head.reshape(shape)
 
 
+def depth_errors(depth: np.ndarray, cameras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per camera, the mean absolute error of rendered depth [N, V, r, r, 1] against the proxy: over all pixels
+    and over the pixels whose ray hits the head."""
+    truth, head = proxy_depth(cameras, depth.shape[2])
+    error = np.abs(np.asarray(depth)[..., 0] - truth[None])
+    return error.mean(axis=(0, 2, 3)), np.array([error[:, v][:, head[v]].mean() for v in range(len(cameras))])
+
+
 def _predictions(judges, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tuple(np.asarray(p) for p in J.attribute_predictions(judges, J.from_uint8(images)))
 
@@ -150,7 +158,7 @@ def score(
     agreement of the attribute predictions with the frontal ones."""
     row = M.score(judges, seen.images[:, 0], examples, None)
     beard, age = _predictions(judges, seen.images[:, 0])
-    proxy = None if cameras is None else proxy_depth(cameras, seen.depth.shape[2])
+    errors = None if cameras is None else depth_errors(seen.depth, cameras)
     agree_everywhere = np.ones(len(examples), bool)
     row["views"] = {}
     for v, name in enumerate(names[1:], 1):
@@ -163,12 +171,8 @@ def score(
             "parser_miou": mean_iou(parsed, world_labels[:, v]),
             "agreement": float(np.mean(agree)),
         }
-        if proxy is not None:
-            error = np.abs(seen.depth[:, v, ..., 0] - proxy[0][v])
-            view |= {
-                "depth_error_head": float(np.mean(error[:, proxy[1][v]])),
-                "depth_error_all": float(np.mean(error)),
-            }
+        if errors is not None:
+            view |= {"depth_error_head": float(errors[1][v]), "depth_error_all": float(errors[0][v])}
         row["views"][name] = view
     row["view_agreement"] = float(np.mean(agree_everywhere))
     return row

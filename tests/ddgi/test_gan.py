@@ -13,7 +13,7 @@ from PIL import Image
 
 from cdiff_jax.checkpoint import save_generator, save_system
 from cdiff_jax.commands.sample import main
-from cdiff_jax.config import EG3DConfig, StyleGAN2Config, load_config
+from cdiff_jax.config import StyleGAN2Config, load_config
 from cdiff_jax.ddgi.features import heads_config
 from cdiff_jax.ddgi.gan import frontal_cameras, gan_images
 from cdiff_jax.ddgi.heads import DDGIHeads, save_heads
@@ -21,20 +21,7 @@ from cdiff_jax.nn.eg3d import TriPlaneGenerator
 from cdiff_jax.system import init_system
 from cdiff_jax.train.ddgi_step import DDGIObjective, ddgi_images
 
-EG3D = EG3DConfig(
-    z_dim=8,
-    w_dim=8,
-    img_resolution=32,
-    neural_rendering_resolution=32,
-    superresolution="none",
-    plane_resolution=16,
-    plane_channels=4,
-    mapping_layers=1,
-    channel_base=64,
-    channel_max=8,
-    depth_resolution=4,
-    depth_resolution_importance=4,
-)
+EG3D = load_config("tiny_eg3d.py:32")
 GAN2D = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
 MASK = str(REPO / "cdiff_jax/data/examples/face_mask.png")
 

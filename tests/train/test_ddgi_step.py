@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cdiff_jax.config import EG3DConfig, StyleGAN2Config, load_config
+from cdiff_jax.config import StyleGAN2Config, load_config
 from cdiff_jax.ddgi.features import heads_config
 from cdiff_jax.ddgi.gan import gan_images
 from cdiff_jax.ddgi.heads import DDGIHeads
@@ -25,20 +25,7 @@ from cdiff_jax.train.step import init_train_state
 
 GAN = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
 # The toy world's 64x64 images (what the stage's area averaging reads), rendered at 8x8 below.
-EG3D = EG3DConfig(
-    z_dim=8,
-    w_dim=8,
-    img_resolution=64,
-    neural_rendering_resolution=64,
-    superresolution="none",
-    plane_resolution=16,
-    plane_channels=4,
-    mapping_layers=1,
-    channel_base=64,
-    channel_max=8,
-    depth_resolution=4,
-    depth_resolution_importance=4,
-)
+EG3D = load_config("tiny_eg3d.py:64")
 EXPERTS = ("text", "mask")
 KEPT = 3
 

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cdiff_jax.checkpoint import save_generator, save_system
-from cdiff_jax.config import EG3DConfig, StyleGAN2Config, load_config
+from cdiff_jax.config import StyleGAN2Config, load_config
 from cdiff_jax.ddgi.features import heads_config
 from cdiff_jax.ddgi.heads import DDGIHeads, load_heads, save_heads
 from cdiff_jax.ddgi.trajectories import TrajectorySettings, build_cache
@@ -20,20 +20,7 @@ from cdiff_jax.train.config import TrainConfig
 pytestmark = pytest.mark.slow
 
 GAN = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
-EG3D = EG3DConfig(
-    z_dim=8,
-    w_dim=8,
-    img_resolution=32,
-    neural_rendering_resolution=32,
-    superresolution="none",
-    plane_resolution=8,
-    plane_channels=4,
-    mapping_layers=1,
-    channel_base=32,
-    channel_max=8,
-    depth_resolution=4,
-    depth_resolution_importance=4,
-)
+EG3D = load_config("tiny_eg3d.py:32")
 
 
 @pytest.fixture(scope="module")

@@ -15,26 +15,12 @@ from cdiff_jax.train.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 
-TINY_EG3D = """
-from cdiff_jax.config import EG3DConfig
-from cdiff_jax.data import toy_faces_3d
-
-def get_config(arg=""):
-    return EG3DConfig(z_dim=8, w_dim=8, img_resolution=16, neural_rendering_resolution=16, superresolution="none",
-                      plane_resolution=8, plane_channels=4, mapping_layers=1, channel_base=32, channel_max=8,
-                      depth_resolution=4, depth_resolution_importance=4, ray_start=2.3, ray_end=3.1,
-                      c_gen_conditioning_zero=True, avg_camera_radius=toy_faces_3d.RADIUS,
-                      avg_camera_pivot=toy_faces_3d.PIVOT, fov_degrees=toy_faces_3d.FOV_DEGREES)
-"""
-
 
 @pytest.fixture
-def tiny(tmp_path):
-    config = tmp_path / "tiny_eg3d.py"
-    config.write_text(TINY_EG3D)
+def tiny():
     return TrainConfig(
         stage="triplane",
-        system=str(config),
+        system="tiny_eg3d.py:16",
         data_dir="toy-3d-world:7",
         resolution=64,
         global_batch=4,

@@ -1,8 +1,6 @@
 """The triplane stage's objective: the images' squared error plus the weighted absolute error of the rendered
 depth against the toy world's."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,21 +10,7 @@ from cdiff_jax.config import load_config
 from cdiff_jax.data import toy_faces_3d
 from cdiff_jax.train.triplane_step import AutoDecoder, triplane_loss
 
-# the demo generator's world (cameras, ray range) at a few channels and samples
-TINY = dataclasses.replace(
-    load_config("toy_eg3d.py"),
-    z_dim=8,
-    w_dim=8,
-    img_resolution=8,
-    neural_rendering_resolution=8,
-    plane_resolution=8,
-    plane_channels=4,
-    mapping_layers=1,
-    channel_base=32,
-    channel_max=8,
-    depth_resolution=4,
-    depth_resolution_importance=4,
-)
+TINY = load_config("tiny_eg3d.py:8")
 
 
 def test_the_depth_term_adds_its_weighted_absolute_error_and_trains_the_geometry():
