@@ -33,6 +33,7 @@ DEMO_MASK = PACKAGE / "data" / "examples" / "face_mask.png"  # a held-out toy fa
 DEMO_GAN = PACKAGE / "demo_models" / "gan"  # the toy StyleGAN2 DDGI drives (configs/train_demo.py:gan)
 DEMO_DDGI_HEADS = PACKAGE / "demo_models" / "ddgi_heads"  # M + T trained on the demo system and the toy GAN
 DEMO_TRIPLANE = PACKAGE / "demo_models" / "triplane"  # the toy tri-plane generator DDGI-3D drives (train_demo.py)
+DEMO_DDGI3D_HEADS = PACKAGE / "demo_models" / "ddgi3d_heads"  # M + T trained on the demo system and DEMO_TRIPLANE
 DEMO_CAPTION = "This man has beard of medium length. He is in his thirties."
 # One run's samples share one compiled program and live in memory together; more images come from
 # more runs with other seeds, which cost no recompilation.

@@ -79,7 +79,13 @@ def test_unknown_kind_is_a_one_line_error_listing_kinds():
 
 def test_three_modality_json_round_trip_and_shipped_json_unchanged():
     assert SystemConfig.from_json(THREE.to_json()) == THREE
-    parsers = {"collab": SystemConfig, "gan": StyleGAN2Config, "ddgi_heads": DDGIHeadsConfig, "triplane": EG3DConfig}
+    parsers = {
+        "collab": SystemConfig,
+        "gan": StyleGAN2Config,
+        "ddgi_heads": DDGIHeadsConfig,
+        "ddgi3d_heads": DDGIHeadsConfig,
+        "triplane": EG3DConfig,
+    }
     shipped = sorted((REPO / "cdiff_jax" / "demo_models").glob("*/config.json"))
     assert sorted(path.parent.name for path in shipped) == sorted(parsers)  # a new shipped model is checked too
     for path in shipped:

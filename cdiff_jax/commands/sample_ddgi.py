@@ -3,11 +3,13 @@
     python sample.py ddgi                  # the shipped demo system, toy GAN and heads, example mask and caption
     python sample.py ddgi --mask mask.png --text "This man has a long beard. He is in his sixties." --at-step 10
     python sample.py ddgi --at-step 1 --diffusion-image   # one UNet pass for DDGI, then the 50-step sample beside it
+    python sample.py ddgi --yaw -0.35:0.35:3   # the shipped toy tri-plane generator and its heads: every view
     python sample.py ddgi --checkpoint SYSTEM --gan GAN_DIR --heads HEADS_DIR --mask mask.png --text "..."
     python sample.py ddgi --checkpoint SYSTEM --gan EG3D_DIR --heads HEADS_DIR ... --yaw -0.4:0.4:5 --pitch 0
 
 --checkpoint is the diffusion system the heads were trained on (default: the shipped demo models, with the
-shipped toy GAN and heads unless --gan and --heads are given). The sampler runs only up to the step DDGI reads
+shipped toy GAN and heads unless --gan and --heads are given; with --yaw and no --gan, the shipped toy tri-plane
+generator and the heads trained for it). The sampler runs only up to the step DDGI reads
 (--at-step k: k - 1 sampler steps, then the experts' read; step 1 reads the noise itself); --diffusion-image
 also runs the remaining steps to the diffusion model's own sample I^d_0. --out gets the GAN images (images/),
 with --diffusion-image the I^d_0 samples (diffusion/), a grid, the W+ codes (ws.npy) and settings.json; it is
@@ -57,11 +59,13 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="the diffusion system the heads read (default: the shipped demo models)")
     p.add_argument(
         "--gan",
-        help="the generator checkpoint the heads were trained for (default with the demo models: the shipped toy GAN)",
+        help="the generator checkpoint the heads were trained for (default with the demo models: the shipped toy GAN, "
+        "or with --yaw the shipped toy tri-plane generator)",
     )
     p.add_argument(
         "--heads",
-        help="trained DDGI heads, a ddgi stage's WORKDIR/heads (default with the demo models: the shipped toy heads)",
+        help="trained DDGI heads, a ddgi stage's WORKDIR/heads (default with the demo models: the shipped toy heads "
+        "for that generator)",
     )
     p.add_argument("--mask", help="face-parsing mask PNG (default with the demo models: the example mask)")
     p.add_argument("--text", help="caption (default with the demo models: the example caption)")
@@ -91,8 +95,15 @@ def main(argv=None) -> int:
         wanted = {name: value for name, value in (("mask", args.mask), ("text", args.text)) if value is not None}
         if args.checkpoint is None:
             wanted = {"mask": args.mask or str(requests.DEMO_MASK), "text": args.text or requests.DEMO_CAPTION}
-        gan = args.gan or (str(requests.DEMO_GAN) if args.checkpoint is None else None)
-        heads_dir = args.heads or (str(requests.DEMO_DDGI_HEADS) if args.checkpoint is None else None)
+        # The demo's views come from its tri-plane generator and the heads trained for it.
+        demo_3d = args.checkpoint is None and args.gan is None and args.yaw is not None
+        demo_gan, demo_heads = (
+            (requests.DEMO_TRIPLANE, requests.DEMO_DDGI3D_HEADS)
+            if demo_3d
+            else (requests.DEMO_GAN, requests.DEMO_DDGI_HEADS)
+        )
+        gan = args.gan or (str(demo_gan) if args.checkpoint is None else None)
+        heads_dir = args.heads or (str(demo_heads) if args.checkpoint is None else None)
         if gan is None or heads_dir is None:
             raise UsageError(
                 "give --gan and --heads with --checkpoint: the GAN and the DDGI heads trained on that system's features"

@@ -16,7 +16,7 @@ from cdiff_jax.config import StyleGAN2Config, load_config
 from cdiff_jax.ddgi.features import heads_config
 from cdiff_jax.ddgi.heads import DDGIHeads, save_heads
 from cdiff_jax.nn.stylegan2 import Generator
-from cdiff_jax.requests import DEMO_CAPTION, DEMO_DDGI_HEADS, DEMO_GAN, DEMO_MASK
+from cdiff_jax.requests import DEMO_CAPTION, DEMO_DDGI3D_HEADS, DEMO_DDGI_HEADS, DEMO_GAN, DEMO_MASK, DEMO_TRIPLANE
 from cdiff_jax.system import init_system
 
 GAN = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=32, mapping_layers=1, channel_base=64, channel_max=8)
@@ -141,3 +141,15 @@ def test_with_no_checkpoint_the_shipped_toy_gan_and_heads_are_used(tmp_path):
     assert settings["mask"] == str(DEMO_MASK) and settings["text"] == DEMO_CAPTION
     image = np.asarray(Image.open(out / "images" / "000.png"))
     assert image.shape == (64, 64, 3) and image.std() > 10  # a face, not a flat image
+
+
+@pytest.mark.slow
+def test_with_views_and_no_gan_the_shipped_tri_plane_generator_and_its_heads_are_used(tmp_path):
+    out = tmp_path / "out"
+    assert main(["ddgi", "--yaw", "-0.3,0.3", "--steps", "10", "--batch", "1", "--out", str(out)]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["gan"] == str(DEMO_TRIPLANE) and settings["heads"] == str(DEMO_DDGI3D_HEADS)
+    assert [view["yaw"] for view in settings["views"]] == [-0.3, 0.3]
+    left, right = (np.asarray(Image.open(out / "views" / f"000_{v:02d}.png")) for v in (0, 1))
+    assert left.shape == (64, 64, 3) and left.std() > 10  # a face, not a flat image
+    assert np.abs(left.astype(int) - right).mean() > 2  # seen from two sides
