@@ -226,8 +226,10 @@ def run(
         resolution=inversion_resolution,
     )
     seen[CEILING] = generator_views(generator, ws, cameras, key, render_batch)
+    log.info("the collaborative sampler's trajectories (%d pairs, %d steps)", len(examples), steps)
     trajectories = ddgi_toy.sample_trajectories(system, examples, steps=steps, batch=batch, seed=seed)
     for name, (_, step_heads) in heads.items():
+        log.info("DDGI-3D %s: codes and views", name)
         ws = ddgi_toy.codes(
             system, step_heads, generator.mapping.w_avg[...], examples, trajectories, steps, render_batch
         )
